@@ -1,0 +1,24 @@
+"""Prints, after the run, each benchmark group's ratios against its baselines (same run, same data)."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    session = getattr(config, "_benchmarksession", None)
+    if session is None or session.disabled or not session.benchmarks:
+        return
+    groups = {}
+    for bench in session.benchmarks:
+        groups.setdefault(bench.group, []).append(bench)
+    terminalreporter.section("fastdissect speed-ups (median time ratio, same run)")
+    for group, benches in sorted(groups.items(), key=lambda kv: str(kv[0])):
+        ours = [b for b in benches if b.extra_info.get("role") == "fastdissect"]
+        for mine in ours:
+            for other in benches:
+                if other is mine or other.extra_info.get("role") == "fastdissect":
+                    continue
+                ratio = other.stats.median / mine.stats.median
+                terminalreporter.write_line(f"{group}: {mine.name} is {ratio:,.1f}x faster than {other.name}")

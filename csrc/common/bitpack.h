@@ -1,0 +1,27 @@
+// Masks are bit-packed row-major: pixel p = y * W + x is bit (p % 64) of word p / 64.
+#pragma once
+
+#include "macros.h"
+
+namespace fd {
+
+constexpr int64_t kBitsPerWord = 64;
+
+FD_HOST_DEVICE FD_INLINE int64_t words_for_pixels(int64_t pixels) {
+  return (pixels + kBitsPerWord - 1) / kBitsPerWord;
+}
+
+FD_HOST_DEVICE FD_INLINE int popcount64(uint64_t v) {
+#if defined(__CUDA_ARCH__)
+  return __popcll(v);
+#else
+  return __builtin_popcountll(v);
+#endif
+}
+
+// The bit of `pixel` within its word, set iff `on`.
+FD_HOST_DEVICE FD_INLINE uint64_t bit_if(bool on, int64_t pixel) {
+  return static_cast<uint64_t>(on) << (pixel % kBitsPerWord);
+}
+
+}  // namespace fd

@@ -1,0 +1,211 @@
+// The fused CPU scoring kernel: for each (image, unit) whose map can exceed T_k, evaluate the
+// bilinear samples only around hot source pixels, threshold them straight into a bit-packed mask,
+// and count popcount(M & L_c) against the packed masks of the concepts present in that image.
+// No upsampled float map is ever stored beyond one source row of one map.
+#include <algorithm>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "../common/bitpack.h"
+#include "../common/upsample.h"
+#include "cpu_ops.h"
+
+namespace fd {
+namespace {
+
+// Geometry shared by every (image, unit): taps per output row/column and, per source column,
+// the span of output columns whose taps read it.
+struct Geometry {
+  std::vector<LinearTap> ty, tx;
+  std::vector<int64_t> col_first, col_last;  // [w], empty span = (W, -1)
+
+  Geometry(int64_t h, int64_t w, int64_t H, int64_t W) : ty(H), tx(W), col_first(w, W), col_last(w, -1) {
+    for (int64_t y = 0; y < H; ++y) ty[y] = linear_tap(y, h, H);
+    for (int64_t x = 0; x < W; ++x) {
+      tx[x] = linear_tap(x, w, W);
+      for (int64_t c : {tx[x].i0, tx[x].i1}) {
+        col_first[c] = std::min(col_first[c], x);
+        col_last[c] = std::max(col_last[c], x);
+      }
+    }
+  }
+};
+
+// Per-thread scratch, sized once.
+struct Workspace {
+  std::vector<double> src;        // [h, w] the map in double
+  std::vector<double> rows;       // [h, W] horizontally interpolated source rows, filled on demand
+  std::vector<char> row_ready;    // [h]
+  std::vector<int64_t> hot_lo, hot_hi;  // [h] hot column span per source row, empty = (w, -1)
+  std::vector<uint64_t> mask;     // [words_per_mask], all zero between uses
+  std::vector<char> cat_hit;      // [G]
+
+  Workspace(const ScoreParams& p)
+      : src(p.h * p.w), rows(p.h * p.W), row_ready(p.h), hot_lo(p.h), hot_hi(p.h),
+        mask(p.words_per_mask, 0), cat_hit(std::max<int64_t>(p.G, 1)) {}
+};
+
+template <typename scalar_t>
+void load_map(const ScoreParams& p, int64_t n, int64_t k, double* dst) {
+  const scalar_t* base = static_cast<const scalar_t*>(p.act) + n * p.act_stride[0] + k * p.act_stride[1];
+  for (int64_t i = 0; i < p.h; ++i)
+    for (int64_t j = 0; j < p.w; ++j) dst[i * p.w + j] = to_double(base[i * p.act_stride[2] + j * p.act_stride[3]]);
+}
+
+// Thresholded upsampled mask of one map into ws.mask; returns the touched word span [first, last).
+// Returns first == last when no pixel can be on.
+template <typename scalar_t>
+void mask_of_map(const ScoreParams& p, const Geometry& g, int64_t n, int64_t k, Workspace& ws,
+                 int64_t* first_word, int64_t* last_word) {
+  *first_word = *last_word = 0;
+  const double threshold = p.thresholds[k];
+  const double floor_hot = hot_floor(threshold);
+  load_map<scalar_t>(p, n, k, ws.src.data());
+
+  int64_t map_lo = p.w, map_hi = -1;  // hot source columns of the whole map
+  for (int64_t i = 0; i < p.h; ++i) {
+    int64_t lo = p.w, hi = -1;
+    for (int64_t j = 0; j < p.w; ++j) {
+      if (ws.src[i * p.w + j] > floor_hot) {
+        lo = std::min(lo, j);
+        hi = j;
+      }
+    }
+    ws.hot_lo[i] = lo;
+    ws.hot_hi[i] = hi;
+    ws.row_ready[i] = 0;
+    map_lo = std::min(map_lo, lo);
+    map_hi = std::max(map_hi, hi);
+  }
+  if (map_hi < 0) return;
+  // Output columns any output row may need: rows are interpolated over this span only.
+  int64_t span_lo = p.W, span_hi = -1;
+  for (int64_t c = map_lo; c <= map_hi; ++c) {
+    span_lo = std::min(span_lo, g.col_first[c]);
+    span_hi = std::max(span_hi, g.col_last[c]);
+  }
+
+  auto row = [&](int64_t i) -> const double* {
+    double* r = &ws.rows[i * p.W];
+    if (!ws.row_ready[i]) {
+      const double* s = &ws.src[i * p.w];
+      for (int64_t x = span_lo; x <= span_hi; ++x)
+        r[x] = lerp_pair(g.tx[x].l0, s[g.tx[x].i0], g.tx[x].l1, s[g.tx[x].i1]);
+      ws.row_ready[i] = 1;
+    }
+    return r;
+  };
+
+  int64_t wfirst = p.words_per_mask, wlast = 0;
+  for (int64_t y = 0; y < p.H; ++y) {
+    const LinearTap& t = g.ty[y];
+    const int64_t clo = std::min(ws.hot_lo[t.i0], ws.hot_lo[t.i1]);
+    const int64_t chi = std::max(ws.hot_hi[t.i0], ws.hot_hi[t.i1]);
+    if (chi < 0) continue;
+    int64_t xa = p.W, xb = -1;
+    for (int64_t c = clo; c <= chi; ++c) {
+      xa = std::min(xa, g.col_first[c]);
+      xb = std::max(xb, g.col_last[c]);
+    }
+    if (xb < xa) continue;
+    const double* r0 = row(t.i0);
+    const double* r1 = row(t.i1);
+    // Bits are gathered a word at a time in a register, branch-free.
+    uint64_t row_on = 0;
+    const int64_t base = y * p.W;
+    for (int64_t pixel = base + xa, end = base + xb + 1; pixel < end;) {
+      const int64_t word = pixel / kBitsPerWord;
+      const int64_t word_end = std::min(end, (word + 1) * kBitsPerWord);
+      uint64_t bits = 0;
+      for (; pixel < word_end; ++pixel) {
+        const int64_t x = pixel - base;
+        bits |= bit_if(lerp_pair(t.l0, r0[x], t.l1, r1[x]) > threshold, pixel);
+      }
+      ws.mask[word] |= bits;
+      row_on |= bits;
+    }
+    if (row_on) {
+      wfirst = std::min(wfirst, (y * p.W + xa) / kBitsPerWord);
+      wlast = std::max(wlast, (y * p.W + xb) / kBitsPerWord + 1);
+    }
+  }
+  if (wfirst < wlast) {
+    *first_word = wfirst;
+    *last_word = wlast;
+  }
+}
+
+template <typename scalar_t>
+void score_units(const ScoreParams& p, const Geometry& g, const std::vector<char>& labeled,
+                 int64_t k_begin, int64_t k_end) {
+  // Images in small blocks so that their packed masks stay in cache across this thread's units.
+  constexpr int64_t kImageBlock = 8;
+  Workspace ws(p);
+  for (int64_t n0 = 0; n0 < p.N; n0 += kImageBlock)
+  for (int64_t k = k_begin; k < k_end; ++k) {
+    int64_t* inter_row = p.intersection + k * p.C;
+    int64_t* cat_row = p.unit_category_area ? p.unit_category_area + k * p.G : nullptr;
+    for (int64_t n = n0; n < std::min(p.N, n0 + kImageBlock); ++n) {
+      int64_t w0, w1;
+      mask_of_map<scalar_t>(p, g, n, k, ws, &w0, &w1);
+      if (w0 == w1) continue;
+      const uint64_t* m = ws.mask.data();
+      int64_t area = 0;
+      for (int64_t i = w0; i < w1; ++i) area += popcount64(m[i]);
+      p.unit_area[k] += area;
+      if (p.union_mode == UnionMode::kLite) std::fill(ws.cat_hit.begin(), ws.cat_hit.end(), 0);
+      for (int64_t e = p.offsets[n]; e < p.offsets[n + 1]; ++e) {
+        int64_t inter = area;
+        if (p.mask_rows[e] >= 0) {
+          const uint64_t* l = p.words + p.mask_rows[e] * p.words_per_mask;
+          inter = 0;
+          for (int64_t i = w0; i < w1; ++i) inter += popcount64(m[i] & l[i]);
+        }
+        inter_row[p.concept_ids[e]] += inter;
+        if (p.union_mode == UnionMode::kLite && inter > 0) ws.cat_hit[p.categories[p.concept_ids[e]]] = 1;
+      }
+      if (p.union_mode == UnionMode::kNetDissect) {
+        for (int64_t c = 0; c < p.G; ++c)
+          if (labeled[n * p.G + c]) cat_row[c] += area;
+      } else if (p.union_mode == UnionMode::kLite) {
+        for (int64_t c = 0; c < p.G; ++c)
+          if (ws.cat_hit[c]) cat_row[c] += area;
+      }
+      std::fill(ws.mask.begin() + w0, ws.mask.begin() + w1, 0);
+    }
+  }
+}
+
+}  // namespace
+
+void score_cpu(const ScoreParams& p, int n_threads) {
+  if (p.N == 0 || p.K == 0) return;
+  const Geometry g(p.h, p.w, p.H, p.W);
+
+  // Categories with any label in each image (the "netdissect" union counts a unit's mask there).
+  std::vector<char> labeled;
+  if (p.union_mode == UnionMode::kNetDissect) {
+    labeled.assign(p.N * p.G, 0);
+    for (int64_t n = 0; n < p.N; ++n)
+      for (int64_t e = p.offsets[n]; e < p.offsets[n + 1]; ++e) labeled[n * p.G + p.categories[p.concept_ids[e]]] = 1;
+  }
+
+  const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(n_threads, p.K)));
+  FD_DISPATCH_FLOAT(p.act_dtype, scalar_t, [&] {
+#pragma omp parallel num_threads(threads)
+    {
+#ifdef _OPENMP
+      const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+#else
+      const int64_t t = 0, nt = 1;
+#endif
+      // Contiguous unit ranges: each thread owns its rows of every accumulator.
+      score_units<scalar_t>(p, g, labeled, p.K * t / nt, p.K * (t + 1) / nt);
+    }
+  });
+}
+
+}  // namespace fd

@@ -1,0 +1,19 @@
+"""fastdissect: fast, exact Network Dissection.
+
+>>> import torch, fastdissect as fd
+>>> acts = torch.rand(4, 8, 7, 7)                               # 4 images, 8 units
+>>> masks = torch.rand(4, 5, 28, 28) > 0.7                      # 5 concepts at 28x28
+>>> s = fd.score(acts, masks)
+>>> s.iou.shape
+torch.Size([8, 5])
+"""
+
+from ._ext import build_info
+from .masks import ConceptMasks, pack_masks
+from .quantile import NETDISSECT_QUANTILE, thresholds
+from .scoring import Scores, Tally, score
+
+__version__ = "0.1.0"
+
+__all__ = ["ConceptMasks", "NETDISSECT_QUANTILE", "Scores", "Tally", "build_info", "pack_masks", "score",
+           "thresholds"]

@@ -1,0 +1,103 @@
+"""Exact per-unit quantiles with numpy.quantile's interpolation methods.
+
+The quantile of n sorted values is read from at most two order statistics x[i] <= x[j]; which ones
+and the interpolation between them follow numpy exactly (`virtual_index`, `interpolate`), so the
+result equals numpy.quantile(values.astype(float64), level, method=...) bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from . import _validate
+
+# numpy's continuous methods as (alpha, beta) plotting positions; "linear" has its own formula there.
+_CONTINUOUS = {"hazen": (0.5, 0.5), "weibull": (0.0, 0.0), "median_unbiased": (1 / 3.0, 1 / 3.0),
+               "normal_unbiased": (3 / 8.0, 3 / 8.0)}
+METHODS = ("linear", "lower", "higher", "nearest", "midpoint") + tuple(_CONTINUOUS)
+
+# NetDissect and NetDissect-Lite read their sketch at this level; on exact data their threshold is
+# numpy.quantile(x, NETDISSECT_LEVEL, method="hazen"), i.e. quantile=NETDISSECT_QUANTILE below.
+NETDISSECT_LEVEL = 994 / 999
+NETDISSECT_QUANTILE = 1 - NETDISSECT_LEVEL
+
+
+def check_method(method: str) -> str:
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    return method
+
+
+def order_statistics(n: int, level: float, method: str) -> tuple[int, int, float]:
+    """(i, j, gamma): the quantile is interpolate(x[i], x[j], gamma) over n sorted values."""
+    if method == "lower":
+        i = int(math.floor((n - 1) * level))
+        return i, i, 0.0
+    if method == "higher":
+        i = int(math.ceil((n - 1) * level))
+        return i, i, 0.0
+    if method == "nearest":
+        i = int(round((n - 1) * level))  # round half to even, as numpy.around
+        return i, i, 0.0
+    if method in ("linear", "midpoint"):
+        virtual = (n - 1) * level
+    else:
+        alpha, beta = _CONTINUOUS[method]
+        virtual = n * level + (alpha + level * (1 - alpha - beta)) - 1
+    if math.isnan(virtual):
+        raise ValueError("quantile level is NaN")
+    if virtual >= n - 1:
+        return n - 1, n - 1, 0.0
+    if virtual < 0:
+        return 0, 0, 0.0
+    i = int(math.floor(virtual))
+    gamma = virtual - i
+    if method == "midpoint":
+        gamma = 0.0 if virtual % 1 == 0 else 0.5
+    return i, i + 1, gamma
+
+
+def interpolate(lo: torch.Tensor, hi: torch.Tensor, gamma: float) -> torch.Tensor:
+    """numpy's _lerp, which is exact at both ends: a + (b - a) * t, or b - (b - a) * (1 - t) for t >= 0.5."""
+    diff = hi - lo
+    if gamma >= 0.5:
+        return hi - diff * (1 - gamma)
+    return lo + diff * gamma
+
+
+def unit_values(activations: torch.Tensor) -> torch.Tensor:
+    """(N, K, h, w) or (M, K) -> (K, values) float64."""
+    a = activations
+    if a.dim() == 4:
+        a = a.transpose(0, 1).reshape(a.shape[1], -1)
+    elif a.dim() == 2:
+        a = a.T
+    else:
+        raise ValueError(f"activations must have shape [N, K, h, w] or [M, K], got {tuple(a.shape)}")
+    return a.to(torch.float64)
+
+
+def thresholds(activations, quantile: float = 0.005, method: str = "linear") -> torch.Tensor:
+    """(K,) float64 exact T_k: numpy.quantile(unit k's values, 1 - quantile, method=method).
+
+    >>> import torch, fastdissect as fd
+    >>> a = torch.arange(1000.).reshape(10, 1, 10, 10)
+    >>> fd.thresholds(a, quantile=0.005).item()
+    994.005
+    """
+    x = _validate.as_tensor(activations, "activations")
+    if x.dim() == 4:
+        x = _validate.activations(x)
+    elif x.dim() == 2:
+        if not x.dtype.is_floating_point or x.numel() == 0:
+            raise ValueError(f"activations must be non-empty floats, got {x.dtype} {tuple(x.shape)}")
+        _validate.finite(x, "activations")
+    level = 1.0 - _validate.quantile_level(quantile)
+    check_method(method)
+    values = unit_values(x)
+    i, j, gamma = order_statistics(values.shape[1], level, method)
+    picked = torch.topk(values, k=values.shape[1] - i, dim=1, largest=True, sorted=True).values
+    lo, hi = picked[:, -1], picked[:, -1 - (j - i)]
+    return interpolate(lo, hi, gamma).cpu()

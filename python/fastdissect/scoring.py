@@ -1,0 +1,178 @@
+"""Scoring units against concepts: `score` (one call) and `Tally` (streamed over batches)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from . import _dispatch, _validate
+from .masks import ConceptMasks, as_concept_masks
+from .quantile import thresholds as exact_thresholds
+
+
+@dataclass(frozen=True)
+class Scores:
+    """IoU of every unit (row) against every concept (column), summed over the data set.
+
+    intersection[k, c] = sum_x |M_k(x) & L_c(x)|, union[k, c] as the union mode defines it,
+    iou = intersection / union (0 where union == 0).
+    """
+
+    intersection: torch.Tensor  # (K, C) int64
+    union: torch.Tensor         # (K, C) int64
+    iou: torch.Tensor           # (K, C) float64
+    unit_area: torch.Tensor     # (K,) int64  sum_x |M_k(x)|
+    concept_area: torch.Tensor  # (C,) int64  sum_x |L_c(x)|
+    thresholds: torch.Tensor    # (K,) float64 T_k
+    union_mode: str
+    num_images: int
+
+    def best(self):
+        """(concept, iou) per unit: the concept with the highest IoU (lowest id on ties)."""
+        iou, concept = self.iou.max(dim=1)
+        return concept, iou
+
+
+class Tally:
+    """Streaming scorer: add batches of (activations, masks), read `scores()` at any time.
+
+    Tallies are integer sums, so `merge` combines shards exactly and batch sizes never change a result.
+
+    >>> import torch, fastdissect as fd
+    >>> t = fd.Tally(num_units=2, num_concepts=3, thresholds=[0.5, 0.5])
+    >>> masks = torch.zeros(4, 3, 8, 8, dtype=torch.bool); masks[:, 1, :4] = True
+    >>> acts = torch.zeros(4, 2, 2, 2); acts[:, 0, 0] = 1.0          # unit 0 fires on the top row
+    >>> for i in range(0, 4, 2):
+    ...     t.add(acts[i:i + 2], masks[i:i + 2])
+    >>> s = t.scores()
+    >>> s.iou[0, 1].item() > 0.5, s.iou[1].tolist()
+    (True, [0.0, 0.0, 0.0])
+    """
+
+    def __init__(self, num_units: int, num_concepts: int, thresholds, *, union: str = "global",
+                 categories=None, backend: str = "auto", device=None):
+        self.num_units = _validate.positive_int(num_units, "num_units")
+        self.num_concepts = _validate.positive_int(num_concepts, "num_concepts")
+        self.thresholds = _validate.thresholds(thresholds, num_units)
+        self.union, self.categories, self.num_categories = _validate.union_and_categories(
+            union, categories, num_concepts)
+        if backend not in _dispatch.BACKENDS:
+            raise ValueError(f"backend must be one of {_dispatch.BACKENDS}, got {backend!r}")
+        self.backend = backend
+        self.device = torch.device(device) if device is not None else None
+        self.num_images = 0
+        self._state: dict[str, torch.Tensor] | None = None
+
+    def _zeros(self, device) -> dict[str, torch.Tensor]:
+        z = lambda *shape: torch.zeros(*shape, dtype=torch.int64, device=device)  # noqa: E731
+        state = {"intersection": z(self.num_units, self.num_concepts), "unit_area": z(self.num_units),
+                 "concept_area": z(self.num_concepts)}
+        if self.union != "global":
+            state["unit_category_area"] = z(self.num_units, self.num_categories)
+        return state
+
+    def add(self, activations, masks) -> None:
+        """Adds a batch: activations (N, K, h, w) and the same N images' masks (dense (N, C, H, W)
+        bool/uint8, or a `ConceptMasks` from `pack_masks`)."""
+        act = _validate.activations(activations, num_units=self.num_units)
+        m = as_concept_masks(masks, self.num_concepts)
+        _validate.same_images(act.shape[0], m.num_images)
+        self._add(act, m)
+
+    def _add(self, act: torch.Tensor, m: ConceptMasks) -> None:
+        device = self.device or act.device
+        backend = _dispatch.resolve_backend(self.backend, act.device)
+        if self._state is None:
+            self._state = self._zeros(device)
+        state = self._state
+        if act.device != device:
+            raise ValueError(f"activations are on {act.device} but this Tally accumulates on {device}")
+        if m.device != device:
+            m = m.to(device)
+        cats = self.categories.to(device) if self.categories is not None else None
+        _dispatch.tally_batch(backend, act, m, self.thresholds.to(device), self.union, cats, self.num_categories,
+                              state["intersection"], state["unit_area"], state.get("unit_category_area"))
+        state["concept_area"] += m.concept_area()
+        self.num_images += act.shape[0]
+
+    def scores(self) -> Scores:
+        state = self._state if self._state is not None else self._zeros(self.device or "cpu")
+        inter = state["intersection"]
+        concept_area = state["concept_area"]
+        if self.union == "global":
+            unit_term = state["unit_area"][:, None]
+        else:
+            unit_term = state["unit_category_area"][:, self.categories.to(inter.device)]
+        union = unit_term + concept_area[None, :] - inter
+        iou = torch.where(union > 0, inter.to(torch.float64) / union.clamp(min=1).to(torch.float64),
+                          torch.zeros((), dtype=torch.float64, device=inter.device))
+        return Scores(inter.clone(), union, iou, state["unit_area"].clone(), concept_area.clone(),
+                      self.thresholds.clone(), self.union, self.num_images)
+
+    def state_dict(self) -> dict:
+        state = self._state if self._state is not None else self._zeros(self.device or "cpu")
+        return {"num_units": self.num_units, "num_concepts": self.num_concepts, "union": self.union,
+                "thresholds": self.thresholds.clone(),
+                "categories": None if self.categories is None else self.categories.clone(),
+                "num_images": self.num_images, **{k: v.detach().cpu().clone() for k, v in state.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._check_compatible(state, "state_dict")
+        device = self.device or "cpu"
+        self._state = {k: state[k].to(device).clone() for k in self._zeros("cpu")}
+        self.num_images = int(state["num_images"])
+
+    def merge(self, other: "Tally") -> "Tally":
+        """Adds another shard's tallies into this one (same units, concepts, thresholds, union)."""
+        if not isinstance(other, Tally):
+            raise TypeError(f"merge takes a Tally, got {type(other).__name__}")
+        theirs = other.state_dict()
+        self._check_compatible(theirs, "other")
+        mine = self.state_dict()
+        device = self.device or "cpu"
+        self._state = {k: (mine[k] + theirs[k]).to(device) for k in self._zeros("cpu")}
+        self.num_images += other.num_images
+        return self
+
+    def _check_compatible(self, state: dict, name: str) -> None:
+        for key in ("num_units", "num_concepts", "union"):
+            if state[key] != getattr(self, key):
+                raise ValueError(f"{name} has {key}={state[key]!r}, this Tally has {getattr(self, key)!r}")
+        if not torch.equal(state["thresholds"].to(torch.float64), self.thresholds):
+            raise ValueError(f"{name} was tallied with different thresholds; shards must share T_k")
+        cats = state["categories"]
+        if (cats is None) != (self.categories is None) or (cats is not None and not torch.equal(cats,
+                                                                                              self.categories)):
+            raise ValueError(f"{name} has different categories")
+
+
+def score(activations, masks, *, thresholds=None, quantile: float = 0.005, union: str = "global",
+          categories=None, backend: str = "auto") -> Scores:
+    """Scores every unit against every concept in one call.
+
+    M_k(x) = bilinear upsample of activations[x, k] to the masks' H x W (half-pixel centres, edge
+    clamp, evaluated in float64) > T_k, strictly. IoU_{k,c} = sum_x |M_k & L_c| / union.
+
+    >>> import torch, fastdissect as fd
+    >>> acts = torch.arange(16.).reshape(1, 1, 4, 4)             # one image, one unit
+    >>> masks = torch.zeros(1, 2, 8, 8, dtype=torch.bool); masks[0, 1, 4:, 4:] = True
+    >>> s = fd.score(acts, masks, thresholds=torch.tensor([9.0]))
+    >>> s.intersection.tolist(), s.unit_area.tolist(), s.concept_area.tolist()
+    ([[0, 15]], [26], [0, 16])
+
+    thresholds: (K,) values used as given; None computes the exact (1 - quantile) quantile of each
+    unit's raw activations in this call (numpy's "linear" method).
+    union: "global", "netdissect" or "lite" (the latter two need `categories`, each concept's
+    primary category id); see the README for their definitions.
+    backend: "auto", "cpu" (C++ kernels) or "torch" (plain torch, any device).
+    """
+    act = _validate.activations(activations)
+    m = as_concept_masks(masks)
+    _validate.same_images(act.shape[0], m.num_images)
+    if thresholds is None:
+        thresholds = exact_thresholds(act, quantile=quantile)
+    tally = Tally(act.shape[1], m.num_concepts, thresholds, union=union, categories=categories,
+                  backend=backend, device=act.device)
+    tally._add(act, m)
+    return tally.scores()

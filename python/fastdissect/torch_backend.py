@@ -1,0 +1,74 @@
+"""backend="torch": the scoring formulas in plain torch, on any device.
+
+It evaluates the same bilinear expression in the same float64 order as the C++ kernels
+(csrc/common/upsample.h), so its masks agree with them bit for bit. Upsampled maps are materialized
+in chunks of at most `CHUNK_BYTES`, never for a whole batch.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .masks import ConceptMasks
+
+CHUNK_BYTES = 64 << 20
+
+
+def linear_taps(in_size: int, out_size: int, device) -> tuple[torch.Tensor, ...]:
+    """(i0, i1, l0, l1) per output coordinate, as csrc/common/upsample.h `linear_tap`."""
+    scale = float(in_size) / float(out_size)
+    i0s, i1s, l0s, l1s = [], [], [], []
+    for d in range(out_size):
+        src = max(scale * (d + 0.5) - 0.5, 0.0)
+        i0 = min(int(src), in_size - 1)
+        l1 = min(max(src - i0, 0.0), 1.0)
+        i0s.append(i0)
+        i1s.append(i0 + (1 if i0 < in_size - 1 else 0))
+        l1s.append(l1)
+        l0s.append(1.0 - l1)
+    as_t = lambda xs, dt: torch.tensor(xs, dtype=dt, device=device)  # noqa: E731
+    return as_t(i0s, torch.int64), as_t(i1s, torch.int64), as_t(l0s, torch.float64), as_t(l1s, torch.float64)
+
+
+def upsample(a: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(..., h, w) -> (..., H, W) float64 bilinear, half-pixel centres, edge clamp."""
+    a = a.to(torch.float64)
+    x0, x1, wl0, wl1 = linear_taps(a.shape[-1], width, a.device)
+    y0, y1, hl0, hl1 = linear_taps(a.shape[-2], height, a.device)
+    rows = wl0 * a[..., x0] + wl1 * a[..., x1]
+    return hl0[:, None] * rows[..., y0, :] + hl1[:, None] * rows[..., y1, :]
+
+
+def tally_batch(act: torch.Tensor, masks: ConceptMasks, thresholds: torch.Tensor, union: str,
+                categories: torch.Tensor | None, num_categories: int, intersection: torch.Tensor,
+                unit_area: torch.Tensor, unit_category_area: torch.Tensor | None) -> None:
+    """Adds one batch into the accumulators (all on act.device)."""
+    n_images, n_units = act.shape[:2]
+    hw = masks.height * masks.width
+    count_dtype = torch.float32 if hw < (1 << 24) else torch.float64  # counts stay exact
+    units_per_chunk = max(1, min(n_units, CHUNK_BYTES // (hw * 8)))
+    images_per_chunk = max(1, CHUNK_BYTES // (units_per_chunk * hw * 8))
+    for k0 in range(0, n_units, units_per_chunk):
+        k1 = min(n_units, k0 + units_per_chunk)
+        thr = thresholds[k0:k1, None]
+        for n0 in range(0, n_images, images_per_chunk):
+            n1 = min(n_images, n0 + images_per_chunk)
+            on = upsample(act[n0:n1, k0:k1], masks.height, masks.width).reshape(n1 - n0, k1 - k0, hw) > thr
+            for i, n in enumerate(range(n0, n1)):
+                m = on[i]
+                area = m.sum(dim=1)
+                unit_area[k0:k1] += area
+                ids, rows = masks.entries(n)
+                if ids.numel() == 0:
+                    continue
+                labels = masks.unpack_rows(rows)
+                inter = (m.to(count_dtype) @ labels.to(count_dtype).T).to(torch.int64)
+                intersection[k0:k1].index_add_(1, ids, inter)
+                if union == "netdissect":
+                    labeled = torch.zeros(num_categories, dtype=torch.int64, device=act.device)
+                    labeled[categories[ids]] = 1
+                    unit_category_area[k0:k1] += area[:, None] * labeled[None, :]
+                elif union == "lite":
+                    hits = torch.zeros(k1 - k0, num_categories, dtype=torch.int64, device=act.device)
+                    hits.index_add_(1, categories[ids], (inter > 0).to(torch.int64))
+                    unit_category_area[k0:k1] += area[:, None] * (hits > 0)

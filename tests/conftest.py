@@ -1,0 +1,30 @@
+import numpy as np
+import pytest
+import torch
+
+import fastdissect as fd
+
+BACKENDS = ["cpu", "torch"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    if request.param == "cpu" and not fd.build_info()["extension"]:
+        pytest.fail("the compiled extension is missing: the cpu backend cannot be tested")
+    return request.param
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(12345)
+
+
+def exact_acts(rng, shape, lo=-4, hi=9):
+    """Integer-valued activations: with power-of-two scale factors every bilinear sample is exact."""
+    return torch.from_numpy(rng.integers(lo, hi, size=shape).astype(np.float32))
+
+
+def random_labels(rng, n, planes, h, w, num_concepts, density=0.6):
+    lab = rng.integers(1, num_concepts, size=(n, planes, h, w))
+    lab[rng.random(lab.shape) > density] = 0
+    return torch.from_numpy(lab)

@@ -1,0 +1,210 @@
+"""fd.score / fd.Tally against the independent numpy reference (tests/reference.py)."""
+
+import numpy as np
+import pytest
+import torch
+
+import fastdissect as fd
+from conftest import exact_acts, random_labels
+import reference as ref
+
+
+def assert_matches(scores, expected):
+    for key in ("intersection", "union", "unit_area", "concept_area"):
+        np.testing.assert_array_equal(getattr(scores, key).cpu().numpy(), expected[key], err_msg=key)
+    np.testing.assert_array_equal(scores.iou.cpu().numpy(), expected["iou"])
+
+
+def run_case(acts, dense, thr, backend, union="global", categories=None):
+    s = fd.score(acts, dense, thresholds=thr, union=union, categories=categories, backend=backend)
+    expected = ref.tally(acts.float().numpy() if acts.dtype == torch.bfloat16 else acts.numpy(),
+                         dense.numpy(), thr.numpy(), union, None if categories is None else categories.numpy())
+    assert_matches(s, expected)
+    return s
+
+
+@pytest.mark.parametrize("union", ["global", "netdissect", "lite"])
+@pytest.mark.parametrize("geometry", [(7, 7, 56, 56), (4, 8, 32, 32), (7, 7, 112, 112)])
+def test_exact_data_all_unions(backend, rng, union, geometry):
+    h, w, H, W = geometry
+    acts = exact_acts(rng, (3, 5, h, w))
+    labels = random_labels(rng, 3, 2, H, W, 9)
+    dense = torch.from_numpy(ref.dense_from_labels(labels.numpy(), [[4], [], [7, 8]], 9))
+    thr = torch.tensor([2.0, 0.0, 5.0, -1.0, 8.0], dtype=torch.float64)  # thresholds sit on data values
+    cats = torch.tensor([0, 0, 1, 1, 2, 2, 2, 3, 3])
+    s = run_case(acts, dense, thr, backend, union, cats)
+    assert s.intersection.sum() > 0 and s.union_mode == union
+
+
+@pytest.mark.parametrize("geometry", [(5, 3, 17, 11), (1, 1, 9, 9), (3, 7, 3, 7), (9, 6, 13, 8), (20, 30, 7, 5),
+                                      (7, 7, 113, 113)])
+def test_random_data_odd_sizes(backend, rng, geometry):
+    """Non-dyadic scales, upsampling and downsampling: the same float64 formula gives the same bits."""
+    h, w, H, W = geometry
+    acts = torch.from_numpy(rng.standard_normal((2, 4, h, w)).astype(np.float32))
+    dense = torch.from_numpy(rng.random((2, 5, H, W)) > 0.6)
+    thr = torch.from_numpy(rng.standard_normal(4) * 0.5)
+    run_case(acts, dense, thr, backend)
+
+
+def test_ties_at_threshold_are_off(backend, rng):
+    """A constant map equal to T lights nothing (strict >), whatever rounding the blend does."""
+    acts = torch.full((2, 3, 7, 7), 0.1, dtype=torch.float64)
+    acts[1, 2] = torch.from_numpy(rng.choice([0.1, 0.3], size=(7, 7)))
+    dense = torch.ones(2, 2, 24, 24, dtype=torch.bool)
+    s = run_case(acts, dense, torch.tensor([0.1, 0.1, 0.1], dtype=torch.float64), backend)
+    assert s.unit_area[:2].tolist() == [0, 0]
+
+
+def test_threshold_a_hair_below_constant_map(backend):
+    """Sources one ulp below T must still be evaluated: the blend may round above T."""
+    t = 0.3
+    below = np.nextafter(t, -np.inf)
+    acts = torch.full((1, 2, 3, 3), below, dtype=torch.float64)
+    acts[0, 1, 1, 1] = t
+    dense = torch.ones(1, 1, 17, 17, dtype=torch.bool)
+    run_case(acts, dense, torch.tensor([t, t], dtype=torch.float64), backend)
+
+
+def test_all_zero_relu_units(backend, rng):
+    acts = torch.relu(exact_acts(rng, (3, 4, 7, 7)))
+    acts[:, 1] = 0
+    dense = torch.from_numpy(rng.random((3, 3, 28, 28)) > 0.5)
+    s = run_case(acts, dense, torch.zeros(4, dtype=torch.float64), backend)
+    assert s.unit_area[1] == 0 and s.iou[1].eq(0).all()
+
+
+def test_one_image_1x1_map(backend):
+    acts = torch.tensor([[[[3.0]], [[1.0]]]])
+    dense = torch.zeros(1, 2, 5, 5, dtype=torch.bool)
+    dense[0, 0, 1:3] = True
+    s = run_case(acts, dense, torch.tensor([2.0, 2.0], dtype=torch.float64), backend)
+    assert s.unit_area.tolist() == [25, 0] and s.intersection[0, 0] == 10
+
+
+def test_absent_and_whole_image_concepts(backend, rng):
+    acts = exact_acts(rng, (3, 3, 7, 7))
+    labels = random_labels(rng, 3, 1, 28, 28, 5)
+    labels[labels == 2] = 0  # concept 2 never appears
+    dense = torch.from_numpy(ref.dense_from_labels(labels.numpy(), [[5], [5, 6], []], 7))
+    s = run_case(acts, dense, torch.tensor([1.0, 3.0, 0.0], dtype=torch.float64), backend)
+    assert s.concept_area[2] == 0 and s.intersection[:, 2].eq(0).all()
+    assert s.concept_area[5] == 2 * 28 * 28
+    # image-level concept: intersection = the unit's mask area on the images it labels
+    packed = fd.pack_masks(labels=labels, image_labels=[[5], [5, 6], []], num_concepts=7)
+    assert (packed.mask_rows == -1).sum() == 3
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_half_and_double_inputs_read_natively(backend, rng, dtype):
+    acts = (exact_acts(rng, (2, 4, 7, 7)) / 4).to(dtype)
+    dense = torch.from_numpy(rng.random((2, 3, 28, 28)) > 0.5)
+    thr = torch.tensor([0.25, 0.5, 0.0, 1.0], dtype=torch.float64)
+    run_case(acts, dense, thr, backend)
+
+
+def test_non_contiguous_inputs(backend, rng):
+    base = exact_acts(rng, (7, 7, 4, 3))
+    acts = base.permute(2, 3, 0, 1)[::2]  # (2, 3, 7, 7), every stride unusual
+    assert not acts.is_contiguous()
+    dense_base = torch.from_numpy(rng.random((28, 28, 2, 4)) > 0.5)
+    dense = dense_base.permute(2, 3, 0, 1)
+    thr = torch.tensor([1.0, 0.0, 2.0], dtype=torch.float64)
+    expected = ref.tally(acts.contiguous().numpy(), dense.contiguous().numpy(), thr.numpy())
+    assert_matches(fd.score(acts, dense, thresholds=thr, backend=backend), expected)
+
+
+def test_backends_identical_on_random_float32(rng):
+    acts = torch.from_numpy(rng.standard_normal((6, 32, 7, 7)).astype(np.float32))
+    masks = fd.pack_masks(labels=random_labels(rng, 6, 2, 37, 41, 20), num_concepts=20)
+    cats = torch.from_numpy(rng.integers(0, 3, 20))
+    for union in ("global", "netdissect", "lite"):
+        a = fd.score(acts, masks, union=union, categories=cats, backend="cpu")
+        b = fd.score(acts, masks, union=union, categories=cats, backend="torch")
+        for key in ("intersection", "union", "unit_area", "concept_area", "thresholds"):
+            assert torch.equal(getattr(a, key), getattr(b, key)), key
+
+
+def test_default_thresholds_are_exact_quantiles(backend, rng):
+    acts = torch.from_numpy(rng.standard_normal((5, 3, 7, 7)).astype(np.float32))
+    dense = torch.from_numpy(rng.random((5, 2, 14, 14)) > 0.5)
+    s = fd.score(acts, dense, backend=backend)
+    for k in range(3):
+        assert s.thresholds[k].item() == np.quantile(acts[:, k].double().numpy().ravel(), 1 - 0.005)
+    assert_matches(s, ref.tally(acts.numpy(), dense.numpy(), s.thresholds.numpy()))
+
+
+def test_label_planes_equal_dense_masks(backend, rng):
+    labels = random_labels(rng, 4, 3, 16, 16, 12)
+    image_labels = [[11], [], [3, 11], [1]]
+    dense = torch.from_numpy(ref.dense_from_labels(labels.numpy(), image_labels, 12))
+    packed = fd.pack_masks(labels=labels, image_labels=image_labels, num_concepts=12)
+    assert torch.equal(packed.to_dense(), dense)
+    acts = exact_acts(rng, (4, 3, 4, 4))
+    thr = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
+    a = fd.score(acts, packed, thresholds=thr, backend=backend)
+    assert_matches(a, ref.tally(acts.numpy(), dense.numpy(), thr.numpy()))
+
+
+@pytest.mark.parametrize("union", ["global", "lite"])
+def test_streaming_and_merge_equal_one_shot(backend, rng, union):
+    acts = exact_acts(rng, (9, 4, 7, 7))
+    masks = fd.pack_masks(labels=random_labels(rng, 9, 2, 28, 28, 10), image_labels=[[9]] * 9, num_concepts=10)
+    cats = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2, 3])
+    thr = torch.tensor([1.0, 2.0, 0.0, 4.0], dtype=torch.float64)
+    one = fd.score(acts, masks, thresholds=thr, union=union, categories=cats, backend=backend)
+    stream = fd.Tally(4, 10, thr, union=union, categories=cats, backend=backend)
+    for lo, hi in [(0, 1), (1, 5), (5, 9)]:
+        stream.add(acts[lo:hi], masks[lo:hi])
+    shard_a = fd.Tally(4, 10, thr, union=union, categories=cats, backend=backend)
+    shard_b = fd.Tally(4, 10, thr, union=union, categories=cats, backend=backend)
+    shard_a.add(acts[:4], masks[:4])
+    shard_b.add(acts[4:], masks[4:])
+    restored = fd.Tally(4, 10, thr, union=union, categories=cats)
+    restored.load_state_dict(shard_a.state_dict())
+    restored.merge(shard_b)
+    for other in (stream.scores(), restored.scores()):
+        for key in ("intersection", "union", "iou", "unit_area", "concept_area"):
+            assert torch.equal(getattr(one, key), getattr(other, key)), key
+        assert other.num_images == 9
+
+
+def test_thread_count_does_not_change_results(rng):
+    acts = torch.from_numpy(rng.standard_normal((8, 37, 7, 7)).astype(np.float32))
+    masks = fd.pack_masks(labels=random_labels(rng, 8, 2, 56, 56, 30), num_concepts=30)
+    cats = torch.from_numpy(rng.integers(0, 4, 30))
+    old = torch.get_num_threads()
+    try:
+        results = []
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            results.append(fd.score(acts, masks, union="lite", categories=cats, backend="cpu"))
+    finally:
+        torch.set_num_threads(old)
+    for r in results[1:]:
+        assert torch.equal(r.intersection, results[0].intersection)
+        assert torch.equal(r.union, results[0].union)
+
+
+def test_formula_equals_torch_interpolate_on_exact_data(rng):
+    a = torch.from_numpy(rng.integers(-8, 8, size=(2, 3, 7, 7)).astype(np.float64))
+    for size in [(112, 112), (56, 28), (14, 7)]:
+        t = torch.nn.functional.interpolate(a, size=size, mode="bilinear", align_corners=False)
+        ours = np.stack([[ref.upsample(a[n, k].numpy(), *size) for k in range(3)] for n in range(2)])
+        np.testing.assert_array_equal(ours, t.numpy())
+
+
+def test_formula_close_to_torch_interpolate_on_random_data(rng):
+    a = torch.from_numpy(rng.standard_normal((1, 2, 5, 9)))
+    t = torch.nn.functional.interpolate(a, size=(17, 23), mode="bilinear", align_corners=False)
+    ours = np.stack([ref.upsample(a[0, k].numpy(), 17, 23) for k in range(2)])
+    np.testing.assert_allclose(ours, t[0].numpy(), rtol=0, atol=1e-14)
+
+
+def test_best_concept(rng):
+    acts = torch.zeros(1, 1, 2, 2)
+    acts[0, 0, 0, 0] = 1.0
+    dense = torch.zeros(1, 3, 8, 8, dtype=torch.bool)
+    dense[0, 2, :4, :4] = True
+    concept, iou = fd.score(acts, dense, thresholds=[0.5]).best()
+    assert concept.tolist() == [2] and iou.item() > 0.3
