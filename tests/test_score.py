@@ -56,6 +56,16 @@ def test_ties_at_threshold_are_off(backend, rng):
     assert s.unit_area[:2].tolist() == [0, 0]
 
 
+def test_blend_rounding_above_threshold_is_not_skipped(backend):
+    """A constant map equal to T whose float64 blend rounds above T in places: those pixels are on
+    by the formula, so the kernel may not skip the map just because no source exceeds T."""
+    t = float.fromhex("0x1.3e2a49c00db3dp+0")
+    acts = torch.full((1, 1, 2, 6), t, dtype=torch.float64)
+    dense = torch.ones(1, 1, 23, 27, dtype=torch.bool)
+    s = run_case(acts, dense, torch.tensor([t], dtype=torch.float64), backend)
+    assert s.unit_area.item() > 0  # the reference says 69 pixels round above T
+
+
 def test_threshold_a_hair_below_constant_map(backend):
     """Sources one ulp below T must still be evaluated: the blend may round above T."""
     t = 0.3
