@@ -218,3 +218,14 @@ def test_best_concept(rng):
     dense[0, 2, :4, :4] = True
     concept, iou = fd.score(acts, dense, thresholds=[0.5]).best()
     assert concept.tolist() == [2] and iou.item() > 0.3
+
+
+@pytest.mark.parametrize("geometry", [(6, 9, 67, 130), (4, 4, 64, 64), (3, 2, 65, 129)])
+def test_wide_regions_and_word_boundaries(backend, rng, geometry):
+    """Large on-regions (whole runs decided at their ends) and rows that straddle 64-bit words."""
+    h, w, H, W = geometry
+    acts = torch.from_numpy(rng.standard_normal((1, 5, h, w)) * 3)
+    dense = torch.from_numpy(rng.random((1, 2, H, W)) > 0.5)
+    thr = torch.tensor([-2.0, -0.5, 0.0, 0.7, 2.5], dtype=torch.float64)
+    s = run_case(acts, dense, thr, backend)
+    assert s.unit_area[0] > H * W // 2

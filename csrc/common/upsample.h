@@ -51,4 +51,12 @@ FD_HOST_DEVICE FD_INLINE double hot_floor(double threshold) {
   return threshold - margin;
 }
 
+// Bound on |computed - real| of one blended sample whose sources are at most `max_abs` in magnitude
+// (about ten roundings of relative size 2^-53, doubled for safety, plus subnormal slack). Along an
+// output row, between two source columns, the real blend is monotone in x, so a run whose computed
+// end values both lie more than twice this bound on one side of T lies entirely on that side.
+FD_HOST_DEVICE FD_INLINE double blend_error_bound(double max_abs) {
+  return 16.0 * DBL_EPSILON * max_abs + 64.0 * DBL_TRUE_MIN;
+}
+
 }  // namespace fd

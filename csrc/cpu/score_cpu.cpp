@@ -3,6 +3,7 @@
 // and count popcount(M & L_c) against the packed masks of the concepts present in that image.
 // No upsampled float map is ever stored beyond one source row of one map.
 #include <algorithm>
+#include <cmath>
 #include <vector>
 
 #ifdef _OPENMP
@@ -21,8 +22,10 @@ namespace {
 struct Geometry {
   std::vector<LinearTap> ty, tx;
   std::vector<int64_t> col_first, col_last;  // [w], empty span = (W, -1)
+  std::vector<int64_t> run_last;             // [W] last output column with the same source taps
 
-  Geometry(int64_t h, int64_t w, int64_t H, int64_t W) : ty(H), tx(W), col_first(w, W), col_last(w, -1) {
+  Geometry(int64_t h, int64_t w, int64_t H, int64_t W)
+      : ty(H), tx(W), col_first(w, W), col_last(w, -1), run_last(W) {
     for (int64_t y = 0; y < H; ++y) ty[y] = linear_tap(y, h, H);
     for (int64_t x = 0; x < W; ++x) {
       tx[x] = linear_tap(x, w, W);
@@ -31,6 +34,8 @@ struct Geometry {
         col_last[c] = std::max(col_last[c], x);
       }
     }
+    for (int64_t x = W - 1; x >= 0; --x)
+      run_last[x] = (x + 1 < W && tx[x + 1].i0 == tx[x].i0 && tx[x + 1].i1 == tx[x].i1) ? run_last[x + 1] : x;
   }
 };
 
@@ -66,9 +71,11 @@ void mask_of_map(const ScoreParams& p, const Geometry& g, int64_t n, int64_t k, 
   load_map<scalar_t>(p, n, k, ws.src.data());
 
   int64_t map_lo = p.w, map_hi = -1;  // hot source columns of the whole map
+  double max_abs = 0.0;
   for (int64_t i = 0; i < p.h; ++i) {
     int64_t lo = p.w, hi = -1;
     for (int64_t j = 0; j < p.w; ++j) {
+      max_abs = std::max(max_abs, std::fabs(ws.src[i * p.w + j]));
       if (ws.src[i * p.w + j] > floor_hot) {
         lo = std::min(lo, j);
         hi = j;
@@ -81,6 +88,7 @@ void mask_of_map(const ScoreParams& p, const Geometry& g, int64_t n, int64_t k, 
     map_hi = std::max(map_hi, hi);
   }
   if (map_hi < 0) return;
+  const double margin = 2.0 * blend_error_bound(max_abs);
   // Output columns any output row may need: rows are interpolated over this span only.
   int64_t span_lo = p.W, span_hi = -1;
   for (int64_t c = map_lo; c <= map_hi; ++c) {
@@ -113,19 +121,30 @@ void mask_of_map(const ScoreParams& p, const Geometry& g, int64_t n, int64_t k, 
     if (xb < xa) continue;
     const double* r0 = row(t.i0);
     const double* r1 = row(t.i1);
-    // Bits are gathered a word at a time in a register, branch-free.
-    uint64_t row_on = 0;
+    // Runs of output columns between the same two source columns: the real blend is monotone along
+    // a run, so its two ends decide the whole run unless they come within `margin` of T.
+    bool row_on = false;
     const int64_t base = y * p.W;
-    for (int64_t pixel = base + xa, end = base + xb + 1; pixel < end;) {
-      const int64_t word = pixel / kBitsPerWord;
-      const int64_t word_end = std::min(end, (word + 1) * kBitsPerWord);
-      uint64_t bits = 0;
-      for (; pixel < word_end; ++pixel) {
-        const int64_t x = pixel - base;
-        bits |= bit_if(lerp_pair(t.l0, r0[x], t.l1, r1[x]) > threshold, pixel);
+    uint64_t* mask = ws.mask.data();
+    for (int64_t x = xa; x <= xb;) {
+      const int64_t e = std::min(g.run_last[x], xb);
+      const double vs = lerp_pair(t.l0, r0[x], t.l1, r1[x]);
+      const double ve = lerp_pair(t.l0, r0[e], t.l1, r1[e]);
+      if (std::max(vs, ve) <= threshold - margin) {
+        // whole run off
+      } else if (std::min(vs, ve) > threshold + margin) {
+        set_bit_range(mask, base + x, base + e);
+        row_on = true;
+      } else {
+        uint64_t any = 0;
+        for (int64_t xi = x; xi <= e; ++xi) {
+          const uint64_t bit = bit_if(lerp_pair(t.l0, r0[xi], t.l1, r1[xi]) > threshold, base + xi);
+          mask[(base + xi) / kBitsPerWord] |= bit;
+          any |= bit;
+        }
+        row_on |= any != 0;
       }
-      ws.mask[word] |= bits;
-      row_on |= bits;
+      x = e + 1;
     }
     if (row_on) {
       wfirst = std::min(wfirst, (y * p.W + xa) / kBitsPerWord);
