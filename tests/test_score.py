@@ -229,3 +229,35 @@ def test_wide_regions_and_word_boundaries(backend, rng, geometry):
     thr = torch.tensor([-2.0, -0.5, 0.0, 0.7, 2.5], dtype=torch.float64)
     s = run_case(acts, dense, thr, backend)
     assert s.unit_area[0] > H * W // 2
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_every_half_precision_value_converts_exactly(backend, dtype):
+    """1x1 maps at 1x1 labels: M = a > T, so unit areas count values above each threshold, over all
+    finite bit patterns of the type (subnormals, signed zeros, extremes)."""
+    bits = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16)
+    values = bits.view(dtype)
+    values = values[torch.isfinite(values)]
+    if backend == "torch":  # its per-image Python loop makes all 63K images slow: every 7th pattern
+        values = values[::7]
+    probes = torch.tensor([0.0, -0.0, 1e-7, -1e-7, 6e-8, 1.0, -65504.0, 1e30, 0.333, -2.5e-38], dtype=torch.float64)
+    probes = probes[probes.abs() < (65504 if dtype == torch.float16 else 3e38)]
+    acts = values.reshape(-1, 1, 1, 1).expand(-1, probes.shape[0], 1, 1)  # stride 0 over units
+    masks = torch.ones(values.shape[0], 1, 1, 1, dtype=torch.bool)
+    s = fd.score(acts, masks, thresholds=probes, backend=backend)
+    expected = [(values.double() > t).sum().item() for t in probes.tolist()]
+    assert s.unit_area.tolist() == expected
+
+
+@pytest.mark.parametrize("block_bytes", [1, 3 * 5 * 9 * 7 * 2, 1 << 30])
+def test_dense_packing_round_trips_across_blocks(rng, monkeypatch, block_bytes):
+    import fastdissect.masks as masks_module
+
+    monkeypatch.setattr(masks_module, "PACK_BLOCK_BYTES", block_bytes)
+    dense = torch.from_numpy(rng.random((7, 3, 5, 9)) > 0.7)
+    dense[2] = False                 # an image with no concept
+    dense[4, 1] = True               # a mask covering the whole image is stored without bits
+    packed = fd.pack_masks(dense)
+    assert torch.equal(packed.to_dense(), dense)
+    assert packed.offsets.tolist()[2] == packed.offsets.tolist()[3]
+    assert torch.equal(packed[3:6].to_dense(), dense[3:6])

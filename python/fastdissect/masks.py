@@ -17,6 +17,7 @@ import torch
 from . import _validate
 
 WHOLE_IMAGE = -1  # mask_rows value of an image-level label
+PACK_BLOCK_BYTES = 64 << 20  # dense masks are packed in blocks of images of about this size
 
 
 def words_per_mask(height: int, width: int) -> int:
@@ -148,12 +149,14 @@ class _Builder:
         self.words: list[np.ndarray] = []
         self.num_rows = 0
 
-    def add_image(self, ids: np.ndarray, masks: np.ndarray, whole: np.ndarray) -> None:
-        """ids (E,) sorted unique; masks (E, hw) bool; whole (E,) bool marks image-level labels."""
+    def add_images(self, num_images: int, image: np.ndarray, ids: np.ndarray, masks: np.ndarray,
+                   whole: np.ndarray) -> None:
+        """Entries of `num_images` consecutive images, sorted by image then id: image (E,) index in
+        the block, ids (E,), masks (E, hw) bool, whole (E,) bool marks image-level labels."""
         areas = masks.sum(axis=1, dtype=np.int64)
         whole = whole | (areas == self.hw)
         keep = whole | (areas > 0)
-        ids, masks, whole, areas = ids[keep], masks[keep], whole[keep], areas[keep]
+        image, ids, masks, whole, areas = image[keep], ids[keep], masks[keep], whole[keep], areas[keep]
         areas[whole] = self.hw
         rows = np.full(ids.shape[0], WHOLE_IMAGE, dtype=np.int64)
         packed = ~whole
@@ -161,7 +164,7 @@ class _Builder:
         self.num_rows += int(packed.sum())
         if packed.any():
             self.words.append(_pack_bits(masks[packed], self.hw))
-        self.counts.append(ids.shape[0])
+        self.counts.extend(np.bincount(image, minlength=num_images).tolist())
         self.ids.append(ids.astype(np.int64))
         self.rows.append(rows)
         self.areas.append(areas)
@@ -224,11 +227,12 @@ def _pack_dense(masks, num_concepts) -> ConceptMasks:
             raise ValueError(f"masks of dtype uint8 must hold only 0 and 1, got {int(masks[tuple(where)])} "
                              f"at image {where[0]}, concept {where[1]}")
     builder = _Builder(c, h, w)
-    all_ids = np.arange(c, dtype=np.int64)
-    for i in range(n):
-        m = masks[i].detach().to("cpu").reshape(c, h * w).numpy().astype(bool, copy=False)
-        present = m.any(axis=1)
-        builder.add_image(all_ids[present], m[present], np.zeros(int(present.sum()), dtype=bool))
+    block = max(1, PACK_BLOCK_BYTES // max(1, c * h * w))
+    for i in range(0, n, block):
+        b = min(block, n - i)
+        m = masks[i:i + b].detach().to("cpu").reshape(b * c, h * w).numpy().astype(bool, copy=False)
+        present = np.nonzero(m.any(axis=1))[0]
+        builder.add_images(b, present // c, present % c, m[present], np.zeros(present.shape[0], dtype=bool))
     return builder.build()
 
 
@@ -285,7 +289,7 @@ def _pack_labels(labels, image_labels, num_concepts) -> ConceptMasks:
         m = np.zeros((ids.shape[0], h * w), dtype=bool)
         for j in np.nonzero(~whole)[0]:
             m[j] = (planes == ids[j]).any(axis=0)
-        builder.add_image(ids, m, whole)
+        builder.add_images(1, np.zeros(ids.shape[0], dtype=np.int64), ids, m, whole)
     return builder.build()
 
 
