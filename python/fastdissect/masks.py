@@ -250,7 +250,7 @@ def _image_label_lists(image_labels, n: int) -> list[np.ndarray]:
         if len(rows) != n:
             raise ValueError(f"image_labels must have one entry per image (N={n}), got {len(rows)}")
     out = []
-    for i, r in enumerate(rows):
+    for r in rows:
         r = np.asarray(r, dtype=np.int64).reshape(-1)
         out.append(r[r != 0])
     return out
