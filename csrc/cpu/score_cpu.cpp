@@ -71,11 +71,9 @@ void mask_of_map(const ScoreParams& p, const Geometry& g, int64_t n, int64_t k, 
   load_map<scalar_t>(p, n, k, ws.src.data());
 
   int64_t map_lo = p.w, map_hi = -1;  // hot source columns of the whole map
-  double max_abs = 0.0;
   for (int64_t i = 0; i < p.h; ++i) {
     int64_t lo = p.w, hi = -1;
     for (int64_t j = 0; j < p.w; ++j) {
-      max_abs = std::max(max_abs, std::fabs(ws.src[i * p.w + j]));
       if (ws.src[i * p.w + j] > floor_hot) {
         lo = std::min(lo, j);
         hi = j;
@@ -88,6 +86,9 @@ void mask_of_map(const ScoreParams& p, const Geometry& g, int64_t n, int64_t k, 
     map_hi = std::max(map_hi, hi);
   }
   if (map_hi < 0) return;
+  // Only maps that can light a pixel pay for the rounding bound.
+  double max_abs = 0.0;
+  for (int64_t i = 0; i < p.h * p.w; ++i) max_abs = std::max(max_abs, std::fabs(ws.src[i]));
   const double margin = 2.0 * blend_error_bound(max_abs);
   // Output columns any output row may need: rows are interpolated over this span only.
   int64_t span_lo = p.W, span_hi = -1;
@@ -121,6 +122,7 @@ void mask_of_map(const ScoreParams& p, const Geometry& g, int64_t n, int64_t k, 
     if (xb < xa) continue;
     const double* r0 = row(t.i0);
     const double* r1 = row(t.i1);
+    auto sample = [&](int64_t x) { return lerp_pair(t.l0, r0[x], t.l1, r1[x]); };
     // Runs of output columns between the same two source columns: the real blend is monotone along
     // a run, so its two ends decide the whole run unless they come within `margin` of T.
     bool row_on = false;
@@ -128,8 +130,7 @@ void mask_of_map(const ScoreParams& p, const Geometry& g, int64_t n, int64_t k, 
     uint64_t* mask = ws.mask.data();
     for (int64_t x = xa; x <= xb;) {
       const int64_t e = std::min(g.run_last[x], xb);
-      const double vs = lerp_pair(t.l0, r0[x], t.l1, r1[x]);
-      const double ve = lerp_pair(t.l0, r0[e], t.l1, r1[e]);
+      const double vs = sample(x), ve = sample(e);
       if (std::max(vs, ve) <= threshold - margin) {
         // whole run off
       } else if (std::min(vs, ve) > threshold + margin) {
@@ -138,7 +139,7 @@ void mask_of_map(const ScoreParams& p, const Geometry& g, int64_t n, int64_t k, 
       } else {
         uint64_t any = 0;
         for (int64_t xi = x; xi <= e; ++xi) {
-          const uint64_t bit = bit_if(lerp_pair(t.l0, r0[xi], t.l1, r1[xi]) > threshold, base + xi);
+          const uint64_t bit = bit_if(sample(xi) > threshold, base + xi);
           mask[(base + xi) / kBitsPerWord] |= bit;
           any |= bit;
         }
