@@ -1,11 +1,13 @@
 // The only pybind11 file. Tensors arrive as (pointer, sizes, strides) in plain integers: the
 // Python side (fastdissect/_dispatch.py) has validated them; this file only fills Params.
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
 #include <array>
 
 #include "common/bitpack.h"
+#include "common/histogram_key.h"
 #include "cpu/cpu_ops.h"
 
 #ifdef _OPENMP
@@ -77,6 +79,45 @@ py::dict build_info() {
   return info;
 }
 
+// Returns (kept values of all units, unit by unit, as float64; number kept per unit), or None and
+// the units holding NaN/inf (as a uint8 flag per unit) when the batch is not finite.
+py::tuple histogram_add(uintptr_t act, int dtype, std::array<int64_t, 4> sizes, std::array<int64_t, 4> strides,
+                        uintptr_t floor_bin, int64_t keep_top, uintptr_t counts, uintptr_t min_max, int n_threads) {
+  fd::HistogramParams p{};
+  p.act = ptr<const void>(act);
+  p.act_dtype = static_cast<fd::DType>(dtype);
+  p.N = sizes[0];
+  p.K = sizes[1];
+  p.h = sizes[2];
+  p.w = sizes[3];
+  for (int i = 0; i < 4; ++i) p.act_stride[i] = strides[i];
+  p.floor_bin = ptr<int32_t>(floor_bin);
+  p.keep_top = keep_top;
+  p.counts = ptr<int64_t>(counts);
+  p.min_max = ptr<double>(min_max);
+  std::vector<std::vector<double>> kept;
+  py::array_t<uint8_t> bad(static_cast<py::ssize_t>(p.K));
+  bool finite;
+  {
+    uint8_t* bad_units = bad.mutable_data();
+    py::gil_scoped_release release;
+    finite = fd::histogram_cpu(p, n_threads, kept, bad_units);
+  }
+  if (!finite) return py::make_tuple(py::none(), bad);
+  size_t total = 0;
+  for (const auto& v : kept) total += v.size();
+  py::array_t<double> values(static_cast<py::ssize_t>(total));
+  py::array_t<int64_t> per_unit(static_cast<py::ssize_t>(p.K));
+  double* out = values.mutable_data();
+  int64_t* n_out = per_unit.mutable_data();
+  for (int64_t k = 0; k < p.K; ++k) {
+    std::copy(kept[k].begin(), kept[k].end(), out);
+    out += kept[k].size();
+    n_out[k] = static_cast<int64_t>(kept[k].size());
+  }
+  return py::make_tuple(values, per_unit);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -98,4 +139,8 @@ PYBIND11_MODULE(_C, m) {
       py::arg("mask_rows"), py::arg("words"), py::arg("union_mode"), py::arg("categories"), py::arg("G"),
       py::arg("intersection"), py::arg("unit_area"), py::arg("unit_category_area"), py::arg("n_threads"),
       py::call_guard<py::gil_scoped_release>());
+  m.def("histogram_add", &histogram_add, py::arg("act"), py::arg("dtype"), py::arg("sizes"), py::arg("strides"),
+        py::arg("floor_bin"), py::arg("keep_top"), py::arg("counts"), py::arg("min_max"), py::arg("n_threads"));
+  m.attr("HIST_BINS") = fd::kHistBins;
+  m.attr("ZERO_BIN") = fd::kZeroBin;
 }

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-MODULES = ["fastdissect", "fastdissect.scoring", "fastdissect.masks", "fastdissect.quantile", "fastdissect._ext"]
+MODULES = ["fastdissect", "fastdissect.scoring", "fastdissect.masks", "fastdissect.quantile",
+           "fastdissect.top_quantile", "fastdissect._ext"]
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 

@@ -1,11 +1,22 @@
 #pragma once
 
+#include <cstdint>
+#include <vector>
+
 #include "../common/params.h"
+#include "../common/quantile_params.h"
 
 namespace fd {
 
 // Adds one batch of activations scored against its concept masks into p's accumulators.
 // Deterministic: every output row (unit) is owned by one thread.
 void score_cpu(const ScoreParams& p, int n_threads);
+
+// Adds one batch into the per-unit histograms and returns the values each unit keeps exactly:
+// kept[k] holds unit k's values in bins >= floor_bin[k] other than the zero bin, in input order.
+// Returns false, with bad_units[k] = 1 for each unit holding NaN or inf, and changes nothing when
+// the batch is not finite.
+bool histogram_cpu(const HistogramParams& p, int n_threads, std::vector<std::vector<double>>& kept,
+                   uint8_t* bad_units);
 
 }  // namespace fd

@@ -10,10 +10,11 @@ torch.Size([8, 5])
 
 from ._ext import build_info
 from .masks import ConceptMasks, pack_masks
-from .quantile import NETDISSECT_QUANTILE, thresholds
+from .quantile import NETDISSECT_QUANTILE
 from .scoring import Scores, Tally, score
+from .top_quantile import TopQuantile, thresholds
 
 __version__ = "0.1.0"
 
 __all__ = ["ConceptMasks", "NETDISSECT_QUANTILE", "Scores", "Tally", "build_info", "pack_masks", "score",
-           "thresholds"]
+           "thresholds", "TopQuantile"]

@@ -1,8 +1,9 @@
 """Exact per-unit quantiles with numpy.quantile's interpolation methods.
 
 The quantile of n sorted values is read from at most two order statistics x[i] <= x[j]; which ones
-and the interpolation between them follow numpy exactly (`virtual_index`, `interpolate`), so the
-result equals numpy.quantile(values.astype(float64), level, method=...) bit for bit.
+and the interpolation between them follow numpy exactly (`order_statistics`, `interpolate`), so the
+result equals numpy.quantile(values.astype(float64), level, method=...) bit for bit. The order
+statistics themselves come from the streaming `TopQuantile` (top_quantile.py).
 """
 
 from __future__ import annotations
@@ -10,8 +11,6 @@ from __future__ import annotations
 import math
 
 import torch
-
-from . import _validate
 
 # numpy's continuous methods as (alpha, beta) plotting positions; "linear" has its own formula there.
 _CONTINUOUS = {"hazen": (0.5, 0.5), "weibull": (0.0, 0.0), "median_unbiased": (1 / 3.0, 1 / 3.0),
@@ -31,7 +30,11 @@ def check_method(method: str) -> str:
 
 
 def order_statistics(n: int, level: float, method: str) -> tuple[int, int, float]:
-    """(i, j, gamma): the quantile is interpolate(x[i], x[j], gamma) over n sorted values."""
+    """(i, j, gamma): the quantile is interpolate(x[i], x[j], gamma) over n sorted values.
+
+    >>> order_statistics(1000, 0.995, "linear")[:2], order_statistics(999, 994 / 999, "hazen")
+    ((994, 995), (993, 994, 0.5))
+    """
     if method == "lower":
         i = int(math.floor((n - 1) * level))
         return i, i, 0.0
@@ -65,39 +68,3 @@ def interpolate(lo: torch.Tensor, hi: torch.Tensor, gamma: float) -> torch.Tenso
     if gamma >= 0.5:
         return hi - diff * (1 - gamma)
     return lo + diff * gamma
-
-
-def unit_values(activations: torch.Tensor) -> torch.Tensor:
-    """(N, K, h, w) or (M, K) -> (K, values) float64."""
-    a = activations
-    if a.dim() == 4:
-        a = a.transpose(0, 1).reshape(a.shape[1], -1)
-    elif a.dim() == 2:
-        a = a.T
-    else:
-        raise ValueError(f"activations must have shape [N, K, h, w] or [M, K], got {tuple(a.shape)}")
-    return a.to(torch.float64)
-
-
-def thresholds(activations, quantile: float = 0.005, method: str = "linear") -> torch.Tensor:
-    """(K,) float64 exact T_k: numpy.quantile(unit k's values, 1 - quantile, method=method).
-
-    >>> import torch, fastdissect as fd
-    >>> a = torch.arange(1000.).reshape(10, 1, 10, 10)
-    >>> fd.thresholds(a, quantile=0.005).item()
-    994.005
-    """
-    x = _validate.as_tensor(activations, "activations")
-    if x.dim() == 4:
-        x = _validate.activations(x)
-    elif x.dim() == 2:
-        if not x.dtype.is_floating_point or x.numel() == 0:
-            raise ValueError(f"activations must be non-empty floats, got {x.dtype} {tuple(x.shape)}")
-        _validate.finite(x, "activations")
-    level = 1.0 - _validate.quantile_level(quantile)
-    check_method(method)
-    values = unit_values(x)
-    i, j, gamma = order_statistics(values.shape[1], level, method)
-    picked = torch.topk(values, k=values.shape[1] - i, dim=1, largest=True, sorted=True).values
-    lo, hi = picked[:, -1], picked[:, -1 - (j - i)]
-    return interpolate(lo, hi, gamma).cpu()

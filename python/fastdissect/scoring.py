@@ -8,7 +8,7 @@ import torch
 
 from . import _dispatch, _validate
 from .masks import ConceptMasks, as_concept_masks
-from .quantile import thresholds as exact_thresholds
+from .top_quantile import thresholds as exact_thresholds
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,234 @@
+"""fd.TopQuantile streamed over uneven batches equals numpy.quantile (float64) exactly."""
+
+import numpy as np
+import pytest
+import torch
+
+import fastdissect as fd
+from fastdissect import histogram_keys
+from fastdissect.quantile import METHODS
+
+
+def numpy_thresholds(values: np.ndarray, quantile: float, method: str) -> np.ndarray:
+    """values (M, K) -> (K,) reference."""
+    return np.quantile(values.astype(np.float64), 1 - quantile, axis=0, method=method)
+
+
+def stream(values: torch.Tensor, cuts, backend, quantile=0.005, method="linear", **kw) -> fd.TopQuantile:
+    """Adds values (M, K) in batches cut at `cuts`, then as many further passes as needed."""
+    q = fd.TopQuantile(values.shape[1], quantile, method, backend=backend, **kw)
+    batches = torch.tensor_split(values, cuts)
+    for b in batches:
+        q.add(b)
+    while q.needs_pass:
+        q.new_pass()
+        for b in reversed(batches):  # any order
+            q.add(b)
+    return q
+
+
+def uneven_cuts(rng, n):
+    return sorted(set(rng.integers(1, n, size=min(n - 1, 7)).tolist())) if n > 1 else []
+
+
+def adversarial_units(rng, n):
+    """(n, 8) float64: normal, ReLU with 99.7% zeros, constant, negative, heavy ties, tiny, huge, mixed."""
+    v = np.empty((n, 8))
+    v[:, 0] = rng.standard_normal(n)
+    v[:, 1] = np.where(rng.random(n) < 0.997, 0.0, rng.random(n))
+    v[:, 2] = 3.25
+    v[:, 3] = -np.abs(rng.standard_normal(n)) * 100
+    v[:, 4] = np.round(rng.standard_normal(n) * 2) / 2
+    v[:, 5] = rng.standard_normal(n) * 1e-300
+    v[:, 6] = rng.standard_normal(n) * 1e300
+    v[:, 7] = np.where(rng.random(n) < 0.5, -0.0, rng.standard_normal(n))
+    return v
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("n", [1, 2, 150, 199, 200, 201, 5000])
+def test_adversarial_units_every_method(backend, rng, method, n):
+    v = adversarial_units(rng, n)
+    for quantile in (0.005, fd.NETDISSECT_QUANTILE, 0.5):
+        q = stream(torch.from_numpy(v), uneven_cuts(rng, n), backend, quantile, method)
+        np.testing.assert_array_equal(q.thresholds().numpy(), numpy_thresholds(v, quantile, method))
+
+
+def test_relu_zeros_give_zero_threshold(backend, rng):
+    v = np.zeros((100000, 2))
+    v[rng.choice(100000, 400, replace=False), 0] = 1.0 + rng.random(400)   # 0.4% > 0: T = 0
+    v[rng.choice(100000, 600, replace=False), 1] = 1.0 + rng.random(600)   # 0.6% > 0: T > 0
+    q = stream(torch.from_numpy(v), [3000, 50000, 50001], backend)
+    t = q.thresholds()
+    assert t[0].item() == 0.0 and t[1].item() > 1.0
+    np.testing.assert_array_equal(t.numpy(), numpy_thresholds(v, 0.005, "linear"))
+    assert q.passes == 1
+    assert q.state_bytes() < 2 * 8 * (4096 + 3) + 8 * 2000  # zeros are counted, never stored
+
+
+def test_four_dimensional_half_and_strided_input(backend, rng):
+    base = torch.from_numpy(rng.standard_normal((12, 10, 9, 7)))
+    for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        a = base.to(dtype).permute(0, 1, 3, 2)[:, ::2]        # non-contiguous (12, 5, 7, 9)
+        q = fd.TopQuantile(5, method="hazen", backend=backend)
+        for b in a.split(5):
+            q.add(b)
+        want = numpy_thresholds(a.double().transpose(0, 1).reshape(5, -1).T.numpy(), 0.005, "hazen")
+        np.testing.assert_array_equal(q.thresholds().numpy(), want)
+
+
+def test_downward_drift_needs_and_finishes_a_further_pass(backend, rng):
+    """High values first: the floor rises, then the quantile falls below it."""
+    hi = rng.standard_normal((500, 3)) + 50
+    lo = rng.standard_normal((200000, 3))
+    v = np.concatenate([hi, lo])
+    q = fd.TopQuantile(3, backend=backend)
+    for b in torch.from_numpy(v).split(10000):
+        q.add(b)
+    assert q.needs_pass
+    with pytest.raises(RuntimeError, match=r"unit\(s\) 0, 1, 2 need another pass"):
+        q.thresholds()
+    q.new_pass()
+    q.add(torch.from_numpy(v))
+    assert not q.needs_pass and q.passes == 2
+    np.testing.assert_array_equal(q.thresholds().numpy(), numpy_thresholds(v, 0.005, "linear"))
+
+
+@pytest.mark.parametrize("budget", [1, 7, 1000])
+def test_small_refine_budget_narrows_key_ranges_over_several_passes(backend, rng, budget):
+    hi = rng.standard_normal((200, 2)) * 0.01 + 10
+    lo = rng.standard_normal((100000, 2)) * 1e-3 + 1.0       # the quantile sits in a crowded bin
+    lo[:60000, 1] = 1.0                                     # heavy ties there
+    v = np.concatenate([hi, lo])
+    q = stream(torch.from_numpy(v), [100, 2000, 50000], backend, refine_budget=budget)
+    np.testing.assert_array_equal(q.thresholds().numpy(), numpy_thresholds(v, 0.005, "linear"))
+    assert q.passes >= (3 if budget < 1000 else 2)
+
+
+def test_merge_of_shards_equals_one_pass(backend, rng):
+    v = adversarial_units(rng, 30000)
+    shards = np.array_split(v, [1000, 21000])
+    parts = []
+    for s in shards:
+        q = fd.TopQuantile(8, method="hazen", backend=backend)
+        for b in torch.from_numpy(s).split(777):
+            q.add(b)
+        parts.append(q)
+    merged = fd.TopQuantile(8, method="hazen", backend=backend)
+    for p in reversed(parts):
+        merged.merge(p)
+    while merged.needs_pass:
+        merged.new_pass()
+        merged.add(torch.from_numpy(v))
+    np.testing.assert_array_equal(merged.thresholds().numpy(), numpy_thresholds(v, 0.005, "hazen"))
+
+
+def test_state_dict_round_trip_continues_the_stream(backend, rng):
+    v = torch.from_numpy(rng.standard_normal((9000, 4)))
+    q = fd.TopQuantile(4, backend=backend)
+    q.add(v[:4000])
+    restored = fd.TopQuantile(4, backend=backend)
+    restored.load_state_dict(q.state_dict())
+    restored.add(v[4000:])
+    np.testing.assert_array_equal(restored.thresholds().numpy(), numpy_thresholds(v.numpy(), 0.005, "linear"))
+    with pytest.raises(ValueError, match="quantile"):
+        fd.TopQuantile(4, quantile=0.01).load_state_dict(q.state_dict())
+
+
+def test_backends_hold_identical_histograms(rng):
+    """The C++ bin (csrc/common/histogram_key.h) equals the torch mirror on edge values."""
+    edge = [0.0, -0.0, 5e-324, -5e-324, 2.2250738585072014e-308, 1.1754943508222875e-38, 2.0 ** -128,
+            2.0 ** -127, 2.0 ** 127, 2.0 ** 128, 1.7976931348623157e308, -1.7976931348623157e308, 1.0, 1.125,
+            1.1249999999999998, -1.0, -1.125, 65504.0, 6e-8, 1e-45]
+    v = torch.tensor(edge + rng.standard_normal(1000).tolist(), dtype=torch.float64)[:, None]
+    states = []
+    for backend in ("cpu", "torch"):
+        q = fd.TopQuantile(1, backend=backend)
+        q.add(v)
+        states.append(q.state_dict())
+    assert torch.equal(states[0]["counts"], states[1]["counts"])
+    assert torch.equal(states[0]["floor"], states[1]["floor"])
+    assert torch.equal(states[0]["min_max"], states[1]["min_max"])
+
+
+def test_keys_preserve_order_and_bins_are_monotone(rng):
+    v = np.concatenate([rng.standard_normal(5000) * 10.0 ** rng.integers(-300, 300, 5000),
+                        [0.0, -0.0, 5e-324, -5e-324, np.inf, -np.inf, 1.0, np.nextafter(1.0, 2)]])
+    v = torch.from_numpy(np.sort(v))
+    k = histogram_keys.keys(v)
+    assert bool((k[1:] >= k[:-1]).all())
+    assert torch.equal(histogram_keys.values_of(k), v + 0.0)
+    b = histogram_keys.bins(v)
+    assert bool((b[1:] >= b[:-1]).all()) and int(b.min()) >= 1 and int(b.max()) < histogram_keys.HIST_BINS
+    assert histogram_keys.bin_key_range(histogram_keys.bin_of(7e200))[1] == histogram_keys.key_of(np.inf)
+    for value in (1.0, -3.5, 1e-30, 7e20):
+        lo, hi = histogram_keys.bin_key_range(histogram_keys.bin_of(value))
+        assert lo <= histogram_keys.key_of(value) <= hi
+        assert histogram_keys.bin_of(histogram_keys.value_of(lo - 1)) < histogram_keys.bin_of(value)
+        assert histogram_keys.bin_of(histogram_keys.value_of(hi + 1)) > histogram_keys.bin_of(value)
+
+
+def test_memory_is_histogram_plus_the_top_values(rng):
+    v = torch.from_numpy(rng.standard_normal((200000, 16)).astype(np.float32))
+    q = fd.TopQuantile(16)
+    peak = 0
+    for b in v.split(20000):
+        q.add(b)
+        peak = max(peak, q.state_bytes())
+    kept_per_unit = (q.state_bytes() - 16 * 8 * (4096 + 3)) / 16 / 8
+    assert 1.25 * 0.005 * 200000 <= kept_per_unit < 4 * 0.005 * 200000
+    assert peak < 0.1 * v.numel() * 4
+
+
+def test_errors_name_the_problem():
+    q = fd.TopQuantile(3)
+    with pytest.raises(RuntimeError, match="no values were added"):
+        q.thresholds()
+    bad = torch.rand(10, 3)
+    bad[2, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"NaN in unit\(s\) 1"):
+        q.add(bad)
+    bad[2, 1] = float("inf")
+    with pytest.raises(ValueError, match=r"inf in unit\(s\) 1"):
+        q.add(bad)
+    with pytest.raises(ValueError, match=r"3 units \(dim 1\)"):
+        q.add(torch.rand(10, 4))
+    with pytest.raises(ValueError, match=r"\[N, K, h, w\] or \[M, K\]"):
+        q.add(torch.rand(10))
+    with pytest.raises(TypeError, match="int64"):
+        q.add(torch.ones(10, 3, dtype=torch.int64))
+    q.add(torch.rand(10, 3))
+    with pytest.raises(RuntimeError, match="no further pass is needed"):
+        q.new_pass()
+    with pytest.raises(ValueError, match="method must be one of"):
+        fd.TopQuantile(3, method="kll")
+    with pytest.raises(ValueError, match="quantile must be a float in"):
+        fd.TopQuantile(3, quantile=1.5)
+
+
+def test_a_rejected_batch_leaves_the_state_unchanged(backend, rng):
+    good = torch.from_numpy(rng.standard_normal((5000, 2, 3, 3)))
+    q = fd.TopQuantile(2, backend=backend)
+    q.add(good[:2500])
+    before = q.state_dict()
+    for bad_value in (float("nan"), float("inf"), float("-inf")):
+        bad = good[2500:].clone()
+        bad[7, 1, 2, 0] = bad_value
+        with pytest.raises(ValueError, match=r"in unit\(s\) 1;"):
+            q.add(bad)
+        after = q.state_dict()
+        assert all(torch.equal(before[k], after[k]) for k in ("counts", "floor", "min_max", "kept_values"))
+    q.add(good[2500:])
+    want = numpy_thresholds(good.transpose(0, 1).reshape(2, -1).T.numpy(), 0.005, "linear")
+    np.testing.assert_array_equal(q.thresholds().numpy(), want)
+
+
+def test_a_further_pass_over_different_data_is_an_error(rng):
+    v = np.concatenate([rng.standard_normal((500, 1)) + 50, rng.standard_normal((199500, 1))])
+    q = fd.TopQuantile(1)
+    for b in torch.from_numpy(v).split(10000):
+        q.add(b)
+    q.new_pass()
+    q.add(torch.from_numpy(v[:-5]))
+    with pytest.raises(RuntimeError, match="saw 199995 values per unit but the first pass saw 200000"):
+        q.thresholds()
