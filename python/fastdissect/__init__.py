@@ -8,6 +8,7 @@
 torch.Size([8, 5])
 """
 
+from . import datasets
 from ._ext import build_info
 from .masks import ConceptMasks, pack_masks
 from .quantile import NETDISSECT_QUANTILE
@@ -16,5 +17,5 @@ from .top_quantile import TopQuantile, thresholds
 
 __version__ = "0.1.0"
 
-__all__ = ["ConceptMasks", "NETDISSECT_QUANTILE", "Scores", "Tally", "build_info", "pack_masks", "score",
+__all__ = ["ConceptMasks", "datasets", "NETDISSECT_QUANTILE", "Scores", "Tally", "build_info", "pack_masks", "score",
            "thresholds", "TopQuantile"]

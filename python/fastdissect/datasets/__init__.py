@@ -1,0 +1,14 @@
+"""Concept data sets: the Broden reader, users' own data, the built-in set and the packed mask store.
+
+Every data set yields `Sample`s (image as stored, label planes at the label resolution, image-level
+label ids) and carries `num_concepts`, `concept_names`, `category_names` and `primary_category`.
+"""
+
+from .broden import Broden, DatasetError, write_broden
+from .builtin import builtin, color_name
+from .custom import SegmentationDataset
+from .packed import PackedMasks, open_packed, pack
+from .sample import Batch, Sample, collate, to_model_input
+
+__all__ = ["Batch", "Broden", "DatasetError", "PackedMasks", "Sample", "SegmentationDataset", "builtin",
+           "collate", "color_name", "open_packed", "pack", "to_model_input", "write_broden"]

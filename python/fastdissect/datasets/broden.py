@@ -1,0 +1,284 @@
+"""The Broden layout: read (`Broden`) and write (`write_broden`).
+
+index.csv: image, split, ih, iw, sh, sw, then one column per category; cells are ';'-separated lists
+of label PNG names (pixel categories, under images/) or integer label numbers (image-level ones).
+Label PNGs hold the global label number as R + 256 * G. label.csv: number, name, category,
+frequency, coverage, syns. category.csv: name, first, last, count, frequency (row order = category
+order). c_<category>.csv: code, number, name, frequency, coverage.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .sample import Sample
+
+INDEX_COLUMNS = ("image", "split", "ih", "iw", "sh", "sw")
+
+
+class DatasetError(ValueError):
+    """A concept data set on disk is missing, malformed or inconsistent (the message names the file)."""
+
+
+def read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
+    if not path.is_file():
+        raise DatasetError(f"{path}: file not found")
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        raise DatasetError(f"{path}: empty file (expected a header row)")
+    return rows[0], rows[1:]
+
+
+def decode_label_png(path: Path, where: str) -> np.ndarray:
+    """(h, w) int64 label numbers R + 256 * G (decoded in int64: uint8 arithmetic would wrap)."""
+    from PIL import Image
+
+    if not path.is_file():
+        raise DatasetError(f"{where}: label file {path} not found")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            rgb = np.asarray(im.convert("RGB"))
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise DatasetError(f"{where}: cannot decode label file {path} ({exc})") from None
+    return rgb[..., 0].astype(np.int64) + 256 * rgb[..., 1].astype(np.int64)
+
+
+def load_image(path: Path, where: str) -> np.ndarray:
+    from PIL import Image
+
+    if not path.is_file():
+        raise DatasetError(f"{where}: image file {path} not found")
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise DatasetError(f"{where}: cannot decode image {path} ({exc})") from None
+
+
+class Broden:
+    """A Broden-layout data set, read as NetDissect and NetDissect-Lite read it.
+
+    root: the directory holding index.csv, label.csv, category.csv, c_<category>.csv and images/.
+    categories: the categories to read (default: all of category.csv). split: "train"/"val"/None.
+    `dataset[i]` is a `Sample` with the image as stored and every label plane of the selected pixel
+    categories at the segmentation size (sh x sw), zero-padded to `num_planes` planes; image-level
+    labels as ids. Label number 0 is "unlabeled": image-level label 0 is dropped (NetDissect-Lite
+    counts it as a concept; fastdissect.compat reproduces that), pixel label 0 is background.
+    Picklable, so it works in DataLoader workers.
+    """
+
+    def __init__(self, root, categories: Sequence[str] | None = None, split: str | None = None):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise DatasetError(f"{self.root}: Broden directory not found")
+        header, rows = read_csv(self.root / "category.csv")
+        self.category_names = [r[0] for r in rows if r]
+        if categories is None:
+            categories = list(self.category_names)
+        unknown = [c for c in categories if c not in self.category_names]
+        if unknown:
+            raise DatasetError(f"{self.root / 'category.csv'}: unknown categories {unknown}; it lists "
+                               f"{self.category_names}")
+        self.categories = list(categories)
+        self._read_labels()
+        self._read_index(split)
+
+    # ---- metadata
+    def _read_labels(self) -> None:
+        path = self.root / "label.csv"
+        header, rows = read_csv(path)
+        names: dict[int, str] = {}
+        for line, row in enumerate(rows, start=2):
+            if not row:
+                continue
+            try:
+                names[int(row[0])] = row[1]
+            except (ValueError, IndexError):
+                raise DatasetError(f"{path}, row {line}: expected 'number,name,...', got {row}") from None
+        self.num_concepts = max(names) + 1 if names else 1
+        self.concept_names = [names.get(i, "") for i in range(self.num_concepts)]
+        self.concept_names[0] = self.concept_names[0] or "-"
+        self._known = np.zeros(self.num_concepts, dtype=bool)
+        self._known[list(names)] = True
+        self._known[0] = True
+        # Primary category: largest coverage over c_<category>.csv; ties go to the later category.
+        best = np.full(self.num_concepts, -np.inf)
+        self.primary_category = np.full(self.num_concepts, -1, dtype=np.int64)
+        for cat_index, cat in enumerate(self.category_names):
+            cpath = self.root / f"c_{cat}.csv"
+            if not cpath.is_file():
+                continue
+            _, crows = read_csv(cpath)
+            for line, row in enumerate(crows, start=2):
+                if not row:
+                    continue
+                try:
+                    number, coverage = int(row[1]), float(row[4])
+                except (ValueError, IndexError):
+                    raise DatasetError(f"{cpath}, row {line}: expected 'code,number,name,frequency,coverage', "
+                                       f"got {row}") from None
+                if not 0 <= number < self.num_concepts or not self._known[number]:
+                    raise DatasetError(f"{cpath}, row {line}: label {number} is not in label.csv")
+                if coverage >= best[number]:
+                    best[number], self.primary_category[number] = coverage, cat_index
+
+    def _read_index(self, split: str | None) -> None:
+        path = self.root / "index.csv"
+        header, rows = read_csv(path)
+        missing = [c for c in INDEX_COLUMNS if c not in header]
+        if missing:
+            raise DatasetError(f"{path}: header lacks columns {missing}")
+        col = {name: i for i, name in enumerate(header)}
+        absent = [c for c in self.categories if c not in col]
+        if absent:
+            raise DatasetError(f"{path}: no column for categories {absent}")
+        self.records = []
+        sizes = set()
+        for line, row in enumerate(rows, start=2):
+            if not row:
+                continue
+            if len(row) != len(header):
+                raise DatasetError(f"{path}, row {line}: {len(row)} columns, the header has {len(header)}")
+            if split is not None and row[col["split"]] != split:
+                continue
+            try:
+                ih, iw, sh, sw = (int(row[col[c]]) for c in ("ih", "iw", "sh", "sw"))
+            except ValueError:
+                raise DatasetError(f"{path}, row {line}: ih, iw, sh, sw must be integers") from None
+            files, image_labels, plane_categories, image_label_categories = [], [], [], []
+            for cat in self.categories:
+                for token in filter(None, row[col[cat]].split(";")):
+                    if token.lower().endswith(".png"):
+                        files.append(token)
+                        plane_categories.append(cat)
+                        continue
+                    try:
+                        number = int(token)
+                    except ValueError:
+                        raise DatasetError(f"{path}, row {line}, column {cat}: {token!r} is neither a PNG "
+                                           "name nor a label number") from None
+                    if not 0 <= number < self.num_concepts or not self._known[number]:
+                        raise DatasetError(f"{path}, row {line}, column {cat}: label {number} is not in "
+                                           "label.csv")
+                    if number != 0:
+                        image_labels.append(number)
+                        image_label_categories.append(cat)
+            sizes.add((sh, sw))
+            self.records.append({"line": line, "image": row[col["image"]], "ih": ih, "iw": iw, "sh": sh,
+                                 "sw": sw, "files": files, "image_labels": image_labels,
+                                 "plane_categories": plane_categories,
+                                 "image_label_categories": image_label_categories})
+        if not self.records:
+            raise DatasetError(f"{path}: no images" + (f" in split {split!r}" if split else ""))
+        if len(sizes) != 1:
+            raise DatasetError(f"{path}: rows have different segmentation sizes {sorted(sizes)}")
+        self.label_size = next(iter(sizes))
+        self.num_planes = max(1, max(len(r["files"]) for r in self.records))
+        self.primary_category[self.primary_category < 0] = 0  # label 0 and concepts no c_<cat>.csv lists
+
+    # ---- access
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> Sample:
+        if not 0 <= i < len(self.records):
+            raise IndexError(f"image {i} out of range for {len(self.records)} images")
+        r = self.records[i]
+        image = load_image(self.root / "images" / r["image"], f"{self.root / 'index.csv'}, row {r['line']}")
+        return Sample(image, self.labels(i), list(r["image_labels"]), i, list(r["plane_categories"]),
+                      list(r["image_label_categories"]))
+
+    def labels(self, i: int) -> np.ndarray:
+        """(num_planes, sh, sw) int64 label planes of image i (decoded without the image)."""
+        r = self.records[i]
+        where = f"{self.root / 'index.csv'}, row {r['line']}"
+        sh, sw = self.label_size
+        labels = np.zeros((self.num_planes, sh, sw), dtype=np.int64)
+        for p, name in enumerate(r["files"]):
+            plane = decode_label_png(self.root / "images" / name, where)
+            if plane.shape != (sh, sw):
+                raise DatasetError(f"{where}: label file {name} is {plane.shape[0]}x{plane.shape[1]}, "
+                                   f"index.csv says {sh}x{sw}")
+            unknown = plane >= self.num_concepts
+            if not unknown.any():
+                unknown = ~self._known[plane]
+            if unknown.any():
+                raise DatasetError(f"{where}: label file {name} holds label {int(plane[unknown][0])}, which is "
+                                   "not in label.csv")
+            labels[p] = plane
+        return labels
+
+    def image_path(self, i: int) -> Path:
+        return self.root / "images" / self.records[i]["image"]
+
+
+def write_broden(root, samples, concept_names: Sequence[str], concept_categories: Sequence[Sequence[str]],
+                 category_names: Sequence[str], *, split: str = "train", image_format: str = "png") -> Path:
+    """Writes samples as a Broden-layout data set (used by the built-in set and custom adapters).
+
+    samples: iterable of Sample carrying `plane_categories` (the category of each label plane) and
+    `image_label_categories`; empty planes are not written.
+    concept_names[c] / concept_categories[c]: name and categories of concept id c (id 0 = "-").
+    """
+    from PIL import Image
+
+    root = Path(root)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    C = len(concept_names)
+    cat_index = {c: i for i, c in enumerate(category_names)}
+    frequency = np.zeros((len(category_names), C), dtype=np.int64)   # images holding the concept
+    pixels = np.zeros((len(category_names), C), dtype=np.float64)    # pixels holding it
+    index_rows = []
+    for s in samples:
+        name = f"{split}_{s.index:06d}"
+        image_file = f"{name}.{image_format}"
+        Image.fromarray(s.image).save(root / "images" / image_file)
+        cells = {c: [] for c in category_names}
+        sh, sw = s.labels.shape[1:]
+        for p, (plane, cat) in enumerate(zip(s.labels, s.plane_categories)):
+            if not plane.any():
+                continue
+            png = f"{name}_{cat}_{p}.png"
+            rgb = np.zeros(plane.shape + (3,), dtype=np.uint8)
+            rgb[..., 0], rgb[..., 1] = plane % 256, plane // 256
+            Image.fromarray(rgb).save(root / "images" / png)
+            cells[cat].append(png)
+            ids, counts = np.unique(plane[plane > 0], return_counts=True)
+            frequency[cat_index[cat], ids] += 1
+            pixels[cat_index[cat], ids] += counts / float(sh * sw)
+        for label, cat in zip(s.image_labels, s.image_label_categories):
+            cells[cat].append(str(label))
+            frequency[cat_index[cat], label] += 1
+            pixels[cat_index[cat], label] += 1.0
+        ih, iw = s.image.shape[:2]
+        index_rows.append([image_file, split, ih, iw, sh, sw] + [";".join(cells[c]) for c in category_names])
+    n = max(len(index_rows), 1)
+    with open(root / "index.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(list(INDEX_COLUMNS) + list(category_names))
+        w.writerows(index_rows)
+    with open(root / "label.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["number", "name", "category", "frequency", "coverage", "syns"])
+        w.writerow([0, "-", "", 0, 0, ""])
+        for c in range(1, C):
+            cats = ";".join(f"{k}({frequency[cat_index[k], c]})" for k in concept_categories[c])
+            w.writerow([c, concept_names[c], cats, int(frequency[:, c].sum()), f"{pixels[:, c].sum() / n:.6g}", ""])
+    with open(root / "category.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["name", "first", "last", "count", "frequency"])
+        for k, cat in enumerate(category_names):
+            ids = [c for c in range(1, C) if cat in concept_categories[c]]
+            w.writerow([cat, min(ids, default=0), max(ids, default=0), len(ids), int(frequency[k].sum())])
+            with open(root / f"c_{cat}.csv", "w", newline="") as g:
+                cw = csv.writer(g)
+                cw.writerow(["code", "number", "name", "frequency", "coverage"])
+                for code, c in enumerate(ids, start=1):
+                    cw.writerow([code, c, concept_names[c], int(frequency[k, c]), f"{pixels[k, c] / n:.6g}"])
+    return root

@@ -1,0 +1,142 @@
+"""Pack once, dissect many: a data set's concept masks bit-packed on disk, memory-mapped back.
+
+Format (version 1), a directory:
+  fastdissect-masks.json  {"format": "fastdissect-masks", "version": 1, "num_images", "height",
+                           "width", "num_concepts", "words_per_mask", "num_entries", "num_rows",
+                           "concept_names", "category_names", "primary_category", "images", "source"}
+  offsets.i64      (num_images + 1) entries of image n are offsets[n]:offsets[n+1]
+  concept_ids.i64  (num_entries)    concept id of each entry
+  mask_rows.i64    (num_entries)    row of words.u64 holding the entry's mask, -1 for a whole image
+  areas.i64        (num_entries)    pixels of each entry
+  words.u64        (num_rows, words_per_mask) bit-packed masks, pixel y * W + x = bit p % 64 of word p // 64
+All arrays are raw little-endian, so any language can memory-map them.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..masks import ConceptMasks
+from .broden import DatasetError
+from .sample import collate
+
+FORMAT, VERSION = "fastdissect-masks", 1
+META = "fastdissect-masks.json"
+ARRAYS = {"offsets": "offsets.i64", "concept_ids": "concept_ids.i64", "mask_rows": "mask_rows.i64",
+          "areas": "areas.i64", "words": "words.u64"}
+
+
+def pack(dataset, path, *, batch_size: int = 64, num_workers: int = 0, verbose: bool = True) -> Path:
+    """Decodes every image's labels once and writes their packed masks to the directory `path`.
+
+    dataset: a `Broden`, `SegmentationDataset` or anything with __len__, __getitem__ -> Sample,
+    `num_concepts`, `concept_names`, `category_names` and `primary_category`.
+    """
+    from tqdm.auto import tqdm
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    if len(dataset) == 0:
+        raise DatasetError("cannot pack an empty data set")
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, shuffle=False,
+                                         collate_fn=partial(collate, num_concepts=dataset.num_concepts))
+    offsets, n_entries, n_rows, size = [0], 0, 0, None
+    files = {name: open(path / f, "wb") for name, f in ARRAYS.items() if name != "offsets"}
+    try:
+        with tqdm(total=len(dataset), desc="packing masks", unit="img", disable=not verbose) as bar:
+            for batch in loader:
+                m = batch.masks
+                if size is None:
+                    size = (m.height, m.width)
+                elif size != (m.height, m.width):
+                    raise DatasetError(f"image {int(batch.indices[0])}: labels are {m.height}x{m.width}, "
+                                       f"earlier images {size[0]}x{size[1]}")
+                rows = m.mask_rows.numpy()
+                used = np.unique(rows[rows >= 0])  # a batch's words table may hold rows of other batches
+                remap = np.full(m.words.shape[0] + 1, -1, dtype=np.int64)
+                remap[used] = n_rows + np.arange(used.size)
+                files["concept_ids"].write(m.concept_ids.numpy().astype("<i8").tobytes())
+                files["mask_rows"].write(remap[rows].astype("<i8").tobytes())
+                files["areas"].write(m.areas.numpy().astype("<i8").tobytes())
+                files["words"].write(m.words.numpy()[used].astype("<i8").tobytes())
+                offsets.extend((n_entries + m.offsets[1:].numpy()).tolist())
+                n_entries += m.concept_ids.shape[0]
+                n_rows += used.size
+                bar.update(m.num_images)
+    finally:
+        for f in files.values():
+            f.close()
+    np.asarray(offsets, dtype="<i8").tofile(path / ARRAYS["offsets"])
+    images = [str(dataset.image_path(i).relative_to(dataset.root)) if hasattr(dataset, "image_path") else None
+              for i in range(len(dataset))]
+    meta = {"format": FORMAT, "version": VERSION, "num_images": len(dataset), "height": size[0], "width": size[1],
+            "num_concepts": dataset.num_concepts, "words_per_mask": (size[0] * size[1] + 63) // 64,
+            "num_entries": n_entries, "num_rows": n_rows, "concept_names": list(dataset.concept_names),
+            "category_names": list(dataset.category_names),
+            "primary_category": [int(c) for c in dataset.primary_category], "images": images,
+            "source": str(Path(dataset.root).resolve()) if hasattr(dataset, "root") else None}
+    (path / META).write_text(json.dumps(meta))
+    return path
+
+
+class PackedMasks:
+    """A packed store opened for reading: `masks` (all images, memory-mapped) and the label metadata.
+
+    `store.masks[i:j]` is a `ConceptMasks` that feeds `fd.Tally.add` directly; nothing is decoded or
+    copied until the kernel reads the words it needs.
+    """
+
+    def __init__(self, path):
+        self.path = Path(path)
+        meta_path = self.path / META
+        if not meta_path.is_file():
+            raise DatasetError(f"{self.path}: not a packed mask store ({META} not found)")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise DatasetError(f"{meta_path}: corrupt ({exc})") from None
+        if meta.get("format") != FORMAT:
+            raise DatasetError(f"{meta_path}: format {meta.get('format')!r}, expected {FORMAT!r}")
+        if meta.get("version") != VERSION:
+            raise DatasetError(f"{meta_path}: store version {meta.get('version')}, this fastdissect reads version "
+                               f"{VERSION}; re-pack the data set with fd.datasets.pack")
+        self.meta = meta
+        n, e, r, wpm = meta["num_images"], meta["num_entries"], meta["num_rows"], meta["words_per_mask"]
+        shapes = {"offsets": (n + 1,), "concept_ids": (e,), "mask_rows": (e,), "areas": (e,), "words": (r, wpm)}
+        arrays = {}
+        for name, shape in shapes.items():
+            file = self.path / ARRAYS[name]
+            expected = int(np.prod(shape)) * 8
+            if not file.is_file() or file.stat().st_size != expected:
+                found = file.stat().st_size if file.is_file() else "missing"
+                raise DatasetError(f"{file}: expected {expected} bytes for shape {shape}, found {found}")
+            if expected == 0:
+                arrays[name] = torch.zeros(shape, dtype=torch.int64)
+                continue
+            arrays[name] = torch.from_numpy(np.memmap(file, dtype="<i8", mode="c", shape=shape))
+        if sys.byteorder != "little":  # pragma: no cover
+            arrays = {k: v.clone() for k, v in arrays.items()}
+        self.masks = ConceptMasks(meta["num_concepts"], meta["height"], meta["width"], **arrays)
+        self.num_concepts = meta["num_concepts"]
+        self.concept_names = meta["concept_names"]
+        self.category_names = meta["category_names"]
+        self.primary_category = np.asarray(meta["primary_category"], dtype=np.int64)
+        self.label_size = (meta["height"], meta["width"])
+
+    def __len__(self) -> int:
+        return self.meta["num_images"]
+
+    def image_path(self, i: int) -> Path | None:
+        rel, source = self.meta["images"][i], self.meta["source"]
+        return Path(source) / rel if rel is not None and source is not None else None
+
+
+def open_packed(path) -> PackedMasks:
+    """Opens a store written by `pack` (raises DatasetError naming the file if it is not one)."""
+    return PackedMasks(path)
