@@ -67,3 +67,24 @@ def test_torch_kthvalue(benchmark, acts):
         return interpolate(lo, hi, gamma)
 
     benchmark.pedantic(kth, rounds=3, iterations=1)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or not fd.build_info().get("cuda"),
+                    reason="needs a CUDA device and a build with FASTDISSECT_CUDA")
+@pytest.mark.parametrize("backend", ["cuda", "torch"])
+def test_streaming_on_the_gpu(benchmark, acts, backend):
+    benchmark.group = "thresholds on the GPU: 512 units x 200K values, q=0.005"
+    device_acts = acts.cuda()
+
+    def run():
+        q = fd.TopQuantile(UNITS, backend=backend)
+        for batch in device_acts.split(BATCH):
+            q.add(batch)
+        while q.needs_pass:
+            q.new_pass()
+            for batch in device_acts.split(BATCH):
+                q.add(batch)
+        return q.thresholds()
+
+    benchmark.extra_info.update(role="fastdissect" if backend == "cuda" else "baseline")
+    benchmark.pedantic(run, rounds=3, iterations=1)

@@ -84,3 +84,32 @@ def test_lite_style_loop(benchmark, workload):
     # pixel, every count agrees.
     if not (labels[:, 0] == labels[:, 1]).any():
         assert np.array_equal(both, expected.intersection.numpy())
+
+
+GPU_GROUP = "score on the GPU: resnet18-layer4, 32 images, lite union"
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available() or not fd.build_info().get("cuda"),
+                               reason="needs a CUDA device and a build with FASTDISSECT_CUDA")
+
+
+def _synchronized_score(acts, masks, thr, cats, backend):
+    s = fd.score(acts, masks, thresholds=thr, union="lite", categories=cats, backend=backend)
+    torch.cuda.synchronize()
+    return s
+
+
+@needs_gpu
+def test_fastdissect_cuda(benchmark, workload):
+    acts, _, _, masks, thr, cats = workload
+    benchmark.group = GPU_GROUP
+    benchmark.extra_info.update(role="fastdissect", images=N_IMAGES, device=torch.cuda.get_device_name())
+    s = benchmark(_synchronized_score, acts.cuda(), masks.to("cuda"), thr, cats, "cuda")
+    expected = fd.score(acts, masks, thresholds=thr, union="lite", categories=cats, backend="cpu")
+    assert torch.equal(s.intersection.cpu(), expected.intersection)
+
+
+@needs_gpu
+def test_torch_backend_cuda(benchmark, workload):
+    acts, _, _, masks, thr, cats = workload
+    benchmark.group = GPU_GROUP
+    benchmark.extra_info.update(role="baseline", images=N_IMAGES)
+    benchmark(_synchronized_score, acts.cuda(), masks.to("cuda"), thr, cats, "torch")

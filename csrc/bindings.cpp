@@ -9,6 +9,7 @@
 #include "common/bitpack.h"
 #include "common/histogram_key.h"
 #include "cpu/cpu_ops.h"
+#include "cuda/cuda_ops.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -79,10 +80,9 @@ py::dict build_info() {
   return info;
 }
 
-// Returns (kept values of all units, unit by unit, as float64; number kept per unit), or None and
-// the units holding NaN/inf (as a uint8 flag per unit) when the batch is not finite.
-py::tuple histogram_add(uintptr_t act, int dtype, std::array<int64_t, 4> sizes, std::array<int64_t, 4> strides,
-                        uintptr_t floor_bin, int64_t keep_top, uintptr_t counts, uintptr_t min_max, int n_threads) {
+fd::HistogramParams make_histogram_params(uintptr_t act, int dtype, std::array<int64_t, 4> sizes,
+                                          std::array<int64_t, 4> strides, uintptr_t floor_bin, int64_t keep_top,
+                                          uintptr_t counts, uintptr_t min_max) {
   fd::HistogramParams p{};
   p.act = ptr<const void>(act);
   p.act_dtype = static_cast<fd::DType>(dtype);
@@ -95,6 +95,22 @@ py::tuple histogram_add(uintptr_t act, int dtype, std::array<int64_t, 4> sizes, 
   p.keep_top = keep_top;
   p.counts = ptr<int64_t>(counts);
   p.min_max = ptr<double>(min_max);
+  return p;
+}
+
+fd::HistogramScratch make_histogram_scratch(uintptr_t min_max_key, uintptr_t non_finite, uintptr_t floor_value,
+                                            uintptr_t kept_values, uintptr_t kept_units, uintptr_t kept_count,
+                                            int64_t capacity, uintptr_t overflow) {
+  return fd::HistogramScratch{ptr<int64_t>(min_max_key), ptr<int64_t>(non_finite), ptr<double>(floor_value),
+                              ptr<double>(kept_values), ptr<int64_t>(kept_units), ptr<int64_t>(kept_count),
+                              capacity, ptr<int>(overflow)};
+}
+
+// Returns (kept values of all units, unit by unit, as float64; number kept per unit), or None and
+// the units holding NaN/inf (as a uint8 flag per unit) when the batch is not finite.
+py::tuple histogram_add(uintptr_t act, int dtype, std::array<int64_t, 4> sizes, std::array<int64_t, 4> strides,
+                        uintptr_t floor_bin, int64_t keep_top, uintptr_t counts, uintptr_t min_max, int n_threads) {
+  const fd::HistogramParams p = make_histogram_params(act, dtype, sizes, strides, floor_bin, keep_top, counts, min_max);
   std::vector<std::vector<double>> kept;
   py::array_t<uint8_t> bad(static_cast<py::ssize_t>(p.K));
   bool finite;
@@ -143,4 +159,70 @@ PYBIND11_MODULE(_C, m) {
         py::arg("floor_bin"), py::arg("keep_top"), py::arg("counts"), py::arg("min_max"), py::arg("n_threads"));
   m.attr("HIST_BINS") = fd::kHistBins;
   m.attr("ZERO_BIN") = fd::kZeroBin;
+
+  // The CUDA kernels: on the GPU ("cuda", asynchronous on `stream`) or on the CPU ("cuda_emu").
+  auto score_gpu = [](bool emulate, uintptr_t act, int dtype, std::array<int64_t, 4> sizes,
+                      std::array<int64_t, 4> strides, uintptr_t thresholds, int64_t H, int64_t W, int64_t C,
+                      int64_t words_per_mask, uintptr_t offsets, uintptr_t concept_ids, uintptr_t mask_rows,
+                      uintptr_t words, int union_mode, uintptr_t categories, int64_t G, uintptr_t intersection,
+                      uintptr_t unit_area, uintptr_t unit_category_area, uintptr_t map_area, uintptr_t hit,
+                      uintptr_t non_finite, uintptr_t stream, int n_threads) {
+    const fd::ScoreParams p = make_score_params(act, dtype, sizes, strides, thresholds, H, W, C, words_per_mask,
+                                                offsets, concept_ids, mask_rows, words, union_mode, categories, G,
+                                                intersection, unit_area, unit_category_area);
+    const fd::ScoreScratch s{ptr<int64_t>(map_area), ptr<int>(hit), ptr<int64_t>(non_finite)};
+    FD_ASSERT(p.union_mode == fd::UnionMode::kGlobal || s.map_area, "map_area is required for this union");
+    FD_ASSERT(p.union_mode != fd::UnionMode::kLite || s.hit, "hit is required for the lite union");
+    if (emulate) {
+      fd::score_cuda_emu(p, s, n_threads);
+      return;
+    }
+#ifdef FD_WITH_CUDA
+    fd::score_cuda(p, s, stream);
+#else
+    (void)stream;
+    FD_ASSERT(false, "built without CUDA");
+#endif
+  };
+  m.def("score_gpu", score_gpu, py::arg("emulate"), py::arg("act"), py::arg("dtype"), py::arg("sizes"),
+        py::arg("strides"), py::arg("thresholds"), py::arg("H"), py::arg("W"), py::arg("C"),
+        py::arg("words_per_mask"), py::arg("offsets"), py::arg("concept_ids"), py::arg("mask_rows"),
+        py::arg("words"), py::arg("union_mode"), py::arg("categories"), py::arg("G"), py::arg("intersection"),
+        py::arg("unit_area"), py::arg("unit_category_area"), py::arg("map_area"), py::arg("hit"),
+        py::arg("non_finite"), py::arg("stream"), py::arg("n_threads"), py::call_guard<py::gil_scoped_release>());
+  auto histogram_gpu = [](bool emulate, uintptr_t act, int dtype, std::array<int64_t, 4> sizes,
+                          std::array<int64_t, 4> strides, uintptr_t floor_bin, int64_t keep_top, uintptr_t counts,
+                          uintptr_t min_max, uintptr_t min_max_key, uintptr_t non_finite, uintptr_t floor_value,
+                          uintptr_t kept_values, uintptr_t kept_units, uintptr_t kept_count, int64_t capacity,
+                          uintptr_t overflow, uintptr_t stream, int n_threads) {
+    const fd::HistogramParams p = make_histogram_params(act, dtype, sizes, strides, floor_bin, keep_top, counts,
+                                                        min_max);
+    const fd::HistogramScratch s = make_histogram_scratch(min_max_key, non_finite, floor_value, kept_values,
+                                                          kept_units, kept_count, capacity, overflow);
+    if (emulate) {
+      fd::histogram_cuda_emu(p, s, n_threads);
+      return;
+    }
+#ifdef FD_WITH_CUDA
+    fd::histogram_cuda(p, s, stream);
+#else
+    (void)stream;
+    FD_ASSERT(false, "built without CUDA");
+#endif
+  };
+  m.def("histogram_gpu", histogram_gpu, py::arg("emulate"), py::arg("act"), py::arg("dtype"), py::arg("sizes"),
+        py::arg("strides"), py::arg("floor_bin"), py::arg("keep_top"), py::arg("counts"), py::arg("min_max"),
+        py::arg("min_max_key"), py::arg("non_finite"), py::arg("floor_value"), py::arg("kept_values"),
+        py::arg("kept_units"), py::arg("kept_count"), py::arg("capacity"), py::arg("overflow"), py::arg("stream"),
+        py::arg("n_threads"), py::call_guard<py::gil_scoped_release>());
+  m.def(
+      "emu_shim_selftest",
+      [](int64_t items, unsigned blocks, unsigned threads, int n_threads, uintptr_t visits, uintptr_t sum,
+         uintptr_t bits, uintptr_t lo_hi, uintptr_t last_index) {
+        fd::emu_shim_selftest(items, blocks, threads, n_threads, ptr<int64_t>(visits), ptr<int64_t>(sum),
+                              ptr<int>(bits), ptr<long long>(lo_hi), ptr<int64_t>(last_index));
+      },
+      py::arg("items"), py::arg("blocks"), py::arg("threads"), py::arg("n_threads"), py::arg("visits"),
+      py::arg("sum"), py::arg("bits"), py::arg("lo_hi"), py::arg("last_index"),
+      py::call_guard<py::gil_scoped_release>());
 }

@@ -4,12 +4,12 @@ import torch
 
 import fastdissect as fd
 
-BACKENDS = ["cpu", "torch"]
+BACKENDS = ["cpu", "torch", "cuda_emu"]  # cuda_emu: the CUDA kernels themselves, run on the CPU
 
 
 @pytest.fixture(params=BACKENDS)
 def backend(request):
-    if request.param == "cpu" and not fd.build_info()["extension"]:
+    if request.param in ("cpu", "cuda_emu") and not fd.build_info()["extension"]:
         pytest.fail("the compiled extension is missing: the cpu backend cannot be tested")
     return request.param
 

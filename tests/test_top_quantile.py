@@ -206,6 +206,23 @@ def test_errors_name_the_problem():
         fd.TopQuantile(3, quantile=1.5)
 
 
+def test_the_gpu_kernels_report_non_finite_values_when_read(rng):
+    """No host sync in add(): the CUDA kernels count NaN/inf on the device; reading results raises."""
+    bad = torch.from_numpy(rng.standard_normal((50, 3, 2, 2)))
+    bad[7, 2, 1, 0] = float("nan")
+    bad[9, 0, 0, 0] = float("-inf")
+    q = fd.TopQuantile(3, backend="cuda_emu")
+    q.add(bad)
+    for read in (q.thresholds, q.state_dict, lambda: q.needs_pass):
+        with pytest.raises(ValueError, match=r"NaN or inf in unit\(s\) 0, 2 \(counted on the device\)"):
+            read()
+    t = fd.Tally(3, 2, [0.0, 0.0, 0.0], backend="cuda_emu")
+    t.add(bad, torch.ones(50, 2, 4, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"NaN or inf in unit\(s\) 0, 2"):
+        t.scores()
+
+
+@pytest.mark.parametrize("backend", ["cpu", "torch"])
 def test_a_rejected_batch_leaves_the_state_unchanged(backend, rng):
     good = torch.from_numpy(rng.standard_normal((5000, 2, 3, 3)))
     q = fd.TopQuantile(2, backend=backend)

@@ -1,5 +1,5 @@
 // The streaming-quantile histogram's bin of a value: shared by the CPU kernel, the CUDA kernel and
-// (mirrored in torch) python/fastdissect/quantile_state.py. Changing it changes saved states.
+// (mirrored in torch) python/fastdissect/histogram_keys.py. Changing it changes saved states.
 #pragma once
 
 #include <cstring>
@@ -47,6 +47,27 @@ FD_HOST_DEVICE FD_INLINE double bin_lower_bound(int b) {
     if (histogram_bin(key_to_double(mid)) >= b) hi = mid; else lo = mid;
   }
   return key_to_double(hi);
+}
+
+// The order-preserving int64 key of a double (-0.0 maps to key(0.0)); key_to_double inverts it.
+FD_HOST_DEVICE FD_INLINE int64_t double_key(double v) {
+  v = v + 0.0;
+  int64_t bits;
+  memcpy(&bits, &v, sizeof(bits));
+  return bits < 0 ? bits ^ INT64_MAX : bits;
+}
+
+// The bin holding a unit's keep_top-th largest value, or `floor` if that is higher: the new floor.
+// The walk starts at the top, where those values are.
+FD_HOST_DEVICE FD_INLINE int raised_floor(const int64_t* counts, int floor, int64_t keep_top) {
+  if (keep_top <= 0) return floor;
+  int64_t above = 0;
+  int bin = kHistBins - 1;
+  for (; bin > floor; --bin) {
+    above += counts[bin];
+    if (above >= keep_top) break;
+  }
+  return bin;
 }
 
 }  // namespace fd

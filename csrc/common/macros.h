@@ -7,9 +7,11 @@
 
 #if defined(__CUDACC__)
 #define FD_HOST_DEVICE __host__ __device__
+#define FD_DEVICE __device__
 #define FD_INLINE __forceinline__
 #else
 #define FD_HOST_DEVICE
+#define FD_DEVICE
 #define FD_INLINE inline
 #endif
 

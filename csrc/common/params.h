@@ -34,4 +34,11 @@ struct ScoreParams {
   int64_t* unit_category_area;  // [K, G] union term of the unit per category (netdissect / lite)
 };
 
+// Device scratch of the GPU score kernels (allocated by the caller, zeroed before each batch).
+struct ScoreScratch {
+  int64_t* map_area;    // [N, K] mask area of each map ("netdissect" / "lite" unions), else null
+  int* hit;             // [N, K, G] map meets a label of category g ("lite" union), else null
+  int64_t* non_finite;  // [K] NaN / inf activations seen (accumulated; reported when results are read)
+};
+
 }  // namespace fd

@@ -18,4 +18,16 @@ struct HistogramParams {
   double* min_max;           // (K, 2) running min and max, accumulated
 };
 
+// Scratch and outputs of one GPU histogram update, all in device memory.
+struct HistogramScratch {
+  int64_t* min_max_key;  // [K, 2] batch min / max as double_key (atomicMin / atomicMax), preset to +-max
+  int64_t* non_finite;   // [K] NaN / inf values seen (accumulated; reported when thresholds are read)
+  double* floor_value;   // [K] bin_lower_bound of the new floor
+  double* kept_values;   // [capacity] kept values, any order
+  int64_t* kept_units;   // [capacity] their units
+  int64_t* kept_count;   // [1] values kept (may exceed capacity)
+  int64_t capacity;
+  int* overflow;         // [K] set when a kept value did not fit: the unit's kept set is incomplete
+};
+
 }  // namespace fd

@@ -103,17 +103,7 @@ void histogram_group(const HistogramParams& p, int64_t k0, int64_t k1, bool undo
     if (undo) continue;
     p.min_max[2 * k] = u.lo;
     p.min_max[2 * k + 1] = u.hi;
-    // Raise the floor to the bin holding the top `keep_top` values (the walk starts where they are).
-    int floor = p.floor_bin[k];
-    if (p.keep_top > 0) {
-      int64_t above = 0;
-      int bin = kHistBins - 1;
-      for (; bin > floor; --bin) {
-        above += u.counts[bin];
-        if (above >= p.keep_top) break;
-      }
-      floor = p.floor_bin[k] = bin;
-    }
+    const int floor = p.floor_bin[k] = raised_floor(u.counts, p.floor_bin[k], p.keep_top);
     const double floor_value = bin_lower_bound(floor);
     auto& mine = kept[k];
     mine.erase(std::remove_if(mine.begin(), mine.end(), [&](double v) { return !(v >= floor_value); }), mine.end());

@@ -27,8 +27,9 @@ def as_tensor(x, name: str) -> torch.Tensor:
     raise TypeError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(x).__name__}")
 
 
-def activations(x, name: str = "activations", num_units: int | None = None) -> torch.Tensor:
-    """(N, K, h, w) floating point, non-empty, finite."""
+def activations(x, name: str = "activations", num_units: int | None = None, check_finite: bool = True) -> torch.Tensor:
+    """(N, K, h, w) floating point, non-empty, finite (the GPU backends count NaN/inf on the device
+    instead, without a host sync, and report them when results are read)."""
     x = as_tensor(x, name)
     if x.dim() != 4:
         raise ValueError(f"{name} must have shape [N, K, h, w], got {tuple(x.shape)}")
@@ -38,7 +39,8 @@ def activations(x, name: str = "activations", num_units: int | None = None) -> t
         raise ValueError(f"{name} must be non-empty, got shape {tuple(x.shape)}")
     if num_units is not None and x.shape[1] != num_units:
         raise ValueError(f"{name} must have {num_units} units (dim 1), got shape {tuple(x.shape)}")
-    finite(x, name)
+    if check_finite:
+        finite(x, name)
     return x
 
 
@@ -61,6 +63,16 @@ def finite(x: torch.Tensor, name: str) -> None:
     shown = ", ".join(str(u) for u in bad[:10]) + (f", ... ({len(bad)} units)" if len(bad) > 10 else "")
     raise ValueError(f"{name} contains {' and '.join(kinds)} in unit(s) {shown}; "
                      "dissection needs finite activations")
+
+
+def report_non_finite(counts: torch.Tensor | None, name: str = "activations") -> None:
+    """Raises for units whose device-side NaN/inf counter (GPU backends) is non-zero."""
+    if counts is None or not bool((counts != 0).any()):
+        return
+    bad = torch.nonzero(counts).flatten().tolist()
+    shown = ", ".join(str(u) for u in bad[:10]) + (f", ... ({len(bad)} units)" if len(bad) > 10 else "")
+    raise ValueError(f"{name} contained NaN or inf in unit(s) {shown} (counted on the device); "
+                     "dissection needs finite activations: these results are invalid")
 
 
 def thresholds(t, num_units: int) -> torch.Tensor:

@@ -75,7 +75,7 @@ class Tally:
     def add(self, activations, masks) -> None:
         """Adds a batch: activations (N, K, h, w) and the same N images' masks (dense (N, C, H, W)
         bool/uint8, or a `ConceptMasks` from `pack_masks`)."""
-        act = _validate.activations(activations, num_units=self.num_units)
+        act = _validate.activations(activations, num_units=self.num_units, check_finite=False)
         m = as_concept_masks(masks, self.num_concepts)
         _validate.same_images(act.shape[0], m.num_images)
         self._add(act, m)
@@ -83,6 +83,8 @@ class Tally:
     def _add(self, act: torch.Tensor, m: ConceptMasks) -> None:
         device = self.device or act.device
         backend = _dispatch.resolve_backend(self.backend, act.device)
+        if backend not in _dispatch.GPU_BACKENDS:
+            _validate.finite(act, "activations")  # the GPU kernels count NaN/inf on the device instead
         if self._state is None:
             self._state = self._zeros(device)
         state = self._state
@@ -91,13 +93,17 @@ class Tally:
         if m.device != device:
             m = m.to(device)
         cats = self.categories.to(device) if self.categories is not None else None
+        if backend in _dispatch.GPU_BACKENDS and "non_finite" not in state:
+            state["non_finite"] = torch.zeros(self.num_units, dtype=torch.int64, device=device)
         _dispatch.tally_batch(backend, act, m, self.thresholds.to(device), self.union, cats, self.num_categories,
-                              state["intersection"], state["unit_area"], state.get("unit_category_area"))
+                              state["intersection"], state["unit_area"], state.get("unit_category_area"),
+                              state.get("non_finite"))
         state["concept_area"] += m.concept_area()
         self.num_images += act.shape[0]
 
     def scores(self) -> Scores:
         state = self._state if self._state is not None else self._zeros(self.device or "cpu")
+        _validate.report_non_finite(state.get("non_finite"))
         inter = state["intersection"]
         concept_area = state["concept_area"]
         if self.union == "global":
@@ -112,6 +118,7 @@ class Tally:
 
     def state_dict(self) -> dict:
         state = self._state if self._state is not None else self._zeros(self.device or "cpu")
+        _validate.report_non_finite(state.get("non_finite"))
         return {"num_units": self.num_units, "num_concepts": self.num_concepts, "union": self.union,
                 "thresholds": self.thresholds.clone(),
                 "categories": None if self.categories is None else self.categories.clone(),
@@ -165,13 +172,14 @@ def score(activations, masks, *, thresholds=None, quantile: float = 0.005, union
     unit's raw activations in this call (numpy's "linear" method).
     union: "global", "netdissect" or "lite" (the latter two need `categories`, each concept's
     primary category id); see the README for their definitions.
-    backend: "auto", "cpu" (C++ kernels) or "torch" (plain torch, any device).
+    backend: "auto", "cpu" (C++ kernels), "cuda" (CUDA kernels, CUDA tensors), "cuda_emu" (the CUDA
+    kernels emulated on the CPU, for testing) or "torch" (plain torch, any device).
     """
-    act = _validate.activations(activations)
+    act = _validate.activations(activations, check_finite=False)
     m = as_concept_masks(masks)
     _validate.same_images(act.shape[0], m.num_images)
     if thresholds is None:
-        thresholds = exact_thresholds(act, quantile=quantile)
+        thresholds = exact_thresholds(act, quantile=quantile, backend=backend)
     tally = Tally(act.shape[1], m.num_concepts, thresholds, union=union, categories=categories,
                   backend=backend, device=act.device)
     tally._add(act, m)

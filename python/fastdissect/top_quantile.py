@@ -62,7 +62,8 @@ class TopQuantile:
         self.passes = 1            # passes started over the data
         self._device: torch.device | None = None
         self._counts = self._floor = self._min_max = None
-        self._kept: list[tuple[torch.Tensor, torch.Tensor]] = []  # (values, count per unit) chunks
+        self._incomplete = self._non_finite = None  # set by the GPU kernels only
+        self._kept: list = []  # (values, count per unit) chunks, or _DeviceChunk from the GPU kernels
         self._compacted = 0
         self._refine: _Refinement | None = None
         self._answer: tuple[torch.Tensor, torch.Tensor, list] | None = None
@@ -72,8 +73,8 @@ class TopQuantile:
         """Adds a batch: (N, K, h, w) activations or (M, K) values."""
         act = _as_values(activations, self.num_units)
         backend = _dispatch.resolve_backend(self.backend, act.device)
-        if backend != "cpu" or self._refine is not None:
-            _validate.finite(act, "activations")  # the C++ kernel checks its batches itself
+        if backend not in ("cpu",) + _dispatch.GPU_BACKENDS or self._refine is not None:
+            _validate.finite(act, "activations")  # the kernels check their batches themselves
         if self._device is None:
             self._start(act.device)
         elif act.device != self._device:
@@ -86,14 +87,15 @@ class TopQuantile:
         n = self.num_values + act.shape[0] * (act.shape[2] * act.shape[3] if act.dim() == 4 else 1)
         keep_top = self._keep_top(n)
         if backend == "cpu":
-            values, per_unit = _histogram_add_cpu(act, self._floor, keep_top, self._counts, self._min_max)
+            chunk = _histogram_add_cpu(act, self._floor, keep_top, self._counts, self._min_max)
+        elif backend in _dispatch.GPU_BACKENDS:
+            chunk = _histogram_add_gpu(backend == "cuda_emu", act, keep_top, self)
         else:
-            values, per_unit = _histogram_add_torch(_unit_major(act), self._floor, keep_top, self._counts,
-                                                    self._min_max)
+            chunk = _histogram_add_torch(_unit_major(act), self._floor, keep_top, self._counts, self._min_max)
         self._answer = None
         self.num_values = n
-        self._kept.append((values, per_unit))
-        if sum(v.numel() for v, _ in self._kept) > max(2 * self._compacted, COMPACT_MIN_VALUES):
+        self._kept.append(chunk)
+        if sum(_chunk_size(c) for c in self._kept) > max(2 * self._compacted, COMPACT_MIN_VALUES):
             self._compact()
 
     @property
@@ -132,19 +134,21 @@ class TopQuantile:
         if self._device is None:
             return 0
         total = sum(t.numel() * t.element_size() for t in (self._counts, self._floor, self._min_max))
-        total += sum(v.numel() * 8 + c.numel() * 8 for v, c in self._kept)
+        total += sum(_chunk_size(c) * 8 + self.num_units * 8 for c in self._kept)
         return total + (self._refine.state_bytes() if self._refine is not None else 0)
 
     def state_dict(self) -> dict:
         if self._refine is not None:
             raise RuntimeError("state_dict is available during the first pass only")
+        _validate.report_non_finite(self._non_finite)
         self._compact()
         values, per_unit = self._kept[0] if self._kept else (torch.zeros(0, dtype=torch.float64),
                                                              torch.zeros(self.num_units, dtype=torch.int64))
         cpu = lambda t: None if t is None else t.detach().cpu().clone()  # noqa: E731
         return {"num_units": self.num_units, "quantile": self.quantile, "method": self.method,
                 "num_values": self.num_values, "counts": cpu(self._counts), "floor": cpu(self._floor),
-                "min_max": cpu(self._min_max), "kept_values": cpu(values), "kept_per_unit": cpu(per_unit)}
+                "min_max": cpu(self._min_max), "kept_values": cpu(values), "kept_per_unit": cpu(per_unit),
+                "incomplete": cpu(self._incomplete)}
 
     def load_state_dict(self, state: dict) -> None:
         for key in ("num_units", "quantile", "method"):
@@ -161,6 +165,8 @@ class TopQuantile:
         self._kept = [(state["kept_values"].clone(), state["kept_per_unit"].clone())]
         self._compacted = state["kept_values"].numel()
         self.num_values = int(state["num_values"])
+        if state.get("incomplete") is not None:
+            self._incomplete.copy_(state["incomplete"])
 
     def merge(self, other: "TopQuantile") -> "TopQuantile":
         """Adds another shard's first pass into this one; the result equals one pass over both shards."""
@@ -180,6 +186,8 @@ class TopQuantile:
         self._min_max[:, 0] = torch.minimum(self._min_max[:, 0], theirs["min_max"][:, 0].to(dev))
         self._min_max[:, 1] = torch.maximum(self._min_max[:, 1], theirs["min_max"][:, 1].to(dev))
         self._kept.append((theirs["kept_values"].to(dev), theirs["kept_per_unit"].to(dev)))
+        if theirs.get("incomplete") is not None:
+            self._incomplete |= theirs["incomplete"].to(dev)
         self.num_values += theirs["num_values"]
         self._answer = None
         _raise_floor(self._floor, self._counts, self._keep_top(self.num_values))
@@ -194,6 +202,8 @@ class TopQuantile:
         self._floor = torch.zeros(K, dtype=torch.int32, device=device)
         self._min_max = torch.tensor([[float("inf"), float("-inf")]], dtype=torch.float64,
                                      device=device).repeat(K, 1)
+        self._incomplete = torch.zeros(K, dtype=torch.int32, device=device)
+        self._non_finite = torch.zeros(K, dtype=torch.int64, device=device)
 
     def _needed_ranks(self) -> tuple[int, int]:
         i, j, gamma = order_statistics(self.num_values, 1.0 - self.quantile, self.method)
@@ -210,6 +220,7 @@ class TopQuantile:
         if not self._kept:
             return
         K, dev = self.num_units, self._device
+        self._kept = [c.materialize(K) if isinstance(c, _DeviceChunk) else c for c in self._kept]
         per_chunk = torch.stack([c.to(dev) for _, c in self._kept])             # (chunks, K)
         merged = per_chunk.sum(dim=0)
         unit_start = merged.cumsum(0) - merged
@@ -234,6 +245,7 @@ class TopQuantile:
             return self._answer
         if self.num_values == 0:
             raise RuntimeError("no values were added: call add() with activations first")
+        _validate.report_non_finite(self._non_finite)
         self._compact()
         K, dev = self.num_units, self._device
         values, per_unit = self._kept[0]
@@ -250,7 +262,7 @@ class TopQuantile:
                                    right=True).squeeze(1)
             skipped_zeros = torch.where((floor <= ZERO_BIN) & (b > ZERO_BIN), zeros, 0)
             index = rank - below_floor - skipped_zeros
-            kept_ok = (b >= floor) & (b != ZERO_BIN) & (index >= 0) & (index < per_unit)
+            kept_ok = (b >= floor) & (b != ZERO_BIN) & (index >= 0) & (index < per_unit) & (self._incomplete == 0)
             picked = sorted_vals[(start + index.clamp(min=0)).clamp(max=max(values.numel() - 1, 0))] \
                 if values.numel() else torch.zeros(K, dtype=torch.float64, device=dev)
             out[:, slot] = torch.where(kept_ok, picked, out[:, slot])
@@ -421,6 +433,48 @@ def _sort_within_units(values: torch.Tensor, per_unit: torch.Tensor):
         return rows[unit_of, torch.arange(values.numel(), device=dev) - start[unit_of]], start
     by_value = torch.argsort(values, stable=True)
     return values[by_value][torch.argsort(unit_of[by_value], stable=True)], start
+
+
+class _DeviceChunk:
+    """Values a GPU kernel kept: read (one host sync) only when the chunks are merged."""
+
+    def __init__(self, values, units, count, capacity):
+        self.values, self.units, self.count, self.capacity = values, units, count, capacity
+
+    def materialize(self, num_units: int):
+        n = min(int(self.count), self.capacity)
+        order = torch.argsort(self.units[:n], stable=True)
+        return self.values[:n][order], torch.bincount(self.units[:n], minlength=num_units)
+
+
+def _chunk_size(chunk) -> int:
+    return chunk.capacity if isinstance(chunk, _DeviceChunk) else chunk[0].numel()
+
+
+def _histogram_add_gpu(emulate: bool, act, keep_top: int, q: "TopQuantile") -> _DeviceChunk:
+    """The CUDA kernels (histogram, floor, kept values), asynchronous on the current stream."""
+    K, dev = q.num_units, act.device
+    per_unit = act.shape[0] * (act.shape[2] * act.shape[3] if act.dim() == 4 else 1)
+    sizes, strides = list(act.shape), list(act.stride())
+    if act.dim() == 2:
+        sizes, strides = sizes + [1, 1], strides + [0, 0]
+    # Kept values of one batch rarely exceed the top 2 * keep_top of each unit; a unit that overflows
+    # is marked incomplete and finished by a further pass, so the bound costs speed, never exactness.
+    capacity = K * min(per_unit, 2 * keep_top + 256)
+    i64 = torch.iinfo(torch.int64)
+    min_max_key = torch.tensor([[i64.max, i64.min]], dtype=torch.int64, device=dev).repeat(K, 1)
+    floor_value = torch.empty(K, dtype=torch.float64, device=dev)
+    values = torch.empty(capacity, dtype=torch.float64, device=dev)
+    units = torch.empty(capacity, dtype=torch.int64, device=dev)
+    count = torch.zeros(1, dtype=torch.int64, device=dev)
+    _ext.extension().histogram_gpu(
+        emulate=emulate, act=act.data_ptr(), dtype=_validate.DTYPE_CODES[act.dtype], sizes=sizes, strides=strides,
+        floor_bin=q._floor.data_ptr(), keep_top=keep_top, counts=q._counts.data_ptr(),
+        min_max=q._min_max.data_ptr(), min_max_key=min_max_key.data_ptr(), non_finite=q._non_finite.data_ptr(),
+        floor_value=floor_value.data_ptr(), kept_values=values.data_ptr(), kept_units=units.data_ptr(),
+        kept_count=count.data_ptr(), capacity=capacity, overflow=q._incomplete.data_ptr(),
+        stream=_dispatch.stream_of(dev), n_threads=torch.get_num_threads())
+    return _DeviceChunk(values, units, count, capacity)
 
 
 def _histogram_add_cpu(act, floor, keep_top, counts, min_max):

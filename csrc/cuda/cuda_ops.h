@@ -1,0 +1,21 @@
+// Entry points of the CUDA kernels and of their host emulation (same kernels, emu/cuda_emu.h).
+#pragma once
+
+#include "../common/params.h"
+#include "../common/quantile_params.h"
+
+namespace fd {
+
+// On `stream` (a cudaStream_t as an integer), asynchronous: no host synchronisation.
+void score_cuda(const ScoreParams& p, const ScoreScratch& s, uintptr_t stream);
+void histogram_cuda(const HistogramParams& p, const HistogramScratch& s, uintptr_t stream);
+
+// The same kernels on the CPU: blocks in parallel over n_threads, threads of a block in sequence.
+void score_cuda_emu(const ScoreParams& p, const ScoreScratch& s, int n_threads);
+void histogram_cuda_emu(const HistogramParams& p, const HistogramScratch& s, int n_threads);
+
+// Runs a kernel that uses every emulated built-in (emu/emu_selftest.cpp), for the shims' own tests.
+void emu_shim_selftest(int64_t items, unsigned blocks, unsigned threads, int n_threads, int64_t* visits,
+                       int64_t* sum, int* bits, long long* lo_hi, int64_t* last_index);
+
+}  // namespace fd

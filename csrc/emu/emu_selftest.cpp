@@ -1,0 +1,40 @@
+// A kernel that exercises every emulated built-in, for tests/test_cuda_emu.py: the shims are
+// checked on their own, not only through the kernels that use them.
+#include "cuda_emu.h"
+
+#include <vector>
+
+#include "../cuda/launch.cuh"
+
+namespace fd {
+namespace {
+
+struct ShimOutputs {
+  int64_t* visits;    // [items] times each item was visited by the grid-stride loop
+  int64_t* sum;       // [1] atomicAdd (int64 via unsigned long long) of all item values
+  int* bits;          // [items / 32 + 1] atomicOr of bit (item % 32)
+  long long* lo_hi;   // [2] atomicMin / atomicMax of (item * 7919) % 1000 - 500
+  int64_t* last_index;  // [items] blockIdx.x * blockDim.x + threadIdx.x that visited the item
+};
+
+__global__ void shim_kernel(ShimOutputs out, int64_t items) {
+  FD_GRID_STRIDE(i, items) {
+    atomic_add_i64(out.visits + i, 1);
+    atomic_add_i64(out.sum, i);
+    atomicOr(out.bits + i / 32, 1 << (i % 32));
+    const long long v = (i * 7919) % 1000 - 500;
+    atomicMin(out.lo_hi, v);
+    atomicMax(out.lo_hi + 1, v);
+    out.last_index[i] = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  }
+}
+
+}  // namespace
+
+void emu_shim_selftest(int64_t items, unsigned blocks, unsigned threads, int n_threads, int64_t* visits,
+                       int64_t* sum, int* bits, long long* lo_hi, int64_t* last_index) {
+  emu::launch(n_threads, dim3(blocks), dim3(threads), shim_kernel, ShimOutputs{visits, sum, bits, lo_hi, last_index},
+              items);
+}
+
+}  // namespace fd

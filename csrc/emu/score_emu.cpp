@@ -1,0 +1,20 @@
+// The CUDA score kernels, compiled for the host against emu/cuda_emu.h.
+#include "cuda_emu.h"
+
+#include "../cuda/cuda_ops.h"
+#include "../cuda/score_kernels.cuh"
+
+namespace fd {
+
+void score_cuda_emu(const ScoreParams& p, const ScoreScratch& s, int n_threads) {
+  const int64_t items = p.N * p.K * p.words_per_mask;
+  if (items == 0) return;
+  FD_DISPATCH_FLOAT(p.act_dtype, scalar_t, [&] {
+    emu::launch(n_threads, dim3(blocks_for(items)), dim3(kThreadsPerBlock), score_words_kernel<scalar_t>, p, s);
+  });
+  if (p.union_mode != UnionMode::kGlobal) {
+    emu::launch(n_threads, dim3(blocks_for(p.N * p.K)), dim3(kThreadsPerBlock), score_union_kernel, p, s);
+  }
+}
+
+}  // namespace fd
