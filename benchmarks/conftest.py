@@ -21,4 +21,5 @@ def pytest_terminal_summary(terminalreporter, config):
                 if other is mine or other.extra_info.get("role") == "fastdissect":
                     continue
                 ratio = other.stats.median / mine.stats.median
-                terminalreporter.write_line(f"{group}: {mine.name} is {ratio:,.1f}x faster than {other.name}")
+                terminalreporter.write_line(f"{group}: {mine.name} is {ratio:,.1f}x faster than {other.name} "
+                                            f"({100 / ratio:.1f}% of its time)")

@@ -10,12 +10,15 @@ torch.Size([8, 5])
 
 from . import datasets
 from ._ext import build_info
+from .hooks import token_grid, trace
 from .masks import ConceptMasks, pack_masks
+from .pipeline import dissect
 from .quantile import NETDISSECT_QUANTILE
+from .results import Dissection, LayerResult, load
 from .scoring import Scores, Tally, score
 from .top_quantile import TopQuantile, thresholds
 
 __version__ = "0.1.0"
 
-__all__ = ["ConceptMasks", "datasets", "NETDISSECT_QUANTILE", "Scores", "Tally", "build_info", "pack_masks", "score",
-           "thresholds", "TopQuantile"]
+__all__ = ["ConceptMasks", "Dissection", "LayerResult", "NETDISSECT_QUANTILE", "Scores", "Tally", "TopQuantile",
+           "build_info", "datasets", "dissect", "load", "pack_masks", "score", "thresholds", "token_grid", "trace"]

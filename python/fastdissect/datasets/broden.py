@@ -190,9 +190,13 @@ class Broden:
         if not 0 <= i < len(self.records):
             raise IndexError(f"image {i} out of range for {len(self.records)} images")
         r = self.records[i]
-        image = load_image(self.root / "images" / r["image"], f"{self.root / 'index.csv'}, row {r['line']}")
-        return Sample(image, self.labels(i), list(r["image_labels"]), i, list(r["plane_categories"]),
+        return Sample(self.image(i), self.labels(i), list(r["image_labels"]), i, list(r["plane_categories"]),
                       list(r["image_label_categories"]))
+
+    def image(self, i: int) -> np.ndarray:
+        """(ih, iw, 3) uint8 image i, without decoding its labels."""
+        r = self.records[i]
+        return load_image(self.root / "images" / r["image"], f"{self.root / 'index.csv'}, row {r['line']}")
 
     def labels(self, i: int) -> np.ndarray:
         """(num_planes, sh, sw) int64 label planes of image i (decoded without the image)."""

@@ -43,6 +43,9 @@ class SegmentationDataset:
     def __len__(self) -> int:
         return len(self.samples)
 
+    def image(self, i: int) -> np.ndarray:
+        return self[i].image
+
     def __getitem__(self, i: int) -> Sample:
         item = self.samples[i]
         if not isinstance(item, (tuple, list)) or len(item) not in (2, 3):

@@ -1,0 +1,61 @@
+"""Where a dissection's time goes: the model's forward pass vs fastdissect's work per batch.
+
+Workload: the demo (EfficientNet-Lite0, 224 px, five layers from _blocks.1 to _bn1, 1,776 units) on
+32 images of the built-in concept set. fastdissect's work per batch = TopQuantile.add (pass 1) +
+Tally.add (pass 2) for every layer. Target: at most 10% of the forward time on CPU.
+Run: pytest benchmarks/bench_pipeline.py  (the share is printed).
+"""
+
+import pytest
+import torch
+
+import fastdissect as fd
+
+pytest.importorskip("efficientnet_lite_pytorch", reason="needs the demo extra")
+from fastdissect import models  # noqa: E402
+
+BATCH = 32
+GROUP = "pipeline: EfficientNet-Lite0 demo, 32 images, 5 layers"
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    ds = fd.datasets.Broden(fd.datasets.builtin(tmp_path_factory.mktemp("pipe") / "set", n_images=BATCH))
+    batch = fd.datasets.collate([ds[i] for i in range(BATCH)], ds.num_concepts)
+    model = models.efficientnet_lite0()
+    _, layers, mean, std = models.BUILTIN["efficientnet-lite0"]
+    x = fd.datasets.to_model_input(batch.images, mean, std, size=(224, 224))
+    with torch.no_grad(), fd.trace(model, layers) as acts:
+        model(x)
+    acts = dict(acts)
+    thresholds = {k: fd.thresholds(a) for k, a in acts.items()}
+    return model, layers, x, acts, thresholds, batch, ds
+
+
+def forward(model, layers, x):
+    with torch.no_grad(), fd.trace(model, layers):
+        model(x)
+
+
+def fastdissect_work(acts, thresholds, batch, ds):
+    cats = torch.as_tensor(ds.primary_category)
+    for name, a in acts.items():
+        q = fd.TopQuantile(a.shape[1])
+        q.add(a)
+        t = fd.Tally(a.shape[1], ds.num_concepts, thresholds[name], union="netdissect", categories=cats)
+        t.add(a, batch.masks)
+
+
+def test_forward(benchmark, setup):
+    model, layers, x, *_ = setup
+    benchmark.group = GROUP
+    benchmark.extra_info.update(role="baseline", images=BATCH)
+    benchmark.pedantic(forward, args=(model, layers, x), rounds=5, iterations=1, warmup_rounds=1)
+
+
+def test_fastdissect_work(benchmark, setup, capsys):
+    _, _, _, acts, thresholds, batch, ds = setup
+    benchmark.group = GROUP
+    benchmark.extra_info.update(role="fastdissect", images=BATCH)
+    benchmark.pedantic(fastdissect_work, args=(acts, thresholds, batch, ds), rounds=5, iterations=1,
+                       warmup_rounds=1)

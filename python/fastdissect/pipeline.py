@@ -1,0 +1,299 @@
+"""`fd.dissect`: a model, its layers and a concept data set in; labeled units out.
+
+Two streamed passes over the data set, every requested layer read in one forward per batch:
+pass 1 feeds each layer's `TopQuantile` (exact thresholds; rarely a further pass when the data drift),
+pass 2 feeds each layer's `Tally` with the batch's concept masks and keeps, per unit, the top-k
+images by per-image max activation. Accumulators are exact integer sums and exact order statistics,
+so results do not depend on the batch size or the number of workers.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import partial
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from . import _validate
+from .datasets.broden import Broden, DatasetError
+from .datasets.packed import PackedMasks
+from .datasets.sample import IMAGENET_MEAN, IMAGENET_STD, Batch, collate, to_model_input
+from .hooks import find_modules, trace
+from .results import Dissection, LayerResult
+from .scoring import Tally
+from .top_quantile import TopQuantile
+
+CHECKPOINT_VERSION = 1
+
+
+class _Images(torch.utils.data.Dataset):
+    """The data set's images only (pass 1 needs no labels)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        image = self.dataset.image(i) if hasattr(self.dataset, "image") else self.dataset[i].image
+        return i, np.ascontiguousarray(image)
+
+
+def _collate_images(items):
+    shapes = {im.shape for _, im in items}
+    if len(shapes) != 1:
+        raise ValueError(f"images of one batch must share a size, got {sorted(shapes)}: pass image_size=(h, w)")
+    return torch.tensor([i for i, _ in items]), torch.from_numpy(np.stack([im for _, im in items]))
+
+
+class _Run:
+    """State of one dissection: models, accumulators, cache, checkpoints."""
+
+    def __init__(self, model, layers, dataset, opts, store=None):
+        self.model, self.layers, self.dataset, self.o = model, list(layers), dataset, opts
+        self.store = store  # a PackedMasks: masks are sliced from it instead of decoded
+        self.device = opts["device"]
+        self.quantiles: dict[str, TopQuantile] = {}
+        self.tallies: dict[str, Tally] = {}
+        self.top: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.cache: dict[str, torch.Tensor] | None = None
+        # With a cache, both passes see float16-rounded activations, cached or recomputed alike.
+        self.round_f16 = opts["cache"] is not None
+        self.cache_off = opts["cache"] is None
+
+    # ---- data
+    def loader(self, with_masks: bool, start: int):
+        n = len(self.dataset)
+        indices = range(start, n)
+        ds = torch.utils.data.Subset(self.dataset if with_masks else _Images(self.dataset), indices)
+        if with_masks:
+            fn = partial(collate, num_concepts=self.dataset.num_concepts)
+        else:
+            fn = _collate_images
+        return torch.utils.data.DataLoader(ds, batch_size=self.o["batch_size"], num_workers=self.o["num_workers"],
+                                           shuffle=False, collate_fn=fn)
+
+    def activations(self, indices: torch.Tensor, images: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """Each layer's (B, K, h, w) activations of these images: from the cache, or a forward pass."""
+        if self.cache is not None and images is None:
+            lo, hi = int(indices[0]), int(indices[-1]) + 1
+            return {name: c[lo:hi].to(self.device) for name, c in self.cache.items()}
+        x = to_model_input(images.to(self.device), self.o["mean"], self.o["std"], self.o["image_size"])
+        with torch.no_grad(), trace(self.model, self.layers, self.o["transform"]) as acts:
+            self.model(x)
+        out = {}
+        for name in self.layers:
+            if name not in acts:
+                raise RuntimeError(f"layer {name!r} was not called by the model's forward pass")
+            a = acts[name]
+            if a.dim() != 4:
+                raise ValueError(f"layer {name!r} outputs shape {tuple(a.shape)}, not (N, K, h, w) maps; for "
+                                 f"token outputs pass transform={{{name!r}: fd.token_grid()}}")
+            out[name] = a.to(torch.float16) if self.round_f16 else a
+        return out
+
+    def store_in_cache(self, indices, acts) -> None:
+        if self.cache_off:
+            return
+        if self.cache is None:
+            n = len(self.dataset)
+            need = sum(n * a[0].numel() * 2 for a in acts.values())
+            if need > self.o["cache_limit"]:
+                self.cache_off = True
+                print(f"fastdissect: the activation cache would need {need / 2**30:.2f} GiB, more than "
+                      f"cache_limit={self.o['cache_limit'] / 2**30:.2f} GiB: the second pass re-runs the model")
+                return
+            self.cache = {}
+            for name, a in acts.items():
+                shape = (n,) + tuple(a.shape[1:])
+                if self.o["cache"] == "memory":
+                    self.cache[name] = torch.empty(shape, dtype=torch.float16)
+                else:
+                    path = Path(self.o["cache"]) / f"{name}.f16"
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    self.cache[name] = torch.from_numpy(np.memmap(path, dtype=np.float16, mode="w+", shape=shape))
+        lo, hi = int(indices[0]), int(indices[-1]) + 1
+        for name, a in acts.items():
+            self.cache[name][lo:hi] = a.cpu()
+
+    # ---- checkpoints
+    def checkpoint_path(self) -> Path | None:
+        return Path(self.o["checkpoint"]) / "checkpoint.pt" if self.o["checkpoint"] else None
+
+    def identity(self) -> dict:
+        return {"layers": self.layers, "images": len(self.dataset), "quantile": self.o["quantile"],
+                "method": self.o["method"], "union": self.o["union"], "version": CHECKPOINT_VERSION}
+
+    def save(self, stage: int, images_done: int) -> None:
+        path = self.checkpoint_path()
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {"identity": self.identity(), "stage": stage, "images_done": images_done,
+                 "quantiles": {k: q.state_dict() for k, q in self.quantiles.items()} if stage == 1 else {},
+                 "tallies": {k: t.state_dict() for k, t in self.tallies.items()},
+                 "top": {k: (v.cpu(), i.cpu()) for k, (v, i) in self.top.items()}}
+        tmp = path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, path)  # a crash mid-write never leaves a torn checkpoint
+
+    def resume(self):
+        path = self.checkpoint_path()
+        if path is None or not path.is_file():
+            return 1, 0
+        state = torch.load(path, weights_only=False)
+        if state["identity"] != self.identity():
+            raise ValueError(f"{path} belongs to another dissection ({state['identity']}); remove it or use "
+                             "another checkpoint directory")
+        for k, s in state["quantiles"].items():
+            self.quantiles[k] = TopQuantile(s["num_units"], s["quantile"], s["method"], backend=self.o["backend"])
+            self.quantiles[k].load_state_dict(s)
+        for k, s in state["tallies"].items():
+            self.tallies[k] = Tally(s["num_units"], s["num_concepts"], s["thresholds"], union=s["union"],
+                                    categories=s["categories"], backend=self.o["backend"], device=self.device)
+            self.tallies[k].load_state_dict(s)
+        self.top = {k: (v.to(self.device), i.to(self.device)) for k, (v, i) in state["top"].items()}
+        if state["stage"] > 1 or state["images_done"] > 0:
+            self.cache_off = True  # the cache of the interrupted run is incomplete: re-run the model
+        return state["stage"], state["images_done"]
+
+    # ---- passes
+    def progress(self, desc: str, start: int):
+        from tqdm.auto import tqdm
+
+        return tqdm(total=len(self.dataset), initial=start, desc=desc, unit="img", disable=not self.o["verbose"],
+                    dynamic_ncols=True)
+
+    def thresholds_pass(self, start: int) -> None:
+        every = self.o["checkpoint_every"]
+        with self.progress("pass 1/2 thresholds", start) as bar:
+            for b, (indices, images) in enumerate(self.loader(False, start)):
+                acts = self.activations(indices, images)
+                self.store_in_cache(indices, acts)
+                for name, a in acts.items():
+                    if name not in self.quantiles:
+                        self.quantiles[name] = TopQuantile(a.shape[1], self.o["quantile"], self.o["method"],
+                                                           backend=self.o["backend"])
+                    self.quantiles[name].add(a)
+                bar.update(len(indices))
+                if every and (b + 1) % every == 0:
+                    self.save(1, int(indices[-1]) + 1)
+        while any(q.needs_pass for q in self.quantiles.values()):  # the data drifted: read it again
+            pending = [q for q in self.quantiles.values() if q.needs_pass]
+            for q in pending:
+                q.new_pass()
+            with self.progress("pass 1b/2 thresholds (exact refinement)", 0) as bar:
+                for indices, images in self.loader(False, 0):
+                    acts = self.activations(indices, None if self.cache is not None else images)
+                    for name, q in self.quantiles.items():
+                        if q in pending:
+                            q.add(acts[name])
+                    bar.update(len(indices))
+
+    def start_tallies(self) -> None:
+        ds = self.dataset
+        cats = torch.as_tensor(ds.primary_category, dtype=torch.int64)
+        for name, q in self.quantiles.items():
+            self.tallies[name] = Tally(q.num_units, ds.num_concepts, q.thresholds(), union=self.o["union"],
+                                       categories=None if self.o["union"] == "global" else cats,
+                                       backend=self.o["backend"], device=self.device)
+
+    def tally_pass(self, start: int) -> None:
+        every, k_top = self.o["checkpoint_every"], self.o["top_k"]
+        with self.progress("pass 2/2 tally", start) as bar:
+            for b, batch in enumerate(self.loader(self.store is None, start)):
+                if self.store is not None:
+                    indices, images = batch
+                    batch = Batch(images, self.store.masks[int(indices[0]):int(indices[-1]) + 1], indices)
+                acts = self.activations(batch.indices, None if self.cache is not None else batch.images)
+                masks = batch.masks.to(self.device)
+                for name, a in acts.items():
+                    self.tallies[name].add(a, masks)
+                    peak = a.amax(dim=(2, 3)).T.to(torch.float64)            # (K, B) per-image maxima
+                    ids = batch.indices.to(peak.device).expand_as(peak)
+                    if name in self.top:
+                        v, i = self.top[name]
+                        peak, ids = torch.cat([v, peak], 1), torch.cat([i, ids], 1)
+                    # ties keep the earlier image: stable sort on the value, descending
+                    order = torch.sort(peak, dim=1, descending=True, stable=True).indices[:, :k_top]
+                    self.top[name] = (peak.gather(1, order), ids.gather(1, order))
+                bar.update(len(batch.indices))
+                if every and (b + 1) % every == 0:
+                    self.save(2, int(batch.indices[-1]) + 1)
+
+
+def dissect(model: torch.nn.Module, layers: Sequence[str], dataset, *, quantile: float = 0.005,
+            method: str = "linear", iou_threshold: float = 0.04, union: str = "netdissect", batch_size: int = 32,
+            num_workers: int = 0, device=None, cache=None, cache_limit: int = 4 << 30, image_size=None,
+            mean=IMAGENET_MEAN, std=IMAGENET_STD, transform: dict | None = None, top_k: int = 8,
+            checkpoint=None, checkpoint_every: int = 50, backend: str = "auto", verbose: bool = True) -> Dissection:
+    """Dissects `layers` of `model` on a concept data set (see the README for a complete example).
+
+    dataset: a `fd.datasets.Broden`, `SegmentationDataset`, a packed store (`fd.datasets.open_packed`,
+    whose masks are then read instead of decoded), or anything yielding `Sample`s with
+    `num_concepts`, `concept_names`, `category_names`, `primary_category`.
+    quantile / method: each unit's threshold T_k (exact; `fd.NETDISSECT_QUANTILE` with "hazen" for
+    NetDissect's level). union: "netdissect" (default), "lite" or "global". iou_threshold: a unit whose
+    best IoU exceeds it is a detector.
+    image_size: (h, w) the images are resized to for the model (default: as stored); mean/std: the
+    model's input normalisation. transform: {layer: callable} applied to that layer's output, e.g.
+    `fd.token_grid()` for transformer blocks.
+    cache: None (the second pass re-runs the model), "memory" or a directory: activations are kept
+    in float16 (so both passes see the float16-rounded values) when they need at most `cache_limit`
+    bytes (N * sum over layers of K * h * w * 2), else the second pass re-runs the model.
+    checkpoint: a directory; accumulators are saved every `checkpoint_every` batches and after each
+    pass, and a run with the same arguments resumes from it with identical results.
+    """
+    store = None
+    if isinstance(dataset, PackedMasks):  # masks from the store, images from the data set it was packed from
+        store = dataset
+        source = store.meta.get("source")
+        if source is None or not Path(source).is_dir():
+            raise DatasetError(f"{store.path}: the packed store's source data set ({source}) is not available "
+                               "for its images")
+        dataset = Broden(source)
+        if len(dataset) != len(store):
+            raise DatasetError(f"{store.path} holds {len(store)} images but its source {source} has {len(dataset)}")
+    layers = list(layers)
+    if not layers:
+        raise ValueError("layers must name at least one module (see model.named_modules())")
+    find_modules(model, layers)
+    if len(dataset) == 0:
+        raise ValueError("the data set is empty")
+    _validate.quantile_level(quantile)
+    _validate.positive_int(batch_size, "batch_size")
+    if cache not in (None, "memory") and not isinstance(cache, (str, os.PathLike)):
+        raise ValueError(f'cache must be None, "memory" or a directory, got {cache!r}')
+    if device is None:
+        param = next(model.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+    opts = dict(quantile=quantile, method=method, union=union, batch_size=batch_size, num_workers=num_workers,
+                device=torch.device(device), cache=cache, cache_limit=cache_limit,
+                image_size=tuple(image_size) if image_size is not None else None, mean=mean, std=std,
+                transform=transform, top_k=top_k, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
+                backend=backend, verbose=verbose)
+    was_training = model.training
+    model.eval()
+    try:
+        run = _Run(model, layers, dataset, opts, store)
+        stage, done = run.resume()
+        if stage == 1:
+            run.thresholds_pass(done)
+            run.start_tallies()
+            run.save(2, 0)
+            done = 0
+        run.tally_pass(done)
+        run.save(3, len(dataset))
+    finally:
+        model.train(was_training)
+    result = Dissection()
+    cats = torch.as_tensor(dataset.primary_category, dtype=torch.int64)
+    for name in layers:
+        v, i = run.top[name]
+        result[name] = LayerResult(name, run.tallies[name].scores(), list(dataset.concept_names),
+                                   list(dataset.category_names), cats, iou_threshold, i.cpu(), v.cpu())
+    return result

@@ -1,0 +1,166 @@
+"""Dissection results: per-layer unit labels, summaries, CSVs (tidy and NetDissect-Lite's tally.csv), save/load."""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .scoring import Scores
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class LayerResult:
+    """One layer's dissection. `units` labels each unit the NetDissect way: its best concept in each
+    category, then the category whose best IoU is highest; a unit is a detector when that IoU exceeds
+    `iou_threshold`."""
+
+    layer: str
+    scores: Scores
+    concept_names: list[str]
+    category_names: list[str]
+    categories: torch.Tensor          # (C,) primary category of each concept
+    iou_threshold: float
+    top_images: torch.Tensor | None = None   # (K, top_k) images with the highest per-image max activation
+    top_values: torch.Tensor | None = None   # (K, top_k) those maxima
+    _units: list | None = field(default=None, repr=False)
+
+    @property
+    def num_units(self) -> int:
+        return self.scores.iou.shape[0]
+
+    def best_per_category(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(concept, iou), each (K, G): the best concept of each category (concept 0 never counts)."""
+        iou = self.scores.iou.clone()
+        iou[:, 0] = -1.0
+        G = len(self.category_names)
+        best_c = torch.zeros(self.num_units, G, dtype=torch.int64)
+        best_iou = torch.full((self.num_units, G), -1.0, dtype=torch.float64)
+        for g in range(G):
+            members = torch.nonzero(self.categories == g).flatten()
+            members = members[members > 0]
+            if members.numel() == 0:
+                continue
+            v, i = iou[:, members].max(dim=1)   # lowest concept id on ties
+            best_c[:, g], best_iou[:, g] = members[i], v
+        return best_c, best_iou
+
+    @property
+    def units(self) -> list[dict]:
+        """One row per unit: unit, label, category, iou, threshold, detector, then <category>-label/-iou."""
+        if self._units is None:
+            best_c, best_iou = self.best_per_category()
+            g = best_iou.argmax(dim=1)             # first category on ties
+            rows = []
+            for k in range(self.num_units):
+                c, iou = int(best_c[k, g[k]]), float(best_iou[k, g[k]])
+                row = {"unit": k, "label": self.concept_names[c], "category": self.category_names[int(g[k])],
+                       "iou": max(iou, 0.0), "threshold": float(self.scores.thresholds[k]),
+                       "detector": iou > self.iou_threshold}
+                for gi, cat in enumerate(self.category_names):
+                    row[f"{cat}-label"] = self.concept_names[int(best_c[k, gi])] if best_iou[k, gi] >= 0 else ""
+                    row[f"{cat}-iou"] = max(float(best_iou[k, gi]), 0.0)
+                rows.append(row)
+            self._units = rows
+        return self._units
+
+    @property
+    def summary(self) -> dict:
+        """Interpretable units and unique detectors (distinct concepts among detectors) per category."""
+        detectors = [u for u in self.units if u["detector"]]
+        unique = {cat: len({u["label"] for u in detectors if u["category"] == cat}) for cat in self.category_names}
+        return {"layer": self.layer, "units": self.num_units, "interpretable": len(detectors),
+                "unique_detectors": unique, "unique_total": sum(unique.values())}
+
+    def to_csv(self, path) -> Path:
+        path = Path(path)
+        with open(path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(self.units[0]))
+            w.writeheader()
+            for row in self.units:
+                w.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()})
+        return path
+
+    def tally_csv(self, path) -> Path:
+        """NetDissect-Lite's tally.csv: unit (1-based), category, label, score, then per category
+        <cat>-label, -truth (concept area), -activation (the union's unit term), -intersect, -iou;
+        rows by score, descending."""
+        s = self.scores
+        best_c, best_iou = self.best_per_category()
+        unit_term = s.union + s.intersection - s.concept_area[None, :]
+        rows = []
+        for u in self.units:
+            k = u["unit"]
+            row = {"unit": k + 1, "category": u["category"], "label": u["label"], "score": u["iou"]}
+            for g, cat in enumerate(self.category_names):
+                c = int(best_c[k, g])
+                row.update({f"{cat}-label": self.concept_names[c], f"{cat}-truth": int(s.concept_area[c]),
+                            f"{cat}-activation": int(unit_term[k, c]), f"{cat}-intersect": int(s.intersection[k, c]),
+                            f"{cat}-iou": max(float(best_iou[k, g]), 0.0)})
+            rows.append(row)
+        rows.sort(key=lambda r: -r["score"])
+        with open(path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+        return Path(path)
+
+
+class Dissection(dict):
+    """Results of `fd.dissect`: {layer name: LayerResult}, in the order the layers were given."""
+
+    def to_csv(self, directory) -> Path:
+        """Writes <layer>.csv (tidy, one row per unit) and <layer>-tally.csv (NetDissect-Lite layout)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        for name, layer in self.items():
+            layer.to_csv(directory / f"{name}.csv")
+            layer.tally_csv(directory / f"{name}-tally.csv")
+        return directory
+
+    def summary_text(self) -> str:
+        lines = []
+        for layer in self.values():
+            s = layer.summary
+            cats = ", ".join(f"{c} {n}" for c, n in s["unique_detectors"].items() if n)
+            lines.append(f"{s['layer']}: {s['interpretable']}/{s['units']} units interpretable, "
+                         f"{s['unique_total']} unique detectors ({cats or 'none'})")
+        return "\n".join(lines)
+
+    def save(self, directory) -> Path:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        layers = {}
+        for name, r in self.items():
+            s = r.scores
+            layers[name] = {"scores": {k: getattr(s, k) for k in ("intersection", "union", "iou", "unit_area",
+                                                                 "concept_area", "thresholds")},
+                            "union_mode": s.union_mode, "num_images": s.num_images,
+                            "concept_names": r.concept_names, "category_names": r.category_names,
+                            "categories": r.categories, "iou_threshold": r.iou_threshold,
+                            "top_images": r.top_images, "top_values": r.top_values}
+        torch.save({"format": "fastdissect-dissection", "version": FORMAT_VERSION, "layers": layers},
+                   directory / "dissection.pt")
+        (directory / "summary.json").write_text(json.dumps([r.summary for r in self.values()], indent=1))
+        return directory
+
+
+def load(directory) -> Dissection:
+    """Reads what `Dissection.save` wrote."""
+    path = Path(directory) / "dissection.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no saved dissection here (write one with d.save(dir))")
+    data = torch.load(path, weights_only=False)
+    if data.get("format") != "fastdissect-dissection" or data.get("version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: not a fastdissect dissection of version {FORMAT_VERSION}")
+    out = Dissection()
+    for name, d in data["layers"].items():
+        scores = Scores(**d["scores"], union_mode=d["union_mode"], num_images=d["num_images"])
+        out[name] = LayerResult(name, scores, d["concept_names"], d["category_names"], d["categories"],
+                                d["iou_threshold"], d["top_images"], d["top_values"])
+    return out

@@ -1,0 +1,244 @@
+"""fd.dissect end to end: hooks, both passes, labels, invariances, resume, cache, CLI and demo."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import fastdissect as fd
+import reference
+from fastdissect import cli
+
+PLAIN = dict(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))  # model input = image / 255
+
+
+class ColorDetectors(torch.nn.Module):
+    """Three units built to detect colors: red (R - G - B), blue (B - R - G), white (min(R, G, B) - 0.85),
+    on 4x4-pooled maps (32 x 32 for 128-px images, upsampled to the 64 x 64 labels)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 3, 1)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.tensor([[1.0, -1, -1], [-1, -1, 1], [0, 0, 0]])[:, :, None, None])
+            self.conv.bias.zero_()
+        self.relu = torch.nn.ReLU()
+        self.pool = torch.nn.AvgPool2d(4)
+        self.forwards = 0
+
+    def forward(self, x):
+        self.forwards += 1
+        y = self.conv(x)
+        y = torch.cat([y[:, :2], x.min(dim=1, keepdim=True).values - 0.85], dim=1)
+        return self.pool(self.relu(y))
+
+
+@pytest.fixture(scope="module")
+def concepts(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline") / "concepts"
+    return fd.datasets.Broden(fd.datasets.builtin(root, n_images=40, seed=1))
+
+
+def reference_dissection(model, ds, layer="pool"):
+    """Independent numpy reference: activations, numpy.quantile thresholds, reference.tally (netdissect)."""
+    images = torch.from_numpy(np.stack([ds[i].image for i in range(len(ds))]))
+    with torch.no_grad(), fd.trace(model, [layer]) as acts:
+        model(images.permute(0, 3, 1, 2).float() / 255)
+    a = acts[layer].numpy()
+    t = np.quantile(a.transpose(1, 0, 2, 3).reshape(a.shape[1], -1).astype(np.float64), 0.95, axis=1)
+    labels = np.stack([ds[i].labels for i in range(len(ds))])
+    masks = reference.dense_from_labels(labels, [ds[i].image_labels for i in range(len(ds))], ds.num_concepts)
+    return t, reference.tally(a, masks, t, "netdissect", ds.primary_category)
+
+
+def test_units_built_to_detect_colors_are_labeled_with_exact_iou(concepts):
+    model = ColorDetectors()
+    # top 5%: flat color regions cover more than 0.5% of the pixels, and T is exceeded strictly
+    d = fd.dissect(model, ["pool"], concepts, quantile=0.05, batch_size=16, verbose=False, **PLAIN)
+    t, ref = reference_dissection(model, concepts)
+    layer = d["pool"]
+    np.testing.assert_array_equal(layer.scores.thresholds.numpy(), t)
+    for key in ("intersection", "union", "unit_area", "concept_area"):
+        np.testing.assert_array_equal(getattr(layer.scores, key).numpy(), ref[key])
+    np.testing.assert_array_equal(layer.scores.iou.numpy(), ref["iou"])
+    labels = [(u["label"], u["category"], u["detector"]) for u in layer.units]
+    assert labels == [("red", "color", True), ("blue", "color", True), ("white", "color", True)]
+    red = concepts.concept_names.index("red")
+    assert layer.units[0]["iou"] == ref["iou"][0, red]
+    assert layer.summary["unique_detectors"]["color"] == 3 and layer.summary["interpretable"] == 3
+    # top images: the highest per-image maxima, in order
+    maxima = reference_maxima(model, concepts)
+    want = np.argsort(-maxima[:, 0], kind="stable")[:8]
+    assert layer.top_images[0].tolist() == want.tolist()
+
+
+def reference_maxima(model, ds):
+    images = torch.from_numpy(np.stack([ds[i].image for i in range(len(ds))]))
+    with torch.no_grad():
+        return model(images.permute(0, 3, 1, 2).float() / 255).amax(dim=(2, 3)).numpy()
+
+
+def test_results_do_not_depend_on_batch_size_or_workers(concepts):
+    a = fd.dissect(ColorDetectors(), ["conv", "pool"], concepts, batch_size=7, verbose=False, **PLAIN)
+    b = fd.dissect(ColorDetectors(), ["conv", "pool"], concepts, batch_size=16, num_workers=2, verbose=False,
+                   **PLAIN)
+    for name in ("conv", "pool"):
+        for key in ("intersection", "union", "thresholds", "unit_area"):
+            assert torch.equal(getattr(a[name].scores, key), getattr(b[name].scores, key))
+        assert torch.equal(a[name].top_images, b[name].top_images)
+
+
+class Interrupting(ColorDetectors):
+    def __init__(self, after):
+        super().__init__()
+        self.after = after
+
+    def forward(self, x):
+        if self.forwards >= self.after:
+            raise KeyboardInterrupt("simulated interruption")
+        return super().forward(x)
+
+
+@pytest.mark.parametrize("after", [2, 6])  # inside pass 1, inside pass 2 (5 batches per pass)
+def test_an_interrupted_run_resumes_with_identical_results(concepts, tmp_path, after):
+    whole = fd.dissect(ColorDetectors(), ["pool"], concepts, batch_size=8, verbose=False, **PLAIN)
+    with pytest.raises(KeyboardInterrupt):
+        fd.dissect(Interrupting(after), ["pool"], concepts, batch_size=8, verbose=False, checkpoint=tmp_path,
+                   checkpoint_every=1, **PLAIN)
+    resumed_model = ColorDetectors()
+    resumed = fd.dissect(resumed_model, ["pool"], concepts, batch_size=8, verbose=False, checkpoint=tmp_path,
+                         checkpoint_every=1, **PLAIN)
+    assert resumed_model.forwards < 10  # it did not start over
+    for key in ("intersection", "union", "thresholds"):
+        assert torch.equal(getattr(whole["pool"].scores, key), getattr(resumed["pool"].scores, key))
+    assert torch.equal(whole["pool"].top_images, resumed["pool"].top_images)
+
+
+class Float16Maps(ColorDetectors):
+    def forward(self, x):
+        return super().forward(x).half().float()  # outputs a float16 cache holds exactly
+
+
+def test_cache_removes_the_second_forward(concepts, tmp_path):
+    plain = fd.dissect(Float16Maps(), ["pool"], concepts, batch_size=8, verbose=False, **PLAIN)
+    for cache in ("memory", tmp_path / "cache"):
+        model = Float16Maps()
+        cached = fd.dissect(model, ["pool"], concepts, batch_size=8, verbose=False, cache=cache, **PLAIN)
+        assert model.forwards == 5  # 40 images / 8: pass 1 only
+        assert torch.equal(cached["pool"].scores.intersection, plain["pool"].scores.intersection)
+    model = Float16Maps()
+    fd.dissect(model, ["pool"], concepts, batch_size=8, verbose=False, cache="memory", cache_limit=10, **PLAIN)
+    assert model.forwards == 10  # too big for the limit: the second pass re-runs the model
+
+
+def test_packed_store_as_dataset(concepts, tmp_path):
+    store = fd.datasets.open_packed(fd.datasets.pack(concepts, tmp_path / "packed", verbose=False))
+    a = fd.dissect(ColorDetectors(), ["pool"], concepts, verbose=False, **PLAIN)
+    b = fd.dissect(ColorDetectors(), ["pool"], store, verbose=False, **PLAIN)
+    assert torch.equal(a["pool"].scores.intersection, b["pool"].scores.intersection)
+
+
+def test_trace_names_close_layers_and_always_removes_hooks():
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
+    with pytest.raises(LookupError, match=r"no layer '00'.*did you mean '0'"):
+        with fd.trace(net, ["00"]):
+            pass
+    with pytest.raises(RuntimeError, match="boom"):
+        with fd.trace(net, ["0", "1"]):
+            raise RuntimeError("boom")
+    assert all(not m._forward_hooks for m in net.modules())
+    with pytest.raises(LookupError, match="no layer 'layer9'"):
+        fd.dissect(net, ["layer9"], [])
+
+
+class TinyViT(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.patch = torch.nn.Conv2d(3, 16, 8, stride=8)
+        self.cls = torch.nn.Parameter(torch.randn(1, 1, 16))
+        self.block = torch.nn.TransformerEncoderLayer(16, 2, 32, batch_first=True)
+
+    def forward(self, x):
+        t = self.patch(x).flatten(2).transpose(1, 2)
+        return self.block(torch.cat([self.cls.expand(x.shape[0], -1, -1), t], 1))
+
+
+def test_token_outputs_become_patch_grids(concepts):
+    torch.manual_seed(0)
+    vit = TinyViT().eval()
+    x = torch.rand(2, 3, 128, 128)
+    with torch.no_grad(), fd.trace(vit, ["block"], transform={"block": fd.token_grid(1)}) as acts:
+        tokens = vit(x)
+    assert acts["block"].shape == (2, 16, 16, 16)
+    assert torch.equal(acts["block"][1, :, 3, 5], tokens[1, 1 + 3 * 16 + 5])
+    d = fd.dissect(vit, ["block"], concepts, transform={"block": fd.token_grid(1)}, verbose=False)
+    assert d["block"].num_units == 16
+    with pytest.raises(ValueError, match=r"not \(N, K, h, w\) maps; for token outputs pass transform"):
+        fd.dissect(vit, ["block"], concepts, verbose=False)
+    with pytest.raises(ValueError, match="is not a square grid"):
+        fd.token_grid(2)(torch.zeros(1, 257, 4))
+
+
+MODEL_FILE = '''
+import torch
+def colors():
+    import test_pipeline
+    return test_pipeline.ColorDetectors()
+def broken():
+    raise RuntimeError("cannot build")
+'''
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "fastdissect.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=Path(__file__).parent)
+
+
+def test_cli_dissects_and_reports_errors_in_one_line(concepts, tmp_path):
+    model_file = tmp_path / "models.py"
+    model_file.write_text(MODEL_FILE)
+    out = tmp_path / "out"
+    r = run_cli("dissect", "--model", f"{model_file}:colors", "--layers", "pool", "--dataset", concepts.root,
+                "--out", out, "--quiet", "--quantile", 0.05, "--mean", 0, 0, 0, "--std", 1, 1, 1)
+    assert r.returncode == 0, r.stderr
+    assert "pool: 3/3 units interpretable, 3 unique detectors (color 3)" in r.stdout
+    assert (out / "pool.csv").is_file() and (out / "pool-tally.csv").is_file()
+    assert fd.load(out)["pool"].units[0]["label"] == "red"
+    for args, message in [
+        (("--layers", "pol"), "fastdissect: error: the model has no layer 'pol'; did you mean 'pool'"),
+        (("--layers", "pool", "--dataset", tmp_path / "none"), "neither a Broden directory"),
+        (("--model", f"{model_file}:broken"), "broken() failed (RuntimeError: cannot build)"),
+        (("--model", "resnet9000"), "unknown model 'resnet9000'"),
+    ]:
+        base = {"--model": f"{model_file}:colors", "--layers": "pool", "--dataset": concepts.root, "--out": out}
+        base.update(dict(zip(args[::2], args[1::2])))
+        r = run_cli("dissect", *sum(([k, v] for k, v in base.items()), []), "--quiet")
+        assert r.returncode == 1 and message in r.stderr and "Traceback" not in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+    r = run_cli("--debug", "dissect", "--model", "resnet9000", "--layers", "x", "--dataset", "builtin", "--out", out)
+    assert "Traceback" in r.stderr
+
+
+def test_cli_help_is_complete():
+    parser = cli.build_parser()
+    text = parser.format_help()
+    for command in ("dissect", "demo", "builtin", "selftest"):
+        assert command in text
+    for command in ("dissect", "demo", "builtin", "selftest"):
+        r = run_cli(command, "--help")
+        assert r.returncode == 0 and "usage: fastdissect" in r.stdout
+        for line in r.stdout.splitlines():
+            if line.strip().startswith("--") and "help" not in line:
+                assert len(line.split()) > 1, f"option without help: {line}"
+
+
+def test_demo_runs_offline_and_summarises(tmp_path):
+    pytest.importorskip("efficientnet_lite_pytorch")
+    r = run_cli("demo", "--out", tmp_path, "--images", 48, "--quiet")
+    assert r.returncode == 0, r.stderr
+    for layer in ("_blocks.1", "_blocks.4", "_blocks.10", "_blocks.15", "_bn1"):
+        assert f"{layer}: " in r.stdout and (tmp_path / f"{layer}-tally.csv").is_file()
+    assert "units interpretable" in r.stdout
