@@ -241,4 +241,13 @@ def test_demo_runs_offline_and_summarises(tmp_path):
     assert r.returncode == 0, r.stderr
     for layer in ("_blocks.1", "_blocks.4", "_blocks.10", "_blocks.15", "_bn1"):
         assert f"{layer}: " in r.stdout and (tmp_path / f"{layer}-tally.csv").is_file()
+        assert (tmp_path / "report" / f"layer_{layer}.html").is_file()
     assert "units interpretable" in r.stdout
+    import test_report  # the demo's report, looked at in a real browser when one is installed
+
+    if test_report.chromium():
+        test_report.OUTPUT.mkdir(exist_ok=True)
+        for page in ("index", "layer__bn1"):
+            shot = test_report.OUTPUT / f"demo_report_{page}.png"
+            dom, console, result = test_report.render(tmp_path / "report" / f"{page}.html", tmp_path, shot)
+            assert 'data-status="ready"' in dom and 'data-broken-images="0"' in dom and shot.is_file()

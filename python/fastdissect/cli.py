@@ -1,4 +1,4 @@
-"""The `fastdissect` command: dissect, demo, builtin, selftest.
+"""The `fastdissect` command: dissect, demo, builtin, report, selftest.
 
 Errors print one line (`fastdissect: error: ...`) unless --debug is given.
 """
@@ -57,6 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--images", type=int, default=512, help="number of images (default 512)")
     b.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
+    r = sub.add_parser("report", help="write the HTML report of a saved dissection",
+                       description="Write the static HTML report of results saved by `fastdissect dissect`.")
+    r.add_argument("--results", required=True, help="directory holding dissection.pt")
+    r.add_argument("--dataset", default=None,
+                   help="the concept data set for the top images (default: the one recorded in the results)")
+    r.add_argument("--out", required=True, help="directory to write the report to")
+
     s = sub.add_parser("selftest", help="check the kernels against the torch reference",
                        description="Run the kernels of a backend against the in-package torch reference.")
     s.add_argument("--backend", choices=["cuda", "cuda_emu", "cpu"], default=None)
@@ -91,8 +98,9 @@ def _run_dissection(args, model, layers, dataset, image_size, mean, std):
                         checkpoint=args.checkpoint, verbose=not args.quiet)
     result.to_csv(out)
     result.save(out)
+    index = result.report(out / "report", verbose=not args.quiet)
     print(result.summary_text())
-    print(f"results in {out} ({time.perf_counter() - start:.0f} s)")
+    print(f"results in {out}, report: {index} ({time.perf_counter() - start:.0f} s)")
     return result
 
 
@@ -128,6 +136,17 @@ def cmd_builtin(args) -> None:
     print(f"built-in concept set: {args.images} images in {root}")
 
 
+def cmd_report(args) -> None:
+    import fastdissect as fd
+
+    result = fd.load(args.results)
+    source = args.dataset or result.dataset_root
+    dataset = _open_dataset(source, Path(args.out)) if source else None
+    if dataset is None:
+        print("fastdissect: no data set given or recorded: the report has no top images")
+    print(f"report: {result.report(args.out, dataset)}")
+
+
 def cmd_selftest(args) -> int:
     from . import selftest
 
@@ -136,7 +155,8 @@ def cmd_selftest(args) -> int:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    commands = {"dissect": cmd_dissect, "demo": cmd_demo, "builtin": cmd_builtin, "selftest": cmd_selftest}
+    commands = {"dissect": cmd_dissect, "demo": cmd_demo, "builtin": cmd_builtin, "report": cmd_report,
+                "selftest": cmd_selftest}
     try:
         return commands[args.command](args) or 0
     except KeyboardInterrupt:

@@ -59,7 +59,8 @@ class _Run:
         self.device = opts["device"]
         self.quantiles: dict[str, TopQuantile] = {}
         self.tallies: dict[str, Tally] = {}
-        self.top: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        # per layer: (K, top_k) per-image maxima, their image ids, and their maps (K, top_k, h, w) for the report
+        self.top: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         self.cache: dict[str, torch.Tensor] | None = None
         # With a cache, both passes see float16-rounded activations, cached or recomputed alike.
         self.round_f16 = opts["cache"] is not None
@@ -136,7 +137,7 @@ class _Run:
         state = {"identity": self.identity(), "stage": stage, "images_done": images_done,
                  "quantiles": {k: q.state_dict() for k, q in self.quantiles.items()} if stage == 1 else {},
                  "tallies": {k: t.state_dict() for k, t in self.tallies.items()},
-                 "top": {k: (v.cpu(), i.cpu()) for k, (v, i) in self.top.items()}}
+                 "top": {k: tuple(t.cpu() for t in top) for k, top in self.top.items()}}
         tmp = path.with_suffix(".tmp")
         torch.save(state, tmp)
         os.replace(tmp, path)  # a crash mid-write never leaves a torn checkpoint
@@ -156,7 +157,7 @@ class _Run:
             self.tallies[k] = Tally(s["num_units"], s["num_concepts"], s["thresholds"], union=s["union"],
                                     categories=s["categories"], backend=self.o["backend"], device=self.device)
             self.tallies[k].load_state_dict(s)
-        self.top = {k: (v.to(self.device), i.to(self.device)) for k, (v, i) in state["top"].items()}
+        self.top = {k: tuple(t.to(self.device) for t in top) for k, top in state["top"].items()}
         if state["stage"] > 1 or state["images_done"] > 0:
             self.cache_off = True  # the cache of the interrupted run is incomplete: re-run the model
         return state["stage"], state["images_done"]
@@ -215,12 +216,14 @@ class _Run:
                     self.tallies[name].add(a, masks)
                     peak = a.amax(dim=(2, 3)).T.to(torch.float64)            # (K, B) per-image maxima
                     ids = batch.indices.to(peak.device).expand_as(peak)
+                    maps = a.transpose(0, 1).float()                         # (K, B, h, w)
                     if name in self.top:
-                        v, i = self.top[name]
-                        peak, ids = torch.cat([v, peak], 1), torch.cat([i, ids], 1)
+                        v, i, m = self.top[name]
+                        peak, ids, maps = torch.cat([v, peak], 1), torch.cat([i, ids], 1), torch.cat([m, maps], 1)
                     # ties keep the earlier image: stable sort on the value, descending
                     order = torch.sort(peak, dim=1, descending=True, stable=True).indices[:, :k_top]
-                    self.top[name] = (peak.gather(1, order), ids.gather(1, order))
+                    rows = torch.arange(order.shape[0], device=order.device)[:, None]
+                    self.top[name] = (peak.gather(1, order), ids.gather(1, order), maps[rows, order])
                 bar.update(len(batch.indices))
                 if every and (b + 1) % every == 0:
                     self.save(2, int(batch.indices[-1]) + 1)
@@ -293,7 +296,8 @@ def dissect(model: torch.nn.Module, layers: Sequence[str], dataset, *, quantile:
     result = Dissection()
     cats = torch.as_tensor(dataset.primary_category, dtype=torch.int64)
     for name in layers:
-        v, i = run.top[name]
+        v, i, m = run.top[name]
         result[name] = LayerResult(name, run.tallies[name].scores(), list(dataset.concept_names),
-                                   list(dataset.category_names), cats, iou_threshold, i.cpu(), v.cpu())
+                                   list(dataset.category_names), cats, iou_threshold, i.cpu(), v.cpu(), m.cpu())
+    result.dataset = dataset
     return result

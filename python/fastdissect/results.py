@@ -28,6 +28,7 @@ class LayerResult:
     iou_threshold: float
     top_images: torch.Tensor | None = None   # (K, top_k) images with the highest per-image max activation
     top_values: torch.Tensor | None = None   # (K, top_k) those maxima
+    top_maps: torch.Tensor | None = None     # (K, top_k, h, w) the unit's maps on those images
     _units: list | None = field(default=None, repr=False)
 
     @property
@@ -112,7 +113,17 @@ class LayerResult:
 
 
 class Dissection(dict):
-    """Results of `fd.dissect`: {layer name: LayerResult}, in the order the layers were given."""
+    """Results of `fd.dissect`: {layer name: LayerResult}, in the order the layers were given.
+    `dataset` is the concept data set they were computed on (its images feed the report)."""
+
+    dataset = None
+    dataset_root = None  # set by load(): where the data set was
+
+    def report(self, directory, dataset=None, **options) -> Path:
+        """Writes the HTML report (see `fastdissect.report.write_report`) and returns its index.html."""
+        from .report import write_report
+
+        return write_report(self, directory, dataset if dataset is not None else self.dataset, **options)
 
     def to_csv(self, directory) -> Path:
         """Writes <layer>.csv (tidy, one row per unit) and <layer>-tally.csv (NetDissect-Lite layout)."""
@@ -143,8 +154,10 @@ class Dissection(dict):
                             "union_mode": s.union_mode, "num_images": s.num_images,
                             "concept_names": r.concept_names, "category_names": r.category_names,
                             "categories": r.categories, "iou_threshold": r.iou_threshold,
-                            "top_images": r.top_images, "top_values": r.top_values}
-        torch.save({"format": "fastdissect-dissection", "version": FORMAT_VERSION, "layers": layers},
+                            "top_images": r.top_images, "top_values": r.top_values, "top_maps": r.top_maps}
+        root = getattr(self.dataset, "root", None)
+        torch.save({"format": "fastdissect-dissection", "version": FORMAT_VERSION, "layers": layers,
+                    "dataset_root": str(Path(root).resolve()) if root is not None else None},
                    directory / "dissection.pt")
         (directory / "summary.json").write_text(json.dumps([r.summary for r in self.values()], indent=1))
         return directory
@@ -162,5 +175,6 @@ def load(directory) -> Dissection:
     for name, d in data["layers"].items():
         scores = Scores(**d["scores"], union_mode=d["union_mode"], num_images=d["num_images"])
         out[name] = LayerResult(name, scores, d["concept_names"], d["category_names"], d["categories"],
-                                d["iou_threshold"], d["top_images"], d["top_values"])
+                                d["iou_threshold"], d["top_images"], d["top_values"], d.get("top_maps"))
+    out.dataset_root = data.get("dataset_root")
     return out

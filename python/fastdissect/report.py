@@ -1,0 +1,151 @@
+"""The dissection report: a static HTML site that works from the file system, offline.
+
+index.html (per-layer summary, unique detectors per category across layers) and one page per layer
+(the paper's bar graph, a sortable/filterable unit table, per-unit strips of the top images with the
+unit's thresholded, upsampled mask drawn over each image at image resolution, the best concept of
+each category). Figures are matplotlib PNGs, pages come from jinja2 templates, every asset is local.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import __version__
+from .torch_backend import upsample
+
+PALETTE = ["#4263eb", "#e8590c", "#2b8a3e", "#ae3ec9", "#c92a2a", "#1098ad", "#5c940d", "#862e9c", "#d9480f"]
+THUMB = 96  # px, the height of each image in a unit's strip
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def _colors(categories):
+    return {c: PALETTE[i % len(PALETTE)] for i, c in enumerate(categories)}
+
+
+def _bar_figure(path: Path, title: str, categories, counts, colors) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 2.8), dpi=110)
+    ax.bar(categories, counts, color=[colors[c] for c in categories])
+    for x, n in enumerate(counts):
+        ax.text(x, n, str(n), ha="center", va="bottom", fontsize=9)
+    ax.set_ylabel("unique detectors")
+    ax.set_title(title, fontsize=11)
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.set_ylim(0, max(max(counts), 1) * 1.18)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _comparison_figure(path: Path, summaries, categories, colors) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    layers = [s["layer"] for s in summaries]
+    fig, ax = plt.subplots(figsize=(max(6.4, 1.3 * len(layers) + 2), 3.2), dpi=110)
+    width = 0.8 / max(len(categories), 1)
+    for j, cat in enumerate(categories):
+        xs = np.arange(len(layers)) + (j - (len(categories) - 1) / 2) * width
+        ax.bar(xs, [s["unique_detectors"][cat] for s in summaries], width, label=cat, color=colors[cat])
+    ax.set_xticks(np.arange(len(layers)), layers)
+    ax.set_ylabel("unique detectors")
+    ax.set_title("unique detectors per category, early to late layers", fontsize=11)
+    ax.legend(ncol=min(len(categories), 6), fontsize=8, frameon=False, loc="upper left")
+    ax.spines[["top", "right"]].set_visible(False)
+    top = max([s["unique_detectors"][c] for s in summaries for c in categories] + [1])
+    ax.set_ylim(0, top * 1.35)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The image dimmed outside the mask, the mask's outline in yellow (all at image resolution)."""
+    out = image.astype(np.float32)
+    out[~mask] *= 0.3
+    edge = mask & ~(np.roll(mask, 1, 0) & np.roll(mask, -1, 0) & np.roll(mask, 1, 1) & np.roll(mask, -1, 1))
+    out[edge] = (255, 212, 59)
+    return out.astype(np.uint8)
+
+
+def _strips(layer, dataset, directory: Path, images: dict) -> list[str]:
+    """One JPEG strip per unit: its top images, each with the unit's mask; images are read once."""
+    from PIL import Image
+
+    if layer.top_images is None or layer.top_maps is None:
+        return [""] * layer.num_units
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    thresholds = layer.scores.thresholds
+    for k in range(layer.num_units):
+        tiles = []
+        for j, index in enumerate(layer.top_images[k].tolist()):
+            if index not in images:
+                images[index] = np.asarray(dataset.image(index) if hasattr(dataset, "image") else dataset[index].image)
+            image = images[index]
+            mask = (upsample(layer.top_maps[k, j], image.shape[0], image.shape[1]) > float(thresholds[k])).numpy()
+            tile = Image.fromarray(_overlay(image, mask))
+            tiles.append(tile.resize((max(1, round(THUMB * image.shape[1] / image.shape[0])), THUMB),
+                                     Image.BILINEAR))
+        strip = Image.new("RGB", (sum(t.width for t in tiles) + 2 * (len(tiles) - 1), THUMB), (255, 255, 255))
+        x = 0
+        for t in tiles:
+            strip.paste(t, (x, 0))
+            x += t.width + 2
+        name = f"unit_{k:04d}.jpg"
+        strip.save(directory / name, quality=85)
+        paths.append(f"{directory.name}/{name}")
+    return paths
+
+
+def write_report(dissection, directory, dataset=None, *, verbose: bool = True) -> Path:
+    """Writes the report for `dissection` into `directory`; returns the path of index.html.
+
+    dataset: the concept data set the dissection ran on (for the top images); without it the unit
+    strips are left out.
+    """
+    from jinja2 import Environment, PackageLoader, select_autoescape
+    from tqdm.auto import tqdm
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    env = Environment(loader=PackageLoader("fastdissect", "templates"), autoescape=select_autoescape(["j2"]))
+    first = next(iter(dissection.values()))
+    categories = list(first.category_names)
+    colors = _colors(categories)
+    images: dict[int, np.ndarray] = {}
+    summaries = []
+    for name, layer in tqdm(dissection.items(), desc="report", unit="layer", disable=not verbose):
+        slug = _slug(name)
+        summary = dict(layer.summary, page=f"layer_{slug}.html")
+        summaries.append(summary)
+        figure = f"layer_{slug}_detectors.png"
+        _bar_figure(directory / figure, f"{name}: unique detectors per category", categories,
+                    [summary["unique_detectors"][c] for c in categories], colors)
+        strips = _strips(layer, dataset, directory / f"units_{slug}", images) if dataset is not None else \
+            [""] * layer.num_units
+        units = [dict(u, strip=s) for u, s in zip(layer.units, strips)]
+        page = env.get_template("layer.html.j2").render(
+            layer=name, summary=summary, figure=figure, units=units, categories=categories, colors=colors,
+            top_k=layer.top_images.shape[1] if layer.top_images is not None else 0)
+        (directory / summary["page"]).write_text(page)
+    _comparison_figure(directory / "layers_detectors.png", summaries, categories, colors)
+    index = env.get_template("index.html.j2").render(
+        n_layers=len(summaries), n_images=first.scores.num_images, union=first.scores.union_mode,
+        iou_threshold=first.iou_threshold, comparison_figure="layers_detectors.png", summaries=summaries,
+        categories=categories, version=__version__)
+    (directory / "index.html").write_text(index)
+    return directory / "index.html"

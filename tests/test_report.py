@@ -1,0 +1,104 @@
+"""The HTML report: files, content, and a real browser (headless Chromium from Debian's package)."""
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import fastdissect as fd
+from test_pipeline import PLAIN, ColorDetectors
+
+OUTPUT = Path(__file__).parent / "output"  # screenshots land here (not committed)
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    ds = fd.datasets.Broden(fd.datasets.builtin(root / "concepts", n_images=40, seed=2))
+    d = fd.dissect(ColorDetectors(), ["conv", "pool"], ds, quantile=0.05, top_k=5, verbose=False, **PLAIN)
+    return d, d.report(root / "report", verbose=False), ds
+
+
+def referenced_images(html: Path):
+    return re.findall(r'<img[^>]*src="([^"]+)"', html.read_text())
+
+
+def test_report_pages_and_images(report):
+    d, index, _ = report
+    html = index.read_text()
+    assert "<script src=" not in html and "http" not in html.replace("http-equiv", "")  # offline: no CDN
+    for name, layer in d.items():
+        page = index.parent / f"layer_{name}.html"
+        text = page.read_text()
+        assert text.count("<tr data-unit=") == layer.num_units
+        srcs = referenced_images(page)
+        assert len(srcs) == 1 + layer.num_units  # the figure + one strip per unit
+        for src in srcs:
+            with Image.open(page.parent / src) as im:
+                im.load()
+                assert im.width > 0
+        # a unit's strip shows its top images: 5 tiles of 96 px
+        with Image.open(page.parent / srcs[1]) as strip:
+            assert strip.height == 96 and strip.width == 5 * 96 + 4 * 2
+    assert "red" in (index.parent / "layer_pool.html").read_text()
+    for src in referenced_images(index):
+        assert (index.parent / src).is_file()
+
+
+def test_strip_masks_are_the_thresholded_upsampled_maps(report):
+    """The overlay keeps pixels inside the unit's mask and dims the rest, at image resolution."""
+    d, index, ds = report
+    from fastdissect.report import _overlay
+    from fastdissect.torch_backend import upsample
+
+    layer = d["pool"]
+    k, j = 0, 0
+    image = ds.image(int(layer.top_images[k, j]))
+    mask = (upsample(layer.top_maps[k, j], *image.shape[:2]) > float(layer.scores.thresholds[k])).numpy()
+    assert mask.any() and not mask.all()
+    out = _overlay(image, mask)
+    inside = mask & np.roll(mask, 1, 0) & np.roll(mask, -1, 0) & np.roll(mask, 1, 1) & np.roll(mask, -1, 1)
+    assert np.array_equal(out[inside], image[inside])
+    assert (out[~mask].astype(int) <= image[~mask].astype(int)).all()
+
+
+def chromium():
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def run_chromium(*args):
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--enable-logging=stderr", "--v=0"]
+    return subprocess.run([chromium(), *flags, *args], capture_output=True, text=True, timeout=120)
+
+
+def render(page: Path, tmp_path: Path, screenshot: Path):
+    dom = run_chromium(f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=4000", "--dump-dom",
+                       page.as_uri())
+    shot = run_chromium(f"--user-data-dir={tmp_path / 'profile2'}", "--window-size=1400,1600",
+                        "--hide-scrollbars", f"--screenshot={screenshot}", page.as_uri())
+    console = [line for line in dom.stderr.splitlines() if "CONSOLE" in line]
+    return dom.stdout, console, shot
+
+
+@pytest.mark.skipif(chromium() is None, reason="no Chromium (.ci/run installs Debian's chromium)")
+def test_report_in_a_real_browser(report, tmp_path):
+    d, index, _ = report
+    OUTPUT.mkdir(exist_ok=True)
+    for page, expected_rows in [(index, len(d)), (index.parent / "layer_pool.html", d["pool"].num_units)]:
+        shot = OUTPUT / f"report_{page.stem}.png"
+        dom, console, result = render(page, tmp_path, shot)
+        assert not [line for line in console if "Uncaught" in line or "Error" in line], console
+        assert 'data-status="ready"' in dom, "the page's script did not run to the end"
+        assert 'data-broken-images="0"' in dom
+        rows = dom.count("<tr data-unit=") if page != index else len(re.findall(r'<a href="layer_', dom))
+        assert rows == expected_rows
+        assert result.returncode == 0 and shot.is_file()
+        with Image.open(shot) as im:
+            assert im.size == (1400, 1600) and len(np.unique(np.asarray(im.convert("L")))) > 20  # not blank
+        print(f"screenshot: {shot}")
