@@ -96,6 +96,10 @@ def _run_dissection(args, model, layers, dataset, image_size, mean, std):
                         union=args.union, batch_size=args.batch_size, num_workers=args.workers,
                         device=args.device, cache=args.cache, image_size=image_size, mean=mean, std=std,
                         checkpoint=args.checkpoint, verbose=not args.quiet)
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+        return result  # every rank holds the same results; rank 0 writes them
     result.to_csv(out)
     result.save(out)
     index = result.report(out / "report", verbose=not args.quiet)
@@ -153,8 +157,23 @@ def cmd_selftest(args) -> int:
     return selftest.main(["--backend", args.backend] if args.backend else [])
 
 
+def _init_distributed() -> None:
+    """Under torchrun (RANK and WORLD_SIZE set), joins the process group: NCCL with GPUs, else gloo."""
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in ("dissect", "demo"):
+        _init_distributed()
     commands = {"dissect": cmd_dissect, "demo": cmd_demo, "builtin": cmd_builtin, "report": cmd_report,
                 "selftest": cmd_selftest}
     try:

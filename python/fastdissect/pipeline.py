@@ -21,6 +21,7 @@ from . import _validate
 from .datasets.broden import Broden, DatasetError
 from .datasets.packed import PackedMasks
 from .datasets.sample import IMAGENET_MEAN, IMAGENET_STD, Batch, collate, to_model_input
+from .distributed import Comm
 from .hooks import find_modules, trace
 from .results import Dissection, LayerResult
 from .scoring import Tally
@@ -53,9 +54,11 @@ def _collate_images(items):
 class _Run:
     """State of one dissection: models, accumulators, cache, checkpoints."""
 
-    def __init__(self, model, layers, dataset, opts, store=None):
+    def __init__(self, model, layers, dataset, opts, store=None, comm: Comm | None = None):
         self.model, self.layers, self.dataset, self.o = model, list(layers), dataset, opts
         self.store = store  # a PackedMasks: masks are sliced from it instead of decoded
+        self.comm = comm or Comm(False)
+        self.lo, self.hi = self.comm.shard(len(dataset))  # this rank's images
         self.device = opts["device"]
         self.quantiles: dict[str, TopQuantile] = {}
         self.tallies: dict[str, Tally] = {}
@@ -68,8 +71,7 @@ class _Run:
 
     # ---- data
     def loader(self, with_masks: bool, start: int):
-        n = len(self.dataset)
-        indices = range(start, n)
+        indices = range(max(start, self.lo), self.hi)
         ds = torch.utils.data.Subset(self.dataset if with_masks else _Images(self.dataset), indices)
         if with_masks:
             fn = partial(collate, num_concepts=self.dataset.num_concepts)
@@ -81,7 +83,7 @@ class _Run:
     def activations(self, indices: torch.Tensor, images: torch.Tensor | None) -> dict[str, torch.Tensor]:
         """Each layer's (B, K, h, w) activations of these images: from the cache, or a forward pass."""
         if self.cache is not None and images is None:
-            lo, hi = int(indices[0]), int(indices[-1]) + 1
+            lo, hi = int(indices[0]) - self.lo, int(indices[-1]) + 1 - self.lo
             return {name: c[lo:hi].to(self.device) for name, c in self.cache.items()}
         x = to_model_input(images.to(self.device), self.o["mean"], self.o["std"], self.o["image_size"])
         with torch.no_grad(), trace(self.model, self.layers, self.o["transform"]) as acts:
@@ -101,7 +103,7 @@ class _Run:
         if self.cache_off:
             return
         if self.cache is None:
-            n = len(self.dataset)
+            n = self.hi - self.lo
             need = sum(n * a[0].numel() * 2 for a in acts.values())
             if need > self.o["cache_limit"]:
                 self.cache_off = True
@@ -114,19 +116,22 @@ class _Run:
                 if self.o["cache"] == "memory":
                     self.cache[name] = torch.empty(shape, dtype=torch.float16)
                 else:
-                    path = Path(self.o["cache"]) / f"{name}.f16"
+                    path = Path(self.o["cache"]) / f"{name}.rank{self.comm.rank}.f16"
                     path.parent.mkdir(parents=True, exist_ok=True)
                     self.cache[name] = torch.from_numpy(np.memmap(path, dtype=np.float16, mode="w+", shape=shape))
-        lo, hi = int(indices[0]), int(indices[-1]) + 1
+        lo, hi = int(indices[0]) - self.lo, int(indices[-1]) + 1 - self.lo
         for name, a in acts.items():
             self.cache[name][lo:hi] = a.cpu()
 
     # ---- checkpoints
     def checkpoint_path(self) -> Path | None:
-        return Path(self.o["checkpoint"]) / "checkpoint.pt" if self.o["checkpoint"] else None
+        if not self.o["checkpoint"]:
+            return None
+        name = "checkpoint.pt" if self.comm.world == 1 else f"checkpoint-rank{self.comm.rank}.pt"
+        return Path(self.o["checkpoint"]) / name
 
     def identity(self) -> dict:
-        return {"layers": self.layers, "images": len(self.dataset), "quantile": self.o["quantile"],
+        return {"layers": self.layers, "images": len(self.dataset), "shard": (self.lo, self.hi), "quantile": self.o["quantile"],
                 "method": self.o["method"], "union": self.o["union"], "version": CHECKPOINT_VERSION}
 
     def save(self, stage: int, images_done: int) -> None:
@@ -145,7 +150,7 @@ class _Run:
     def resume(self):
         path = self.checkpoint_path()
         if path is None or not path.is_file():
-            return 1, 0
+            return 1, self.lo
         state = torch.load(path, weights_only=False)
         if state["identity"] != self.identity():
             raise ValueError(f"{path} belongs to another dissection ({state['identity']}); remove it or use "
@@ -158,7 +163,7 @@ class _Run:
                                     categories=s["categories"], backend=self.o["backend"], device=self.device)
             self.tallies[k].load_state_dict(s)
         self.top = {k: tuple(t.to(self.device) for t in top) for k, top in state["top"].items()}
-        if state["stage"] > 1 or state["images_done"] > 0:
+        if state["stage"] > 1 or state["images_done"] > self.lo:
             self.cache_off = True  # the cache of the interrupted run is incomplete: re-run the model
         return state["stage"], state["images_done"]
 
@@ -166,8 +171,8 @@ class _Run:
     def progress(self, desc: str, start: int):
         from tqdm.auto import tqdm
 
-        return tqdm(total=len(self.dataset), initial=start, desc=desc, unit="img", disable=not self.o["verbose"],
-                    dynamic_ncols=True)
+        return tqdm(total=self.hi - self.lo, initial=max(start, self.lo) - self.lo, desc=desc, unit="img",
+                    disable=not self.o["verbose"] or self.comm.rank != 0, dynamic_ncols=True)
 
     def thresholds_pass(self, start: int) -> None:
         every = self.o["checkpoint_every"]
@@ -183,17 +188,44 @@ class _Run:
                 bar.update(len(indices))
                 if every and (b + 1) % every == 0:
                     self.save(1, int(indices[-1]) + 1)
-        while any(q.needs_pass for q in self.quantiles.values()):  # the data drifted: read it again
-            pending = [q for q in self.quantiles.values() if q.needs_pass]
-            for q in pending:
+
+    def merge_quantiles(self) -> None:
+        """Every rank ends with the same TopQuantile per layer: all shards merged in rank order."""
+        if self.comm.world == 1:
+            return
+        shards = self.comm.gather({name: q.state_dict() for name, q in self.quantiles.items()})
+        for name in self.layers:
+            merged = None
+            for shard in (sh for sh in shards if name in sh):  # a rank with no images has no state
+                q = TopQuantile(shard[name]["num_units"], self.o["quantile"], self.o["method"],
+                                backend=self.o["backend"])
+                q.load_state_dict(shard[name])
+                merged = q if merged is None else merged.merge(q)
+            self.quantiles[name] = merged
+
+    def refine_thresholds(self) -> None:
+        """Further passes for order statistics the first pass could not read (the data drifted)."""
+        while any(q.needs_pass for q in self.quantiles.values()):
+            pending = {name: q for name, q in self.quantiles.items() if q.needs_pass}
+            for q in pending.values():
                 q.new_pass()
-            with self.progress("pass 1b/2 thresholds (exact refinement)", 0) as bar:
-                for indices, images in self.loader(False, 0):
-                    acts = self.activations(indices, None if self.cache is not None else images)
-                    for name, q in self.quantiles.items():
-                        if q in pending:
-                            q.add(acts[name])
-                    bar.update(len(indices))
+            error = None
+            try:
+                with self.progress("pass 1b/2 thresholds (exact refinement)", 0) as bar:
+                    for indices, images in self.loader(False, 0):
+                        acts = self.activations(indices, None if self.cache is not None else images)
+                        for name, q in pending.items():
+                            q.add(acts[name].to(q._device))  # merged shards hold their state on the CPU
+                        bar.update(len(indices))
+            except Exception as exc:
+                error = exc
+            self.comm.check(error)
+            if self.comm.world > 1:
+                contributions = self.comm.gather({name: q.pass_state() for name, q in pending.items()})
+                for rank, contribution in enumerate(contributions):
+                    if rank != self.comm.rank:
+                        for name, q in pending.items():
+                            q.merge_pass(contribution[name])
 
     def start_tallies(self) -> None:
         ds = self.dataset
@@ -202,6 +234,24 @@ class _Run:
             self.tallies[name] = Tally(q.num_units, ds.num_concepts, q.thresholds(), union=self.o["union"],
                                        categories=None if self.o["union"] == "global" else cats,
                                        backend=self.o["backend"], device=self.device)
+
+    def combine_tallies(self) -> None:
+        """Sums every rank's tallies (int64 all-reduce) and merges the top-k lists in rank order."""
+        if self.comm.world == 1:
+            return
+        for tally in self.tallies.values():
+            for tensor in tally._state.values():
+                self.comm.all_reduce_(tensor)
+            count = torch.tensor([tally.num_images], dtype=torch.int64, device=next(iter(tally._state.values())).device)
+            self.comm.all_reduce_(count)
+            tally.num_images = int(count)
+        shards = self.comm.gather({name: tuple(t.cpu() for t in top) for name, top in self.top.items()})
+        k_top = self.o["top_k"]
+        for name in self.layers:
+            v, i, m = (torch.cat([shard[name][j] for shard in shards if name in shard], 1) for j in range(3))
+            order = torch.sort(v, dim=1, descending=True, stable=True).indices[:, :k_top]  # rank order = image order
+            rows = torch.arange(order.shape[0])[:, None]
+            self.top[name] = (v.gather(1, order), i.gather(1, order), m[rows, order])
 
     def tally_pass(self, start: int) -> None:
         every, k_top = self.o["checkpoint_every"], self.o["top_k"]
@@ -233,7 +283,8 @@ def dissect(model: torch.nn.Module, layers: Sequence[str], dataset, *, quantile:
             method: str = "linear", iou_threshold: float = 0.04, union: str = "netdissect", batch_size: int = 32,
             num_workers: int = 0, device=None, cache=None, cache_limit: int = 4 << 30, image_size=None,
             mean=IMAGENET_MEAN, std=IMAGENET_STD, transform: dict | None = None, top_k: int = 8,
-            checkpoint=None, checkpoint_every: int = 50, backend: str = "auto", verbose: bool = True) -> Dissection:
+            checkpoint=None, checkpoint_every: int = 50, backend: str = "auto", distributed: bool | None = None,
+            verbose: bool = True) -> Dissection:
     """Dissects `layers` of `model` on a concept data set (see the README for a complete example).
 
     dataset: a `fd.datasets.Broden`, `SegmentationDataset`, a packed store (`fd.datasets.open_packed`,
@@ -250,6 +301,9 @@ def dissect(model: torch.nn.Module, layers: Sequence[str], dataset, *, quantile:
     bytes (N * sum over layers of K * h * w * 2), else the second pass re-runs the model.
     checkpoint: a directory; accumulators are saved every `checkpoint_every` batches and after each
     pass, and a run with the same arguments resumes from it with identical results.
+    distributed: None uses torch.distributed when a process group is initialized; each rank then reads
+    its own contiguous shard, accumulators are combined exactly, and every rank returns the same
+    results, identical bit for bit to one process (fastdissect/distributed.py).
     """
     store = None
     if isinstance(dataset, PackedMasks):  # masks from the store, images from the data set it was packed from
@@ -282,15 +336,30 @@ def dissect(model: torch.nn.Module, layers: Sequence[str], dataset, *, quantile:
     was_training = model.training
     model.eval()
     try:
-        run = _Run(model, layers, dataset, opts, store)
+        comm = Comm.detect(distributed)
+        run = _Run(model, layers, dataset, opts, store, comm)
         stage, done = run.resume()
         if stage == 1:
-            run.thresholds_pass(done)
+            error = None
+            try:
+                run.thresholds_pass(done)
+            except Exception as exc:
+                error = exc
+            comm.check(error)
+            run.merge_quantiles()
+            run.refine_thresholds()
             run.start_tallies()
-            run.save(2, 0)
-            done = 0
-        run.tally_pass(done)
-        run.save(3, len(dataset))
+            run.save(2, run.lo)
+            done = run.lo
+        if stage <= 2:
+            error = None
+            try:
+                run.tally_pass(done)
+            except Exception as exc:
+                error = exc
+            comm.check(error)
+            run.combine_tallies()
+            run.save(3, run.hi)
     finally:
         model.train(was_training)
     result = Dissection()

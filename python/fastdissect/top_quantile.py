@@ -128,6 +128,20 @@ class TopQuantile:
         _, _, gamma = order_statistics(self.num_values, 1.0 - self.quantile, self.method)
         return interpolate(value[:, 0], value[:, 1], gamma).cpu()
 
+    def pass_state(self) -> dict:
+        """What this shard contributed to the current further pass (for `merge_pass`)."""
+        if self._refine is None:
+            raise RuntimeError("pass_state is for further passes; use state_dict() during the first pass")
+        return self._refine.contribution()
+
+    def merge_pass(self, state: dict) -> None:
+        """Adds another shard's contribution to the current further pass (the shards' first passes
+        must have been merged into identical states before `new_pass()`)."""
+        if self._refine is None:
+            raise RuntimeError("merge_pass is for further passes; use merge() during the first pass")
+        self._refine.absorb(state)
+        self._answer = None
+
     # ---- state
     def state_bytes(self) -> int:
         """Bytes held by the state now (histograms, kept values, further-pass buffers)."""
@@ -353,6 +367,23 @@ class _Refinement:
 
     def state_bytes(self) -> int:
         return self.sub_counts.numel() * 8 + sum(t.numel() * 16 for t, _ in self.collected)
+
+    def contribution(self) -> dict:
+        t = torch.cat([t for t, _ in self.collected]) if self.collected else torch.zeros(0, dtype=torch.int64)
+        k = torch.cat([k for _, k in self.collected]) if self.collected else torch.zeros(0, dtype=torch.int64)
+        return {"seen": self.seen, "targets": [(x["unit"], x["slot"], x["lo"], x["hi"]) for x in self.targets],
+                "collected_targets": t.cpu(), "collected_keys": k.cpu(), "sub_counts": self.sub_counts.cpu()}
+
+    def absorb(self, state: dict) -> None:
+        mine = [(x["unit"], x["slot"], x["lo"], x["hi"]) for x in self.targets]
+        if state["targets"] != mine:
+            raise ValueError("merge_pass: the shards are in different further passes; merge their first passes "
+                             "before new_pass()")
+        dev = self.sub_counts.device
+        self.seen += state["seen"]
+        self.sub_counts += state["sub_counts"].to(dev)
+        if state["collected_keys"].numel():
+            self.collected.append((state["collected_targets"].to(dev), state["collected_keys"].to(dev)))
 
     def finish(self):
         owner = self.owner
