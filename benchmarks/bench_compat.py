@@ -1,0 +1,72 @@
+"""fastdissect.compat.netdissect_lite.tally vs NetDissect-Lite's tally loop, on the same Broden-layout data.
+
+Workload: 96 images of the built-in concept set (Broden layout, 64 x 64 labels, 4 planes), 128
+ReLU units with 7 x 7 maps at the top 0.5% threshold. The baseline is Lite's algorithm as Lite runs
+it: per image, per unit above threshold, Pillow's resize of the map, then bincounts over the planes.
+Both read the labels with the same decoder. Run: pytest benchmarks/bench_compat.py (ratio printed).
+"""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import fastdissect as fd
+from fastdissect.compat import netdissect_lite as lite
+from workloads import layer_activations
+
+N_IMAGES, UNITS = 96, 128
+GROUP = "compat: NetDissect-Lite tally, 96 images, 128 units"
+
+
+@pytest.fixture(scope="module")
+def workload(tmp_path_factory):
+    root = fd.datasets.builtin(tmp_path_factory.mktemp("compat") / "set", n_images=N_IMAGES)
+    features = layer_activations(N_IMAGES, UNITS, 7, seed=3).double().numpy()
+    return root, features, lite.quantile_threshold(features)
+
+
+def lite_loop(features, thresholds, root):
+    data = lite.LiteData(root)
+    K, L, G = features.shape[1], data.num_labels, len(data.categories)
+    both, units_cat, truth = np.zeros((K, L)), np.zeros((K, G)), np.zeros(L)
+    for n in range(features.shape[0]):
+        planes, scalars, (sh, sw) = data.labels(n)
+        for s in scalars:
+            truth[s] += sh * sw
+        if len(planes):
+            t = np.bincount(planes.ravel())
+            t[0] = 0
+            truth[:len(t)] += t
+        for k in range(K):
+            fmap = features[n, k]
+            if fmap.max() > thresholds[k]:
+                up = np.asarray(Image.fromarray(fmap.astype(np.float32), "F").resize((sw, sh), Image.BILINEAR))
+                idx = np.argwhere(up > thresholds[k])
+                tally_cat = np.zeros(G)
+                if len(planes):
+                    bt = np.bincount(planes[:, idx[:, 0], idx[:, 1]].ravel())
+                    if len(bt):  # a map above T whose resize stays below it selects no pixel
+                        bt[0] = 0
+                    tally_cat = (bt[None, :] @ data.labelcat[:len(bt)])[0]
+                    both[k, :len(bt)] += bt
+                for s in scalars:
+                    tally_cat = tally_cat + data.labelcat[s]
+                    both[k, s] += len(idx)
+                units_cat[k] += len(idx) * (tally_cat > 0)
+    return lite._rows(data, both, units_cat, truth, None)
+
+
+def test_compat_tally(benchmark, workload):
+    root, features, t = workload
+    benchmark.group = GROUP
+    benchmark.extra_info.update(role="fastdissect")
+    rows = benchmark.pedantic(lite.tally, args=(features, t, root), kwargs={"progress": False}, rounds=3,
+                              iterations=1)
+    assert rows == lite_loop(features, t, root)
+
+
+def test_lite_loop(benchmark, workload):
+    root, features, t = workload
+    benchmark.group = GROUP
+    benchmark.extra_info.update(role="baseline")
+    benchmark.pedantic(lite_loop, args=(features, t, root), rounds=3, iterations=1)

@@ -1,0 +1,213 @@
+"""NetDissect-Lite's `quantile_threshold` and `tally`, same numbers, streamed and vectorised.
+
+    from fastdissect.compat import netdissect_lite as lite
+    thresholds = lite.quantile_threshold(features)                 # features: Lite's (N, K, h, w) memmap
+    rows = lite.tally(features, thresholds, "dataset/broden1_224", categories=[...], output_csv="tally.csv")
+
+Semantics, as NetDissect-Lite defines them (its FeatureOperator.tally on a Broden directory):
+- images: index.csv rows with data in at least one selected category, in file order (the features'
+  first axis follows this order, as Lite's feature extraction does);
+- per image, a category whose cells are all integers gives image-level labels (label 0 included:
+  it is counted as a concept, as Lite does), otherwise label planes (an integer there fills a plane);
+- truth[c] = pixels of c over every plane (a pixel counts once per plane) + sh * sw per image-level c;
+- a unit takes part in an image when its map's max exceeds T; its mask is Pillow's BILINEAR resize
+  of the map (as float32) to sh x sw, > T; intersect[k, c] counts mask pixels per plane, plus the
+  mask's area for each image-level c; the unit's union term for a category counts the mask's area
+  where it meets a label of that category or the image has an image-level label of it ("lite" union);
+- primary category of each label: largest coverage in c_<category>.csv, ties (and labels in none,
+  label 0 among them) to the later category; the label -> category one-hot is built correctly (Lite
+  on NumPy >= 1.23 builds it as all ones, silently);
+- iou = intersect / (union term + truth - intersect + 1e-10); per unit, the best label of each
+  category (first on ties), then the best category (the last of equal ones, as Lite's argsort
+  order gives); rows by score, descending, with numpy's own ordering of ties.
+One deliberate difference: an image without label planes contributes only its image-level labels
+to a unit's categories (Lite reuses the previous unit's categories there, a bug).
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..datasets.broden import DatasetError, decode_label_png, read_csv
+from ..top_quantile import TopQuantile
+from .pillow import resize_bilinear
+
+
+def quantile_threshold(features, quantile: float = 0.005, *, chunk: int = 256) -> np.ndarray:
+    """(K,) the threshold NetDissect-Lite reads: level (int(1000 * (1 - quantile)) - 1) / 999 (994/999
+    for 0.005), numpy's "hazen" method, computed exactly over (N, K, h, w) or (N, K) features, streamed
+    `chunk` images at a time (a memmap larger than memory is fine)."""
+    features = _as_features(features)
+    level = (int(1000 * (1 - quantile) - 1)) / 999
+    q = TopQuantile(features.shape[1], 1 - level, "hazen")
+    for start in range(0, features.shape[0], chunk):
+        q.add(torch.from_numpy(np.ascontiguousarray(features[start:start + chunk])))
+    while q.needs_pass:
+        q.new_pass()
+        for start in range(0, features.shape[0], chunk):
+            q.add(torch.from_numpy(np.ascontiguousarray(features[start:start + chunk])))
+    return q.thresholds().numpy()
+
+
+class LiteData:
+    """A Broden directory read the way NetDissect-Lite's SegmentationData reads it."""
+
+    def __init__(self, directory, categories: Sequence[str] | None = None):
+        root = Path(directory)
+        _, cat_rows = read_csv(root / "category.csv")
+        names = [r[0] for r in cat_rows if r]
+        self.categories = [c for c in names if categories is None or c in categories]
+        if not self.categories:
+            raise DatasetError(f"{root / 'category.csv'}: none of the categories {categories} is listed ({names})")
+        header, label_rows = read_csv(root / "label.csv")
+        labels = {int(r[0]): r[1] for r in label_rows if r}
+        self.num_labels = max(labels) + 1
+        self.names = [labels.get(i, "") for i in range(self.num_labels)]
+        # primary category: max over categories of (coverage if the label is listed else 0, category index)
+        best = [(0.0, -1)] * self.num_labels
+        for ic, cat in enumerate(self.categories):
+            coverage = {}
+            _, c_rows = read_csv(root / f"c_{cat}.csv")
+            for r in c_rows:
+                if r:
+                    coverage[int(r[1])] = float(r[4])
+            for i in range(self.num_labels):
+                best[i] = max(best[i], (coverage.get(i, 0.0) if i in coverage and i != 0 else 0, ic))
+        self.primary = np.array([ic for _, ic in best], dtype=np.int64)
+        self.labelcat = np.zeros((self.num_labels, len(self.categories)))
+        self.labelcat[np.arange(self.num_labels), self.primary] = 1.0
+        header, rows = read_csv(root / "index.csv")
+        col = {h: i for i, h in enumerate(header)}
+        self.root, self.rows = root, []
+        for line, row in enumerate(rows, start=2):
+            if not row:
+                continue
+            if len(row) != len(header):
+                raise DatasetError(f"{root / 'index.csv'}, row {line}: {len(row)} columns, the header has {len(header)}")
+            cells = {c: [t for t in row[col[c]].split(";") if t] for c in self.categories if c in col}
+            if any(cells.values()):  # Lite keeps images with data in any selected category
+                self.rows.append((line, int(row[col["sh"]]), int(row[col["sw"]]), cells))
+
+    def labels(self, n: int):
+        """(planes (P, sh, sw) int64, image-level labels) of image n."""
+        line, sh, sw, cells = self.rows[n]
+        where = f"{self.root / 'index.csv'}, row {line}"
+        planes, scalars = [], []
+        for cat in self.categories:
+            tokens = cells.get(cat, [])
+            if all(re.fullmatch(r"\d+", t) for t in tokens):
+                scalars += [int(t) for t in tokens]
+                continue
+            for t in tokens:
+                plane = np.full((sh, sw), int(t), np.int64) if re.fullmatch(r"\d+", t) else \
+                    decode_label_png(self.root / "images" / t, where)
+                if plane.shape != (sh, sw):
+                    raise DatasetError(f"{where}: label file {t} is {plane.shape[0]}x{plane.shape[1]}, index.csv says "
+                                       f"{sh}x{sw}")
+                if plane.max() >= self.num_labels:
+                    raise DatasetError(f"{where}: label file {t} holds label {int(plane.max())}, not in label.csv")
+                planes.append(plane)
+        for s in scalars:
+            if s >= self.num_labels:
+                raise DatasetError(f"{where}: label {s} is not in label.csv")
+        return (np.stack(planes) if planes else np.zeros((0, sh, sw), np.int64)), scalars, (sh, sw)
+
+
+def tally(features, thresholds, data_directory, categories: Sequence[str] | None = None, output_csv=None,
+          *, progress: bool = True) -> list[dict]:
+    """NetDissect-Lite's FeatureOperator.tally: the list of row dicts (same keys, values and order) and,
+    with `output_csv`, the same tally.csv. features: (N, K, h, w) array-like (a memmap is streamed)."""
+    from tqdm.auto import tqdm
+
+    data = LiteData(data_directory, categories)
+    features = _as_features(features)
+    if features.ndim != 4:
+        raise ValueError(f"features must have shape (N, K, h, w), got {features.shape}")
+    N, K = features.shape[:2]
+    if N != len(data.rows):
+        raise ValueError(f"features hold {N} images but {data_directory} has {len(data.rows)} images with data in "
+                         f"{data.categories}: the features' first axis must follow index.csv's order")
+    thresholds = np.asarray(thresholds, dtype=np.float64)
+    if thresholds.shape != (K,):
+        raise ValueError(f"thresholds must have shape ({K},), got {thresholds.shape}")
+    L, G = data.num_labels, len(data.categories)
+    both = np.zeros((K, L))
+    units_cat = np.zeros((K, G))
+    truth = np.zeros(L)
+    for n in tqdm(range(N), desc="lite tally", unit="img", disable=not progress):
+        planes, scalars, (sh, sw) = data.labels(n)
+        for s in scalars:
+            truth[s] += sh * sw
+        if planes.shape[0]:
+            counts = np.bincount(planes.ravel(), minlength=L)
+            counts[0] = 0
+            truth += counts
+        maps = np.asarray(features[n], dtype=np.float64)
+        hot = np.nonzero(maps.reshape(K, -1).max(axis=1) > thresholds)[0]
+        if hot.size == 0:
+            continue
+        masks = resize_bilinear(maps[hot].astype(np.float32), sh, sw) > thresholds[hot][:, None, None]
+        area = masks.reshape(hot.size, -1).sum(axis=1).astype(np.float64)
+        cat_hit = np.zeros((hot.size, G))
+        if planes.shape[0]:
+            unit_of, y, x = np.nonzero(masks)
+            for plane in planes:
+                label = plane[y, x]
+                keep = label > 0
+                keys = unit_of[keep] * L + label[keep]
+                uniq, cnt = np.unique(keys, return_counts=True)
+                np.add.at(both, (hot[uniq // L], uniq % L), cnt)
+                np.add.at(cat_hit, (uniq // L, data.primary[uniq % L]), cnt)
+        for s in scalars:
+            cat_hit[:, data.primary[s]] += 1
+            both[hot, s] += area
+        units_cat[hot] += area[:, None] * (cat_hit > 0)
+    return _rows(data, both, units_cat, truth, output_csv)
+
+
+def _rows(data: LiteData, both, units_cat, truth, output_csv):
+    units_label = units_cat @ data.labelcat.T
+    iou = both / (units_label + truth[None, :] - both + 1e-10)
+    G = len(data.categories)
+    pciou = np.array([iou * (data.primary[np.arange(iou.shape[1])] == ci)[None, :] for ci in range(G)])
+    label = pciou.argmax(axis=2)                                        # (G, K)
+    score = pciou[np.arange(G)[:, None], np.arange(iou.shape[0])[None, :], label]
+    bestcat = score.argsort(axis=0)[::-1]                                # numpy's order, ties included
+    ordering = score.max(axis=0).argsort()[::-1]
+    rows = []
+    for unit in ordering:
+        c = bestcat[0, unit]
+        row = {"unit": unit + 1, "category": data.categories[c], "label": data.names[label[c, unit]],
+               "score": score[c, unit]}
+        for ci, cat in enumerate(data.categories):
+            j = label[ci, unit]
+            row.update({f"{cat}-label": data.names[j], f"{cat}-truth": truth[j],
+                        f"{cat}-activation": units_label[unit, j], f"{cat}-intersect": both[unit, j],
+                        f"{cat}-iou": score[ci, unit]})
+        rows.append(row)
+    if output_csv:
+        fields = ["unit", "category", "label", "score"] + [f"{cat}-{f}" for cat in data.categories
+                                                            for f in ("label", "truth", "activation", "intersect",
+                                                                      "iou")]
+        with open(output_csv, "w") as f:  # as Lite opens it (csv's \r\n line ends)
+            writer = csv.DictWriter(f, fields)
+            writer.writeheader()
+            writer.writerows(rows)
+    return rows
+
+
+def _as_features(features) -> np.ndarray:
+    if isinstance(features, torch.Tensor):
+        features = features.detach().cpu().numpy()
+    features = np.asarray(features) if not isinstance(features, np.ndarray) else features
+    if features.ndim not in (2, 4) or features.size == 0:
+        raise ValueError(f"features must be a non-empty (N, K, h, w) or (N, K) array, got shape {features.shape}")
+    if not np.issubdtype(features.dtype, np.floating):
+        raise TypeError(f"features must be floats, got {features.dtype}")
+    return features

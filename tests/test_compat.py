@@ -1,0 +1,147 @@
+"""fastdissect.compat.netdissect_lite against a plain transcription of NetDissect-Lite's published tally.
+
+The reference below is written from Lite's algorithm (a loop over images and units, Pillow's resize
+on each map, bincounts over the concatenated planes), not from fastdissect's code.
+"""
+
+import csv
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fastdissect.compat import netdissect_lite as lite
+from fastdissect.compat.pillow import resize_bilinear
+from test_datasets import CATEGORIES, LABELS, write_fixture
+
+
+def reference_tally(features, thresholds, root, categories):
+    """Lite's FeatureOperator.tally, transcribed: returns (rows, truth, both, units_cat)."""
+    index = list(csv.DictReader(open(root / "index.csv")))
+    cats = [c for c in CATEGORIES if c in categories]
+    index = [r for r in index if any(r[c] for c in cats)]
+    L = max(LABELS) + 1
+    names = ["-"] + [""] * (L - 1)
+    for n, (name, _) in LABELS.items():
+        names[n] = name
+    primary = []
+    for i in range(L):
+        options = [(LABELS[i][1].get(c, 0) if i in LABELS and c in LABELS[i][1] else 0, ic) for ic, c in enumerate(cats)]
+        primary.append(max(options)[1])
+    primary = np.array(primary)
+    labelcat = np.zeros((L, len(cats)))
+    labelcat[np.arange(L), primary] = 1
+    K = features.shape[1]
+    both, units, units_cat, truth = np.zeros((K, L)), np.zeros(K), np.zeros((K, len(cats))), np.zeros(L)
+    for n, row in enumerate(index):
+        sh, sw = int(row["sh"]), int(row["sw"])
+        scalars, planes = [], []
+        for c in cats:
+            items = [t for t in row[c].split(";") if t]
+            if all(t.isdigit() for t in items):
+                scalars += [int(t) for t in items]
+            else:
+                for t in items:
+                    rgb = np.asarray(Image.open(root / "images" / t).convert("RGB")).astype(np.int64)
+                    planes.append(rgb[..., 0] + 256 * rgb[..., 1])
+        for s in scalars:
+            truth[s] += sh * sw
+        if planes:
+            pixels = np.stack(planes)
+            t = np.bincount(pixels.ravel())
+            t[0] = 0
+            truth[:len(t)] += t
+        for k in range(K):
+            fmap = features[n, k]
+            if fmap.max() > thresholds[k]:
+                up = np.asarray(Image.fromarray(fmap.astype(np.float32), "F").resize((sw, sh), Image.BILINEAR))
+                idx = np.argwhere(up > thresholds[k])
+                units[k] += len(idx)
+                tally_cat = np.zeros(len(cats))
+                if planes:
+                    bt = np.bincount(pixels[:, idx[:, 0], idx[:, 1]].ravel())
+                    if len(bt):
+                        bt[0] = 0
+                    tally_cat = bt[None, :] @ labelcat[:len(bt)]
+                    tally_cat = tally_cat[0]
+                    both[k, :len(bt)] += bt
+                for s in scalars:
+                    tally_cat = tally_cat + labelcat[s]
+                    both[k, s] += len(idx)
+                units_cat[k] += len(idx) * (tally_cat > 0)
+    units_label = units_cat @ labelcat.T
+    iou = both / (units_label + truth[None, :] - both + 1e-10)
+    pciou = np.array([iou * (primary == ci)[None, :] for ci in range(len(cats))])
+    label = pciou.argmax(axis=2)
+    score = pciou[np.arange(len(cats))[:, None], np.arange(K)[None, :], label]
+    best = score.argsort(axis=0)[::-1]
+    rows = []
+    for unit in score.max(axis=0).argsort()[::-1]:
+        r = {"unit": unit + 1, "category": cats[best[0, unit]], "label": names[label[best[0, unit], unit]],
+             "score": score[best[0, unit], unit]}
+        for ci, c in enumerate(cats):
+            j = label[ci, unit]
+            r.update({f"{c}-label": names[j], f"{c}-truth": truth[j], f"{c}-activation": units_label[unit, j],
+                      f"{c}-intersect": both[unit, j], f"{c}-iou": score[ci, unit]})
+        rows.append(r)
+    return rows
+
+
+@pytest.fixture
+def broden(tmp_path, rng):
+    root = tmp_path / "broden"
+    write_fixture(root, rng)
+    return root
+
+
+@pytest.mark.parametrize("map_size", [3, 4, 9])  # upsampled 3 -> 6 and 4 -> 6, downsampled 9 -> 6
+@pytest.mark.parametrize("categories", [None, ["object", "part", "scene"]])
+def test_tally_equals_the_lite_transcription(broden, rng, tmp_path, map_size, categories):
+    features = np.maximum(rng.standard_normal((5, 7, map_size, map_size)), 0)
+    features[:, 6] = 0  # a dead unit
+    thresholds = lite.quantile_threshold(features, 0.2)
+    out = tmp_path / "tally.csv"
+    rows = lite.tally(features, thresholds, broden, categories=categories, output_csv=out, progress=False)
+    want = reference_tally(features, thresholds, broden, categories or CATEGORIES)
+    assert [list(r) for r in rows] == [list(r) for r in want]
+    for got, ref in zip(rows, want):
+        for key in ref:
+            assert got[key] == ref[key] or (isinstance(ref[key], float) and np.isnan(ref[key])), (key, got, ref)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, list(want[0]))
+    w.writeheader()
+    w.writerows(want)
+    assert out.read_bytes() == buf.getvalue().encode()
+    assert sum(r["score"] > 0 for r in rows) > 0
+
+
+def test_quantile_threshold_reads_level_994_of_999_with_hazen(rng):
+    features = rng.standard_normal((40, 3, 5, 5))
+    want = np.quantile(features.transpose(1, 0, 2, 3).reshape(3, -1), 994 / 999, axis=1, method="hazen")
+    np.testing.assert_array_equal(lite.quantile_threshold(features), want)
+    np.testing.assert_array_equal(lite.quantile_threshold(features, chunk=7), want)
+
+
+def test_memmap_features_larger_than_a_chunk(broden, rng, tmp_path):
+    features = np.lib.format.open_memmap(tmp_path / "f.npy", mode="w+", dtype=np.float64, shape=(5, 4, 3, 3))
+    features[:] = np.maximum(rng.standard_normal((5, 4, 3, 3)), 0)
+    t = lite.quantile_threshold(features, 0.1, chunk=2)
+    rows = lite.tally(features, t, broden, progress=False)
+    assert rows == lite.tally(np.array(features), t, broden, progress=False)
+
+
+def test_pillow_resize_matches_pillow(rng):
+    for h, w, H, W in [(7, 7, 112, 112), (7, 7, 113, 113), (13, 9, 56, 30), (200, 150, 112, 112), (9, 30, 20, 7)]:
+        m = rng.standard_normal((h, w)).astype(np.float32)
+        want = np.asarray(Image.fromarray(m, "F").resize((W, H), Image.BILINEAR))
+        assert np.array_equal(resize_bilinear(m, H, W), want)
+
+
+def test_errors(broden, rng):
+    with pytest.raises(ValueError, match=r"features hold 4 images but .* has 5 images"):
+        lite.tally(np.zeros((4, 2, 3, 3)), [0, 0], broden, progress=False)
+    with pytest.raises(ValueError, match=r"thresholds must have shape \(2,\)"):
+        lite.tally(np.zeros((5, 2, 3, 3)), [0, 0, 0], broden, progress=False)
+    with pytest.raises(TypeError, match="features must be floats"):
+        lite.quantile_threshold(np.zeros((5, 2, 3, 3), dtype=np.int64))
