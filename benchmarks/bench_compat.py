@@ -1,6 +1,6 @@
 """fastdissect.compat.netdissect_lite.tally vs NetDissect-Lite's tally loop, on the same Broden-layout data.
 
-Workload: 96 images of the built-in concept set (Broden layout, 64 x 64 labels, 4 planes), 128
+Workload: 96 images of the built-in concept set (Broden layout, 64 x 64 labels, 4 planes), 512
 ReLU units with 7 x 7 maps at the top 0.5% threshold. The baseline is Lite's algorithm as Lite runs
 it: per image, per unit above threshold, Pillow's resize of the map, then bincounts over the planes.
 Both read the labels with the same decoder. Run: pytest benchmarks/bench_compat.py (ratio printed).
@@ -14,8 +14,8 @@ import fastdissect as fd
 from fastdissect.compat import netdissect_lite as lite
 from workloads import layer_activations
 
-N_IMAGES, UNITS = 96, 128
-GROUP = "compat: NetDissect-Lite tally, 96 images, 128 units"
+N_IMAGES, UNITS = 96, 512
+GROUP = "compat: NetDissect-Lite tally, 96 images, 512 units"
 
 
 @pytest.fixture(scope="module")
@@ -68,5 +68,41 @@ def test_compat_tally(benchmark, workload):
 def test_lite_loop(benchmark, workload):
     root, features, t = workload
     benchmark.group = GROUP
+    benchmark.extra_info.update(role="baseline")
+    benchmark.pedantic(lite_loop, args=(features, t, root), rounds=3, iterations=1)
+
+
+CACHED = "compat: NetDissect-Lite tally, labels decoded beforehand, 96 images, 512 units"
+
+
+@pytest.fixture(scope="module")
+def decoded(workload, monkeypatch_module):
+    """Both sides read labels from memory: what remains is the tally itself."""
+    root, features, t = workload
+    data = lite.LiteData(root)
+    labels = [data.labels(n) for n in range(len(data.rows))]
+    monkeypatch_module.setattr(lite.LiteData, "labels", lambda self, n: labels[n])
+    return root, features, t
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    mp = pytest.MonkeyPatch()
+    yield mp
+    mp.undo()
+
+
+def test_compat_tally_decoded(benchmark, decoded):
+    root, features, t = decoded
+    benchmark.group = CACHED
+    benchmark.extra_info.update(role="fastdissect")
+    rows = benchmark.pedantic(lite.tally, args=(features, t, root), kwargs={"progress": False}, rounds=3,
+                              iterations=1)
+    assert rows == lite_loop(features, t, root)
+
+
+def test_lite_loop_decoded(benchmark, decoded):
+    root, features, t = decoded
+    benchmark.group = CACHED
     benchmark.extra_info.update(role="baseline")
     benchmark.pedantic(lite_loop, args=(features, t, root), rounds=3, iterations=1)

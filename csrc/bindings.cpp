@@ -144,16 +144,29 @@ PYBIND11_MODULE(_C, m) {
       [](uintptr_t act, int dtype, std::array<int64_t, 4> sizes, std::array<int64_t, 4> strides, uintptr_t thresholds,
          int64_t H, int64_t W, int64_t C, int64_t words_per_mask, uintptr_t offsets, uintptr_t concept_ids,
          uintptr_t mask_rows, uintptr_t words, int union_mode, uintptr_t categories, int64_t G,
-         uintptr_t intersection, uintptr_t unit_area, uintptr_t unit_category_area, int n_threads) {
-        const fd::ScoreParams p = make_score_params(act, dtype, sizes, strides, thresholds, H, W, C, words_per_mask,
-                                                    offsets, concept_ids, mask_rows, words, union_mode, categories, G,
-                                                    intersection, unit_area, unit_category_area);
+         uintptr_t intersection, uintptr_t unit_area, uintptr_t unit_category_area, int n_threads,
+         uintptr_t pil_x_first, uintptr_t pil_x_weights, int64_t pil_x_taps, uintptr_t pil_y_first,
+         uintptr_t pil_y_weights, int64_t pil_y_taps) {
+        fd::ScoreParams p = make_score_params(act, dtype, sizes, strides, thresholds, H, W, C, words_per_mask,
+                                              offsets, concept_ids, mask_rows, words, union_mode, categories, G,
+                                              intersection, unit_area, unit_category_area);
+        p.pil_x_first = ptr<const int64_t>(pil_x_first);
+        p.pil_x_weights = ptr<const double>(pil_x_weights);
+        p.pil_x_taps = pil_x_taps;
+        p.pil_y_first = ptr<const int64_t>(pil_y_first);
+        p.pil_y_weights = ptr<const double>(pil_y_weights);
+        p.pil_y_taps = pil_y_taps;
+        FD_ASSERT(!p.pil_x_first || (p.pil_x_weights && p.pil_y_first && p.pil_y_weights && p.pil_x_taps > 0 &&
+                                     p.pil_y_taps > 0),
+                  "incomplete Pillow resampling tables");
         fd::score_cpu(p, n_threads);
       },
       py::arg("act"), py::arg("dtype"), py::arg("sizes"), py::arg("strides"), py::arg("thresholds"), py::arg("H"),
       py::arg("W"), py::arg("C"), py::arg("words_per_mask"), py::arg("offsets"), py::arg("concept_ids"),
       py::arg("mask_rows"), py::arg("words"), py::arg("union_mode"), py::arg("categories"), py::arg("G"),
       py::arg("intersection"), py::arg("unit_area"), py::arg("unit_category_area"), py::arg("n_threads"),
+      py::arg("pil_x_first") = 0, py::arg("pil_x_weights") = 0, py::arg("pil_x_taps") = 0,
+      py::arg("pil_y_first") = 0, py::arg("pil_y_weights") = 0, py::arg("pil_y_taps") = 0,
       py::call_guard<py::gil_scoped_release>());
   m.def("histogram_add", &histogram_add, py::arg("act"), py::arg("dtype"), py::arg("sizes"), py::arg("strides"),
         py::arg("floor_bin"), py::arg("keep_top"), py::arg("counts"), py::arg("min_max"), py::arg("n_threads"));

@@ -145,3 +145,15 @@ def test_errors(broden, rng):
         lite.tally(np.zeros((5, 2, 3, 3)), [0, 0, 0], broden, progress=False)
     with pytest.raises(TypeError, match="features must be floats"):
         lite.quantile_threshold(np.zeros((5, 2, 3, 3), dtype=np.int64))
+
+
+def test_upsampling_runs_on_the_fused_kernel(broden, rng, monkeypatch):
+    calls = []
+    real = lite._tally_kernel
+    monkeypatch.setattr(lite, "_tally_kernel", lambda *a, **k: calls.append(1) or real(*a, **k))
+    features = np.maximum(rng.standard_normal((5, 3, 3, 3)), 0)
+    t = lite.quantile_threshold(features, 0.2)
+    rows = lite.tally(features, t, broden, progress=False)
+    assert calls and rows == reference_tally(features, t, broden, CATEGORIES)
+    lite.tally(np.maximum(rng.standard_normal((5, 3, 9, 9)), 0), t, broden, progress=False)
+    assert len(calls) == 1  # 9x9 maps shrink to 6x6: Pillow itself resizes them

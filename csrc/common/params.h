@@ -28,6 +28,16 @@ struct ScoreParams {
   const int64_t* categories;    // [C] primary category of each concept (netdissect / lite only)
   int64_t G;                    // number of categories
 
+  // Pillow-compatible resampling (NetDissect-Lite's masks), used when pil_x_first is set: per output
+  // column / row the first source index and `taps` weights; the map is read as float32, resampled
+  // horizontally then vertically, each pass accumulated in double and stored as float32. Upsampling
+  // only (the Python side checks), and a map whose max is <= T is skipped, as Lite does.
+  const int64_t* pil_x_first = nullptr;   // [W]
+  const double* pil_x_weights = nullptr;  // [W, pil_x_taps]
+  int64_t pil_x_taps = 0;
+  const int64_t* pil_y_first = nullptr;   // [H]
+  const double* pil_y_weights = nullptr;  // [H, pil_y_taps]
+  int64_t pil_y_taps = 0;
   // Accumulated in place (+=).
   int64_t* intersection;        // [K, C] sum_x |M_k(x) & L_c(x)|
   int64_t* unit_area;           // [K] sum_x |M_k(x)|

@@ -47,10 +47,12 @@ struct Workspace {
   std::vector<int64_t> hot_lo, hot_hi;  // [h] hot column span per source row, empty = (w, -1)
   std::vector<uint64_t> mask;     // [words_per_mask], all zero between uses
   std::vector<char> cat_hit;      // [G]
+  std::vector<float> pil_rows;    // [h, W] Pillow mode: the horizontal pass
 
   Workspace(const ScoreParams& p)
       : src(p.h * p.w), rows(p.h * p.W), row_ready(p.h), hot_lo(p.h), hot_hi(p.h),
-        mask(p.words_per_mask, 0), cat_hit(std::max<int64_t>(p.G, 1)) {}
+        mask(p.words_per_mask, 0), cat_hit(std::max<int64_t>(p.G, 1)),
+        pil_rows(p.pil_x_first ? p.h * p.W : 0) {}
 };
 
 template <typename scalar_t>
@@ -58,6 +60,48 @@ void load_map(const ScoreParams& p, int64_t n, int64_t k, double* dst) {
   const scalar_t* base = static_cast<const scalar_t*>(p.act) + n * p.act_stride[0] + k * p.act_stride[1];
   for (int64_t i = 0; i < p.h; ++i)
     for (int64_t j = 0; j < p.w; ++j) dst[i * p.w + j] = to_double(base[i * p.act_stride[2] + j * p.act_stride[3]]);
+}
+
+// Pillow mode: the whole map resampled as Pillow does for an "F" image, then thresholded.
+template <typename scalar_t>
+void mask_of_map_pillow(const ScoreParams& p, int64_t n, int64_t k, Workspace& ws, int64_t* first_word,
+                        int64_t* last_word) {
+  *first_word = *last_word = 0;
+  const double threshold = p.thresholds[k];
+  load_map<scalar_t>(p, n, k, ws.src.data());
+  double peak = -INFINITY;
+  for (double v : ws.src) peak = std::max(peak, v);
+  if (!(peak > threshold)) return;  // Lite never resizes such a map
+  for (auto& v : ws.src) v = static_cast<double>(static_cast<float>(v));  // the map as an "F" image
+  for (int64_t y = 0; y < p.h; ++y) {
+    for (int64_t x = 0; x < p.W; ++x) {
+      const double* w = p.pil_x_weights + x * p.pil_x_taps;
+      const int64_t first = p.pil_x_first[x];
+      double acc = 0.0;
+      for (int64_t t = 0; t < p.pil_x_taps && first + t < p.w; ++t) acc += ws.src[y * p.w + first + t] * w[t];
+      ws.pil_rows[y * p.W + x] = static_cast<float>(acc);
+    }
+  }
+  int64_t wfirst = p.words_per_mask, wlast = 0;
+  for (int64_t y = 0; y < p.H; ++y) {
+    const double* w = p.pil_y_weights + y * p.pil_y_taps;
+    const int64_t first = p.pil_y_first[y];
+    for (int64_t x = 0; x < p.W; ++x) {
+      double acc = 0.0;
+      for (int64_t t = 0; t < p.pil_y_taps && first + t < p.h; ++t)
+        acc += static_cast<double>(ws.pil_rows[(first + t) * p.W + x]) * w[t];
+      if (static_cast<double>(static_cast<float>(acc)) > threshold) {
+        const int64_t pixel = y * p.W + x;
+        ws.mask[pixel / kBitsPerWord] |= bit_if(true, pixel);
+        wfirst = std::min(wfirst, pixel / kBitsPerWord);
+        wlast = std::max(wlast, pixel / kBitsPerWord + 1);
+      }
+    }
+  }
+  if (wfirst < wlast) {
+    *first_word = wfirst;
+    *last_word = wlast;
+  }
 }
 
 // Thresholded upsampled mask of one map into ws.mask; returns the touched word span [first, last).
@@ -170,7 +214,11 @@ void score_units(const ScoreParams& p, const Geometry& g, const std::vector<char
     int64_t* cat_row = p.unit_category_area ? p.unit_category_area + k * p.G : nullptr;
     for (int64_t n = n0; n < std::min(p.N, n0 + kImageBlock); ++n) {
       int64_t w0, w1;
-      mask_of_map<scalar_t>(p, g, n, k, ws, &w0, &w1);
+      if (p.pil_x_first) {
+        mask_of_map_pillow<scalar_t>(p, n, k, ws, &w0, &w1);
+      } else {
+        mask_of_map<scalar_t>(p, g, n, k, ws, &w0, &w1);
+      }
       if (w0 == w1) continue;
       const uint64_t* m = ws.mask.data();
       int64_t area = 0;
