@@ -163,12 +163,12 @@ def test_pack_round_trip_and_versioning(broden, tmp_path):
     assert store.image_path(3) == ds.image_path(3).resolve()
     # the store feeds Tally.add: same scores as masks packed in memory
     acts = torch.rand(5, 3, 3, 3)
-    for masks in (m[1:4], direct[1:4]):
-        t = fd.Tally(3, 514, [0.5, 0.5, 0.5])
+    tallies = [fd.Tally(3, 514, [0.5, 0.5, 0.5]) for _ in range(2)]
+    for t, masks in zip(tallies, (m[1:4], direct[1:4])):
         t.add(acts[1:4], masks)
-        if masks is direct[1:4]:
-            assert torch.equal(t.scores().intersection, first)
-        first = t.scores().intersection
+    a, b = (t.scores() for t in tallies)
+    assert torch.equal(a.intersection, b.intersection) and torch.equal(a.union, b.union)
+    assert int(a.intersection.sum()) > 0
 
     meta = tmp_path / "packed" / "fastdissect-masks.json"
     meta.write_text(meta.read_text().replace('"version": 1', '"version": 99'))

@@ -55,6 +55,15 @@ class Comm:
         if failed:
             raise RuntimeError("; ".join(f"rank {r} failed: {s}" for r, s in failed))
 
+    def run(self, step, *args) -> None:
+        """Runs this rank's part of a pass, then `check`s every rank's outcome."""
+        error = None
+        try:
+            step(*args)
+        except Exception as exc:
+            error = exc
+        self.check(error)
+
     def gather(self, obj) -> list:
         out = [None] * self.world
         self.dist.all_gather_object(out, obj)

@@ -209,17 +209,7 @@ class _Run:
             pending = {name: q for name, q in self.quantiles.items() if q.needs_pass}
             for q in pending.values():
                 q.new_pass()
-            error = None
-            try:
-                with self.progress("pass 1b/2 thresholds (exact refinement)", 0) as bar:
-                    for indices, images in self.loader(False, 0):
-                        acts = self.activations(indices, None if self.cache is not None else images)
-                        for name, q in pending.items():
-                            q.add(acts[name].to(q._device))  # merged shards hold their state on the CPU
-                        bar.update(len(indices))
-            except Exception as exc:
-                error = exc
-            self.comm.check(error)
+            self.comm.run(self.refine_pass, pending)
             if self.comm.world > 1:
                 contributions = self.comm.gather({name: q.pass_state() for name, q in pending.items()})
                 for rank, contribution in enumerate(contributions):
@@ -234,6 +224,14 @@ class _Run:
             self.tallies[name] = Tally(q.num_units, ds.num_concepts, q.thresholds(), union=self.o["union"],
                                        categories=None if self.o["union"] == "global" else cats,
                                        backend=self.o["backend"], device=self.device)
+
+    def refine_pass(self, pending: dict) -> None:
+        with self.progress("pass 1b/2 thresholds (exact refinement)", 0) as bar:
+            for indices, images in self.loader(False, 0):
+                acts = self.activations(indices, None if self.cache is not None else images)
+                for name, q in pending.items():
+                    q.add(acts[name].to(q._device))  # merged shards hold their state on the CPU
+                bar.update(len(indices))
 
     def combine_tallies(self) -> None:
         """Sums every rank's tallies (int64 all-reduce) and merges the top-k lists in rank order."""
@@ -340,24 +338,14 @@ def dissect(model: torch.nn.Module, layers: Sequence[str], dataset, *, quantile:
         run = _Run(model, layers, dataset, opts, store, comm)
         stage, done = run.resume()
         if stage == 1:
-            error = None
-            try:
-                run.thresholds_pass(done)
-            except Exception as exc:
-                error = exc
-            comm.check(error)
+            comm.run(run.thresholds_pass, done)
             run.merge_quantiles()
             run.refine_thresholds()
             run.start_tallies()
             run.save(2, run.lo)
             done = run.lo
         if stage <= 2:
-            error = None
-            try:
-                run.tally_pass(done)
-            except Exception as exc:
-                error = exc
-            comm.check(error)
+            comm.run(run.tally_pass, done)
             run.combine_tallies()
             run.save(3, run.hi)
     finally:

@@ -12,7 +12,6 @@ import re
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from . import __version__
 from .torch_backend import upsample

@@ -13,7 +13,6 @@ shown as a different random crop and flip.
 
 from __future__ import annotations
 
-import colorsys
 import warnings
 from pathlib import Path
 
