@@ -207,6 +207,9 @@ def test_cli_dissects_and_reports_errors_in_one_line(concepts, tmp_path):
     assert "pool: 3/3 units interpretable, 3 unique detectors (color 3)" in r.stdout
     assert (out / "pool.csv").is_file() and (out / "pool-tally.csv").is_file()
     assert fd.load(out)["pool"].units[0]["label"] == "red"
+    assert (out / "report" / "layer_pool.html").is_file()
+    r = run_cli("report", "--results", out, "--out", tmp_path / "again")  # from the saved results
+    assert r.returncode == 0 and (tmp_path / "again" / "units_pool" / "unit_0000.jpg").is_file(), r.stderr
     for args, message in [
         (("--layers", "pol"), "fastdissect: error: the model has no layer 'pol'; did you mean 'pool'"),
         (("--layers", "pool", "--dataset", tmp_path / "none"), "neither a Broden directory"),
