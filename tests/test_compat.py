@@ -157,3 +157,43 @@ def test_upsampling_runs_on_the_fused_kernel(broden, rng, monkeypatch):
     assert calls and rows == reference_tally(features, t, broden, CATEGORIES)
     lite.tally(np.maximum(rng.standard_normal((5, 3, 9, 9)), 0), t, broden, progress=False)
     assert len(calls) == 1  # 9x9 maps shrink to 6x6: Pillow itself resizes them
+
+
+def test_dissect_iou_equals_a_transcription_of_its_definition(rng):
+    """davidbau/dissect: grid_sample upsampling, the 0.99 level of upsampled values, and
+    iou_from_conditional_indicator_mean (isect / (act + gt - isect) in pixel fractions)."""
+    import torch
+
+    from fastdissect.compat import dissect as dc
+
+    acts = torch.from_numpy(np.maximum(rng.standard_normal((6, 5, 7, 7)), 0)).float()
+    seg = torch.from_numpy(rng.integers(0, 9, size=(6, 2, 56, 56)))
+    seg[:, 1] = torch.where(torch.from_numpy(rng.random((6, 56, 56)) < 0.7), 0, seg[:, 1])
+    up = dc.upsampler((56, 56), (7, 7))
+    batches = lambda: acts.split(4)  # noqa: E731
+    levels = dc.quantile_levels(batches, up, 0.01)
+    got = dc.iou(lambda: zip(acts.split(4), seg.split(4)), up, levels, num_concepts=9)
+
+    # the transcription: dissect's grid by its formula, then the conditional means
+    s = 56 / 7
+    t = (torch.arange(56, dtype=torch.float32) - (0.5 * s - 0.5)) * (2 / (s * 6)) - 1
+    grid = torch.stack((t[None, :].expand(56, 56), t[:, None].expand(56, 56)), 2)[None].expand(6, 56, 56, 2)
+    hacts = torch.nn.functional.grid_sample(acts, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    values = hacts.permute(1, 0, 2, 3).reshape(5, -1).double().numpy()
+    level = np.quantile(values, 0.99, axis=1)
+    np.testing.assert_array_equal(levels.numpy(), level)
+    ind = (hacts.double() > torch.from_numpy(level)[None, :, None, None]).numpy()
+    seg_np = seg.numpy()
+    total = 6 * 56 * 56
+    act = ind.reshape(6, 5, -1).transpose(1, 0, 2).reshape(5, -1).mean(axis=1)
+    want = np.zeros((5, 9))
+    for c in range(1, 9):
+        has = (seg_np == c).any(axis=1)              # (6, 56, 56): a pixel counts once
+        gt = has.sum() / total
+        if gt == 0:
+            continue
+        cond = ind.transpose(1, 0, 2, 3)[:, has].mean(axis=1)
+        isect = cond * gt
+        want[:, c] = isect / (act + gt - isect)
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-12, atol=0)
+    assert (got[:, 1:] > 0).any()
