@@ -110,3 +110,11 @@ def test_numpy_inputs_accepted():
     a = np.random.default_rng(0).random((2, 3, 4, 4)).astype(np.float32)
     m = np.random.default_rng(1).random((2, 4, 8, 8)) > 0.5
     assert fd.score(a, m).iou.shape == (3, 4)
+
+
+def test_large_finite_values_whose_sum_overflows_are_accepted():
+    big = torch.full((2, 3, 4, 4), 3e38)  # finite float32; their float32 sum is inf
+    t = fd.thresholds(big, quantile=0.5)
+    assert torch.isfinite(t).all()
+    s = fd.score(big, torch.ones(2, 1, 8, 8, dtype=torch.bool), thresholds=torch.zeros(3))
+    assert s.unit_area.tolist() == [128, 128, 128]

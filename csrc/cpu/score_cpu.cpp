@@ -23,9 +23,10 @@ struct Geometry {
   std::vector<LinearTap> ty, tx;
   std::vector<int64_t> col_first, col_last;  // [w], empty span = (W, -1)
   std::vector<int64_t> run_last;             // [W] last output column with the same source taps
+  std::vector<int64_t> row_run_last;         // [H] last output row with the same source taps
 
   Geometry(int64_t h, int64_t w, int64_t H, int64_t W)
-      : ty(H), tx(W), col_first(w, W), col_last(w, -1), run_last(W) {
+      : ty(H), tx(W), col_first(w, W), col_last(w, -1), run_last(W), row_run_last(H) {
     for (int64_t y = 0; y < H; ++y) ty[y] = linear_tap(y, h, H);
     for (int64_t x = 0; x < W; ++x) {
       tx[x] = linear_tap(x, w, W);
@@ -36,6 +37,8 @@ struct Geometry {
     }
     for (int64_t x = W - 1; x >= 0; --x)
       run_last[x] = (x + 1 < W && tx[x + 1].i0 == tx[x].i0 && tx[x + 1].i1 == tx[x].i1) ? run_last[x + 1] : x;
+    for (int64_t y = H - 1; y >= 0; --y)
+      row_run_last[y] = (y + 1 < H && ty[y + 1].i0 == ty[y].i0 && ty[y + 1].i1 == ty[y].i1) ? row_run_last[y + 1] : y;
   }
 };
 
@@ -152,48 +155,69 @@ void mask_of_map(const ScoreParams& p, const Geometry& g, int64_t n, int64_t k, 
     return r;
   };
 
+  // Blocks of output pixels between the same two source rows and the same two source columns: every
+  // sample of a block is a convex combination of its four source values, so a block whose sources
+  // all lie beyond `margin` on one side of T is decided whole; only blocks that straddle T are
+  // evaluated pixel by pixel.
   int64_t wfirst = p.words_per_mask, wlast = 0;
-  for (int64_t y = 0; y < p.H; ++y) {
-    const LinearTap& t = g.ty[y];
+  uint64_t* mask = ws.mask.data();
+  const double* src = ws.src.data();
+  for (int64_t y0 = 0; y0 < p.H; y0 = g.row_run_last[y0] + 1) {
+    const int64_t y1 = g.row_run_last[y0];
+    const LinearTap& t = g.ty[y0];
     const int64_t clo = std::min(ws.hot_lo[t.i0], ws.hot_lo[t.i1]);
     const int64_t chi = std::max(ws.hot_hi[t.i0], ws.hot_hi[t.i1]);
-    if (chi < 0) continue;
+    if (chi < 0) continue;  // no hot source in either row: every sample is <= T
     int64_t xa = p.W, xb = -1;
     for (int64_t c = clo; c <= chi; ++c) {
       xa = std::min(xa, g.col_first[c]);
       xb = std::max(xb, g.col_last[c]);
     }
     if (xb < xa) continue;
-    const double* r0 = row(t.i0);
-    const double* r1 = row(t.i1);
-    auto sample = [&](int64_t x) { return lerp_pair(t.l0, r0[x], t.l1, r1[x]); };
-    // Runs of output columns between the same two source columns: the real blend is monotone along
-    // a run, so its two ends decide the whole run unless they come within `margin` of T.
-    bool row_on = false;
-    const int64_t base = y * p.W;
-    uint64_t* mask = ws.mask.data();
-    for (int64_t x = xa; x <= xb;) {
-      const int64_t e = std::min(g.run_last[x], xb);
-      const double vs = sample(x), ve = sample(e);
-      if (std::max(vs, ve) <= threshold - margin) {
-        // whole run off
-      } else if (std::min(vs, ve) > threshold + margin) {
-        set_bit_range(mask, base + x, base + e);
-        row_on = true;
+    const double* s0 = src + t.i0 * p.w;
+    const double* s1 = src + t.i1 * p.w;
+    for (int64_t x0 = xa; x0 <= xb;) {
+      const int64_t x1 = std::min(g.run_last[x0], xb);
+      const LinearTap& u = g.tx[x0];
+      const double a = s0[u.i0], b = s0[u.i1], c = s1[u.i0], d = s1[u.i1];
+      const double hi = std::max(std::max(a, b), std::max(c, d));
+      const double lo = std::min(std::min(a, b), std::min(c, d));
+      if (hi <= threshold - margin) {
+        // the whole block is off
+      } else if (lo > threshold + margin) {
+        for (int64_t y = y0; y <= y1; ++y) set_bit_range(mask, y * p.W + x0, y * p.W + x1);
+        wfirst = std::min(wfirst, (y0 * p.W + x0) / kBitsPerWord);
+        wlast = std::max(wlast, (y1 * p.W + x1) / kBitsPerWord + 1);
       } else {
-        uint64_t any = 0;
-        for (int64_t xi = x; xi <= e; ++xi) {
-          const uint64_t bit = bit_if(sample(xi) > threshold, base + xi);
-          mask[(base + xi) / kBitsPerWord] |= bit;
-          any |= bit;
+        const double* r0 = row(t.i0);
+        const double* r1 = row(t.i1);
+        // Within a row of the block the real blend is monotone in x: its two computed ends decide
+        // the row unless they come within `margin` of T.
+        for (int64_t y = y0; y <= y1; ++y) {
+          const LinearTap& ty = g.ty[y];
+          auto sample = [&](int64_t x) { return lerp_pair(ty.l0, r0[x], ty.l1, r1[x]); };
+          const int64_t base = y * p.W;
+          const double vs = sample(x0), ve = sample(x1);
+          uint64_t any = 0;
+          if (std::max(vs, ve) <= threshold - margin) {
+            continue;
+          } else if (std::min(vs, ve) > threshold + margin) {
+            set_bit_range(mask, base + x0, base + x1);
+            any = 1;
+          } else {
+            for (int64_t x = x0; x <= x1; ++x) {
+              const uint64_t bit = bit_if(sample(x) > threshold, base + x);
+              mask[(base + x) / kBitsPerWord] |= bit;
+              any |= bit;
+            }
+          }
+          if (any) {
+            wfirst = std::min(wfirst, (base + x0) / kBitsPerWord);
+            wlast = std::max(wlast, (base + x1) / kBitsPerWord + 1);
+          }
         }
-        row_on |= any != 0;
       }
-      x = e + 1;
-    }
-    if (row_on) {
-      wfirst = std::min(wfirst, (y * p.W + xa) / kBitsPerWord);
-      wlast = std::max(wlast, (y * p.W + xb) / kBitsPerWord + 1);
+      x0 = x1 + 1;
     }
   }
   if (wfirst < wlast) {
