@@ -111,8 +111,8 @@ class Tally:
         else:
             unit_term = state["unit_category_area"][:, self.categories.to(inter.device)]
         union = unit_term + concept_area[None, :] - inter
-        iou = torch.where(union > 0, inter.to(torch.float64) / union.clamp(min=1).to(torch.float64),
-                          torch.zeros((), dtype=torch.float64, device=inter.device))
+        # union == 0 implies intersection == 0: 0 / 0 is the only NaN, and it means IoU 0
+        iou = inter.to(torch.float64).div_(union.to(torch.float64)).nan_to_num_(nan=0.0)
         return Scores(inter.clone(), union, iou, state["unit_area"].clone(), concept_area.clone(),
                       self.thresholds.clone(), self.union, self.num_images)
 
