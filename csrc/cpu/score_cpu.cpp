@@ -61,6 +61,10 @@ struct Workspace {
 template <typename scalar_t>
 void load_map(const ScoreParams& p, int64_t n, int64_t k, double* dst) {
   const scalar_t* base = static_cast<const scalar_t*>(p.act) + n * p.act_stride[0] + k * p.act_stride[1];
+  if (p.act_stride[3] == 1 && p.act_stride[2] == p.w) {  // contiguous map: one flat, vectorisable loop
+    for (int64_t i = 0; i < p.h * p.w; ++i) dst[i] = to_double(base[i]);
+    return;
+  }
   for (int64_t i = 0; i < p.h; ++i)
     for (int64_t j = 0; j < p.w; ++j) dst[i * p.w + j] = to_double(base[i * p.act_stride[2] + j * p.act_stride[3]]);
 }
@@ -116,6 +120,10 @@ void mask_of_map(const ScoreParams& p, const Geometry& g, int64_t n, int64_t k, 
   const double threshold = p.thresholds[k];
   const double floor_hot = hot_floor(threshold);
   load_map<scalar_t>(p, n, k, ws.src.data());
+  // Most maps have no hot source at all: one max over the map settles them.
+  double peak = -INFINITY;
+  for (int64_t i = 0; i < p.h * p.w; ++i) peak = std::max(peak, ws.src[i]);
+  if (!(peak > floor_hot)) return;
 
   int64_t map_lo = p.w, map_hi = -1;  // hot source columns of the whole map
   for (int64_t i = 0; i < p.h; ++i) {
@@ -205,7 +213,41 @@ void mask_of_map(const ScoreParams& p, const Geometry& g, int64_t n, int64_t k, 
             set_bit_range(mask, base + x0, base + x1);
             any = 1;
           } else {
-            for (int64_t x = x0; x <= x1; ++x) {
+            // The row crosses T inside the run. The real blend is affine in x here, so one sample
+            // beyond `margin` proves the rest of the run on that side: binary searches find the
+            // proven-on and proven-off ends, and only the pixels between them are evaluated.
+            int64_t lo = x0, hi = x1;  // pixels [lo, hi] are left to evaluate
+            if (std::fabs(ve - vs) > 2.0 * margin) {
+              const bool rising = ve > vs;
+              auto on = [&](int64_t x) { return sample(x) > threshold + margin; };
+              auto off = [&](int64_t x) { return sample(x) <= threshold - margin; };
+              // rising: find the first proven-on pixel (all after it are on) and the last proven-off
+              // one (all before it are off); falling: the mirror image.
+              int64_t a = x0 - 1, b = x1 + 1;  // invariant (rising): no proof at a, proof at b
+              while (b - a > 1) {
+                const int64_t m = a + (b - a) / 2;
+                if (rising ? on(m) : off(m)) b = m; else a = m;
+              }
+              const int64_t split = b;  // rising: [split, x1] on; falling: [split, x1] off
+              a = x0 - 1, b = split;    // invariant: proof at a (or a virtual one), none at b
+              while (b - a > 1) {
+                const int64_t m = a + (b - a) / 2;
+                if (rising ? off(m) : on(m)) a = m; else b = m;
+              }
+              // rising: [x0, a] off; falling: [x0, a] on
+              if (rising) {
+                if (split <= x1) {
+                  set_bit_range(mask, base + split, base + x1);
+                  any = 1;
+                }
+              } else if (a >= x0) {
+                set_bit_range(mask, base + x0, base + a);
+                any = 1;
+              }
+              lo = a + 1;
+              hi = split - 1;
+            }
+            for (int64_t x = lo; x <= hi; ++x) {
               const uint64_t bit = bit_if(sample(x) > threshold, base + x);
               mask[(base + x) / kBitsPerWord] |= bit;
               any |= bit;
