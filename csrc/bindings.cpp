@@ -59,6 +59,23 @@ fd::ScoreParams make_score_params(uintptr_t act, int dtype, std::array<int64_t, 
   return p;
 }
 
+// The CUDA kernels run on the GPU ("cuda", asynchronous on its stream) or emulated on the CPU
+// ("cuda_emu"); a build without CUDA has only the emulation (Python never asks it for "cuda").
+#ifdef FD_WITH_CUDA
+#define FD_CUDA_CALL(call) call
+#else
+#define FD_CUDA_CALL(call) FD_ASSERT(false, "built without CUDA")
+#endif
+
+template <typename Emulated, typename Cuda>
+void run_gpu(bool emulate, Emulated emulated, Cuda cuda) {
+  if (emulate) {
+    emulated();
+  } else {
+    cuda();
+  }
+}
+
 py::dict build_info() {
   py::dict info;
 #ifdef _OPENMP
@@ -186,16 +203,7 @@ PYBIND11_MODULE(_C, m) {
     const fd::ScoreScratch s{ptr<int64_t>(map_area), ptr<int>(hit), ptr<int64_t>(non_finite)};
     FD_ASSERT(p.union_mode == fd::UnionMode::kGlobal || s.map_area, "map_area is required for this union");
     FD_ASSERT(p.union_mode != fd::UnionMode::kLite || s.hit, "hit is required for the lite union");
-    if (emulate) {
-      fd::score_cuda_emu(p, s, n_threads);
-      return;
-    }
-#ifdef FD_WITH_CUDA
-    fd::score_cuda(p, s, stream);
-#else
-    (void)stream;
-    FD_ASSERT(false, "built without CUDA");
-#endif
+    run_gpu(emulate, [&] { fd::score_cuda_emu(p, s, n_threads); }, [&] { FD_CUDA_CALL(fd::score_cuda(p, s, stream)); });
   };
   m.def("score_gpu", score_gpu, py::arg("emulate"), py::arg("act"), py::arg("dtype"), py::arg("sizes"),
         py::arg("strides"), py::arg("thresholds"), py::arg("H"), py::arg("W"), py::arg("C"),
@@ -212,16 +220,8 @@ PYBIND11_MODULE(_C, m) {
                                                         min_max);
     const fd::HistogramScratch s = make_histogram_scratch(min_max_key, non_finite, floor_value, kept_values,
                                                           kept_units, kept_count, capacity, overflow);
-    if (emulate) {
-      fd::histogram_cuda_emu(p, s, n_threads);
-      return;
-    }
-#ifdef FD_WITH_CUDA
-    fd::histogram_cuda(p, s, stream);
-#else
-    (void)stream;
-    FD_ASSERT(false, "built without CUDA");
-#endif
+    run_gpu(emulate, [&] { fd::histogram_cuda_emu(p, s, n_threads); },
+            [&] { FD_CUDA_CALL(fd::histogram_cuda(p, s, stream)); });
   };
   m.def("histogram_gpu", histogram_gpu, py::arg("emulate"), py::arg("act"), py::arg("dtype"), py::arg("sizes"),
         py::arg("strides"), py::arg("floor_bin"), py::arg("keep_top"), py::arg("counts"), py::arg("min_max"),
