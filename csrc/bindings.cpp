@@ -24,13 +24,10 @@ T* ptr(uintptr_t address) {
   return reinterpret_cast<T*>(address);
 }
 
-fd::ScoreParams make_score_params(uintptr_t act, int dtype, std::array<int64_t, 4> sizes,
-                                  std::array<int64_t, 4> strides, uintptr_t thresholds, int64_t H, int64_t W,
-                                  int64_t C, int64_t words_per_mask, uintptr_t offsets, uintptr_t concept_ids,
-                                  uintptr_t mask_rows, uintptr_t words, int union_mode, uintptr_t categories,
-                                  int64_t G, uintptr_t intersection, uintptr_t unit_area,
-                                  uintptr_t unit_category_area) {
-  fd::ScoreParams p{};
+// The (N, K, h, w) activation view every Params struct starts with.
+template <typename Params>
+void set_activations(Params& p, uintptr_t act, int dtype, const std::array<int64_t, 4>& sizes,
+                     const std::array<int64_t, 4>& strides) {
   p.act = ptr<const void>(act);
   p.act_dtype = static_cast<fd::DType>(dtype);
   p.N = sizes[0];
@@ -38,6 +35,16 @@ fd::ScoreParams make_score_params(uintptr_t act, int dtype, std::array<int64_t, 
   p.h = sizes[2];
   p.w = sizes[3];
   for (int i = 0; i < 4; ++i) p.act_stride[i] = strides[i];
+}
+
+fd::ScoreParams make_score_params(uintptr_t act, int dtype, std::array<int64_t, 4> sizes,
+                                  std::array<int64_t, 4> strides, uintptr_t thresholds, int64_t H, int64_t W,
+                                  int64_t C, int64_t words_per_mask, uintptr_t offsets, uintptr_t concept_ids,
+                                  uintptr_t mask_rows, uintptr_t words, int union_mode, uintptr_t categories,
+                                  int64_t G, uintptr_t intersection, uintptr_t unit_area,
+                                  uintptr_t unit_category_area) {
+  fd::ScoreParams p{};
+  set_activations(p, act, dtype, sizes, strides);
   p.thresholds = ptr<const double>(thresholds);
   p.H = H;
   p.W = W;
@@ -101,13 +108,7 @@ fd::HistogramParams make_histogram_params(uintptr_t act, int dtype, std::array<i
                                           std::array<int64_t, 4> strides, uintptr_t floor_bin, int64_t keep_top,
                                           uintptr_t counts, uintptr_t min_max) {
   fd::HistogramParams p{};
-  p.act = ptr<const void>(act);
-  p.act_dtype = static_cast<fd::DType>(dtype);
-  p.N = sizes[0];
-  p.K = sizes[1];
-  p.h = sizes[2];
-  p.w = sizes[3];
-  for (int i = 0; i < 4; ++i) p.act_stride[i] = strides[i];
+  set_activations(p, act, dtype, sizes, strides);
   p.floor_bin = ptr<int32_t>(floor_bin);
   p.keep_top = keep_top;
   p.counts = ptr<int64_t>(counts);
