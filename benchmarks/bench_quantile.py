@@ -33,11 +33,7 @@ def streamed(acts):
     for batch in acts.split(BATCH):
         q.add(batch)
         peak = max(peak, q.state_bytes())
-    while q.needs_pass:
-        q.new_pass()
-        for batch in acts.split(BATCH):
-            q.add(batch)
-    return q.thresholds(), peak, q.passes
+    return q.finish(lambda: acts.split(BATCH)), peak, q.passes
 
 
 def test_fastdissect_streaming(benchmark, acts, unit_major, capsys):
@@ -80,11 +76,7 @@ def test_streaming_on_the_gpu(benchmark, acts, backend):
         q = fd.TopQuantile(UNITS, backend=backend)
         for batch in device_acts.split(BATCH):
             q.add(batch)
-        while q.needs_pass:
-            q.new_pass()
-            for batch in device_acts.split(BATCH):
-                q.add(batch)
-        return q.thresholds()
+        return q.finish(lambda: device_acts.split(BATCH))
 
     benchmark.extra_info.update(role="fastdissect" if backend == "cuda" else "baseline")
     benchmark.pedantic(run, rounds=3, iterations=1)

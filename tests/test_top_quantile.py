@@ -92,6 +92,11 @@ def test_downward_drift_needs_and_finishes_a_further_pass(backend, rng):
     q.add(torch.from_numpy(v))
     assert not q.needs_pass and q.passes == 2
     np.testing.assert_array_equal(q.thresholds().numpy(), numpy_thresholds(v, 0.005, "linear"))
+    again = fd.TopQuantile(3, backend=backend)
+    batches = lambda: torch.from_numpy(v).split(10000)  # noqa: E731
+    for b in batches():
+        again.add(b)
+    assert torch.equal(again.finish(batches), q.thresholds()) and again.passes == 2
 
 
 @pytest.mark.parametrize("budget", [1, 7, 1000])

@@ -115,6 +115,15 @@ class TopQuantile:
         self.passes += 1
         self._answer = None
 
+    def finish(self, batches) -> torch.Tensor:
+        """Runs the further passes the data needs, `batches()` yielding all of it again each time
+        (any order and batching), and returns `thresholds()`."""
+        while self.needs_pass:
+            self.new_pass()
+            for batch in batches():
+                self.add(batch)
+        return self.thresholds()
+
     def thresholds(self) -> torch.Tensor:
         """(K,) float64 thresholds on the CPU."""
         if self.num_values == 0:
@@ -305,10 +314,7 @@ def thresholds(activations, quantile: float = 0.005, method: str = "linear", *,
         raise ValueError(f"activations must have shape [N, K, h, w] or [M, K], got {tuple(x.shape)}")
     q = TopQuantile(x.shape[1], quantile, method, backend=backend)
     q.add(x)
-    while q.needs_pass:
-        q.new_pass()
-        q.add(x)
-    return q.thresholds()
+    return q.finish(lambda: [x])
 
 
 class _Refinement:

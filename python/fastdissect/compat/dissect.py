@@ -64,11 +64,7 @@ def quantile_levels(batches: Callable[[], Iterable[torch.Tensor]], upsample, qua
         q.add(up)
     if q is None:
         raise ValueError("batches() yielded nothing")
-    while q.needs_pass:
-        q.new_pass()
-        for acts in batches():
-            q.add(upsample(acts))
-    return q.thresholds()
+    return q.finish(lambda: (upsample(acts) for acts in batches()))
 
 
 def iou(batches: Callable[[], Iterable], upsample, levels, num_concepts: int) -> torch.Tensor:

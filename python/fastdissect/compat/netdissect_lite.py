@@ -49,13 +49,14 @@ def quantile_threshold(features, quantile: float = 0.005, *, chunk: int = 256) -
     features = _as_features(features)
     level = (int(1000 * (1 - quantile) - 1)) / 999
     q = TopQuantile(features.shape[1], 1 - level, "hazen")
-    for start in range(0, features.shape[0], chunk):
-        q.add(torch.from_numpy(np.ascontiguousarray(features[start:start + chunk])))
-    while q.needs_pass:
-        q.new_pass()
+
+    def chunks():
         for start in range(0, features.shape[0], chunk):
-            q.add(torch.from_numpy(np.ascontiguousarray(features[start:start + chunk])))
-    return q.thresholds().numpy()
+            yield torch.from_numpy(np.ascontiguousarray(features[start:start + chunk]))
+
+    for batch in chunks():
+        q.add(batch)
+    return q.finish(chunks).numpy()
 
 
 class LiteData:
