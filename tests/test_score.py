@@ -76,6 +76,19 @@ def test_threshold_a_hair_below_constant_map(backend):
     run_case(acts, dense, torch.tensor([t, t], dtype=torch.float64), backend)
 
 
+@pytest.mark.parametrize("geometry", [(7, 7, 112, 112), (5, 3, 37, 23), (2, 9, 31, 64), (2, 2, 5, 2000)])
+def test_maps_within_rounding_of_threshold(backend, rng, geometry):
+    """Sources a few ulps around T: along a row the computed blend is not monotone, so a pixel beyond
+    T is no proof that the rest of its run is; every pixel must still come out as the formula says."""
+    h, w, H, W = geometry
+    t = np.array([0.3, 1.7, 1e-300, 12345.678])
+    ulps = rng.integers(-60, 61, size=(3, 4, h, w))
+    acts = torch.from_numpy(t[None, :, None, None] * (1 + ulps * np.finfo(np.float64).eps))
+    dense = torch.from_numpy(rng.random((3, 3, H, W)) > 0.5)
+    s = run_case(acts, dense, torch.from_numpy(t), backend)
+    assert 0 < s.unit_area.sum() < 3 * 4 * H * W
+
+
 def test_all_zero_relu_units(backend, rng):
     acts = torch.relu(exact_acts(rng, (3, 4, 7, 7)))
     acts[:, 1] = 0

@@ -45,18 +45,36 @@ struct Geometry {
 // Per-thread scratch, sized once.
 struct Workspace {
   std::vector<double> src;        // [h, w] the map in double
-  std::vector<double> rows;       // [h, W] horizontally interpolated source rows, filled on demand
-  std::vector<char> row_ready;    // [h]
   std::vector<int64_t> hot_lo, hot_hi;  // [h] hot column span per source row, empty = (w, -1)
   std::vector<uint64_t> mask;     // [words_per_mask], all zero between uses
   std::vector<char> cat_hit;      // [G]
   std::vector<float> pil_rows;    // [h, W] Pillow mode: the horizontal pass
 
   Workspace(const ScoreParams& p)
-      : src(p.h * p.w), rows(p.h * p.W), row_ready(p.h), hot_lo(p.h), hot_hi(p.h),
+      : src(p.h * p.w), hot_lo(p.h), hot_hi(p.h),
         mask(p.words_per_mask, 0), cat_hit(std::max<int64_t>(p.G, 1)),
         pil_rows(p.pil_x_first ? p.h * p.W : 0) {}
 };
+
+// Largest value of one map, read in its storage type (widening to double is exact and monotone).
+// Four running maxima break the dependency chain: most maps are settled by this alone.
+template <typename scalar_t>
+double map_peak(const ScoreParams& p, int64_t n, int64_t k) {
+  const scalar_t* base = static_cast<const scalar_t*>(p.act) + n * p.act_stride[0] + k * p.act_stride[1];
+  double m[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
+  if (p.act_stride[3] == 1 && p.act_stride[2] == p.w) {
+    const int64_t size = p.h * p.w;
+    int64_t i = 0;
+    for (; i + 4 <= size; i += 4)
+      for (int j = 0; j < 4; ++j) m[j] = std::max(m[j], to_double(base[i + j]));
+    for (; i < size; ++i) m[0] = std::max(m[0], to_double(base[i]));
+  } else {
+    for (int64_t i = 0; i < p.h; ++i)
+      for (int64_t j = 0; j < p.w; ++j)
+        m[j & 3] = std::max(m[j & 3], to_double(base[i * p.act_stride[2] + j * p.act_stride[3]]));
+  }
+  return std::max(std::max(m[0], m[1]), std::max(m[2], m[3]));
+}
 
 template <typename scalar_t>
 void load_map(const ScoreParams& p, int64_t n, int64_t k, double* dst) {
@@ -75,10 +93,8 @@ void mask_of_map_pillow(const ScoreParams& p, int64_t n, int64_t k, Workspace& w
                         int64_t* last_word) {
   *first_word = *last_word = 0;
   const double threshold = p.thresholds[k];
+  if (!(map_peak<scalar_t>(p, n, k) > threshold)) return;  // Lite never resizes such a map
   load_map<scalar_t>(p, n, k, ws.src.data());
-  double peak = -INFINITY;
-  for (double v : ws.src) peak = std::max(peak, v);
-  if (!(peak > threshold)) return;  // Lite never resizes such a map
   for (auto& v : ws.src) v = static_cast<double>(static_cast<float>(v));  // the map as an "F" image
   for (int64_t y = 0; y < p.h; ++y) {
     for (int64_t x = 0; x < p.W; ++x) {
@@ -119,11 +135,9 @@ void mask_of_map(const ScoreParams& p, const Geometry& g, int64_t n, int64_t k, 
   *first_word = *last_word = 0;
   const double threshold = p.thresholds[k];
   const double floor_hot = hot_floor(threshold);
+  // Most maps have no hot source at all: their peak settles them before any conversion.
+  if (!(map_peak<scalar_t>(p, n, k) > floor_hot)) return;
   load_map<scalar_t>(p, n, k, ws.src.data());
-  // Most maps have no hot source at all: one max over the map settles them.
-  double peak = -INFINITY;
-  for (int64_t i = 0; i < p.h * p.w; ++i) peak = std::max(peak, ws.src[i]);
-  if (!(peak > floor_hot)) return;
 
   int64_t map_lo = p.w, map_hi = -1;  // hot source columns of the whole map
   for (int64_t i = 0; i < p.h; ++i) {
@@ -136,7 +150,6 @@ void mask_of_map(const ScoreParams& p, const Geometry& g, int64_t n, int64_t k, 
     }
     ws.hot_lo[i] = lo;
     ws.hot_hi[i] = hi;
-    ws.row_ready[i] = 0;
     map_lo = std::min(map_lo, lo);
     map_hi = std::max(map_hi, hi);
   }
@@ -145,23 +158,6 @@ void mask_of_map(const ScoreParams& p, const Geometry& g, int64_t n, int64_t k, 
   double max_abs = 0.0;
   for (int64_t i = 0; i < p.h * p.w; ++i) max_abs = std::max(max_abs, std::fabs(ws.src[i]));
   const double margin = 2.0 * blend_error_bound(max_abs);
-  // Output columns any output row may need: rows are interpolated over this span only.
-  int64_t span_lo = p.W, span_hi = -1;
-  for (int64_t c = map_lo; c <= map_hi; ++c) {
-    span_lo = std::min(span_lo, g.col_first[c]);
-    span_hi = std::max(span_hi, g.col_last[c]);
-  }
-
-  auto row = [&](int64_t i) -> const double* {
-    double* r = &ws.rows[i * p.W];
-    if (!ws.row_ready[i]) {
-      const double* s = &ws.src[i * p.w];
-      for (int64_t x = span_lo; x <= span_hi; ++x)
-        r[x] = lerp_pair(g.tx[x].l0, s[g.tx[x].i0], g.tx[x].l1, s[g.tx[x].i1]);
-      ws.row_ready[i] = 1;
-    }
-    return r;
-  };
 
   // Blocks of output pixels between the same two source rows and the same two source columns: every
   // sample of a block is a convex combination of its four source values, so a block whose sources
@@ -197,61 +193,57 @@ void mask_of_map(const ScoreParams& p, const Geometry& g, int64_t n, int64_t k, 
         wfirst = std::min(wfirst, (y0 * p.W + x0) / kBitsPerWord);
         wlast = std::max(wlast, (y1 * p.W + x1) / kBitsPerWord + 1);
       } else {
-        const double* r0 = row(t.i0);
-        const double* r1 = row(t.i1);
-        // Within a row of the block the real blend is monotone in x: its two computed ends decide
+        // Within a row of the block the real blend is affine in x: its two computed ends decide
         // the row unless they come within `margin` of T.
         for (int64_t y = y0; y <= y1; ++y) {
           const LinearTap& ty = g.ty[y];
-          auto sample = [&](int64_t x) { return lerp_pair(ty.l0, r0[x], ty.l1, r1[x]); };
+          // The definition's order of operations (upsample.h), from the block's four sources.
+          auto sample = [&](int64_t x) {
+            const LinearTap& tx = g.tx[x];
+            return lerp_pair(ty.l0, lerp_pair(tx.l0, a, tx.l1, b), ty.l1, lerp_pair(tx.l0, c, tx.l1, d));
+          };
           const int64_t base = y * p.W;
           const double vs = sample(x0), ve = sample(x1);
           uint64_t any = 0;
+          auto exact = [&](int64_t x, double v) {
+            const uint64_t bit = bit_if(v > threshold, base + x);
+            mask[(base + x) / kBitsPerWord] |= bit;
+            any |= bit;
+          };
           if (std::max(vs, ve) <= threshold - margin) {
             continue;
           } else if (std::min(vs, ve) > threshold + margin) {
             set_bit_range(mask, base + x0, base + x1);
             any = 1;
+          } else if (std::fabs(ve - vs) > 2.0 * margin) {
+            // The row crosses T inside the run. A sample beyond `margin` proves the rest of the run
+            // on its side, so two walks start at the pixel where the ends' secant crosses T, one
+            // toward each side, evaluating pixels exactly until one proves its side. The secant only
+            // chooses where to start: exactness rests on the proofs alone.
+            const bool rising = ve > vs;
+            const double cross = x0 + (threshold - vs) / (ve - vs) * static_cast<double>(x1 - x0);
+            const int64_t split = static_cast<int64_t>(std::floor(std::min(std::max(cross, x0 - 1.0), x1 + 0.0))) + 1;
+            // From x upward (step +1) or downward (-1) until a pixel proves itself on (or off);
+            // returns that pixel, or the one past the run's end.
+            auto walk = [&](int64_t x, int64_t step, bool to_on) {
+              for (; x >= x0 && x <= x1; x += step) {
+                const double v = sample(x);
+                if (to_on ? v > threshold + margin : v <= threshold - margin) break;
+                exact(x, v);
+              }
+              return x;
+            };
+            const int64_t up = walk(split, 1, rising);        // [up, x1] proven on when rising
+            const int64_t down = walk(split - 1, -1, !rising);  // [x0, down] proven on when falling
+            if (rising && up <= x1) {
+              set_bit_range(mask, base + up, base + x1);
+              any = 1;
+            } else if (!rising && down >= x0) {
+              set_bit_range(mask, base + x0, base + down);
+              any = 1;
+            }
           } else {
-            // The row crosses T inside the run. The real blend is affine in x here, so one sample
-            // beyond `margin` proves the rest of the run on that side: binary searches find the
-            // proven-on and proven-off ends, and only the pixels between them are evaluated.
-            int64_t lo = x0, hi = x1;  // pixels [lo, hi] are left to evaluate
-            if (std::fabs(ve - vs) > 2.0 * margin) {
-              const bool rising = ve > vs;
-              auto on = [&](int64_t x) { return sample(x) > threshold + margin; };
-              auto off = [&](int64_t x) { return sample(x) <= threshold - margin; };
-              // rising: find the first proven-on pixel (all after it are on) and the last proven-off
-              // one (all before it are off); falling: the mirror image.
-              int64_t a = x0 - 1, b = x1 + 1;  // invariant (rising): no proof at a, proof at b
-              while (b - a > 1) {
-                const int64_t m = a + (b - a) / 2;
-                if (rising ? on(m) : off(m)) b = m; else a = m;
-              }
-              const int64_t split = b;  // rising: [split, x1] on; falling: [split, x1] off
-              a = x0 - 1, b = split;    // invariant: proof at a (or a virtual one), none at b
-              while (b - a > 1) {
-                const int64_t m = a + (b - a) / 2;
-                if (rising ? off(m) : on(m)) a = m; else b = m;
-              }
-              // rising: [x0, a] off; falling: [x0, a] on
-              if (rising) {
-                if (split <= x1) {
-                  set_bit_range(mask, base + split, base + x1);
-                  any = 1;
-                }
-              } else if (a >= x0) {
-                set_bit_range(mask, base + x0, base + a);
-                any = 1;
-              }
-              lo = a + 1;
-              hi = split - 1;
-            }
-            for (int64_t x = lo; x <= hi; ++x) {
-              const uint64_t bit = bit_if(sample(x) > threshold, base + x);
-              mask[(base + x) / kBitsPerWord] |= bit;
-              any |= bit;
-            }
+            for (int64_t x = x0; x <= x1; ++x) exact(x, sample(x));
           }
           if (any) {
             wfirst = std::min(wfirst, (base + x0) / kBitsPerWord);
@@ -268,9 +260,38 @@ void mask_of_map(const ScoreParams& p, const Geometry& g, int64_t n, int64_t k, 
   }
 }
 
+// What the kernel derives from the masks once per call, shared read-only by every thread.
+struct LabelIndex {
+  // Word span [first, last) of each entry's packed mask: words outside it are zero, so the
+  // intersection popcount runs over its overlap with the unit's span only (empty for most pairs).
+  std::vector<int64_t> first, last;  // [nnz]
+  std::vector<char> labeled;         // [N, G] image has a label of category g ("netdissect" union)
+
+  LabelIndex(const ScoreParams& p, int n_threads) {
+    const int64_t nnz = p.offsets[p.N];
+    first.assign(nnz, 0);
+    last.assign(nnz, 0);
+#pragma omp parallel for num_threads(n_threads) schedule(static)
+    for (int64_t e = 0; e < nnz; ++e) {
+      if (p.mask_rows[e] < 0) continue;
+      const uint64_t* l = p.words + p.mask_rows[e] * p.words_per_mask;
+      int64_t a = 0, b = p.words_per_mask;
+      while (a < b && l[a] == 0) ++a;
+      while (b > a && l[b - 1] == 0) --b;
+      first[e] = a;
+      last[e] = b;
+    }
+    if (p.union_mode == UnionMode::kNetDissect) {
+      labeled.assign(p.N * p.G, 0);
+      for (int64_t n = 0; n < p.N; ++n)
+        for (int64_t e = p.offsets[n]; e < p.offsets[n + 1]; ++e) labeled[n * p.G + p.categories[p.concept_ids[e]]] = 1;
+    }
+  }
+};
+
 template <typename scalar_t>
-void score_units(const ScoreParams& p, const Geometry& g, const std::vector<char>& labeled,
-                 int64_t k_begin, int64_t k_end) {
+void score_units(const ScoreParams& p, const Geometry& g, const LabelIndex& labels, int64_t k_begin,
+                 int64_t k_end) {
   // Images in small blocks so that their packed masks stay in cache across this thread's units.
   constexpr int64_t kImageBlock = 8;
   Workspace ws(p);
@@ -295,15 +316,16 @@ void score_units(const ScoreParams& p, const Geometry& g, const std::vector<char
         int64_t inter = area;
         if (p.mask_rows[e] >= 0) {
           const uint64_t* l = p.words + p.mask_rows[e] * p.words_per_mask;
+          const int64_t lo = std::max(w0, labels.first[e]), hi = std::min(w1, labels.last[e]);
           inter = 0;
-          for (int64_t i = w0; i < w1; ++i) inter += popcount64(m[i] & l[i]);
+          for (int64_t i = lo; i < hi; ++i) inter += popcount64(m[i] & l[i]);
         }
         inter_row[p.concept_ids[e]] += inter;
         if (p.union_mode == UnionMode::kLite && inter > 0) ws.cat_hit[p.categories[p.concept_ids[e]]] = 1;
       }
       if (p.union_mode == UnionMode::kNetDissect) {
         for (int64_t c = 0; c < p.G; ++c)
-          if (labeled[n * p.G + c]) cat_row[c] += area;
+          if (labels.labeled[n * p.G + c]) cat_row[c] += area;
       } else if (p.union_mode == UnionMode::kLite) {
         for (int64_t c = 0; c < p.G; ++c)
           if (ws.cat_hit[c]) cat_row[c] += area;
@@ -318,14 +340,7 @@ void score_units(const ScoreParams& p, const Geometry& g, const std::vector<char
 void score_cpu(const ScoreParams& p, int n_threads) {
   if (p.N == 0 || p.K == 0) return;
   const Geometry g(p.h, p.w, p.H, p.W);
-
-  // Categories with any label in each image (the "netdissect" union counts a unit's mask there).
-  std::vector<char> labeled;
-  if (p.union_mode == UnionMode::kNetDissect) {
-    labeled.assign(p.N * p.G, 0);
-    for (int64_t n = 0; n < p.N; ++n)
-      for (int64_t e = p.offsets[n]; e < p.offsets[n + 1]; ++e) labeled[n * p.G + p.categories[p.concept_ids[e]]] = 1;
-  }
+  const LabelIndex labels(p, std::max(n_threads, 1));
 
   const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(n_threads, p.K)));
   FD_DISPATCH_FLOAT(p.act_dtype, scalar_t, [&] {
@@ -337,7 +352,7 @@ void score_cpu(const ScoreParams& p, int n_threads) {
       const int64_t t = 0, nt = 1;
 #endif
       // Contiguous unit ranges: each thread owns its rows of every accumulator.
-      score_units<scalar_t>(p, g, labeled, p.K * t / nt, p.K * (t + 1) / nt);
+      score_units<scalar_t>(p, g, labels, p.K * t / nt, p.K * (t + 1) / nt);
     }
   });
 }
