@@ -186,6 +186,18 @@ PYBIND11_MODULE(_C, m) {
       py::arg("pil_x_first") = 0, py::arg("pil_x_weights") = 0, py::arg("pil_x_taps") = 0,
       py::arg("pil_y_first") = 0, py::arg("pil_y_weights") = 0, py::arg("pil_y_taps") = 0,
       py::call_guard<py::gil_scoped_release>());
+  m.def(
+      "union_iou_cpu",
+      [](int64_t K, int64_t C, int64_t G, uintptr_t intersection, uintptr_t unit_term, uintptr_t categories,
+         uintptr_t concept_area, uintptr_t union_out, uintptr_t iou_out, int n_threads) {
+        const fd::UnionIouParams p{K, C, G, ptr<const int64_t>(intersection), ptr<const int64_t>(unit_term),
+                                   ptr<const int64_t>(categories), ptr<const int64_t>(concept_area),
+                                   ptr<int64_t>(union_out), ptr<double>(iou_out)};
+        fd::union_iou_cpu(p, n_threads);
+      },
+      py::arg("K"), py::arg("C"), py::arg("G"), py::arg("intersection"), py::arg("unit_term"), py::arg("categories"),
+      py::arg("concept_area"), py::arg("union_out"), py::arg("iou_out"), py::arg("n_threads"),
+      py::call_guard<py::gil_scoped_release>());
   m.def("histogram_add", &histogram_add, py::arg("act"), py::arg("dtype"), py::arg("sizes"), py::arg("strides"),
         py::arg("floor_bin"), py::arg("keep_top"), py::arg("counts"), py::arg("min_max"), py::arg("n_threads"));
   m.attr("HIST_BINS") = fd::kHistBins;

@@ -95,3 +95,19 @@ def _score_gpu(backend, act, masks, thresholds, union, categories, num_categorie
         intersection=_addr(intersection), unit_area=_addr(unit_area), unit_category_area=_addr(unit_category_area),
         map_area=_addr(map_area), hit=_addr(hit), non_finite=_addr(non_finite), stream=stream_of(dev),
         n_threads=torch.get_num_threads())
+
+
+def union_and_iou(backend: str, intersection: torch.Tensor, unit_term: torch.Tensor,
+                  categories: torch.Tensor | None, concept_area: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """union (K, C) int64 and iou (K, C) float64 from contiguous int64 tallies (torch_backend.union_and_iou
+    defines them); the C++ pass for backend="cpu", torch ops otherwise."""
+    if backend != "cpu":
+        return torch_backend.union_and_iou(intersection, unit_term, categories, concept_area)
+    k, c = intersection.shape
+    union = torch.empty_like(intersection)
+    iou = torch.empty(k, c, dtype=torch.float64)
+    _ext.extension().union_iou_cpu(
+        K=k, C=c, G=unit_term.shape[1] if categories is not None else 0, intersection=_addr(intersection),
+        unit_term=_addr(unit_term), categories=_addr(categories), concept_area=_addr(concept_area),
+        union_out=_addr(union), iou_out=_addr(iou), n_threads=torch.get_num_threads())
+    return union, iou

@@ -107,12 +107,11 @@ class Tally:
         inter = state["intersection"]
         concept_area = state["concept_area"]
         if self.union == "global":
-            unit_term = state["unit_area"][:, None]
+            unit_term, cats = state["unit_area"], None
         else:
-            unit_term = state["unit_category_area"][:, self.categories.to(inter.device)]
-        union = unit_term + concept_area[None, :] - inter
-        # union == 0 implies intersection == 0: 0 / 0 is the only NaN, and it means IoU 0
-        iou = inter.to(torch.float64).div_(union.to(torch.float64)).nan_to_num_(nan=0.0)
+            unit_term, cats = state["unit_category_area"], self.categories.to(inter.device)
+        backend = _dispatch.resolve_backend(self.backend, inter.device)
+        union, iou = _dispatch.union_and_iou(backend, inter, unit_term, cats, concept_area)
         return Scores(inter.clone(), union, iou, state["unit_area"].clone(), concept_area.clone(),
                       self.thresholds.clone(), self.union, self.num_images)
 

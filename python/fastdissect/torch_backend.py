@@ -72,3 +72,14 @@ def tally_batch(act: torch.Tensor, masks: ConceptMasks, thresholds: torch.Tensor
                     hits = torch.zeros(k1 - k0, num_categories, dtype=torch.int64, device=act.device)
                     hits.index_add_(1, categories[ids], (inter > 0).to(torch.int64))
                     unit_category_area[k0:k1] += area[:, None] * (hits > 0)
+
+
+def union_and_iou(intersection: torch.Tensor, unit_term: torch.Tensor, categories: torch.Tensor | None,
+                  concept_area: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """union (K, C) int64 and iou (K, C) float64 from the tallies; unit_term is (K,) for the global
+    union, else (K, G) read at each concept's category."""
+    unit_term = unit_term[:, None] if categories is None else unit_term[:, categories]
+    union = unit_term + concept_area[None, :] - intersection
+    # union == 0 implies intersection == 0: 0 / 0 is the only NaN, and it means IoU 0
+    iou = intersection.to(torch.float64).div_(union.to(torch.float64)).nan_to_num_(nan=0.0)
+    return union, iou
