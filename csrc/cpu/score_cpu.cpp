@@ -22,7 +22,9 @@ namespace {
 struct Geometry {
   std::vector<LinearTap> ty, tx;
   std::vector<int64_t> col_first, col_last;  // [w], empty span = (W, -1)
-  std::vector<int64_t> run_last;             // [W] last output column with the same source taps
+  // [W] last output column of x's run: the same source taps and a weight affine in x (the columns
+  // clamped to the left edge, weight 0, form a run of their own)
+  std::vector<int64_t> run_last;
   std::vector<int64_t> row_run_last;         // [H] last output row with the same source taps
 
   Geometry(int64_t h, int64_t w, int64_t H, int64_t W)
@@ -36,7 +38,8 @@ struct Geometry {
       }
     }
     for (int64_t x = W - 1; x >= 0; --x)
-      run_last[x] = (x + 1 < W && tx[x + 1].i0 == tx[x].i0 && tx[x + 1].i1 == tx[x].i1) ? run_last[x + 1] : x;
+      run_last[x] = (x + 1 < W && tx[x + 1].i0 == tx[x].i0 && tx[x + 1].i1 == tx[x].i1 &&
+                     (tx[x + 1].l1 == 0.0) == (tx[x].l1 == 0.0)) ? run_last[x + 1] : x;
     for (int64_t y = H - 1; y >= 0; --y)
       row_run_last[y] = (y + 1 < H && ty[y + 1].i0 == ty[y].i0 && ty[y + 1].i1 == ty[y].i1) ? row_run_last[y + 1] : y;
   }
@@ -46,12 +49,13 @@ struct Geometry {
 struct Workspace {
   std::vector<double> src;        // [h, w] the map in double
   std::vector<int64_t> hot_lo, hot_hi;  // [h] hot column span per source row, empty = (w, -1)
+  std::vector<double> h0, h1;     // [W] the horizontal pass of one block's two source rows
   std::vector<uint64_t> mask;     // [words_per_mask], all zero between uses
   std::vector<char> cat_hit;      // [G]
   std::vector<float> pil_rows;    // [h, W] Pillow mode: the horizontal pass
 
   Workspace(const ScoreParams& p)
-      : src(p.h * p.w), hot_lo(p.h), hot_hi(p.h),
+      : src(p.h * p.w), hot_lo(p.h), hot_hi(p.h), h0(p.W), h1(p.W),
         mask(p.words_per_mask, 0), cat_hit(std::max<int64_t>(p.G, 1)),
         pil_rows(p.pil_x_first ? p.h * p.W : 0) {}
 };
@@ -136,17 +140,20 @@ void mask_of_map(const ScoreParams& p, const Geometry& g, int64_t n, int64_t k, 
   const double threshold = p.thresholds[k];
   const double floor_hot = hot_floor(threshold);
   // Most maps have no hot source at all: their peak settles them before any conversion.
-  if (!(map_peak<scalar_t>(p, n, k) > floor_hot)) return;
+  const double peak = map_peak<scalar_t>(p, n, k);
+  if (!(peak > floor_hot)) return;
   load_map<scalar_t>(p, n, k, ws.src.data());
 
   int64_t map_lo = p.w, map_hi = -1;  // hot source columns of the whole map
+  double least = peak;
   for (int64_t i = 0; i < p.h; ++i) {
     int64_t lo = p.w, hi = -1;
-    for (int64_t j = 0; j < p.w; ++j) {
-      if (ws.src[i * p.w + j] > floor_hot) {
-        lo = std::min(lo, j);
-        hi = j;
-      }
+    for (int64_t j = p.w - 1; j >= 0; --j) {
+      const double v = ws.src[i * p.w + j];
+      const bool hot = v > floor_hot;
+      lo = hot ? j : lo;
+      hi = hot && hi < 0 ? j : hi;
+      least = std::min(least, v);
     }
     ws.hot_lo[i] = lo;
     ws.hot_hi[i] = hi;
@@ -154,10 +161,7 @@ void mask_of_map(const ScoreParams& p, const Geometry& g, int64_t n, int64_t k, 
     map_hi = std::max(map_hi, hi);
   }
   if (map_hi < 0) return;
-  // Only maps that can light a pixel pay for the rounding bound.
-  double max_abs = 0.0;
-  for (int64_t i = 0; i < p.h * p.w; ++i) max_abs = std::max(max_abs, std::fabs(ws.src[i]));
-  const double margin = 2.0 * blend_error_bound(max_abs);
+  const double margin = 2.0 * blend_error_bound(std::max(std::fabs(least), std::fabs(peak)));
 
   // Blocks of output pixels between the same two source rows and the same two source columns: every
   // sample of a block is a convex combination of its four source values, so a block whose sources
@@ -193,15 +197,19 @@ void mask_of_map(const ScoreParams& p, const Geometry& g, int64_t n, int64_t k, 
         wfirst = std::min(wfirst, (y0 * p.W + x0) / kBitsPerWord);
         wlast = std::max(wlast, (y1 * p.W + x1) / kBitsPerWord + 1);
       } else {
+        // The horizontal pass of the definition (upsample.h) over the block's columns, shared by
+        // its rows.
+        double* h0 = ws.h0.data();
+        double* h1 = ws.h1.data();
+        for (int64_t x = x0; x <= x1; ++x) {
+          h0[x] = lerp_pair(g.tx[x].l0, a, g.tx[x].l1, b);
+          h1[x] = lerp_pair(g.tx[x].l0, c, g.tx[x].l1, d);
+        }
         // Within a row of the block the real blend is affine in x: its two computed ends decide
         // the row unless they come within `margin` of T.
         for (int64_t y = y0; y <= y1; ++y) {
           const LinearTap& ty = g.ty[y];
-          // The definition's order of operations (upsample.h), from the block's four sources.
-          auto sample = [&](int64_t x) {
-            const LinearTap& tx = g.tx[x];
-            return lerp_pair(ty.l0, lerp_pair(tx.l0, a, tx.l1, b), ty.l1, lerp_pair(tx.l0, c, tx.l1, d));
-          };
+          auto sample = [&](int64_t x) { return lerp_pair(ty.l0, h0[x], ty.l1, h1[x]); };
           const int64_t base = y * p.W;
           const double vs = sample(x0), ve = sample(x1);
           uint64_t any = 0;
