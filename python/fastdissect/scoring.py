@@ -102,6 +102,11 @@ class Tally:
         self.num_images += act.shape[0]
 
     def scores(self) -> Scores:
+        """The scores of everything added so far (a snapshot: later `add` calls do not change it)."""
+        return self._scores(copy=True)
+
+    def _scores(self, copy: bool) -> Scores:
+        """copy=False hands over the tallies themselves (for a Tally that is discarded afterwards)."""
         state = self._state if self._state is not None else self._zeros(self.device or "cpu")
         _validate.report_non_finite(state.get("non_finite"))
         inter = state["intersection"]
@@ -112,8 +117,9 @@ class Tally:
             unit_term, cats = state["unit_category_area"], self.categories.to(inter.device)
         backend = _dispatch.resolve_backend(self.backend, inter.device)
         union, iou = _dispatch.union_and_iou(backend, inter, unit_term, cats, concept_area)
-        return Scores(inter.clone(), union, iou, state["unit_area"].clone(), concept_area.clone(),
-                      self.thresholds.clone(), self.union, self.num_images)
+        keep = (lambda t: t.clone()) if copy else (lambda t: t)  # noqa: E731
+        return Scores(keep(inter), union, iou, keep(state["unit_area"]), keep(concept_area),
+                      self.thresholds.clone(), self.union, self.num_images)  # may alias the caller's T
 
     def state_dict(self) -> dict:
         state = self._state if self._state is not None else self._zeros(self.device or "cpu")
@@ -182,4 +188,4 @@ def score(activations, masks, *, thresholds=None, quantile: float = 0.005, union
     tally = Tally(act.shape[1], m.num_concepts, thresholds, union=union, categories=categories,
                   backend=backend, device=act.device)
     tally._add(act, m)
-    return tally.scores()
+    return tally._scores(copy=False)
