@@ -190,6 +190,11 @@ def test_streaming_and_merge_equal_one_shot(backend, rng, union):
         for key in ("intersection", "union", "iou", "unit_area", "concept_area"):
             assert torch.equal(getattr(one, key), getattr(other, key)), key
         assert other.num_images == 9
+    # scores() is a snapshot: adding more images changes the Tally, not what it returned before
+    snapshot = stream.scores()
+    stream.add(acts[:1], masks[:1])
+    for key in ("intersection", "unit_area", "concept_area"):
+        assert torch.equal(getattr(snapshot, key), getattr(one, key)), key
 
 
 def test_thread_count_does_not_change_results(rng):

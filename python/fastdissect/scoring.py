@@ -119,7 +119,7 @@ class Tally:
         union, iou = _dispatch.union_and_iou(backend, inter, unit_term, cats, concept_area)
         keep = (lambda t: t.clone()) if copy else (lambda t: t)  # noqa: E731
         return Scores(keep(inter), union, iou, keep(state["unit_area"]), keep(concept_area),
-                      self.thresholds.clone(), self.union, self.num_images)  # may alias the caller's T
+                      self.thresholds.clone(), self.union, self.num_images)
 
     def state_dict(self) -> dict:
         state = self._state if self._state is not None else self._zeros(self.device or "cpu")
