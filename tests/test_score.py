@@ -197,6 +197,27 @@ def test_streaming_and_merge_equal_one_shot(backend, rng, union):
         assert torch.equal(getattr(snapshot, key), getattr(one, key)), key
 
 
+def test_scores_of_loaded_tallies_whatever_backend_was_asked(rng):
+    """Reading scores needs no kernel: a Tally meant for the GPU reads a state loaded on the CPU."""
+    acts = exact_acts(rng, (3, 4, 7, 7))
+    masks = fd.pack_masks(labels=random_labels(rng, 3, 2, 28, 28, 10), image_labels=[[9]] * 3, num_concepts=10)
+    cats = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2, 3])
+    thr = torch.tensor([1.0, 2.0, 0.0, 4.0], dtype=torch.float64)
+    expected = fd.score(acts, masks, thresholds=thr, union="lite", categories=cats)
+    for backend in ("cuda", "torch", "cuda_emu"):
+        tally = fd.Tally(4, 10, thr, union="lite", categories=cats, backend=backend)
+        tally.load_state_dict(_tally_state(acts, masks, thr, cats))
+        s = tally.scores()
+        for key in ("intersection", "union", "iou", "unit_area", "concept_area"):
+            assert torch.equal(getattr(s, key), getattr(expected, key)), (backend, key)
+
+
+def _tally_state(acts, masks, thr, cats):
+    t = fd.Tally(4, 10, thr, union="lite", categories=cats, backend="cpu")
+    t.add(acts, masks)
+    return t.state_dict()
+
+
 def test_thread_count_does_not_change_results(rng):
     acts = torch.from_numpy(rng.standard_normal((8, 37, 7, 7)).astype(np.float32))
     masks = fd.pack_masks(labels=random_labels(rng, 8, 2, 56, 56, 30), num_concepts=30)

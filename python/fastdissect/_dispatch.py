@@ -100,8 +100,9 @@ def _score_gpu(backend, act, masks, thresholds, union, categories, num_categorie
 def union_and_iou(backend: str, intersection: torch.Tensor, unit_term: torch.Tensor,
                   categories: torch.Tensor | None, concept_area: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """union (K, C) int64 and iou (K, C) float64 from contiguous int64 tallies (torch_backend.union_and_iou
-    defines them); the C++ pass for backend="cpu", torch ops otherwise."""
-    if backend != "cpu":
+    defines them): one C++ pass for CPU tallies of the "auto" and "cpu" backends, torch ops otherwise.
+    `backend` is the one asked for: tallies may have been loaded or merged onto another device."""
+    if backend not in ("auto", "cpu") or intersection.device.type != "cpu" or _ext._C is None:
         return torch_backend.union_and_iou(intersection, unit_term, categories, concept_area)
     k, c = intersection.shape
     union = torch.empty_like(intersection)

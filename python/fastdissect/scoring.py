@@ -115,8 +115,7 @@ class Tally:
             unit_term, cats = state["unit_area"], None
         else:
             unit_term, cats = state["unit_category_area"], self.categories.to(inter.device)
-        backend = _dispatch.resolve_backend(self.backend, inter.device)
-        union, iou = _dispatch.union_and_iou(backend, inter, unit_term, cats, concept_area)
+        union, iou = _dispatch.union_and_iou(self.backend, inter, unit_term, cats, concept_area)
         keep = (lambda t: t.clone()) if copy else (lambda t: t)  # noqa: E731
         return Scores(keep(inter), union, iou, keep(state["unit_area"]), keep(concept_area),
                       self.thresholds.clone(), self.union, self.num_images)
