@@ -6,10 +6,6 @@
 #include <cmath>
 #include <vector>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 #include "../common/bitpack.h"
 #include "../common/upsample.h"
 #include "cpu_ops.h"
@@ -298,11 +294,10 @@ struct LabelIndex {
 };
 
 template <typename scalar_t>
-void score_units(const ScoreParams& p, const Geometry& g, const LabelIndex& labels, int64_t k_begin,
-                 int64_t k_end) {
-  // Images in small blocks so that their packed masks stay in cache across this thread's units.
+void score_units(const ScoreParams& p, const Geometry& g, const LabelIndex& labels, Workspace& ws,
+                 int64_t k_begin, int64_t k_end) {
+  // Images in small blocks so that their packed masks stay in cache across these units.
   constexpr int64_t kImageBlock = 8;
-  Workspace ws(p);
   for (int64_t n0 = 0; n0 < p.N; n0 += kImageBlock)
   for (int64_t k = k_begin; k < k_end; ++k) {
     int64_t* inter_row = p.intersection + k * p.C;
@@ -343,6 +338,22 @@ void score_units(const ScoreParams& p, const Geometry& g, const LabelIndex& labe
   }
 }
 
+template <typename scalar_t>
+void score_all_units(const ScoreParams& p, const Geometry& g, const LabelIndex& labels, int threads) {
+  // Chunks of units handed out as threads free up: a thread that is slowed down (a busy core, units
+  // with more active maps) holds no one up. Each unit's accumulators are written by one thread in
+  // image order, so results do not depend on which thread takes which chunk.
+  const int64_t chunk = std::max<int64_t>(1, p.K / (4 * threads));
+  const int64_t num_chunks = (p.K + chunk - 1) / chunk;
+#pragma omp parallel num_threads(threads)
+  {
+    Workspace ws(p);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t c = 0; c < num_chunks; ++c)
+      score_units<scalar_t>(p, g, labels, ws, c * chunk, std::min(p.K, (c + 1) * chunk));
+  }
+}
+
 }  // namespace
 
 void score_cpu(const ScoreParams& p, int n_threads) {
@@ -351,18 +362,7 @@ void score_cpu(const ScoreParams& p, int n_threads) {
   const LabelIndex labels(p, std::max(n_threads, 1));
 
   const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(n_threads, p.K)));
-  FD_DISPATCH_FLOAT(p.act_dtype, scalar_t, [&] {
-#pragma omp parallel num_threads(threads)
-    {
-#ifdef _OPENMP
-      const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
-#else
-      const int64_t t = 0, nt = 1;
-#endif
-      // Contiguous unit ranges: each thread owns its rows of every accumulator.
-      score_units<scalar_t>(p, g, labels, p.K * t / nt, p.K * (t + 1) / nt);
-    }
-  });
+  FD_DISPATCH_FLOAT(p.act_dtype, scalar_t, [&] { score_all_units<scalar_t>(p, g, labels, threads); });
 }
 
 }  // namespace fd
