@@ -1,5 +1,6 @@
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -7,6 +8,11 @@
 #include "../common/quantile_params.h"
 
 namespace fd {
+
+// Threads for `items` independent pieces of work: at least one, never more than there are pieces.
+inline int threads_for(int n_threads, int64_t items) {
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(n_threads, items)));
+}
 
 // Adds one batch of activations scored against its concept masks into p's accumulators.
 // Deterministic: every output row (unit) is owned by one thread.

@@ -275,7 +275,7 @@ struct LabelIndex {
     const int64_t nnz = p.offsets[p.N];
     first.assign(nnz, 0);
     last.assign(nnz, 0);
-#pragma omp parallel for num_threads(n_threads) schedule(static)
+#pragma omp parallel for num_threads(threads_for(n_threads, nnz)) schedule(static)
     for (int64_t e = 0; e < nnz; ++e) {
       if (p.mask_rows[e] < 0) continue;
       const uint64_t* l = p.words + p.mask_rows[e] * p.words_per_mask;
@@ -359,9 +359,8 @@ void score_all_units(const ScoreParams& p, const Geometry& g, const LabelIndex& 
 void score_cpu(const ScoreParams& p, int n_threads) {
   if (p.N == 0 || p.K == 0) return;
   const Geometry g(p.h, p.w, p.H, p.W);
-  const LabelIndex labels(p, std::max(n_threads, 1));
-
-  const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(n_threads, p.K)));
+  const LabelIndex labels(p, n_threads);
+  const int threads = threads_for(n_threads, p.K);
   FD_DISPATCH_FLOAT(p.act_dtype, scalar_t, [&] { score_all_units<scalar_t>(p, g, labels, threads); });
 }
 

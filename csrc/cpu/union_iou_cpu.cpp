@@ -1,17 +1,10 @@
 // Union and IoU of every (unit, concept) from the tallies, in one pass over the (K, C) tables.
-#include <algorithm>
-
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 #include "cpu_ops.h"
 
 namespace fd {
 
 void union_iou_cpu(const UnionIouParams& p, int n_threads) {
-  const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(n_threads, p.K)));
-#pragma omp parallel for num_threads(threads) schedule(static)
+#pragma omp parallel for num_threads(threads_for(n_threads, p.K)) schedule(static)
   for (int64_t k = 0; k < p.K; ++k) {
     const int64_t* inter = p.intersection + k * p.C;
     int64_t* uni = p.union_out + k * p.C;
