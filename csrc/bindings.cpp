@@ -1,5 +1,6 @@
-// The only pybind11 file. Tensors arrive as (pointer, sizes, strides) in plain integers: the
-// Python side (fastdissect/_dispatch.py) has validated them; this file only fills Params.
+// The only pybind11 file. Each Params struct is declared to Python once, as a field table below:
+// pointers travel as plain integers (data_ptr()), sizes as ints. python/fastdissect/_dispatch.py
+// fills them from validated tensors; `check_*` re-asserts the invariants the kernels index by.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -7,63 +8,72 @@
 #include <array>
 
 #include "common/bitpack.h"
-#include "common/histogram_key.h"
 #include "cpu/cpu_ops.h"
 #include "cuda/cuda_ops.h"
-
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 namespace py = pybind11;
 
 namespace {
 
-template <typename T>
-T* ptr(uintptr_t address) {
-  return reinterpret_cast<T*>(address);
-}
+// Registers the fields of one Params struct: pointers as integer addresses, enums as their codes.
+template <typename P>
+struct FieldTable {
+  py::class_<P> cls;
 
-// The (N, K, h, w) activation view every Params struct starts with.
-template <typename Params>
-void set_activations(Params& p, uintptr_t act, int dtype, const std::array<int64_t, 4>& sizes,
-                     const std::array<int64_t, 4>& strides) {
-  p.act = ptr<const void>(act);
-  p.act_dtype = static_cast<fd::DType>(dtype);
-  p.N = sizes[0];
-  p.K = sizes[1];
-  p.h = sizes[2];
-  p.w = sizes[3];
-  for (int i = 0; i < 4; ++i) p.act_stride[i] = strides[i];
-}
+  FieldTable(py::module_& m, const char* name) : cls(m, name) { cls.def(py::init<>()); }
 
-fd::ScoreParams make_score_params(uintptr_t act, int dtype, std::array<int64_t, 4> sizes,
-                                  std::array<int64_t, 4> strides, uintptr_t thresholds, int64_t H, int64_t W,
-                                  int64_t C, int64_t words_per_mask, uintptr_t offsets, uintptr_t concept_ids,
-                                  uintptr_t mask_rows, uintptr_t words, int union_mode, uintptr_t categories,
-                                  int64_t G, uintptr_t intersection, uintptr_t unit_area,
-                                  uintptr_t unit_category_area) {
-  fd::ScoreParams p{};
-  set_activations(p, act, dtype, sizes, strides);
-  p.thresholds = ptr<const double>(thresholds);
-  p.H = H;
-  p.W = W;
-  p.C = C;
-  p.words_per_mask = words_per_mask;
-  p.offsets = ptr<const int64_t>(offsets);
-  p.concept_ids = ptr<const int64_t>(concept_ids);
-  p.mask_rows = ptr<const int64_t>(mask_rows);
-  p.words = ptr<const uint64_t>(words);
-  p.union_mode = static_cast<fd::UnionMode>(union_mode);
-  p.categories = ptr<const int64_t>(categories);
-  p.G = G;
-  p.intersection = ptr<int64_t>(intersection);
-  p.unit_area = ptr<int64_t>(unit_area);
-  p.unit_category_area = ptr<int64_t>(unit_category_area);
+  template <typename T>
+  FieldTable& pointer(const char* name, T* P::*member) {
+    cls.def_property(
+        name, [member](const P& p) { return reinterpret_cast<uintptr_t>(p.*member); },
+        [member](P& p, uintptr_t address) { p.*member = reinterpret_cast<T*>(address); });
+    return *this;
+  }
+
+  template <typename T>
+  FieldTable& value(const char* name, T P::*member) {
+    cls.def_readwrite(name, member);
+    return *this;
+  }
+
+  template <typename E>
+  FieldTable& code(const char* name, E P::*member) {
+    cls.def_property(
+        name, [member](const P& p) { return static_cast<int>(p.*member); },
+        [member](P& p, int v) { p.*member = static_cast<E>(v); });
+    return *this;
+  }
+
+  // The (N, K, h, w) activation view every kernel's Params starts with.
+  FieldTable& activations() {
+    cls.def("set_activations", [](P& p, uintptr_t act, int dtype, const std::array<int64_t, 4>& sizes,
+                                  const std::array<int64_t, 4>& strides) {
+      p.act = reinterpret_cast<const void*>(act);
+      p.act_dtype = static_cast<fd::DType>(dtype);
+      p.N = sizes[0];
+      p.K = sizes[1];
+      p.h = sizes[2];
+      p.w = sizes[3];
+      for (int i = 0; i < 4; ++i) p.act_stride[i] = strides[i];
+    });
+    return *this;
+  }
+};
+
+void check_score(const fd::ScoreParams& p) {
+  FD_ASSERT(p.act && p.thresholds && p.offsets && p.intersection && p.unit_area, "missing score inputs");
   FD_ASSERT(p.union_mode == fd::UnionMode::kGlobal || (p.categories && p.unit_category_area && p.G > 0),
             "categories and unit_category_area are required for this union");
   FD_ASSERT(p.words_per_mask == fd::words_for_pixels(p.H * p.W), "words_per_mask does not match H * W");
-  return p;
+  FD_ASSERT(!p.pil_x_first || (p.pil_x_weights && p.pil_y_first && p.pil_y_weights && p.pil_x_taps > 0 &&
+                               p.pil_y_taps > 0),
+            "incomplete Pillow resampling tables");
+}
+
+void check_score_scratch(const fd::ScoreParams& p, const fd::ScoreScratch& s) {
+  FD_ASSERT(p.union_mode == fd::UnionMode::kGlobal || s.map_area, "map_area is required for this union");
+  FD_ASSERT(p.union_mode != fd::UnionMode::kLite || s.hit, "hit is required for the lite union");
+  FD_ASSERT(!p.pil_x_first && !p.exhaustive && !p.branch_counts, "the CUDA kernels have no Pillow or testing mode");
 }
 
 // The CUDA kernels run on the GPU ("cuda", asynchronous on its stream) or emulated on the CPU
@@ -71,17 +81,12 @@ fd::ScoreParams make_score_params(uintptr_t act, int dtype, std::array<int64_t, 
 #ifdef FD_WITH_CUDA
 #define FD_CUDA_CALL(call) call
 #else
-#define FD_CUDA_CALL(call) FD_ASSERT(false, "built without CUDA")
+#define FD_CUDA_CALL(call) \
+  do {                      \
+    (void)stream;           \
+    FD_ASSERT(false, "built without CUDA"); \
+  } while (0)
 #endif
-
-template <typename Emulated, typename Cuda>
-void run_gpu(bool emulate, Emulated emulated, Cuda cuda) {
-  if (emulate) {
-    emulated();
-  } else {
-    cuda();
-  }
-}
 
 py::dict build_info() {
   py::dict info;
@@ -99,36 +104,36 @@ py::dict build_info() {
   info["cuda"] = false;
   info["cuda_architectures"] = "";
 #endif
+#ifdef FD_EXHAUSTIVE
+  info["exhaustive"] = true;
+#else
+  info["exhaustive"] = false;
+#endif
   info["compiler"] = FD_COMPILER;
   info["build_type"] = FD_BUILD_TYPE;
   return info;
 }
 
-fd::HistogramParams make_histogram_params(uintptr_t act, int dtype, std::array<int64_t, 4> sizes,
-                                          std::array<int64_t, 4> strides, uintptr_t floor_bin, int64_t keep_top,
-                                          uintptr_t counts, uintptr_t min_max) {
-  fd::HistogramParams p{};
-  set_activations(p, act, dtype, sizes, strides);
-  p.floor_bin = ptr<int32_t>(floor_bin);
-  p.keep_top = keep_top;
-  p.counts = ptr<int64_t>(counts);
-  p.min_max = ptr<double>(min_max);
-  return p;
-}
-
-fd::HistogramScratch make_histogram_scratch(uintptr_t min_max_key, uintptr_t non_finite, uintptr_t floor_value,
-                                            uintptr_t kept_values, uintptr_t kept_units, uintptr_t kept_count,
-                                            int64_t capacity, uintptr_t overflow) {
-  return fd::HistogramScratch{ptr<int64_t>(min_max_key), ptr<int64_t>(non_finite), ptr<double>(floor_value),
-                              ptr<double>(kept_values), ptr<int64_t>(kept_units), ptr<int64_t>(kept_count),
-                              capacity, ptr<int>(overflow)};
+// The C++ side of the enumerations that python/fastdissect/_codes.py defines.
+py::dict codes() {
+  py::dict unions, dtypes, branches;
+  unions["global"] = static_cast<int>(fd::UnionMode::kGlobal);
+  unions["netdissect"] = static_cast<int>(fd::UnionMode::kNetDissect);
+  unions["lite"] = static_cast<int>(fd::UnionMode::kLite);
+  dtypes["float32"] = static_cast<int>(fd::DType::kFloat32);
+  dtypes["float64"] = static_cast<int>(fd::DType::kFloat64);
+  dtypes["float16"] = static_cast<int>(fd::DType::kFloat16);
+  dtypes["bfloat16"] = static_cast<int>(fd::DType::kBFloat16);
+  py::dict out;
+  out["union"] = unions;
+  out["dtype"] = dtypes;
+  out["score_branches"] = static_cast<int>(fd::kNumScoreBranches);
+  return out;
 }
 
 // Returns (kept values of all units, unit by unit, as float64; number kept per unit), or None and
 // the units holding NaN/inf (as a uint8 flag per unit) when the batch is not finite.
-py::tuple histogram_add(uintptr_t act, int dtype, std::array<int64_t, 4> sizes, std::array<int64_t, 4> strides,
-                        uintptr_t floor_bin, int64_t keep_top, uintptr_t counts, uintptr_t min_max, int n_threads) {
-  const fd::HistogramParams p = make_histogram_params(act, dtype, sizes, strides, floor_bin, keep_top, counts, min_max);
+py::tuple histogram_add(const fd::HistogramParams& p, int n_threads) {
   std::vector<std::vector<double>> kept;
   py::array_t<uint8_t> bad(static_cast<py::ssize_t>(p.K));
   bool finite;
@@ -152,103 +157,123 @@ py::tuple histogram_add(uintptr_t act, int dtype, std::array<int64_t, 4> sizes, 
   return py::make_tuple(values, per_unit);
 }
 
+void declare_params(py::module_& m) {
+  using fd::ScoreParams;
+  FieldTable<ScoreParams>(m, "ScoreParams")
+      .activations()
+      .pointer("thresholds", &ScoreParams::thresholds)
+      .value("H", &ScoreParams::H)
+      .value("W", &ScoreParams::W)
+      .value("C", &ScoreParams::C)
+      .value("words_per_mask", &ScoreParams::words_per_mask)
+      .pointer("offsets", &ScoreParams::offsets)
+      .pointer("concept_ids", &ScoreParams::concept_ids)
+      .pointer("mask_rows", &ScoreParams::mask_rows)
+      .pointer("words", &ScoreParams::words)
+      .code("union_mode", &ScoreParams::union_mode)
+      .pointer("categories", &ScoreParams::categories)
+      .value("G", &ScoreParams::G)
+      .pointer("pil_x_first", &ScoreParams::pil_x_first)
+      .pointer("pil_x_weights", &ScoreParams::pil_x_weights)
+      .value("pil_x_taps", &ScoreParams::pil_x_taps)
+      .pointer("pil_y_first", &ScoreParams::pil_y_first)
+      .pointer("pil_y_weights", &ScoreParams::pil_y_weights)
+      .value("pil_y_taps", &ScoreParams::pil_y_taps)
+      .value("exhaustive", &ScoreParams::exhaustive)
+      .pointer("branch_counts", &ScoreParams::branch_counts)
+      .pointer("intersection", &ScoreParams::intersection)
+      .pointer("unit_area", &ScoreParams::unit_area)
+      .pointer("unit_category_area", &ScoreParams::unit_category_area);
+
+  using fd::ScoreScratch;
+  FieldTable<ScoreScratch>(m, "ScoreScratch")
+      .pointer("map_area", &ScoreScratch::map_area)
+      .pointer("hit", &ScoreScratch::hit)
+      .pointer("non_finite", &ScoreScratch::non_finite);
+
+  using fd::HistogramParams;
+  FieldTable<HistogramParams>(m, "HistogramParams")
+      .activations()
+      .pointer("floor_bin", &HistogramParams::floor_bin)
+      .value("keep_top", &HistogramParams::keep_top)
+      .pointer("counts", &HistogramParams::counts)
+      .pointer("min_max", &HistogramParams::min_max);
+
+  using fd::HistogramScratch;
+  FieldTable<HistogramScratch>(m, "HistogramScratch")
+      .pointer("min_max_key", &HistogramScratch::min_max_key)
+      .pointer("non_finite", &HistogramScratch::non_finite)
+      .pointer("floor_value", &HistogramScratch::floor_value)
+      .pointer("kept_values", &HistogramScratch::kept_values)
+      .pointer("kept_units", &HistogramScratch::kept_units)
+      .pointer("kept_count", &HistogramScratch::kept_count)
+      .value("capacity", &HistogramScratch::capacity)
+      .pointer("overflow", &HistogramScratch::overflow);
+
+  using fd::UnionIouParams;
+  FieldTable<UnionIouParams>(m, "UnionIouParams")
+      .value("K", &UnionIouParams::K)
+      .value("C", &UnionIouParams::C)
+      .value("G", &UnionIouParams::G)
+      .pointer("intersection", &UnionIouParams::intersection)
+      .pointer("unit_term", &UnionIouParams::unit_term)
+      .pointer("categories", &UnionIouParams::categories)
+      .pointer("concept_area", &UnionIouParams::concept_area)
+      .pointer("union_out", &UnionIouParams::union_out)
+      .pointer("iou_out", &UnionIouParams::iou_out);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "fastdissect kernels (internal; use the fastdissect package)";
   m.def("build_info", &build_info);
+  m.def("codes", &codes);
+  declare_params(m);
+  const auto no_gil = py::call_guard<py::gil_scoped_release>();
+
   m.def(
       "score_cpu",
-      [](uintptr_t act, int dtype, std::array<int64_t, 4> sizes, std::array<int64_t, 4> strides, uintptr_t thresholds,
-         int64_t H, int64_t W, int64_t C, int64_t words_per_mask, uintptr_t offsets, uintptr_t concept_ids,
-         uintptr_t mask_rows, uintptr_t words, int union_mode, uintptr_t categories, int64_t G,
-         uintptr_t intersection, uintptr_t unit_area, uintptr_t unit_category_area, int n_threads,
-         uintptr_t pil_x_first, uintptr_t pil_x_weights, int64_t pil_x_taps, uintptr_t pil_y_first,
-         uintptr_t pil_y_weights, int64_t pil_y_taps) {
-        fd::ScoreParams p = make_score_params(act, dtype, sizes, strides, thresholds, H, W, C, words_per_mask,
-                                              offsets, concept_ids, mask_rows, words, union_mode, categories, G,
-                                              intersection, unit_area, unit_category_area);
-        p.pil_x_first = ptr<const int64_t>(pil_x_first);
-        p.pil_x_weights = ptr<const double>(pil_x_weights);
-        p.pil_x_taps = pil_x_taps;
-        p.pil_y_first = ptr<const int64_t>(pil_y_first);
-        p.pil_y_weights = ptr<const double>(pil_y_weights);
-        p.pil_y_taps = pil_y_taps;
-        FD_ASSERT(!p.pil_x_first || (p.pil_x_weights && p.pil_y_first && p.pil_y_weights && p.pil_x_taps > 0 &&
-                                     p.pil_y_taps > 0),
-                  "incomplete Pillow resampling tables");
+      [](const fd::ScoreParams& p, int n_threads) {
+        check_score(p);
         fd::score_cpu(p, n_threads);
       },
-      py::arg("act"), py::arg("dtype"), py::arg("sizes"), py::arg("strides"), py::arg("thresholds"), py::arg("H"),
-      py::arg("W"), py::arg("C"), py::arg("words_per_mask"), py::arg("offsets"), py::arg("concept_ids"),
-      py::arg("mask_rows"), py::arg("words"), py::arg("union_mode"), py::arg("categories"), py::arg("G"),
-      py::arg("intersection"), py::arg("unit_area"), py::arg("unit_category_area"), py::arg("n_threads"),
-      py::arg("pil_x_first") = 0, py::arg("pil_x_weights") = 0, py::arg("pil_x_taps") = 0,
-      py::arg("pil_y_first") = 0, py::arg("pil_y_weights") = 0, py::arg("pil_y_taps") = 0,
-      py::call_guard<py::gil_scoped_release>());
-  m.def(
-      "union_iou_cpu",
-      [](int64_t K, int64_t C, int64_t G, uintptr_t intersection, uintptr_t unit_term, uintptr_t categories,
-         uintptr_t concept_area, uintptr_t union_out, uintptr_t iou_out, int n_threads) {
-        const fd::UnionIouParams p{K, C, G, ptr<const int64_t>(intersection), ptr<const int64_t>(unit_term),
-                                   ptr<const int64_t>(categories), ptr<const int64_t>(concept_area),
-                                   ptr<int64_t>(union_out), ptr<double>(iou_out)};
-        fd::union_iou_cpu(p, n_threads);
-      },
-      py::arg("K"), py::arg("C"), py::arg("G"), py::arg("intersection"), py::arg("unit_term"), py::arg("categories"),
-      py::arg("concept_area"), py::arg("union_out"), py::arg("iou_out"), py::arg("n_threads"),
-      py::call_guard<py::gil_scoped_release>());
-  m.def("histogram_add", &histogram_add, py::arg("act"), py::arg("dtype"), py::arg("sizes"), py::arg("strides"),
-        py::arg("floor_bin"), py::arg("keep_top"), py::arg("counts"), py::arg("min_max"), py::arg("n_threads"));
-  m.attr("HIST_BINS") = fd::kHistBins;
-  m.attr("ZERO_BIN") = fd::kZeroBin;
+      py::arg("params"), py::arg("n_threads"), no_gil);
+  m.def("union_iou_cpu", &fd::union_iou_cpu, py::arg("params"), py::arg("n_threads"), no_gil);
+  m.def("histogram_add", &histogram_add, py::arg("params"), py::arg("n_threads"));
 
-  // The CUDA kernels: on the GPU ("cuda", asynchronous on `stream`) or on the CPU ("cuda_emu").
-  auto score_gpu = [](bool emulate, uintptr_t act, int dtype, std::array<int64_t, 4> sizes,
-                      std::array<int64_t, 4> strides, uintptr_t thresholds, int64_t H, int64_t W, int64_t C,
-                      int64_t words_per_mask, uintptr_t offsets, uintptr_t concept_ids, uintptr_t mask_rows,
-                      uintptr_t words, int union_mode, uintptr_t categories, int64_t G, uintptr_t intersection,
-                      uintptr_t unit_area, uintptr_t unit_category_area, uintptr_t map_area, uintptr_t hit,
-                      uintptr_t non_finite, uintptr_t stream, int n_threads) {
-    const fd::ScoreParams p = make_score_params(act, dtype, sizes, strides, thresholds, H, W, C, words_per_mask,
-                                                offsets, concept_ids, mask_rows, words, union_mode, categories, G,
-                                                intersection, unit_area, unit_category_area);
-    const fd::ScoreScratch s{ptr<int64_t>(map_area), ptr<int>(hit), ptr<int64_t>(non_finite)};
-    FD_ASSERT(p.union_mode == fd::UnionMode::kGlobal || s.map_area, "map_area is required for this union");
-    FD_ASSERT(p.union_mode != fd::UnionMode::kLite || s.hit, "hit is required for the lite union");
-    run_gpu(emulate, [&] { fd::score_cuda_emu(p, s, n_threads); }, [&] { FD_CUDA_CALL(fd::score_cuda(p, s, stream)); });
-  };
-  m.def("score_gpu", score_gpu, py::arg("emulate"), py::arg("act"), py::arg("dtype"), py::arg("sizes"),
-        py::arg("strides"), py::arg("thresholds"), py::arg("H"), py::arg("W"), py::arg("C"),
-        py::arg("words_per_mask"), py::arg("offsets"), py::arg("concept_ids"), py::arg("mask_rows"),
-        py::arg("words"), py::arg("union_mode"), py::arg("categories"), py::arg("G"), py::arg("intersection"),
-        py::arg("unit_area"), py::arg("unit_category_area"), py::arg("map_area"), py::arg("hit"),
-        py::arg("non_finite"), py::arg("stream"), py::arg("n_threads"), py::call_guard<py::gil_scoped_release>());
-  auto histogram_gpu = [](bool emulate, uintptr_t act, int dtype, std::array<int64_t, 4> sizes,
-                          std::array<int64_t, 4> strides, uintptr_t floor_bin, int64_t keep_top, uintptr_t counts,
-                          uintptr_t min_max, uintptr_t min_max_key, uintptr_t non_finite, uintptr_t floor_value,
-                          uintptr_t kept_values, uintptr_t kept_units, uintptr_t kept_count, int64_t capacity,
-                          uintptr_t overflow, uintptr_t stream, int n_threads) {
-    const fd::HistogramParams p = make_histogram_params(act, dtype, sizes, strides, floor_bin, keep_top, counts,
-                                                        min_max);
-    const fd::HistogramScratch s = make_histogram_scratch(min_max_key, non_finite, floor_value, kept_values,
-                                                          kept_units, kept_count, capacity, overflow);
-    run_gpu(emulate, [&] { fd::histogram_cuda_emu(p, s, n_threads); },
-            [&] { FD_CUDA_CALL(fd::histogram_cuda(p, s, stream)); });
-  };
-  m.def("histogram_gpu", histogram_gpu, py::arg("emulate"), py::arg("act"), py::arg("dtype"), py::arg("sizes"),
-        py::arg("strides"), py::arg("floor_bin"), py::arg("keep_top"), py::arg("counts"), py::arg("min_max"),
-        py::arg("min_max_key"), py::arg("non_finite"), py::arg("floor_value"), py::arg("kept_values"),
-        py::arg("kept_units"), py::arg("kept_count"), py::arg("capacity"), py::arg("overflow"), py::arg("stream"),
-        py::arg("n_threads"), py::call_guard<py::gil_scoped_release>());
+  // The CUDA kernels: on the GPU (asynchronous on `stream`) or emulated on the CPU.
+  m.def(
+      "score_gpu",
+      [](const fd::ScoreParams& p, const fd::ScoreScratch& s, bool emulate, uintptr_t stream, int n_threads) {
+        check_score(p);
+        check_score_scratch(p, s);
+        if (emulate) {
+          fd::score_cuda_emu(p, s, n_threads);
+        } else {
+          FD_CUDA_CALL(fd::score_cuda(p, s, stream));
+        }
+      },
+      py::arg("params"), py::arg("scratch"), py::arg("emulate"), py::arg("stream"), py::arg("n_threads"), no_gil);
+  m.def(
+      "histogram_gpu",
+      [](const fd::HistogramParams& p, const fd::HistogramScratch& s, bool emulate, uintptr_t stream,
+         int n_threads) {
+        if (emulate) {
+          fd::histogram_cuda_emu(p, s, n_threads);
+        } else {
+          FD_CUDA_CALL(fd::histogram_cuda(p, s, stream));
+        }
+      },
+      py::arg("params"), py::arg("scratch"), py::arg("emulate"), py::arg("stream"), py::arg("n_threads"), no_gil);
   m.def(
       "emu_shim_selftest",
       [](int64_t items, unsigned blocks, unsigned threads, int n_threads, uintptr_t visits, uintptr_t sum,
          uintptr_t bits, uintptr_t lo_hi, uintptr_t last_index) {
-        fd::emu_shim_selftest(items, blocks, threads, n_threads, ptr<int64_t>(visits), ptr<int64_t>(sum),
-                              ptr<int>(bits), ptr<long long>(lo_hi), ptr<int64_t>(last_index));
+        fd::emu_shim_selftest(items, blocks, threads, n_threads, reinterpret_cast<int64_t*>(visits),
+                              reinterpret_cast<int64_t*>(sum), reinterpret_cast<int*>(bits),
+                              reinterpret_cast<long long*>(lo_hi), reinterpret_cast<int64_t*>(last_index));
       },
       py::arg("items"), py::arg("blocks"), py::arg("threads"), py::arg("n_threads"), py::arg("visits"),
-      py::arg("sum"), py::arg("bits"), py::arg("lo_hi"), py::arg("last_index"),
-      py::call_guard<py::gil_scoped_release>());
+      py::arg("sum"), py::arg("bits"), py::arg("lo_hi"), py::arg("last_index"), no_gil);
 }

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import fastdissect as fd
-from fastdissect import _ext
+from fastdissect import _dispatch
 
 
 @pytest.mark.parametrize("items, blocks, threads, n_threads", [
@@ -20,9 +20,7 @@ def test_shims_grid_stride_and_atomics(items, blocks, threads, n_threads):
     bits = torch.zeros(items // 32 + 1, dtype=torch.int32)
     lo_hi = torch.tensor([2 ** 62, -2 ** 62], dtype=torch.int64)
     last = torch.full((items,), -1, dtype=torch.int64)
-    _ext.extension().emu_shim_selftest(items=items, blocks=blocks, threads=threads, n_threads=n_threads,
-                                       visits=visits.data_ptr(), sum=total.data_ptr(), bits=bits.data_ptr(),
-                                       lo_hi=lo_hi.data_ptr(), last_index=last.data_ptr())
+    _dispatch.emu_shim_selftest(items, blocks, threads, n_threads, visits, total, bits, lo_hi, last)
     assert bool((visits == 1).all()), "every grid-stride item is visited exactly once"
     assert int(total) == items * (items - 1) // 2
     want_bits = np.zeros(items // 32 + 1, dtype=np.int64)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 MODULES = ["fastdissect", "fastdissect.scoring", "fastdissect.masks", "fastdissect.quantile",
-           "fastdissect.top_quantile", "fastdissect._ext", "fastdissect.datasets.custom",
+           "fastdissect.top_quantile", "fastdissect.top_images", "fastdissect.identity", "fastdissect._ext", "fastdissect.datasets.custom",
            "fastdissect.datasets.builtin"]
 README = Path(__file__).resolve().parents[1] / "README.md"
 

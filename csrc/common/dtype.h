@@ -8,6 +8,7 @@
 
 namespace fd {
 
+// Mirrors python/fastdissect/_codes.py DTYPE_CODES (tests/test_dispatch.py compares the two).
 enum class DType : int { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3 };
 
 struct Half { uint16_t bits; };

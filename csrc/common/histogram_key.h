@@ -29,8 +29,7 @@ FD_HOST_DEVICE FD_INLINE int histogram_bin(double v) {
   return (bits >> 63) ? kZeroBin - m : kZeroBin + m;
 }
 
-// The smallest double in bin b or above (bins are monotone), so `v >= bin_lower_bound(b)` is
-// `histogram_bin(v) >= b` for every finite v. Binary search over order-preserving keys.
+// The double whose order-preserving key (double_key below) is `key`.
 FD_HOST_DEVICE FD_INLINE double key_to_double(int64_t key) {
   const uint64_t bits = key < 0 ? static_cast<uint64_t>(key ^ INT64_MAX) : static_cast<uint64_t>(key);
   double v;
@@ -38,6 +37,8 @@ FD_HOST_DEVICE FD_INLINE double key_to_double(int64_t key) {
   return v;
 }
 
+// The smallest double in bin b or above (bins are monotone), so `v >= bin_lower_bound(b)` is
+// `histogram_bin(v) >= b` for every finite v. Binary search over order-preserving keys.
 FD_HOST_DEVICE FD_INLINE double bin_lower_bound(int b) {
   int64_t lo = -0x7ff0000000000000LL - 1;  // key of -inf
   int64_t hi = 0x7ff0000000000000LL;       // key of +inf

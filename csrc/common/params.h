@@ -1,12 +1,42 @@
-// Plain parameter structs: raw pointers, int64 sizes, strides in elements. Filled in one place
-// (bindings.cpp) and shared by every backend.
+// Plain parameter structs: raw pointers, int64 sizes, strides in elements. Each is declared to
+// Python once, as a field table in bindings.cpp, filled once in python/fastdissect/_dispatch.py and
+// shared by every backend.
 #pragma once
 
 #include "dtype.h"
+#include "macros.h"
 
 namespace fd {
 
+// Mirrors python/fastdissect/_codes.py UNION_CODES (tests/test_dispatch.py compares the two).
 enum class UnionMode : int { kGlobal = 0, kNetDissect = 1, kLite = 2 };
+
+// Instantiates `__VA_ARGS__` with the constexpr UnionMode `U` bound to `mode`, so that a kernel's
+// per-map loop carries no branch on the union (flash-attention's BOOL_SWITCH pattern).
+#define FD_UNION_SWITCH(mode, U, ...)                                                          \
+  [&] {                                                                                        \
+    switch (mode) {                                                                            \
+      case ::fd::UnionMode::kGlobal: { constexpr auto U = ::fd::UnionMode::kGlobal; return __VA_ARGS__(); } \
+      case ::fd::UnionMode::kNetDissect: { constexpr auto U = ::fd::UnionMode::kNetDissect; return __VA_ARGS__(); } \
+      case ::fd::UnionMode::kLite: { constexpr auto U = ::fd::UnionMode::kLite; return __VA_ARGS__(); } \
+    }                                                                                          \
+    FD_ASSERT(false, "unknown union mode");                                                    \
+  }()
+
+// Branches of the CPU score kernel's mask construction (cpu/score_cpu.cpp), counted when
+// ScoreParams::branch_counts is set so that a test can show every shortcut was exercised.
+enum ScoreBranch : int {
+  kColdMap = 0,      // the map's peak is at most hot_floor(T): no pixel can be on
+  kNoHotSource,      // a block of rows whose two source rows hold no hot value
+  kBlockOff,         // a block whose four sources all lie below T - margin
+  kBlockOn,          // a block whose four sources all lie above T + margin
+  kRowOff,           // a row of a straddling block whose two ends prove it off
+  kRowOn,            // ... whose two ends prove it on
+  kRowCrossing,      // ... that crosses T once: two walks from the secant's crossing
+  kRowExact,         // ... evaluated pixel by pixel (ends within 2 * margin of each other)
+  kExhaustiveMap,    // a map evaluated at every pixel (ScoreParams::exhaustive)
+  kNumScoreBranches
+};
 
 struct ScoreParams {
   const void* act;     // [N, K, h, w] activations of `act_dtype`
@@ -38,6 +68,13 @@ struct ScoreParams {
   const int64_t* pil_y_first = nullptr;   // [H]
   const double* pil_y_weights = nullptr;  // [H, pil_y_taps]
   int64_t pil_y_taps = 0;
+  // Testing switches. `exhaustive` evaluates every pixel of every map by the definition, with none
+  // of the shortcuts (the brute reference the shortcuts are compared against); `branch_counts`
+  // ([kNumScoreBranches], accumulated) counts the branches taken and checks, after every map, that
+  // the scratch mask was left zero. The FASTDISSECT_EXHAUSTIVE build option makes `exhaustive` the
+  // only path.
+  bool exhaustive = false;
+  int64_t* branch_counts = nullptr;
   // Accumulated in place (+=).
   int64_t* intersection;        // [K, C] sum_x |M_k(x) & L_c(x)|
   int64_t* unit_area;           // [K] sum_x |M_k(x)|
@@ -49,6 +86,20 @@ struct ScoreScratch {
   int64_t* map_area;    // [N, K] mask area of each map ("netdissect" / "lite" unions), else null
   int* hit;             // [N, K, G] map meets a label of category g ("lite" union), else null
   int64_t* non_finite;  // [K] NaN / inf activations seen (accumulated; reported when results are read)
+};
+
+// The union and IoU tables from the tallies (README, "What the numbers mean"):
+// union[k, c] = unit term + concept_area[c] - intersection[k, c], with the unit term unit_term[k]
+// (categories null: the global union) or unit_term[k, categories[c]]; iou = intersection / union,
+// 0 where the union is empty.
+struct UnionIouParams {
+  int64_t K, C, G;
+  const int64_t* intersection;  // [K, C]
+  const int64_t* unit_term;     // [K] or [K, G]
+  const int64_t* categories;    // [C] or null
+  const int64_t* concept_area;  // [C]
+  int64_t* union_out;           // [K, C]
+  double* iou_out;              // [K, C]
 };
 
 }  // namespace fd

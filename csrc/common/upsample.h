@@ -37,6 +37,45 @@ FD_HOST_DEVICE FD_INLINE double lerp_pair(double l0, double a0, double l1, doubl
   return l0 * a0 + l1 * a1;
 }
 
+// ---- Why the shortcuts are exact
+// The CPU score kernel (cpu/score_cpu.cpp) decides most pixels without evaluating them. Each
+// decision rests on one of the bounds below; `ScoreParams::exhaustive` (or the build option
+// FASTDISSECT_EXHAUSTIVE) turns every shortcut off, and tests/test_score_shortcuts.py compares the
+// two over many seeds and geometries, checking that every branch was taken.
+//
+// Notation: u = DBL_EPSILON / 2, the unit roundoff. A sample is computed as
+//   S = fl(fl(l0y * h0) + fl(l1y * h1)),  h0 = fl(fl(l0x * a) + fl(l1x * b)),  h1 likewise (c, d),
+// six roundings, with the computed weights l1 in [0, 1] and l0 = fl(1 - l1), so l0 + l1 = 1 + d,
+// |d| <= u. Rounding is monotone, and each rounding of a normal result is a relative error of at
+// most u; a subnormal result is off by at most DBL_TRUE_MIN / 2 in absolute terms.
+//
+// (1) Cold sources, hot_floor(T). If every source is <= M, then S <= M * (1 + u)^8 when M > 0
+//     (two weight sums, six roundings), S <= 0 when M <= 0, and S <= M * (1 - 8u) when M < 0.
+//     With M <= T - 8 eps |T| - 16 DBL_TRUE_MIN this gives S <= T in every case, with room to
+//     spare (8 eps = 16u against the 8u needed), and the subnormal slack covers six absolute
+//     errors. For T >= 0 the floor is clamped at 0 because non-positive sources give S <= 0 <= T.
+//     So a map whose peak is <= hot_floor(T) is off everywhere (kColdMap), and so is a block of
+//     rows whose two source rows hold no hot value (kNoHotSource).
+// (2) Blocks. Let R be the real blend with the computed weights: a combination of the block's
+//     four sources a, b, c, d with non-negative weights summing to (1 + d)^2, so R lies within
+//     [lo, hi] widened by 2u * max|source|. The six roundings move S from R by at most
+//     ~6u * max|S|. Hence |S - [lo, hi]| <= 8u * max_abs + 3 DBL_TRUE_MIN; blend_error_bound
+//     (16 eps * max_abs + 64 DBL_TRUE_MIN = 32u * max_abs + ...) is four times that, and the
+//     kernel's margin is twice blend_error_bound. A block with hi <= T - margin is off
+//     (kBlockOff), one with lo > T + margin is on (kBlockOn).
+// (3) Rows of a straddling block. Within a run (output columns between the same two source
+//     columns with the same edge clamping) l1x is a monotone function of x (computed from an
+//     affine source coordinate by monotone roundings, i0 fixed), and R is affine in l1x up to
+//     the 2u * max_abs of the weight sums, so R is monotone along the run up to that term.
+//     If both computed ends are <= T - margin (kRowOff), both real ends are <= T - margin/2 + 2u
+//     max_abs, every R in between is too, and every S <= T. Symmetrically for kRowOn.
+// (4) A row that crosses T (kRowCrossing). A pixel with S > T + margin has R above T by more than
+//     the error, so by monotonicity every later pixel of a rising run has S > T: the walk stops
+//     there and the rest of the run is set whole (and falling runs the other way). Pixels
+//     before the proof are evaluated exactly. Rows whose ends lie within 2 * margin of each other
+//     carry no usable slope and are evaluated pixel by pixel (kRowExact).
+// Max_abs is bounded by max(|least source|, |peak|) of the map, read before the blocks.
+
 // Every source value <= hot_floor(T) implies every bilinear sample <= T, including the rounding of
 // the blend above (each of its ~7 roundings can push a sample at most one unit in the last place
 // beyond the largest source value). Sources above it are "hot": only their neighbourhoods are
@@ -52,9 +91,7 @@ FD_HOST_DEVICE FD_INLINE double hot_floor(double threshold) {
 }
 
 // Bound on |computed - real| of one blended sample whose sources are at most `max_abs` in magnitude
-// (about ten roundings of relative size 2^-53, doubled for safety, plus subnormal slack). Along an
-// output row, between two source columns, the real blend is monotone in x, so a run whose computed
-// end values both lie more than twice this bound on one side of T lies entirely on that side.
+// (see (2) above: four times the derived bound, plus subnormal slack).
 FD_HOST_DEVICE FD_INLINE double blend_error_bound(double max_abs) {
   return 16.0 * DBL_EPSILON * max_abs + 64.0 * DBL_TRUE_MIN;
 }

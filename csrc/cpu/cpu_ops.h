@@ -18,19 +18,7 @@ inline int threads_for(int n_threads, int64_t items) {
 // Deterministic: every output row (unit) is owned by one thread.
 void score_cpu(const ScoreParams& p, int n_threads);
 
-// The union and IoU tables from the tallies (README, "What the numbers mean"):
-// union[k, c] = unit term + concept_area[c] - intersection[k, c], with the unit term unit_term[k]
-// (categories null: the global union) or unit_term[k, categories[c]]; iou = intersection / union,
-// 0 where the union is empty.
-struct UnionIouParams {
-  int64_t K, C, G;
-  const int64_t* intersection;  // [K, C]
-  const int64_t* unit_term;     // [K] or [K, G]
-  const int64_t* categories;    // [C] or null
-  const int64_t* concept_area;  // [C]
-  int64_t* union_out;           // [K, C]
-  double* iou_out;              // [K, C]
-};
+// The union and IoU tables of UnionIouParams (params.h).
 void union_iou_cpu(const UnionIouParams& p, int n_threads);
 
 // Adds one batch into the per-unit histograms and returns the values each unit keeps exactly:

@@ -119,7 +119,7 @@ bool histogram_units(const HistogramParams& p, int n_threads, std::vector<std::v
   std::vector<int32_t> old_floor(p.floor_bin, p.floor_bin + p.K);
   const int64_t groups = (p.K + kGroup - 1) / kGroup;
   std::atomic<bool> all_finite{true};
-#pragma omp parallel num_threads(n_threads)
+#pragma omp parallel num_threads(threads_for(n_threads, groups))
   {
     std::vector<double> map(p.h * p.w), nonzero(p.h * p.w);
 #pragma omp for schedule(dynamic, 1)
@@ -144,7 +144,6 @@ bool histogram_units(const HistogramParams& p, int n_threads, std::vector<std::v
       }
     }
   }
-  (void)n_threads;
   return all_finite;
 }
 

@@ -13,6 +13,12 @@
 namespace fd {
 namespace {
 
+#ifdef FD_EXHAUSTIVE
+constexpr bool kExhaustiveBuild = true;  // FASTDISSECT_EXHAUSTIVE=ON: the brute evaluation only
+#else
+constexpr bool kExhaustiveBuild = false;
+#endif
+
 // Geometry shared by every (image, unit): taps per output row/column and, per source column,
 // the span of output columns whose taps read it.
 struct Geometry {
@@ -49,11 +55,26 @@ struct Workspace {
   std::vector<uint64_t> mask;     // [words_per_mask], all zero between uses
   std::vector<char> cat_hit;      // [G]
   std::vector<float> pil_rows;    // [h, W] Pillow mode: the horizontal pass
+  // Testing mode (ScoreParams::branch_counts): branches taken, and whether a map left the scratch
+  // mask dirty (checked after every map; debug builds check it always).
+  bool counting;
+  int64_t branches[kNumScoreBranches] = {};
+  bool dirty_scratch = false;
 
   Workspace(const ScoreParams& p)
       : src(p.h * p.w), hot_lo(p.h), hot_hi(p.h), h0(p.W), h1(p.W),
         mask(p.words_per_mask, 0), cat_hit(std::max<int64_t>(p.G, 1)),
-        pil_rows(p.pil_x_first ? p.h * p.W : 0) {}
+        pil_rows(p.pil_x_first ? p.h * p.W : 0), counting(p.branch_counts != nullptr) {}
+
+  void count(ScoreBranch b) {
+    if (counting) ++branches[b];
+  }
+  void check_scratch_zero() {
+#ifdef NDEBUG
+    if (!counting) return;
+#endif
+    for (uint64_t word : mask) dirty_scratch |= word != 0;
+  }
 };
 
 // Largest value of one map, read in its storage type (widening to double is exact and monotone).
@@ -127,21 +148,49 @@ void mask_of_map_pillow(const ScoreParams& p, int64_t n, int64_t k, Workspace& w
   }
 }
 
-// Thresholded upsampled mask of one map into ws.mask; returns the touched word span [first, last).
-// Returns first == last when no pixel can be on.
-template <typename scalar_t>
-void mask_of_map(const ScoreParams& p, const Geometry& g, int64_t n, int64_t k, Workspace& ws,
-                 int64_t* first_word, int64_t* last_word) {
-  *first_word = *last_word = 0;
-  const double threshold = p.thresholds[k];
-  const double floor_hot = hot_floor(threshold);
-  // Most maps have no hot source at all: their peak settles them before any conversion.
-  const double peak = map_peak<scalar_t>(p, n, k);
-  if (!(peak > floor_hot)) return;
-  load_map<scalar_t>(p, n, k, ws.src.data());
+// ---- The mask of one map. Every shortcut below is exact; csrc/common/upsample.h ("Why the
+// shortcuts are exact") derives the bounds they rest on. `exhaustive` bypasses all of them.
 
-  int64_t map_lo = p.w, map_hi = -1;  // hot source columns of the whole map
-  double least = peak;
+// The set bits of one map's mask and the word span [first, last) they touch.
+struct MaskWriter {
+  uint64_t* mask;
+  int64_t W, first, last;
+
+  void set_range(int64_t y, int64_t x0, int64_t x1) {  // pixels (y, x0..x1)
+    set_bit_range(mask, y * W + x0, y * W + x1);
+    touch(y, x0, y, x1);
+  }
+  void set_if(int64_t y, int64_t x, bool on) {
+    mask[(y * W + x) / kBitsPerWord] |= bit_if(on, y * W + x);
+  }
+  void touch(int64_t y0, int64_t x0, int64_t y1, int64_t x1) {
+    first = std::min(first, (y0 * W + x0) / kBitsPerWord);
+    last = std::max(last, (y1 * W + x1) / kBitsPerWord + 1);
+  }
+};
+
+// The definition (upsample.h) at every output pixel: the brute reference of the shortcuts.
+void mask_exhaustive(const ScoreParams& p, const Geometry& g, const double* src, double threshold, MaskWriter& out) {
+  for (int64_t y = 0; y < p.H; ++y) {
+    const LinearTap& ty = g.ty[y];
+    const double* s0 = src + ty.i0 * p.w;
+    const double* s1 = src + ty.i1 * p.w;
+    bool any = false;
+    for (int64_t x = 0; x < p.W; ++x) {
+      const LinearTap& tx = g.tx[x];
+      const double v = lerp_pair(ty.l0, lerp_pair(tx.l0, s0[tx.i0], tx.l1, s0[tx.i1]), ty.l1,
+                                 lerp_pair(tx.l0, s1[tx.i0], tx.l1, s1[tx.i1]));
+      out.set_if(y, x, v > threshold);
+      any |= v > threshold;
+    }
+    if (any) out.touch(y, 0, y, p.W - 1);
+  }
+}
+
+// Per source row, the span of columns above hot_floor(T) (ws.hot_lo / hot_hi, empty = (w, -1)).
+// Returns the least source value (for the rounding bound) and whether any source is hot.
+bool scan_hot_sources(const ScoreParams& p, Workspace& ws, double floor_hot, double* least) {
+  bool any = false;
   for (int64_t i = 0; i < p.h; ++i) {
     int64_t lo = p.w, hi = -1;
     for (int64_t j = p.w - 1; j >= 0; --j) {
@@ -149,118 +198,157 @@ void mask_of_map(const ScoreParams& p, const Geometry& g, int64_t n, int64_t k, 
       const bool hot = v > floor_hot;
       lo = hot ? j : lo;
       hi = hot && hi < 0 ? j : hi;
-      least = std::min(least, v);
+      *least = std::min(*least, v);
     }
     ws.hot_lo[i] = lo;
     ws.hot_hi[i] = hi;
-    map_lo = std::min(map_lo, lo);
-    map_hi = std::max(map_hi, hi);
+    any |= hi >= 0;
   }
-  if (map_hi < 0) return;
-  const double margin = 2.0 * blend_error_bound(std::max(std::fabs(least), std::fabs(peak)));
+  return any;
+}
 
-  // Blocks of output pixels between the same two source rows and the same two source columns: every
-  // sample of a block is a convex combination of its four source values, so a block whose sources
-  // all lie beyond `margin` on one side of T is decided whole; only blocks that straddle T are
-  // evaluated pixel by pixel.
-  int64_t wfirst = p.words_per_mask, wlast = 0;
-  uint64_t* mask = ws.mask.data();
+// One row y of a run of columns [x0, x1] whose computed end samples vs, ve cross T: a sample
+// beyond `margin` proves the rest of the run on its side (the real blend is affine in x there), so
+// two walks start where the ends' secant crosses T, one toward each side, evaluating pixels exactly
+// until one proves its side. The secant only chooses where to start: exactness rests on the proofs.
+template <typename Sample>
+void crossing_walk(int64_t y, int64_t x0, int64_t x1, double vs, double ve, double threshold, double margin,
+                   const Sample& sample, MaskWriter& out) {
+  const bool rising = ve > vs;
+  const double cross = x0 + (threshold - vs) / (ve - vs) * static_cast<double>(x1 - x0);
+  const int64_t split = static_cast<int64_t>(std::floor(std::min(std::max(cross, x0 - 1.0), x1 + 0.0))) + 1;
+  // From x upward (step +1) or downward (-1) until a pixel proves itself on (to_on) or off;
+  // returns that pixel, or the one past the run's end.
+  auto walk = [&](int64_t x, int64_t step, bool to_on) {
+    for (; x >= x0 && x <= x1; x += step) {
+      const double v = sample(x);
+      if (to_on ? v > threshold + margin : v <= threshold - margin) break;
+      out.set_if(y, x, v > threshold);
+    }
+    return x;
+  };
+  const int64_t up = walk(split, 1, rising);          // [up, x1] proven on when rising
+  const int64_t down = walk(split - 1, -1, !rising);  // [x0, down] proven on when falling
+  if (rising && up <= x1) {
+    set_bit_range(out.mask, y * out.W + up, y * out.W + x1);
+  } else if (!rising && down >= x0) {
+    set_bit_range(out.mask, y * out.W + x0, y * out.W + down);
+  }
+  out.touch(y, x0, y, x1);  // a loose span is harmless: words outside the set bits are zero
+}
+
+// The rows y0..y1 of a block (columns x0..x1 between the same two source columns) whose four
+// sources straddle T: one horizontal pass shared by the rows, then each row is settled by its two
+// computed ends when they prove it, by a crossing walk, or pixel by pixel.
+void straddling_block(const Geometry& g, Workspace& ws, int64_t y0, int64_t y1,
+                      int64_t x0, int64_t x1, const double quad[4], double threshold, double margin,
+                      MaskWriter& out) {
+  double* h0 = ws.h0.data();
+  double* h1 = ws.h1.data();
+  for (int64_t x = x0; x <= x1; ++x) {
+    h0[x] = lerp_pair(g.tx[x].l0, quad[0], g.tx[x].l1, quad[1]);
+    h1[x] = lerp_pair(g.tx[x].l0, quad[2], g.tx[x].l1, quad[3]);
+  }
+  for (int64_t y = y0; y <= y1; ++y) {
+    const LinearTap& ty = g.ty[y];
+    auto sample = [&](int64_t x) { return lerp_pair(ty.l0, h0[x], ty.l1, h1[x]); };
+    const double vs = sample(x0), ve = sample(x1);
+    if (std::max(vs, ve) <= threshold - margin) {
+      ws.count(kRowOff);
+    } else if (std::min(vs, ve) > threshold + margin) {
+      ws.count(kRowOn);
+      out.set_range(y, x0, x1);
+    } else if (std::fabs(ve - vs) > 2.0 * margin) {
+      ws.count(kRowCrossing);
+      crossing_walk(y, x0, x1, vs, ve, threshold, margin, sample, out);
+    } else {
+      ws.count(kRowExact);
+      bool any = false;
+      for (int64_t x = x0; x <= x1; ++x) {
+        const bool on = sample(x) > threshold;
+        out.set_if(y, x, on);
+        any |= on;
+      }
+      if (any) out.touch(y, x0, y, x1);
+    }
+  }
+}
+
+// Blocks of output pixels between the same two source rows and the same two source columns: every
+// sample of a block is a convex combination of its four source values, so a block whose sources
+// all lie beyond `margin` on one side of T is decided whole; only blocks that straddle T are
+// evaluated further. Only output columns that read a hot source column are visited.
+void mask_by_blocks(const ScoreParams& p, const Geometry& g, Workspace& ws, double threshold, double margin,
+                    MaskWriter& out) {
   const double* src = ws.src.data();
   for (int64_t y0 = 0; y0 < p.H; y0 = g.row_run_last[y0] + 1) {
     const int64_t y1 = g.row_run_last[y0];
     const LinearTap& t = g.ty[y0];
     const int64_t clo = std::min(ws.hot_lo[t.i0], ws.hot_lo[t.i1]);
     const int64_t chi = std::max(ws.hot_hi[t.i0], ws.hot_hi[t.i1]);
-    if (chi < 0) continue;  // no hot source in either row: every sample is <= T
+    if (chi < 0) {  // no hot source in either row: every sample is <= T
+      ws.count(kNoHotSource);
+      continue;
+    }
     int64_t xa = p.W, xb = -1;
     for (int64_t c = clo; c <= chi; ++c) {
       xa = std::min(xa, g.col_first[c]);
       xb = std::max(xb, g.col_last[c]);
     }
-    if (xb < xa) continue;
     const double* s0 = src + t.i0 * p.w;
     const double* s1 = src + t.i1 * p.w;
     for (int64_t x0 = xa; x0 <= xb;) {
       const int64_t x1 = std::min(g.run_last[x0], xb);
       const LinearTap& u = g.tx[x0];
-      const double a = s0[u.i0], b = s0[u.i1], c = s1[u.i0], d = s1[u.i1];
-      const double hi = std::max(std::max(a, b), std::max(c, d));
-      const double lo = std::min(std::min(a, b), std::min(c, d));
+      const double quad[4] = {s0[u.i0], s0[u.i1], s1[u.i0], s1[u.i1]};
+      const double hi = std::max(std::max(quad[0], quad[1]), std::max(quad[2], quad[3]));
+      const double lo = std::min(std::min(quad[0], quad[1]), std::min(quad[2], quad[3]));
       if (hi <= threshold - margin) {
-        // the whole block is off
+        ws.count(kBlockOff);
       } else if (lo > threshold + margin) {
-        for (int64_t y = y0; y <= y1; ++y) set_bit_range(mask, y * p.W + x0, y * p.W + x1);
-        wfirst = std::min(wfirst, (y0 * p.W + x0) / kBitsPerWord);
-        wlast = std::max(wlast, (y1 * p.W + x1) / kBitsPerWord + 1);
+        ws.count(kBlockOn);
+        for (int64_t y = y0; y <= y1; ++y) set_bit_range(out.mask, y * p.W + x0, y * p.W + x1);
+        out.touch(y0, x0, y1, x1);
       } else {
-        // The horizontal pass of the definition (upsample.h) over the block's columns, shared by
-        // its rows.
-        double* h0 = ws.h0.data();
-        double* h1 = ws.h1.data();
-        for (int64_t x = x0; x <= x1; ++x) {
-          h0[x] = lerp_pair(g.tx[x].l0, a, g.tx[x].l1, b);
-          h1[x] = lerp_pair(g.tx[x].l0, c, g.tx[x].l1, d);
-        }
-        // Within a row of the block the real blend is affine in x: its two computed ends decide
-        // the row unless they come within `margin` of T.
-        for (int64_t y = y0; y <= y1; ++y) {
-          const LinearTap& ty = g.ty[y];
-          auto sample = [&](int64_t x) { return lerp_pair(ty.l0, h0[x], ty.l1, h1[x]); };
-          const int64_t base = y * p.W;
-          const double vs = sample(x0), ve = sample(x1);
-          uint64_t any = 0;
-          auto exact = [&](int64_t x, double v) {
-            const uint64_t bit = bit_if(v > threshold, base + x);
-            mask[(base + x) / kBitsPerWord] |= bit;
-            any |= bit;
-          };
-          if (std::max(vs, ve) <= threshold - margin) {
-            continue;
-          } else if (std::min(vs, ve) > threshold + margin) {
-            set_bit_range(mask, base + x0, base + x1);
-            any = 1;
-          } else if (std::fabs(ve - vs) > 2.0 * margin) {
-            // The row crosses T inside the run. A sample beyond `margin` proves the rest of the run
-            // on its side, so two walks start at the pixel where the ends' secant crosses T, one
-            // toward each side, evaluating pixels exactly until one proves its side. The secant only
-            // chooses where to start: exactness rests on the proofs alone.
-            const bool rising = ve > vs;
-            const double cross = x0 + (threshold - vs) / (ve - vs) * static_cast<double>(x1 - x0);
-            const int64_t split = static_cast<int64_t>(std::floor(std::min(std::max(cross, x0 - 1.0), x1 + 0.0))) + 1;
-            // From x upward (step +1) or downward (-1) until a pixel proves itself on (or off);
-            // returns that pixel, or the one past the run's end.
-            auto walk = [&](int64_t x, int64_t step, bool to_on) {
-              for (; x >= x0 && x <= x1; x += step) {
-                const double v = sample(x);
-                if (to_on ? v > threshold + margin : v <= threshold - margin) break;
-                exact(x, v);
-              }
-              return x;
-            };
-            const int64_t up = walk(split, 1, rising);        // [up, x1] proven on when rising
-            const int64_t down = walk(split - 1, -1, !rising);  // [x0, down] proven on when falling
-            if (rising && up <= x1) {
-              set_bit_range(mask, base + up, base + x1);
-              any = 1;
-            } else if (!rising && down >= x0) {
-              set_bit_range(mask, base + x0, base + down);
-              any = 1;
-            }
-          } else {
-            for (int64_t x = x0; x <= x1; ++x) exact(x, sample(x));
-          }
-          if (any) {
-            wfirst = std::min(wfirst, (base + x0) / kBitsPerWord);
-            wlast = std::max(wlast, (base + x1) / kBitsPerWord + 1);
-          }
-        }
+        straddling_block(g, ws, y0, y1, x0, x1, quad, threshold, margin, out);
       }
       x0 = x1 + 1;
     }
   }
-  if (wfirst < wlast) {
-    *first_word = wfirst;
-    *last_word = wlast;
+}
+
+// Thresholded upsampled mask of map (n, k) into ws.mask; returns the touched word span
+// [first, last), first == last when no pixel is on.
+template <typename scalar_t>
+void mask_of_map(const ScoreParams& p, const Geometry& g, int64_t n, int64_t k, Workspace& ws,
+                 int64_t* first_word, int64_t* last_word) {
+  *first_word = *last_word = 0;
+  const double threshold = p.thresholds[k];
+  MaskWriter out{ws.mask.data(), p.W, p.words_per_mask, 0};
+  if (kExhaustiveBuild || p.exhaustive) {
+    ws.count(kExhaustiveMap);
+    load_map<scalar_t>(p, n, k, ws.src.data());
+    mask_exhaustive(p, g, ws.src.data(), threshold, out);
+  } else {
+    // Most maps have no hot source at all: their peak settles them before any conversion.
+    const double floor_hot = hot_floor(threshold);
+    const double peak = map_peak<scalar_t>(p, n, k);
+    if (!(peak > floor_hot)) {
+      ws.count(kColdMap);
+      return;
+    }
+    load_map<scalar_t>(p, n, k, ws.src.data());
+    double least = peak;
+    if (!scan_hot_sources(p, ws, floor_hot, &least)) {  // unreachable: the peak is hot
+      ws.count(kColdMap);
+      return;
+    }
+    const double margin = 2.0 * blend_error_bound(std::max(std::fabs(least), std::fabs(peak)));
+    mask_by_blocks(p, g, ws, threshold, margin, out);
+  }
+  if (out.first < out.last) {
+    *first_word = out.first;
+    *last_word = out.last;
   }
 }
 
@@ -293,7 +381,22 @@ struct LabelIndex {
   }
 };
 
-template <typename scalar_t>
+// The union's unit term of map (n, k) with mask area `area`: per category, the netdissect union
+// counts the mask where the image has a label of that category, the lite union where the mask
+// meets one (ws.cat_hit); the global union needs none.
+template <UnionMode U>
+void add_union_term(const ScoreParams& p, const LabelIndex& labels, const Workspace& ws, int64_t n, int64_t area,
+                    int64_t* cat_row) {
+  if constexpr (U == UnionMode::kNetDissect) {
+    for (int64_t c = 0; c < p.G; ++c)
+      if (labels.labeled[n * p.G + c]) cat_row[c] += area;
+  } else if constexpr (U == UnionMode::kLite) {
+    for (int64_t c = 0; c < p.G; ++c)
+      if (ws.cat_hit[c]) cat_row[c] += area;
+  }
+}
+
+template <typename scalar_t, UnionMode U>
 void score_units(const ScoreParams& p, const Geometry& g, const LabelIndex& labels, Workspace& ws,
                  int64_t k_begin, int64_t k_end) {
   // Images in small blocks so that their packed masks stay in cache across these units.
@@ -301,7 +404,7 @@ void score_units(const ScoreParams& p, const Geometry& g, const LabelIndex& labe
   for (int64_t n0 = 0; n0 < p.N; n0 += kImageBlock)
   for (int64_t k = k_begin; k < k_end; ++k) {
     int64_t* inter_row = p.intersection + k * p.C;
-    int64_t* cat_row = p.unit_category_area ? p.unit_category_area + k * p.G : nullptr;
+    int64_t* cat_row = U == UnionMode::kGlobal ? nullptr : p.unit_category_area + k * p.G;
     for (int64_t n = n0; n < std::min(p.N, n0 + kImageBlock); ++n) {
       int64_t w0, w1;
       if (p.pil_x_first) {
@@ -309,12 +412,15 @@ void score_units(const ScoreParams& p, const Geometry& g, const LabelIndex& labe
       } else {
         mask_of_map<scalar_t>(p, g, n, k, ws, &w0, &w1);
       }
-      if (w0 == w1) continue;
+      if (w0 == w1) {
+        ws.check_scratch_zero();
+        continue;
+      }
       const uint64_t* m = ws.mask.data();
       int64_t area = 0;
       for (int64_t i = w0; i < w1; ++i) area += popcount64(m[i]);
       p.unit_area[k] += area;
-      if (p.union_mode == UnionMode::kLite) std::fill(ws.cat_hit.begin(), ws.cat_hit.end(), 0);
+      if constexpr (U == UnionMode::kLite) std::fill(ws.cat_hit.begin(), ws.cat_hit.end(), 0);
       for (int64_t e = p.offsets[n]; e < p.offsets[n + 1]; ++e) {
         int64_t inter = area;
         if (p.mask_rows[e] >= 0) {
@@ -324,34 +430,39 @@ void score_units(const ScoreParams& p, const Geometry& g, const LabelIndex& labe
           for (int64_t i = lo; i < hi; ++i) inter += popcount64(m[i] & l[i]);
         }
         inter_row[p.concept_ids[e]] += inter;
-        if (p.union_mode == UnionMode::kLite && inter > 0) ws.cat_hit[p.categories[p.concept_ids[e]]] = 1;
+        if constexpr (U == UnionMode::kLite) {
+          if (inter > 0) ws.cat_hit[p.categories[p.concept_ids[e]]] = 1;
+        }
       }
-      if (p.union_mode == UnionMode::kNetDissect) {
-        for (int64_t c = 0; c < p.G; ++c)
-          if (labels.labeled[n * p.G + c]) cat_row[c] += area;
-      } else if (p.union_mode == UnionMode::kLite) {
-        for (int64_t c = 0; c < p.G; ++c)
-          if (ws.cat_hit[c]) cat_row[c] += area;
-      }
+      add_union_term<U>(p, labels, ws, n, area, cat_row);
       std::fill(ws.mask.begin() + w0, ws.mask.begin() + w1, 0);
+      ws.check_scratch_zero();
     }
   }
 }
 
-template <typename scalar_t>
+template <typename scalar_t, UnionMode U>
 void score_all_units(const ScoreParams& p, const Geometry& g, const LabelIndex& labels, int threads) {
   // Chunks of units handed out as threads free up: a thread that is slowed down (a busy core, units
   // with more active maps) holds no one up. Each unit's accumulators are written by one thread in
   // image order, so results do not depend on which thread takes which chunk.
   const int64_t chunk = std::max<int64_t>(1, p.K / (4 * threads));
   const int64_t num_chunks = (p.K + chunk - 1) / chunk;
-#pragma omp parallel num_threads(threads)
+  bool dirty = false;
+#pragma omp parallel num_threads(threads) reduction(|| : dirty)
   {
     Workspace ws(p);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t c = 0; c < num_chunks; ++c)
-      score_units<scalar_t>(p, g, labels, ws, c * chunk, std::min(p.K, (c + 1) * chunk));
+      score_units<scalar_t, U>(p, g, labels, ws, c * chunk, std::min(p.K, (c + 1) * chunk));
+    if (ws.counting) {
+#pragma omp critical(fd_branch_counts)
+      for (int b = 0; b < kNumScoreBranches; ++b) p.branch_counts[b] += ws.branches[b];
+    }
+    dirty = dirty || ws.dirty_scratch;
   }
+  // Outside the parallel region: an exception must not cross it.
+  FD_ASSERT(!dirty, "a map left the scratch mask non-zero");
 }
 
 }  // namespace
@@ -361,7 +472,9 @@ void score_cpu(const ScoreParams& p, int n_threads) {
   const Geometry g(p.h, p.w, p.H, p.W);
   const LabelIndex labels(p, n_threads);
   const int threads = threads_for(n_threads, p.K);
-  FD_DISPATCH_FLOAT(p.act_dtype, scalar_t, [&] { score_all_units<scalar_t>(p, g, labels, threads); });
+  FD_DISPATCH_FLOAT(p.act_dtype, scalar_t, [&] {
+    FD_UNION_SWITCH(p.union_mode, U, [&] { score_all_units<scalar_t, U>(p, g, labels, threads); });
+  });
 }
 
 }  // namespace fd

@@ -8,7 +8,7 @@
 torch.Size([8, 5])
 """
 
-from . import datasets
+from . import datasets, identity
 from ._ext import build_info
 from .hooks import token_grid, trace
 from .masks import ConceptMasks, pack_masks
@@ -16,9 +16,10 @@ from .pipeline import dissect
 from .quantile import NETDISSECT_QUANTILE
 from .results import Dissection, LayerResult, load
 from .scoring import Scores, Tally, score
+from .top_images import TopImages
 from .top_quantile import TopQuantile, thresholds
 
 __version__ = "0.1.0"
 
-__all__ = ["ConceptMasks", "Dissection", "LayerResult", "NETDISSECT_QUANTILE", "Scores", "Tally", "TopQuantile",
-           "build_info", "datasets", "dissect", "load", "pack_masks", "score", "thresholds", "token_grid", "trace"]
+__all__ = ["ConceptMasks", "Dissection", "LayerResult", "NETDISSECT_QUANTILE", "Scores", "Tally", "TopImages", "TopQuantile",
+           "build_info", "datasets", "dissect", "identity", "load", "pack_masks", "score", "thresholds", "token_grid", "trace"]

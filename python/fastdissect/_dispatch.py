@@ -1,4 +1,9 @@
-"""Chooses a backend and hands validated tensors to it. The only module that calls the kernels."""
+"""The one kernel-call layer: chooses a backend and hands validated tensors to the extension.
+
+No other module calls the extension. Each kernel has one function here taking tensors; each fills
+the kernel's Params struct, whose fields are declared once in csrc/bindings.cpp. Accumulators
+resolve their backend once (`resolve_backend`) and pass the result to every call.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +12,16 @@ import warnings
 import torch
 
 from . import _ext, torch_backend
-from ._validate import DTYPE_CODES
+from ._codes import BACKENDS, DTYPE_CODES, GPU_BACKENDS, SCORE_BRANCHES, UNION_CODES
+from ._validate import backend as check_backend
 from .masks import ConceptMasks
 
-BACKENDS = ("auto", "cpu", "torch", "cuda", "cuda_emu")
-GPU_BACKENDS = ("cuda", "cuda_emu")  # the CUDA kernels, on a GPU or emulated on the CPU
-UNION_CODES = {"global": 0, "netdissect": 1, "lite": 2}
+__all__ = ["BACKENDS", "GPU_BACKENDS", "resolve_backend", "has_extension", "tally_batch", "union_and_iou",
+           "histogram_add_cpu", "histogram_add_gpu", "codes", "emu_shim_selftest"]
+
+
+def has_extension() -> bool:
+    return _ext._C is not None
 
 
 def _rebuild_hint() -> str:
@@ -21,14 +30,14 @@ def _rebuild_hint() -> str:
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    """The concrete backend ("cpu", "torch", "cuda" or "cuda_emu") for tensors on `device`."""
+    check_backend(backend)
     if backend == "auto":
         if device.type == "cuda":
             backend = "cuda"
         elif device.type != "cpu":
             return "torch"
-        elif _ext._C is None:
+        elif not has_extension():
             warnings.warn(f"fastdissect's extension is not built ({_ext._IMPORT_ERROR}); "
                           'using the slower backend="torch"', RuntimeWarning, stacklevel=3)
             return "torch"
@@ -48,53 +57,82 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return backend
 
 
-def stream_of(device: torch.device) -> int:
+def codes() -> dict:
+    """The enumerations as the compiled kernels define them (for the consistency test)."""
+    return dict(_ext.extension().codes())
+
+
+def _stream_of(device: torch.device) -> int:
     return torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
 
 
-def _addr(t: torch.Tensor) -> int:
+def _addr(t: torch.Tensor | None) -> int:
     return t.data_ptr() if t is not None else 0
 
 
+def _set_activations(params, act: torch.Tensor) -> None:
+    """The (N, K, h, w) view of activations; (M, K) values are (M, K, 1, 1)."""
+    sizes, strides = list(act.shape), list(act.stride())
+    if act.dim() == 2:
+        sizes, strides = sizes + [1, 1], strides + [0, 0]
+    params.set_activations(_addr(act), DTYPE_CODES[act.dtype], sizes, strides)
+
+
+# ---- score: upsample, threshold, bit-pack, popcount against the concept masks
 def tally_batch(backend: str, act: torch.Tensor, masks: ConceptMasks, thresholds: torch.Tensor, union: str,
                 categories: torch.Tensor | None, num_categories: int, intersection: torch.Tensor,
                 unit_area: torch.Tensor, unit_category_area: torch.Tensor | None,
-                non_finite: torch.Tensor | None = None) -> None:
-    """Adds a validated batch into the accumulators with `backend`."""
-    if backend in GPU_BACKENDS:
-        _score_gpu(backend, act, masks, thresholds, union, categories, num_categories, intersection, unit_area,
-                   unit_category_area, non_finite)
-        return
+                non_finite: torch.Tensor | None = None, *, pillow=None, exhaustive: bool = False,
+                branch_counts: torch.Tensor | None = None) -> None:
+    """Adds a validated batch into the accumulators (+=) with the resolved `backend`.
+
+    pillow: (x_first, x_weights, y_first, y_weights) tensors: resample as Pillow's BILINEAR does
+    (NetDissect-Lite's masks; CPU kernel only). exhaustive / branch_counts: the CPU kernel's testing
+    switches (ScoreParams in csrc/common/params.h).
+    """
     if backend == "torch":
+        if pillow is not None or exhaustive or branch_counts is not None:
+            raise ValueError('the torch backend has no Pillow resampling or testing switches: use backend="cpu"')
         torch_backend.tally_batch(act, masks, thresholds, union, categories, num_categories, intersection,
                                   unit_area, unit_category_area)
         return
-    _ext.extension().score_cpu(
-        act=_addr(act), dtype=DTYPE_CODES[act.dtype], sizes=list(act.shape), strides=list(act.stride()),
-        thresholds=_addr(thresholds), H=masks.height, W=masks.width, C=masks.num_concepts,
-        words_per_mask=masks.words_per_mask, offsets=_addr(masks.offsets), concept_ids=_addr(masks.concept_ids),
-        mask_rows=_addr(masks.mask_rows), words=_addr(masks.words), union_mode=UNION_CODES[union],
-        categories=_addr(categories), G=num_categories, intersection=_addr(intersection),
-        unit_area=_addr(unit_area), unit_category_area=_addr(unit_category_area),
-        n_threads=torch.get_num_threads())
+    C = _ext.extension()
+    p = C.ScoreParams()
+    _set_activations(p, act)
+    p.thresholds = _addr(thresholds)
+    p.H, p.W, p.C, p.words_per_mask = masks.height, masks.width, masks.num_concepts, masks.words_per_mask
+    p.offsets, p.concept_ids = _addr(masks.offsets), _addr(masks.concept_ids)
+    p.mask_rows, p.words = _addr(masks.mask_rows), _addr(masks.words)
+    p.union_mode, p.categories, p.G = UNION_CODES[union], _addr(categories), num_categories
+    p.intersection, p.unit_area, p.unit_category_area = _addr(intersection), _addr(unit_area), \
+        _addr(unit_category_area)
+    if backend in GPU_BACKENDS:
+        if pillow is not None or exhaustive or branch_counts is not None:
+            raise ValueError("the CUDA kernels have no Pillow resampling or testing switches: use backend=\"cpu\"")
+        _score_gpu(C, p, backend, act, union, num_categories, non_finite)
+        return
+    if pillow is not None:
+        x_first, x_weights, y_first, y_weights = pillow
+        p.pil_x_first, p.pil_x_weights, p.pil_x_taps = _addr(x_first), _addr(x_weights), x_weights.shape[1]
+        p.pil_y_first, p.pil_y_weights, p.pil_y_taps = _addr(y_first), _addr(y_weights), y_weights.shape[1]
+    if branch_counts is not None:
+        if branch_counts.shape != (len(SCORE_BRANCHES),) or branch_counts.dtype != torch.int64:
+            raise ValueError(f"branch_counts must be an int64 tensor of shape ({len(SCORE_BRANCHES)},)")
+        p.branch_counts = _addr(branch_counts)
+    p.exhaustive = bool(exhaustive)
+    C.score_cpu(p, torch.get_num_threads())
 
 
-def _score_gpu(backend, act, masks, thresholds, union, categories, num_categories, intersection, unit_area,
-               unit_category_area, non_finite) -> None:
+def _score_gpu(C, p, backend: str, act: torch.Tensor, union: str, num_categories: int,
+               non_finite: torch.Tensor | None) -> None:
     """The CUDA score kernels (on the GPU, or emulated on the CPU): asynchronous, no host sync."""
     n, k = act.shape[:2]
     dev = act.device
     map_area = torch.zeros(n, k, dtype=torch.int64, device=dev) if union != "global" else None
     hit = torch.zeros(n, k, max(num_categories, 1), dtype=torch.int32, device=dev) if union == "lite" else None
-    _ext.extension().score_gpu(
-        emulate=backend == "cuda_emu", act=_addr(act), dtype=DTYPE_CODES[act.dtype], sizes=list(act.shape),
-        strides=list(act.stride()), thresholds=_addr(thresholds), H=masks.height, W=masks.width,
-        C=masks.num_concepts, words_per_mask=masks.words_per_mask, offsets=_addr(masks.offsets),
-        concept_ids=_addr(masks.concept_ids), mask_rows=_addr(masks.mask_rows), words=_addr(masks.words),
-        union_mode=UNION_CODES[union], categories=_addr(categories), G=num_categories,
-        intersection=_addr(intersection), unit_area=_addr(unit_area), unit_category_area=_addr(unit_category_area),
-        map_area=_addr(map_area), hit=_addr(hit), non_finite=_addr(non_finite), stream=stream_of(dev),
-        n_threads=torch.get_num_threads())
+    s = C.ScoreScratch()
+    s.map_area, s.hit, s.non_finite = _addr(map_area), _addr(hit), _addr(non_finite)
+    C.score_gpu(p, s, backend == "cuda_emu", _stream_of(dev), torch.get_num_threads())
 
 
 def union_and_iou(backend: str, intersection: torch.Tensor, unit_term: torch.Tensor,
@@ -102,13 +140,67 @@ def union_and_iou(backend: str, intersection: torch.Tensor, unit_term: torch.Ten
     """union (K, C) int64 and iou (K, C) float64 from contiguous int64 tallies (torch_backend.union_and_iou
     defines them): one C++ pass for CPU tallies of the "auto" and "cpu" backends, torch ops otherwise.
     `backend` is the one asked for: tallies may have been loaded or merged onto another device."""
-    if backend not in ("auto", "cpu") or intersection.device.type != "cpu" or _ext._C is None:
+    if backend not in ("auto", "cpu") or intersection.device.type != "cpu" or not has_extension():
         return torch_backend.union_and_iou(intersection, unit_term, categories, concept_area)
     k, c = intersection.shape
     union = torch.empty_like(intersection)
     iou = torch.empty(k, c, dtype=torch.float64)
-    _ext.extension().union_iou_cpu(
-        K=k, C=c, G=unit_term.shape[1] if categories is not None else 0, intersection=_addr(intersection),
-        unit_term=_addr(unit_term), categories=_addr(categories), concept_area=_addr(concept_area),
-        union_out=_addr(union), iou_out=_addr(iou), n_threads=torch.get_num_threads())
+    C = _ext.extension()
+    p = C.UnionIouParams()
+    p.K, p.C, p.G = k, c, unit_term.shape[1] if categories is not None else 0
+    p.intersection, p.unit_term, p.categories = _addr(intersection), _addr(unit_term), _addr(categories)
+    p.concept_area, p.union_out, p.iou_out = _addr(concept_area), _addr(union), _addr(iou)
+    C.union_iou_cpu(p, torch.get_num_threads())
     return union, iou
+
+
+# ---- histogram: the first pass of the exact streaming quantile (top_quantile.py)
+def _histogram_params(C, act: torch.Tensor, floor: torch.Tensor, keep_top: int, counts: torch.Tensor,
+                      min_max: torch.Tensor):
+    p = C.HistogramParams()
+    _set_activations(p, act)
+    p.floor_bin, p.keep_top, p.counts, p.min_max = _addr(floor), keep_top, _addr(counts), _addr(min_max)
+    return p
+
+
+def histogram_add_cpu(act: torch.Tensor, floor: torch.Tensor, keep_top: int, counts: torch.Tensor,
+                      min_max: torch.Tensor):
+    """Adds (N, K, h, w) or (M, K) values into the histograms (in place) and returns the values kept
+    from each raised floor up: (values, count per unit), or None when the batch is not finite (the
+    state is then unchanged)."""
+    C = _ext.extension()
+    values, per_unit = C.histogram_add(_histogram_params(C, act, floor, keep_top, counts, min_max),
+                                       torch.get_num_threads())
+    if values is None:
+        return None
+    return torch.from_numpy(values), torch.from_numpy(per_unit)
+
+
+def histogram_add_gpu(backend: str, act: torch.Tensor, floor: torch.Tensor, keep_top: int, counts: torch.Tensor,
+                      min_max: torch.Tensor, non_finite: torch.Tensor, overflow: torch.Tensor, capacity: int):
+    """The CUDA histogram kernels, asynchronous on the current stream. Returns device tensors
+    (kept values, their units, the number kept, which may exceed `capacity`); units whose kept
+    values did not fit are flagged in `overflow`."""
+    C = _ext.extension()
+    K, dev = counts.shape[0], act.device
+    i64 = torch.iinfo(torch.int64)
+    min_max_key = torch.tensor([[i64.max, i64.min]], dtype=torch.int64, device=dev).repeat(K, 1)
+    floor_value = torch.empty(K, dtype=torch.float64, device=dev)
+    values = torch.empty(capacity, dtype=torch.float64, device=dev)
+    units = torch.empty(capacity, dtype=torch.int64, device=dev)
+    count = torch.zeros(1, dtype=torch.int64, device=dev)
+    s = C.HistogramScratch()
+    s.min_max_key, s.non_finite, s.floor_value = _addr(min_max_key), _addr(non_finite), _addr(floor_value)
+    s.kept_values, s.kept_units, s.kept_count = _addr(values), _addr(units), _addr(count)
+    s.capacity, s.overflow = capacity, _addr(overflow)
+    C.histogram_gpu(_histogram_params(C, act, floor, keep_top, counts, min_max), s, backend == "cuda_emu",
+                    _stream_of(dev), torch.get_num_threads())
+    return values, units, count
+
+
+def emu_shim_selftest(items: int, blocks: int, threads: int, n_threads: int, visits: torch.Tensor,
+                      total: torch.Tensor, bits: torch.Tensor, lo_hi: torch.Tensor, last: torch.Tensor) -> None:
+    """Runs the kernel that exercises every emulated CUDA built-in (csrc/emu/emu_selftest.cpp)."""
+    _ext.extension().emu_shim_selftest(items=items, blocks=blocks, threads=threads, n_threads=n_threads,
+                                       visits=_addr(visits), sum=_addr(total), bits=_addr(bits),
+                                       lo_hi=_addr(lo_hi), last_index=_addr(last))

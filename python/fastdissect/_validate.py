@@ -9,9 +9,7 @@ from typing import Sequence
 
 import torch
 
-FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
-DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
-UNION_MODES = ("global", "netdissect", "lite")
+from ._codes import BACKENDS, FLOAT_DTYPES, UNION_MODES
 
 
 def as_tensor(x, name: str) -> torch.Tensor:
@@ -112,6 +110,12 @@ def union_and_categories(union: str, categories, num_concepts: int):
                          f"for concept {int(categories.argmin())}")
     num_categories = int(categories.max()) + 1 if num_concepts else 1
     return union, categories, num_categories
+
+
+def backend(name) -> str:
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
+    return name
 
 
 def positive_int(v, name: str) -> int:

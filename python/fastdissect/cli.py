@@ -24,6 +24,10 @@ def _add_dissect_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="torch device (default: the model's)")
     p.add_argument("--cache", default=None, help='"memory" or a directory: keep float16 activations for pass 2')
     p.add_argument("--checkpoint", default=None, help="directory to checkpoint to and resume from")
+    p.add_argument("--checkpoint-every", type=int, default=50, metavar="N",
+                   help="write the checkpoint every N batches (default 50; 0: only after each pass)")
+    p.add_argument("--restart", action="store_true",
+                   help="discard a checkpoint that belongs to another dissection and start afresh")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -37,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--model", required=True,
                    help=f"a built-in name ({DEMO_MODEL}), torchvision:<name> (with --weights), or file.py:factory")
     d.add_argument("--weights", default=None, help="weights file (state dict) for torchvision: or file.py models")
+    d.add_argument("--seed", type=int, default=0,
+                   help="seed of the random initialisation of a model built without --weights (default 0)")
     d.add_argument("--layers", required=True, help="comma-separated module names (see model.named_modules())")
     d.add_argument("--dataset", required=True,
                    help='a Broden directory, a packed store (fd.datasets.pack), or "builtin" (generated in OUT)')
@@ -95,7 +101,8 @@ def _run_dissection(args, model, layers, dataset, image_size, mean, std):
     result = fd.dissect(model, layers, dataset, quantile=args.quantile, iou_threshold=args.iou_threshold,
                         union=args.union, batch_size=args.batch_size, num_workers=args.workers,
                         device=args.device, cache=args.cache, image_size=image_size, mean=mean, std=std,
-                        checkpoint=args.checkpoint, verbose=not args.quiet)
+                        checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every, restart=args.restart,
+                        verbose=not args.quiet)
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
@@ -112,7 +119,7 @@ def cmd_dissect(args) -> None:
     from . import models
     from .datasets.sample import IMAGENET_MEAN, IMAGENET_STD
 
-    model = models.load_model(args.model, args.weights)
+    model = models.load_model(args.model, args.weights, seed=args.seed)
     layers = [name.strip() for name in args.layers.split(",") if name.strip()]
     defaults = models.BUILTIN.get(args.model)
     mean = tuple(args.mean) if args.mean else (defaults[2] if defaults else IMAGENET_MEAN)

@@ -8,7 +8,7 @@ Memory: 8 * ceil(H * W / 64) bytes per (image, pixel-level concept present) + 24
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable
 
 import numpy as np
@@ -43,6 +43,9 @@ class ConceptMasks:
     mask_rows: torch.Tensor    # (nnz,) int64 row of `words`, or -1 for the whole image
     words: torch.Tensor        # (rows, words_per_mask) int64 holding uint64 bit patterns
     areas: torch.Tensor        # (nnz,) int64 pixels of each entry
+    # Set by `to` and slicing, which derive from a verified instance: the value checks below read
+    # the tensors, a host sync on a GPU, and need not run again.
+    verified: bool = field(default=False, repr=False, compare=False)
 
     def __post_init__(self):
         # The kernels index through these arrays without bounds checks: verify the structure once.
@@ -51,14 +54,19 @@ class ConceptMasks:
             if not isinstance(t, torch.Tensor) or t.dtype != torch.int64 or not t.is_contiguous():
                 raise TypeError(f"ConceptMasks.{name} must be a contiguous int64 tensor")
         nnz = self.concept_ids.shape[0]
-        if (self.offsets.dim() != 1 or self.offsets.shape[0] < 1 or int(self.offsets[0]) != 0
-                or int(self.offsets[-1]) != nnz or bool((self.offsets.diff() < 0).any())):
-            raise ValueError("ConceptMasks.offsets must start at 0, never decrease and end at len(concept_ids)")
+        if self.offsets.dim() != 1 or self.offsets.shape[0] < 1:
+            raise ValueError("ConceptMasks.offsets must be a 1-D tensor of N + 1 entries")
         if self.mask_rows.shape != (nnz,) or self.areas.shape != (nnz,):
             raise ValueError("ConceptMasks.mask_rows and areas must have one entry per concept id")
         if self.words.dim() != 2 or self.words.shape[1] != self.words_per_mask:
             raise ValueError(f"ConceptMasks.words must have shape (rows, {self.words_per_mask}), "
                              f"got {tuple(self.words.shape)}")
+        if not self.verified:
+            self._verify_values(nnz)
+
+    def _verify_values(self, nnz: int) -> None:
+        if (int(self.offsets[0]) != 0 or int(self.offsets[-1]) != nnz or bool((self.offsets.diff() < 0).any())):
+            raise ValueError("ConceptMasks.offsets must start at 0, never decrease and end at len(concept_ids)")
         if nnz and (int(self.concept_ids.min()) < 0 or int(self.concept_ids.max()) >= self.num_concepts):
             raise ValueError(f"ConceptMasks.concept_ids must be in [0, {self.num_concepts})")
         if nnz and (int(self.mask_rows.min()) < WHOLE_IMAGE or int(self.mask_rows.max()) >= self.words.shape[0]):
@@ -89,13 +97,14 @@ class ConceptMasks:
         stop = max(start, stop)
         lo, hi = int(self.offsets[start]), int(self.offsets[stop])
         return ConceptMasks(self.num_concepts, self.height, self.width, self.offsets[start:stop + 1] - lo,
-                            self.concept_ids[lo:hi], self.mask_rows[lo:hi], self.words, self.areas[lo:hi])
+                            self.concept_ids[lo:hi], self.mask_rows[lo:hi], self.words, self.areas[lo:hi],
+                            verified=self.verified)
 
     def to(self, device) -> "ConceptMasks":
         device = torch.device(device)
         return ConceptMasks(self.num_concepts, self.height, self.width,
                             *(getattr(self, f).to(device) for f in ("offsets", "concept_ids", "mask_rows", "words",
-                                                                   "areas")))
+                                                                   "areas")), verified=True)
 
     def concept_area(self) -> torch.Tensor:
         """(C,) int64: sum over images of |L_c(x)|."""
@@ -136,8 +145,8 @@ def _pack_bits(rows: np.ndarray, hw: int) -> np.ndarray:
     return np.packbits(padded, axis=1, bitorder="little").view("<u8")
 
 
-class _Builder:
-    """Accumulates per-image entries into a ConceptMasks."""
+class MaskBuilder:
+    """Accumulates per-image entries into a ConceptMasks (for readers of other label formats)."""
 
     def __init__(self, num_concepts: int, height: int, width: int):
         self.num_concepts, self.height, self.width = num_concepts, height, width
@@ -177,7 +186,7 @@ class _Builder:
         words = np.concatenate(self.words) if self.words else np.zeros((0, wpm), dtype=np.uint64)
         return ConceptMasks(self.num_concepts, self.height, self.width, torch.from_numpy(offsets),
                             torch.from_numpy(cat(self.ids)), torch.from_numpy(cat(self.rows)),
-                            torch.from_numpy(words.view(np.int64)), torch.from_numpy(cat(self.areas)))
+                            torch.from_numpy(words.view(np.int64)), torch.from_numpy(cat(self.areas)), verified=True)
 
 
 def pack_masks(masks=None, *, labels=None, image_labels=None, num_concepts: int | None = None) -> ConceptMasks:
@@ -226,7 +235,7 @@ def _pack_dense(masks, num_concepts) -> ConceptMasks:
             where = torch.nonzero(big)[0].tolist()
             raise ValueError(f"masks of dtype uint8 must hold only 0 and 1, got {int(masks[tuple(where)])} "
                              f"at image {where[0]}, concept {where[1]}")
-    builder = _Builder(c, h, w)
+    builder = MaskBuilder(c, h, w)
     block = max(1, PACK_BLOCK_BYTES // max(1, c * h * w))
     for i in range(0, n, block):
         b = min(block, n - i)
@@ -278,7 +287,7 @@ def _pack_labels(labels, image_labels, num_concepts) -> ConceptMasks:
     for i, r in enumerate(img):
         _validate.label_ids(r, num_concepts, f"image_labels of image {i}")
 
-    builder = _Builder(num_concepts, h, w)
+    builder = MaskBuilder(num_concepts, h, w)
     for i in range(n):
         planes = lab[i]
         pixel_ids = np.unique(planes)
@@ -302,4 +311,4 @@ def as_concept_masks(masks, num_concepts: int | None = None) -> ConceptMasks:
     return pack_masks(masks, num_concepts=num_concepts)
 
 
-__all__ = ["ConceptMasks", "pack_masks", "as_concept_masks"]
+__all__ = ["ConceptMasks", "MaskBuilder", "pack_masks", "as_concept_masks"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import warnings
 from pathlib import Path
 
 import torch
@@ -38,11 +39,18 @@ def efficientnet_lite0() -> torch.nn.Module:
 BUILTIN = {"efficientnet-lite0": (efficientnet_lite0, DEMO_LAYERS, EFFICIENTNET_LITE_MEAN, EFFICIENTNET_LITE_STD)}
 
 
-def load_model(spec: str, weights: str | None = None) -> torch.nn.Module:
+def load_model(spec: str, weights: str | None = None, *, seed: int = 0) -> torch.nn.Module:
     """A built-in name, `torchvision:<name>` (weights from --weights FILE, never downloaded), or
-    `path/to/file.py:factory` (a function returning the model)."""
+    `path/to/file.py:factory` (a function returning the model). Models are built under
+    torch.manual_seed(seed), so one built without weights is the same random model on every run."""
     if spec in BUILTIN:
         return BUILTIN[spec][0]()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _build(spec, weights, seed)
+
+
+def _build(spec: str, weights: str | None, seed: int) -> torch.nn.Module:
     if spec.startswith("torchvision:"):
         name = spec.split(":", 1)[1]
         try:
@@ -55,6 +63,9 @@ def load_model(spec: str, weights: str | None = None) -> torch.nn.Module:
             raise ModelError(f"torchvision has no model {name!r} ({exc})") from None
         if weights:
             _load_weights(model, weights)
+        else:
+            warnings.warn(f"{spec} has no --weights: its weights are random (initialised with seed {seed}); "
+                          "its units are dissected as a random network", UserWarning, stacklevel=3)
         return model.eval()
     if ":" in spec and spec.rsplit(":", 1)[0].endswith(".py"):
         path, factory = spec.rsplit(":", 1)

@@ -24,10 +24,16 @@ from .datasets.sample import IMAGENET_MEAN, IMAGENET_STD, Batch, collate, to_mod
 from .distributed import Comm
 from .hooks import find_modules, trace
 from .results import Dissection, LayerResult
+from .identity import dataset_identity, differences, dissection_identity
 from .scoring import Tally
+from .top_images import TopImages
 from .top_quantile import TopQuantile
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
+
+
+class CheckpointMismatch(ValueError):
+    """A checkpoint written by a dissection of another identity (the message lists what differs)."""
 
 
 class _Images(torch.utils.data.Dataset):
@@ -54,16 +60,17 @@ def _collate_images(items):
 class _Run:
     """State of one dissection: models, accumulators, cache, checkpoints."""
 
-    def __init__(self, model, layers, dataset, opts, store=None, comm: Comm | None = None):
+    def __init__(self, model, layers, dataset, opts, identity: dict, store=None, comm: Comm | None = None):
         self.model, self.layers, self.dataset, self.o = model, list(layers), dataset, opts
+        self.run_identity = identity
         self.store = store  # a PackedMasks: masks are sliced from it instead of decoded
         self.comm = comm or Comm(False)
         self.lo, self.hi = self.comm.shard(len(dataset))  # this rank's images
         self.device = opts["device"]
         self.quantiles: dict[str, TopQuantile] = {}
         self.tallies: dict[str, Tally] = {}
-        # per layer: (K, top_k) per-image maxima, their image ids, and their maps (K, top_k, h, w) for the report
-        self.top: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self.top: dict[str, TopImages] = {name: TopImages(opts["top_k"]) for name in self.layers}
+        self.saved: tuple[int, int] | None = None  # (stage, images done) of the last checkpoint written
         self.cache: dict[str, torch.Tensor] | None = None
         # With a cache, both passes see float16-rounded activations, cached or recomputed alike.
         self.round_f16 = opts["cache"] is not None
@@ -131,8 +138,8 @@ class _Run:
         return Path(self.o["checkpoint"]) / name
 
     def identity(self) -> dict:
-        return {"layers": self.layers, "images": len(self.dataset), "shard": (self.lo, self.hi), "quantile": self.o["quantile"],
-                "method": self.o["method"], "union": self.o["union"], "version": CHECKPOINT_VERSION}
+        return {**self.run_identity, "shard": [self.lo, self.hi], "world": self.comm.world,
+                "checkpoint_version": CHECKPOINT_VERSION}
 
     def save(self, stage: int, images_done: int) -> None:
         path = self.checkpoint_path()
@@ -142,30 +149,53 @@ class _Run:
         state = {"identity": self.identity(), "stage": stage, "images_done": images_done,
                  "quantiles": {k: q.state_dict() for k, q in self.quantiles.items()} if stage == 1 else {},
                  "tallies": {k: t.state_dict() for k, t in self.tallies.items()},
-                 "top": {k: tuple(t.cpu() for t in top) for k, top in self.top.items()}}
-        tmp = path.with_suffix(".tmp")
+                 "top": {k: t.state_dict() for k, t in self.top.items()}}
+        tmp = path.with_name(path.name + ".tmp")
         torch.save(state, tmp)
         os.replace(tmp, path)  # a crash mid-write never leaves a torn checkpoint
+        self.saved = (stage, images_done)
+
+    def describe_progress(self, stage: int, images_done: int) -> str:
+        if stage >= 3:
+            return "complete"
+        return f"pass {stage}, {images_done - self.lo}/{self.hi - self.lo} images"
 
     def resume(self):
         path = self.checkpoint_path()
         if path is None or not path.is_file():
             return 1, self.lo
-        state = torch.load(path, weights_only=False)
-        if state["identity"] != self.identity():
-            raise ValueError(f"{path} belongs to another dissection ({state['identity']}); remove it or use "
-                             "another checkpoint directory")
+        try:
+            state = torch.load(path, weights_only=False)
+        except Exception as exc:
+            raise CheckpointMismatch(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc}); remove it, "
+                                     "or pass restart=True (--restart) to start afresh") from None
+        recorded = state.get("identity", {}) if isinstance(state, dict) else {}
+        diff = differences(recorded, self.identity())
+        if diff:
+            if self.o["restart"]:
+                self.log(f"{path} belongs to another dissection ({diff[0]}): starting afresh")
+                return 1, self.lo
+            shown = "; ".join(diff[:4]) + (f"; and {len(diff) - 4} more" if len(diff) > 4 else "")
+            raise CheckpointMismatch(f"{path} belongs to another dissection: {shown}. Use another checkpoint "
+                                     "directory, or restart=True (CLI --restart) to discard it and start afresh")
         for k, s in state["quantiles"].items():
             self.quantiles[k] = TopQuantile(s["num_units"], s["quantile"], s["method"], backend=self.o["backend"])
-            self.quantiles[k].load_state_dict(s)
+            self.quantiles[k].load_state_dict(s, self.device)
         for k, s in state["tallies"].items():
             self.tallies[k] = Tally(s["num_units"], s["num_concepts"], s["thresholds"], union=s["union"],
                                     categories=s["categories"], backend=self.o["backend"], device=self.device)
             self.tallies[k].load_state_dict(s)
-        self.top = {k: tuple(t.to(self.device) for t in top) for k, top in state["top"].items()}
+        for k, s in state["top"].items():
+            self.top[k].load_state_dict(s, self.device)
         if state["stage"] > 1 or state["images_done"] > self.lo:
             self.cache_off = True  # the cache of the interrupted run is incomplete: re-run the model
+        self.saved = (state["stage"], state["images_done"])
+        self.log(f"resuming from {self.o['checkpoint']}: {self.describe_progress(*self.saved)}")
         return state["stage"], state["images_done"]
+
+    def log(self, message: str) -> None:
+        if self.o["verbose"] and self.comm.rank == 0:
+            print(f"fastdissect: {message}")
 
     # ---- passes
     def progress(self, desc: str, start: int):
@@ -193,15 +223,15 @@ class _Run:
         """Every rank ends with the same TopQuantile per layer: all shards merged in rank order."""
         if self.comm.world == 1:
             return
-        shards = self.comm.gather({name: q.state_dict() for name, q in self.quantiles.items()})
+        # A rank without images has seen no layer: it learns the layers' widths from the others.
+        widths = {}
+        for shard in self.comm.gather({name: q.num_units for name, q in self.quantiles.items()}):
+            widths.update(shard)
         for name in self.layers:
-            merged = None
-            for shard in (sh for sh in shards if name in sh):  # a rank with no images has no state
-                q = TopQuantile(shard[name]["num_units"], self.o["quantile"], self.o["method"],
-                                backend=self.o["backend"])
-                q.load_state_dict(shard[name])
-                merged = q if merged is None else merged.merge(q)
-            self.quantiles[name] = merged
+            if name not in self.quantiles:
+                self.quantiles[name] = TopQuantile(widths[name], self.o["quantile"], self.o["method"],
+                                                   backend=self.o["backend"])
+            self.quantiles[name].all_reduce(self.comm)
 
     def refine_thresholds(self) -> None:
         """Further passes for order statistics the first pass could not read (the data drifted)."""
@@ -210,12 +240,8 @@ class _Run:
             for q in pending.values():
                 q.new_pass()
             self.comm.run(self.refine_pass, pending)
-            if self.comm.world > 1:
-                contributions = self.comm.gather({name: q.pass_state() for name, q in pending.items()})
-                for rank, contribution in enumerate(contributions):
-                    if rank != self.comm.rank:
-                        for name, q in pending.items():
-                            q.merge_pass(contribution[name])
+            for q in pending.values():
+                q.all_reduce(self.comm)
 
     def start_tallies(self) -> None:
         ds = self.dataset
@@ -230,29 +256,17 @@ class _Run:
             for indices, images in self.loader(False, 0):
                 acts = self.activations(indices, None if self.cache is not None else images)
                 for name, q in pending.items():
-                    q.add(acts[name].to(q._device))  # merged shards hold their state on the CPU
+                    q.add(acts[name].to(q.device))  # merged shards hold their state on the CPU
                 bar.update(len(indices))
 
     def combine_tallies(self) -> None:
         """Sums every rank's tallies (int64 all-reduce) and merges the top-k lists in rank order."""
-        if self.comm.world == 1:
-            return
-        for tally in self.tallies.values():
-            for tensor in tally._state.values():
-                self.comm.all_reduce_(tensor)
-            count = torch.tensor([tally.num_images], dtype=torch.int64, device=next(iter(tally._state.values())).device)
-            self.comm.all_reduce_(count)
-            tally.num_images = int(count)
-        shards = self.comm.gather({name: tuple(t.cpu() for t in top) for name, top in self.top.items()})
-        k_top = self.o["top_k"]
         for name in self.layers:
-            v, i, m = (torch.cat([shard[name][j] for shard in shards if name in shard], 1) for j in range(3))
-            order = torch.sort(v, dim=1, descending=True, stable=True).indices[:, :k_top]  # rank order = image order
-            rows = torch.arange(order.shape[0])[:, None]
-            self.top[name] = (v.gather(1, order), i.gather(1, order), m[rows, order])
+            self.tallies[name].all_reduce(self.comm)
+            self.top[name].all_reduce(self.comm)
 
     def tally_pass(self, start: int) -> None:
-        every, k_top = self.o["checkpoint_every"], self.o["top_k"]
+        every = self.o["checkpoint_every"]
         with self.progress("pass 2/2 tally", start) as bar:
             for b, batch in enumerate(self.loader(self.store is None, start)):
                 if self.store is not None:
@@ -262,16 +276,7 @@ class _Run:
                 masks = batch.masks.to(self.device)
                 for name, a in acts.items():
                     self.tallies[name].add(a, masks)
-                    peak = a.amax(dim=(2, 3)).T.to(torch.float64)            # (K, B) per-image maxima
-                    ids = batch.indices.to(peak.device).expand_as(peak)
-                    maps = a.transpose(0, 1).float()                         # (K, B, h, w)
-                    if name in self.top:
-                        v, i, m = self.top[name]
-                        peak, ids, maps = torch.cat([v, peak], 1), torch.cat([i, ids], 1), torch.cat([m, maps], 1)
-                    # ties keep the earlier image: stable sort on the value, descending
-                    order = torch.sort(peak, dim=1, descending=True, stable=True).indices[:, :k_top]
-                    rows = torch.arange(order.shape[0], device=order.device)[:, None]
-                    self.top[name] = (peak.gather(1, order), ids.gather(1, order), maps[rows, order])
+                    self.top[name].add(a, batch.indices)
                 bar.update(len(batch.indices))
                 if every and (b + 1) % every == 0:
                     self.save(2, int(batch.indices[-1]) + 1)
@@ -281,8 +286,8 @@ def dissect(model: torch.nn.Module, layers: Sequence[str], dataset, *, quantile:
             method: str = "linear", iou_threshold: float = 0.04, union: str = "netdissect", batch_size: int = 32,
             num_workers: int = 0, device=None, cache=None, cache_limit: int = 4 << 30, image_size=None,
             mean=IMAGENET_MEAN, std=IMAGENET_STD, transform: dict | None = None, top_k: int = 8,
-            checkpoint=None, checkpoint_every: int = 50, backend: str = "auto", distributed: bool | None = None,
-            verbose: bool = True) -> Dissection:
+            checkpoint=None, checkpoint_every: int = 50, restart: bool = False, backend: str = "auto",
+            distributed: bool | None = None, verbose: bool = True) -> Dissection:
     """Dissects `layers` of `model` on a concept data set (see the README for a complete example).
 
     dataset: a `fd.datasets.Broden`, `SegmentationDataset`, a packed store (`fd.datasets.open_packed`,
@@ -298,7 +303,10 @@ def dissect(model: torch.nn.Module, layers: Sequence[str], dataset, *, quantile:
     in float16 (so both passes see the float16-rounded values) when they need at most `cache_limit`
     bytes (N * sum over layers of K * h * w * 2), else the second pass re-runs the model.
     checkpoint: a directory; accumulators are saved every `checkpoint_every` batches and after each
-    pass, and a run with the same arguments resumes from it with identical results.
+    pass, and a run of the same identity (`fd.identity`: model weights, architecture, layers and
+    transforms, data set, image size, mean/std, quantile, method, union, top_k) resumes from it with
+    identical results. A checkpoint of another identity is refused with the differences named, or,
+    with restart=True, discarded.
     distributed: None uses torch.distributed when a process group is initialized; each rank then reads
     its own contiguous shard, accumulators are combined exactly, and every rank returns the same
     results, identical bit for bit to one process (fastdissect/distributed.py).
@@ -321,6 +329,10 @@ def dissect(model: torch.nn.Module, layers: Sequence[str], dataset, *, quantile:
         raise ValueError("the data set is empty")
     _validate.quantile_level(quantile)
     _validate.positive_int(batch_size, "batch_size")
+    _validate.positive_int(top_k, "top_k")
+    if not isinstance(checkpoint_every, int) or isinstance(checkpoint_every, bool) or checkpoint_every < 0:
+        raise ValueError(f"checkpoint_every must be a non-negative int (0: only after each pass), "
+                         f"got {checkpoint_every!r}")
     if cache not in (None, "memory") and not isinstance(cache, (str, os.PathLike)):
         raise ValueError(f'cache must be None, "memory" or a directory, got {cache!r}')
     if device is None:
@@ -330,12 +342,15 @@ def dissect(model: torch.nn.Module, layers: Sequence[str], dataset, *, quantile:
                 device=torch.device(device), cache=cache, cache_limit=cache_limit,
                 image_size=tuple(image_size) if image_size is not None else None, mean=mean, std=std,
                 transform=transform, top_k=top_k, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
-                backend=backend, verbose=verbose)
+                restart=restart, backend=backend, verbose=verbose)
+    identity = dissection_identity(model, layers, dataset if store is None else store, opts)
+    if store is not None:
+        identity["dataset"]["images_from"] = dataset_identity(dataset)
     was_training = model.training
     model.eval()
+    comm = Comm.detect(distributed)
+    run = _Run(model, layers, dataset, opts, identity, store, comm)
     try:
-        comm = Comm.detect(distributed)
-        run = _Run(model, layers, dataset, opts, store, comm)
         stage, done = run.resume()
         if stage == 1:
             comm.run(run.thresholds_pass, done)
@@ -348,13 +363,25 @@ def dissect(model: torch.nn.Module, layers: Sequence[str], dataset, *, quantile:
             comm.run(run.tally_pass, done)
             run.combine_tallies()
             run.save(3, run.hi)
+    except KeyboardInterrupt:
+        if run.checkpoint_path() is None:
+            run.log("interrupted: no checkpoint was written (pass checkpoint=DIR, CLI --checkpoint DIR, to resume "
+                    "an interrupted run)")
+        elif run.saved is None:
+            run.log(f"interrupted before the first checkpoint: nothing was written to {checkpoint}")
+        else:
+            run.log(f"interrupted: the checkpoint in {checkpoint} holds {run.describe_progress(*run.saved)}; "
+                    "run the same command again to resume")
+        raise
     finally:
         model.train(was_training)
     result = Dissection()
     cats = torch.as_tensor(dataset.primary_category, dtype=torch.int64)
     for name in layers:
-        v, i, m = run.top[name]
+        top = run.top[name].to("cpu")
         result[name] = LayerResult(name, run.tallies[name].scores(), list(dataset.concept_names),
-                                   list(dataset.category_names), cats, iou_threshold, i.cpu(), v.cpu(), m.cpu())
+                                   list(dataset.category_names), cats, iou_threshold, top.images, top.values,
+                                   top.maps)
     result.dataset = dataset
+    result.identity = {**identity, "iou_threshold": iou_threshold}
     return result

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
+from .identity import describe
 from .torch_backend import upsample
 
 PALETTE = ["#4263eb", "#e8590c", "#2b8a3e", "#ae3ec9", "#c92a2a", "#1098ad", "#5c940d", "#862e9c", "#d9480f"]
@@ -145,6 +146,6 @@ def write_report(dissection, directory, dataset=None, *, verbose: bool = True) -
     index = env.get_template("index.html.j2").render(
         n_layers=len(summaries), n_images=first.scores.num_images, union=first.scores.union_mode,
         iou_threshold=first.iou_threshold, comparison_figure="layers_detectors.png", summaries=summaries,
-        categories=categories, version=__version__)
+        categories=categories, version=__version__, about=describe(getattr(dissection, "identity", {})))
     (directory / "index.html").write_text(index)
     return directory / "index.html"

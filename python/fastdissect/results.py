@@ -118,6 +118,7 @@ class Dissection(dict):
 
     dataset = None
     dataset_root = None  # set by load(): where the data set was
+    identity: dict = {}  # what the numbers depend on (fastdissect.identity), set by fd.dissect and load()
 
     def report(self, directory, dataset=None, **options) -> Path:
         """Writes the HTML report (see `fastdissect.report.write_report`) and returns its index.html."""
@@ -135,7 +136,10 @@ class Dissection(dict):
         return directory
 
     def summary_text(self) -> str:
-        lines = []
+        from .identity import describe
+
+        about = describe(self.identity)
+        lines = [" · ".join(f"{k} {v}" for k, v in about.items() if k != "layers")] if about else []
         for layer in self.values():
             s = layer.summary
             cats = ", ".join(f"{c} {n}" for c, n in s["unique_detectors"].items() if n)
@@ -157,7 +161,8 @@ class Dissection(dict):
                             "top_images": r.top_images, "top_values": r.top_values, "top_maps": r.top_maps}
         root = getattr(self.dataset, "root", None)
         torch.save({"format": "fastdissect-dissection", "version": FORMAT_VERSION, "layers": layers,
-                    "dataset_root": str(Path(root).resolve()) if root is not None else None},
+                    "dataset_root": str(Path(root).resolve()) if root is not None else None,
+                    "identity": self.identity},
                    directory / "dissection.pt")
         (directory / "summary.json").write_text(json.dumps([r.summary for r in self.values()], indent=1))
         return directory
@@ -177,4 +182,5 @@ def load(directory) -> Dissection:
         out[name] = LayerResult(name, scores, d["concept_names"], d["category_names"], d["categories"],
                                 d["iou_threshold"], d["top_images"], d["top_values"], d.get("top_maps"))
     out.dataset_root = data.get("dataset_root")
+    out.identity = data.get("identity") or {}
     return out

@@ -57,20 +57,25 @@ class Tally:
         self.thresholds = _validate.thresholds(thresholds, num_units)
         self.union, self.categories, self.num_categories = _validate.union_and_categories(
             union, categories, num_concepts)
-        if backend not in _dispatch.BACKENDS:
-            raise ValueError(f"backend must be one of {_dispatch.BACKENDS}, got {backend!r}")
-        self.backend = backend
+        self.backend = _validate.backend(backend)
         self.device = torch.device(device) if device is not None else None
         self.num_images = 0
         self._state: dict[str, torch.Tensor] | None = None
+        self._backend: str | None = None  # resolved once, at the first batch
 
     def _zeros(self, device) -> dict[str, torch.Tensor]:
+        """The tallies, all int64 sums; non_finite counts NaN/inf seen by the GPU kernels."""
         z = lambda *shape: torch.zeros(*shape, dtype=torch.int64, device=device)  # noqa: E731
         state = {"intersection": z(self.num_units, self.num_concepts), "unit_area": z(self.num_units),
-                 "concept_area": z(self.num_concepts)}
+                 "concept_area": z(self.num_concepts), "non_finite": z(self.num_units)}
         if self.union != "global":
             state["unit_category_area"] = z(self.num_units, self.num_categories)
         return state
+
+    def _tallies(self) -> dict[str, torch.Tensor]:
+        if self._state is None:
+            self._state = self._zeros(self.device or "cpu")
+        return self._state
 
     def add(self, activations, masks) -> None:
         """Adds a batch: activations (N, K, h, w) and the same N images' masks (dense (N, C, H, W)
@@ -81,23 +86,21 @@ class Tally:
         self._add(act, m)
 
     def _add(self, act: torch.Tensor, m: ConceptMasks) -> None:
-        device = self.device or act.device
-        backend = _dispatch.resolve_backend(self.backend, act.device)
-        if backend not in _dispatch.GPU_BACKENDS:
+        if self.device is None:
+            self.device = act.device
+        if act.device != self.device:
+            raise ValueError(f"activations are on {act.device} but this Tally accumulates on {self.device}")
+        if self._backend is None:
+            self._backend = _dispatch.resolve_backend(self.backend, self.device)
+        if self._backend not in _dispatch.GPU_BACKENDS:
             _validate.finite(act, "activations")  # the GPU kernels count NaN/inf on the device instead
-        if self._state is None:
-            self._state = self._zeros(device)
-        state = self._state
-        if act.device != device:
-            raise ValueError(f"activations are on {act.device} but this Tally accumulates on {device}")
-        if m.device != device:
-            m = m.to(device)
-        cats = self.categories.to(device) if self.categories is not None else None
-        if backend in _dispatch.GPU_BACKENDS and "non_finite" not in state:
-            state["non_finite"] = torch.zeros(self.num_units, dtype=torch.int64, device=device)
-        _dispatch.tally_batch(backend, act, m, self.thresholds.to(device), self.union, cats, self.num_categories,
-                              state["intersection"], state["unit_area"], state.get("unit_category_area"),
-                              state.get("non_finite"))
+        state = self._tallies()
+        if m.device != self.device:
+            m = m.to(self.device)
+        cats = self.categories.to(self.device) if self.categories is not None else None
+        _dispatch.tally_batch(self._backend, act, m, self.thresholds.to(self.device), self.union, cats,
+                              self.num_categories, state["intersection"], state["unit_area"],
+                              state.get("unit_category_area"), state["non_finite"])
         state["concept_area"] += m.concept_area()
         self.num_images += act.shape[0]
 
@@ -107,8 +110,8 @@ class Tally:
 
     def _scores(self, copy: bool) -> Scores:
         """copy=False hands over the tallies themselves (for a Tally that is discarded afterwards)."""
-        state = self._state if self._state is not None else self._zeros(self.device or "cpu")
-        _validate.report_non_finite(state.get("non_finite"))
+        state = self._tallies()
+        _validate.report_non_finite(state["non_finite"])
         inter = state["intersection"]
         concept_area = state["concept_area"]
         if self.union == "global":
@@ -121,8 +124,8 @@ class Tally:
                       self.thresholds.clone(), self.union, self.num_images)
 
     def state_dict(self) -> dict:
-        state = self._state if self._state is not None else self._zeros(self.device or "cpu")
-        _validate.report_non_finite(state.get("non_finite"))
+        state = self._tallies()
+        _validate.report_non_finite(state["non_finite"])
         return {"num_units": self.num_units, "num_concepts": self.num_concepts, "union": self.union,
                 "thresholds": self.thresholds.clone(),
                 "categories": None if self.categories is None else self.categories.clone(),
@@ -131,7 +134,8 @@ class Tally:
     def load_state_dict(self, state: dict) -> None:
         self._check_compatible(state, "state_dict")
         device = self.device or "cpu"
-        self._state = {k: state[k].to(device).clone() for k in self._zeros("cpu")}
+        zeros = self._zeros("cpu")
+        self._state = {k: state.get(k, zeros[k]).to(device, copy=True) for k in zeros}
         self.num_images = int(state["num_images"])
 
     def merge(self, other: "Tally") -> "Tally":
@@ -140,11 +144,28 @@ class Tally:
             raise TypeError(f"merge takes a Tally, got {type(other).__name__}")
         theirs = other.state_dict()
         self._check_compatible(theirs, "other")
-        mine = self.state_dict()
-        device = self.device or "cpu"
-        self._state = {k: (mine[k] + theirs[k]).to(device) for k in self._zeros("cpu")}
+        for key, tally in self._tallies().items():
+            tally += theirs[key].to(tally.device)
         self.num_images += other.num_images
         return self
+
+    def to(self, device) -> "Tally":
+        """Moves the tallies to `device`; later batches must be on it. Returns self."""
+        self.device = torch.device(device)
+        self._backend = None
+        if self._state is not None:
+            self._state = {k: v.to(self.device) for k, v in self._state.items()}
+        return self
+
+    def all_reduce(self, comm) -> None:
+        """Sums every rank's tallies in place (int64, exact): afterwards each rank holds the totals."""
+        if comm.world == 1:
+            return
+        for tensor in self._tallies().values():
+            comm.all_reduce_(tensor)
+        count = torch.tensor([self.num_images], dtype=torch.int64, device=self._state["intersection"].device)
+        comm.all_reduce_(count)
+        self.num_images = int(count)
 
     def _check_compatible(self, state: dict, name: str) -> None:
         for key in ("num_units", "num_concepts", "union"):

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from . import _dispatch, _ext, _validate
+from . import _dispatch, _validate
 from .histogram_keys import HIST_BINS, ZERO_BIN, bin_key_range, bins, keys, values_of
 from .quantile import check_method, interpolate, order_statistics
 
@@ -54,13 +54,12 @@ class TopQuantile:
         self.num_units = _validate.positive_int(num_units, "num_units")
         self.quantile = _validate.quantile_level(quantile)
         self.method = check_method(method)
-        if backend not in _dispatch.BACKENDS:
-            raise ValueError(f"backend must be one of {_dispatch.BACKENDS}, got {backend!r}")
-        self.backend = backend
+        self.backend = _validate.backend(backend)
         self.refine_budget = _validate.positive_int(refine_budget, "refine_budget")
         self.num_values = 0        # per unit, first pass
         self.passes = 1            # passes started over the data
         self._device: torch.device | None = None
+        self._backend: str | None = None  # resolved once, when the first batch shows the device
         self._counts = self._floor = self._min_max = None
         self._incomplete = self._non_finite = None  # set by the GPU kernels only
         self._kept: list = []  # (values, count per unit) chunks, or _DeviceChunk from the GPU kernels
@@ -72,14 +71,16 @@ class TopQuantile:
     def add(self, activations) -> None:
         """Adds a batch: (N, K, h, w) activations or (M, K) values."""
         act = _as_values(activations, self.num_units)
-        backend = _dispatch.resolve_backend(self.backend, act.device)
-        if backend not in ("cpu",) + _dispatch.GPU_BACKENDS or self._refine is not None:
-            _validate.finite(act, "activations")  # the kernels check their batches themselves
         if self._device is None:
             self._start(act.device)
         elif act.device != self._device:
             raise ValueError(f"activations are on {act.device} but this TopQuantile holds its state on "
-                             f"{self._device}")
+                             f"{self._device}: move them, or the TopQuantile with .to(device)")
+        if self._backend is None:
+            self._backend = _dispatch.resolve_backend(self.backend, self._device)
+        backend = self._backend
+        if backend not in ("cpu",) + _dispatch.GPU_BACKENDS or self._refine is not None:
+            _validate.finite(act, "activations")  # the kernels check their batches themselves
         if self._refine is not None:
             self._answer = None
             self._refine.add(_unit_major(act))
@@ -87,9 +88,12 @@ class TopQuantile:
         n = self.num_values + act.shape[0] * (act.shape[2] * act.shape[3] if act.dim() == 4 else 1)
         keep_top = self._keep_top(n)
         if backend == "cpu":
-            chunk = _histogram_add_cpu(act, self._floor, keep_top, self._counts, self._min_max)
+            chunk = _dispatch.histogram_add_cpu(act, self._floor, keep_top, self._counts, self._min_max)
+            if chunk is None:  # the batch holds NaN or inf; the state is unchanged
+                _validate.finite(act, "activations")
+                raise AssertionError("the kernel rejected a finite batch")  # pragma: no cover
         elif backend in _dispatch.GPU_BACKENDS:
-            chunk = _histogram_add_gpu(backend == "cuda_emu", act, keep_top, self)
+            chunk = self._histogram_add_gpu(backend, act, keep_top)
         else:
             chunk = _histogram_add_torch(_unit_major(act), self._floor, keep_top, self._counts, self._min_max)
         self._answer = None
@@ -173,7 +177,8 @@ class TopQuantile:
                 "min_max": cpu(self._min_max), "kept_values": cpu(values), "kept_per_unit": cpu(per_unit),
                 "incomplete": cpu(self._incomplete)}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, device=None) -> None:
+        """Restores a first-pass `state_dict()`, onto `device` (default the CPU)."""
         for key in ("num_units", "quantile", "method"):
             if state[key] != getattr(self, key):
                 raise ValueError(f"state has {key}={state[key]!r}, this TopQuantile has {getattr(self, key)!r}")
@@ -181,11 +186,12 @@ class TopQuantile:
                       refine_budget=self.refine_budget)
         if state["counts"] is None:
             return
-        self._start(torch.device("cpu"))
+        self._start(torch.device(device) if device is not None else torch.device("cpu"))
         self._counts.copy_(state["counts"])
         self._floor.copy_(state["floor"])
         self._min_max.copy_(state["min_max"])
-        self._kept = [(state["kept_values"].clone(), state["kept_per_unit"].clone())]
+        self._kept = [(state["kept_values"].to(self._device, copy=True),
+                       state["kept_per_unit"].to(self._device, copy=True))]
         self._compacted = state["kept_values"].numel()
         self.num_values = int(state["num_values"])
         if state.get("incomplete") is not None:
@@ -217,8 +223,52 @@ class TopQuantile:
         self._compact()
         return self
 
+    @property
+    def device(self) -> torch.device | None:
+        """Where the state lives (None before the first batch)."""
+        return self._device
+
+    def to(self, device) -> "TopQuantile":
+        """Moves the first-pass state to `device`; later batches must be on it. Returns self."""
+        device = torch.device(device)
+        if self._refine is not None:
+            raise RuntimeError("a TopQuantile can move between passes only before new_pass()")
+        if self._device is not None and device != self._device:
+            self.load_state_dict(self.state_dict(), device)
+        return self
+
+    def all_reduce(self, comm) -> None:
+        """Combines every rank's shard in place (a `fastdissect.distributed.Comm`): afterwards each rank
+        holds the same state, exactly as one process that saw every rank's data in rank order. In the
+        first pass the states are merged; in a further pass each rank's contribution is added."""
+        if comm.world == 1:
+            return
+        if self._refine is not None:
+            for rank, contribution in enumerate(comm.gather(self.pass_state())):
+                if rank != comm.rank:
+                    self.merge_pass(contribution)
+            return
+        merged = TopQuantile(self.num_units, self.quantile, self.method, backend=self.backend,
+                             refine_budget=self.refine_budget)
+        for shard in comm.gather(self.state_dict()):
+            part = TopQuantile(self.num_units, self.quantile, self.method, refine_budget=self.refine_budget)
+            part.load_state_dict(shard)
+            merged.merge(part)
+        self.load_state_dict(merged.state_dict())
+
     # ---- internals
+    def _histogram_add_gpu(self, backend: str, act: torch.Tensor, keep_top: int) -> "_DeviceChunk":
+        per_unit = act.shape[0] * (act.shape[2] * act.shape[3] if act.dim() == 4 else 1)
+        # Kept values of one batch rarely exceed the top 2 * keep_top of each unit; a unit that overflows
+        # is marked incomplete and finished by a further pass, so the bound costs speed, never exactness.
+        capacity = self.num_units * min(per_unit, 2 * keep_top + 256)
+        values, units, count = _dispatch.histogram_add_gpu(backend, act, self._floor, keep_top, self._counts,
+                                                           self._min_max, self._non_finite, self._incomplete,
+                                                           capacity)
+        return _DeviceChunk(values, units, count, capacity)
+
     def _start(self, device: torch.device) -> None:
+        self._backend = None
         self._device = device
         K = self.num_units
         self._counts = torch.zeros(K, HIST_BINS, dtype=torch.int64, device=device)
@@ -486,46 +536,6 @@ class _DeviceChunk:
 
 def _chunk_size(chunk) -> int:
     return chunk.capacity if isinstance(chunk, _DeviceChunk) else chunk[0].numel()
-
-
-def _histogram_add_gpu(emulate: bool, act, keep_top: int, q: "TopQuantile") -> _DeviceChunk:
-    """The CUDA kernels (histogram, floor, kept values), asynchronous on the current stream."""
-    K, dev = q.num_units, act.device
-    per_unit = act.shape[0] * (act.shape[2] * act.shape[3] if act.dim() == 4 else 1)
-    sizes, strides = list(act.shape), list(act.stride())
-    if act.dim() == 2:
-        sizes, strides = sizes + [1, 1], strides + [0, 0]
-    # Kept values of one batch rarely exceed the top 2 * keep_top of each unit; a unit that overflows
-    # is marked incomplete and finished by a further pass, so the bound costs speed, never exactness.
-    capacity = K * min(per_unit, 2 * keep_top + 256)
-    i64 = torch.iinfo(torch.int64)
-    min_max_key = torch.tensor([[i64.max, i64.min]], dtype=torch.int64, device=dev).repeat(K, 1)
-    floor_value = torch.empty(K, dtype=torch.float64, device=dev)
-    values = torch.empty(capacity, dtype=torch.float64, device=dev)
-    units = torch.empty(capacity, dtype=torch.int64, device=dev)
-    count = torch.zeros(1, dtype=torch.int64, device=dev)
-    _ext.extension().histogram_gpu(
-        emulate=emulate, act=act.data_ptr(), dtype=_validate.DTYPE_CODES[act.dtype], sizes=sizes, strides=strides,
-        floor_bin=q._floor.data_ptr(), keep_top=keep_top, counts=q._counts.data_ptr(),
-        min_max=q._min_max.data_ptr(), min_max_key=min_max_key.data_ptr(), non_finite=q._non_finite.data_ptr(),
-        floor_value=floor_value.data_ptr(), kept_values=values.data_ptr(), kept_units=units.data_ptr(),
-        kept_count=count.data_ptr(), capacity=capacity, overflow=q._incomplete.data_ptr(),
-        stream=_dispatch.stream_of(dev), n_threads=torch.get_num_threads())
-    return _DeviceChunk(values, units, count, capacity)
-
-
-def _histogram_add_cpu(act, floor, keep_top, counts, min_max):
-    sizes, strides = list(act.shape), list(act.stride())
-    if act.dim() == 2:
-        sizes, strides = sizes + [1, 1], strides + [0, 0]
-    values, per_unit = _ext.extension().histogram_add(
-        act=act.data_ptr(), dtype=_validate.DTYPE_CODES[act.dtype], sizes=sizes, strides=strides,
-        floor_bin=floor.data_ptr(), keep_top=keep_top, counts=counts.data_ptr(), min_max=min_max.data_ptr(),
-        n_threads=torch.get_num_threads())
-    if values is None:  # the batch holds NaN or inf; the state is unchanged
-        _validate.finite(act, "activations")
-        raise AssertionError("the kernel rejected a finite batch")  # pragma: no cover
-    return torch.from_numpy(values), torch.from_numpy(per_unit)
 
 
 def _histogram_add_torch(values, floor, keep_top, counts, min_max):

@@ -34,9 +34,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .. import _ext, _validate
+from .. import _dispatch, _validate
+from .._codes import DTYPE_CODES
 from ..datasets.broden import DatasetError, decode_label_png, read_csv
-from ..masks import _Builder
+from ..masks import MaskBuilder
 from ..top_quantile import TopQuantile
 from . import pillow
 from .pillow import resize_bilinear
@@ -141,7 +142,7 @@ def tally(features, thresholds, data_directory, categories: Sequence[str] | None
     if thresholds.shape != (K,):
         raise ValueError(f"thresholds must have shape ({K},), got {thresholds.shape}")
     sizes = {(sh, sw) for _, sh, sw, _ in data.rows}
-    if _ext._C is not None and len(sizes) == 1:
+    if _dispatch.has_extension() and len(sizes) == 1:
         sh, sw = next(iter(sizes))
         if features.shape[2] <= sh and features.shape[3] <= sw:  # upsampling: the fused C++ kernel
             both, units_cat, truth = _tally_kernel(data, features, thresholds, sh, sw, progress)
@@ -201,7 +202,7 @@ def _tally_kernel(data: LiteData, features, thresholds, sh: int, sw: int, progre
     with tqdm(total=N, desc="lite tally", unit="img", disable=not progress) as bar:
         for start in range(0, N, chunk):
             stop = min(start + chunk, N)
-            builder = _Builder(L, sh, sw)
+            builder = MaskBuilder(L, sh, sw)
             for n in range(start, stop):
                 planes, scalars, _ = data.labels(n)
                 ids, masks = [], []
@@ -218,18 +219,11 @@ def _tally_kernel(data: LiteData, features, thresholds, sh: int, sw: int, progre
             m = builder.build()
             truth += m.concept_area()
             act = torch.from_numpy(np.ascontiguousarray(features[start:stop]))
-            if act.dtype not in _validate.DTYPE_CODES:
+            if act.dtype not in DTYPE_CODES:
                 act = act.double()
             _validate.finite(act, "features")
-            _ext.extension().score_cpu(
-                act=act.data_ptr(), dtype=_validate.DTYPE_CODES[act.dtype], sizes=list(act.shape),
-                strides=list(act.stride()), thresholds=thresholds_t.data_ptr(), H=sh, W=sw, C=L,
-                words_per_mask=m.words_per_mask, offsets=m.offsets.data_ptr(), concept_ids=m.concept_ids.data_ptr(),
-                mask_rows=m.mask_rows.data_ptr(), words=m.words.data_ptr(), union_mode=2,
-                categories=categories.data_ptr(), G=G, intersection=inter.data_ptr(), unit_area=area.data_ptr(),
-                unit_category_area=unit_cat.data_ptr(), n_threads=torch.get_num_threads(),
-                pil_x_first=tables[0].data_ptr(), pil_x_weights=tables[1].data_ptr(), pil_x_taps=x_weights.shape[1],
-                pil_y_first=tables[2].data_ptr(), pil_y_weights=tables[3].data_ptr(), pil_y_taps=y_weights.shape[1])
+            _dispatch.tally_batch("cpu", act, m, thresholds_t, "lite", categories, G, inter, area, unit_cat,
+                                  pillow=tables)
             bar.update(stop - start)
     return inter.double().numpy(), unit_cat.double().numpy(), truth.double().numpy()
 

@@ -221,6 +221,16 @@ class Broden:
     def image_path(self, i: int) -> Path:
         return self.root / "images" / self.records[i]["image"]
 
+    def fingerprint(self) -> dict:
+        """The content identity of what this object reads (for checkpoints and results)."""
+        if getattr(self, "_fingerprint", None) is None:
+            from ..identity import broden_fingerprint
+
+            csvs = ["index.csv", "label.csv", "category.csv"] + [f"c_{c}.csv" for c in self.category_names]
+            files = [name for r in self.records for name in [r["image"], *r["files"]]]
+            self._fingerprint = {**broden_fingerprint(self.root, csvs, files), "categories": list(self.categories)}
+        return self._fingerprint
+
 
 def write_broden(root, samples, concept_names: Sequence[str], concept_categories: Sequence[Sequence[str]],
                  category_names: Sequence[str], *, split: str = "train", image_format: str = "png") -> Path:

@@ -43,6 +43,12 @@ class SegmentationDataset:
     def __len__(self) -> int:
         return len(self.samples)
 
+    def fingerprint(self) -> dict:
+        """A hash of every sample's image and labels (computed on each call: the samples may change)."""
+        from ..identity import samples_fingerprint
+
+        return {"content": samples_fingerprint(self)}
+
     def image(self, i: int) -> np.ndarray:
         return self[i].image
 

@@ -119,9 +119,10 @@ class PackedMasks:
             if expected == 0:
                 arrays[name] = torch.zeros(shape, dtype=torch.int64)
                 continue
-            arrays[name] = torch.from_numpy(np.memmap(file, dtype="<i8", mode="c", shape=shape))
-        if sys.byteorder != "little":  # pragma: no cover
-            arrays = {k: v.clone() for k, v in arrays.items()}
+            array = np.memmap(file, dtype="<i8", mode="c", shape=shape)
+            if sys.byteorder != "little":  # pragma: no cover - torch takes native byte order only
+                array = array.astype(np.int64)
+            arrays[name] = torch.from_numpy(array)
         self.masks = ConceptMasks(meta["num_concepts"], meta["height"], meta["width"], **arrays)
         self.num_concepts = meta["num_concepts"]
         self.concept_names = meta["concept_names"]
@@ -131,6 +132,13 @@ class PackedMasks:
 
     def __len__(self) -> int:
         return self.meta["num_images"]
+
+    def fingerprint(self) -> dict:
+        """The store's header and array sizes/times, and its source's path."""
+        from ..identity import file_hash, files_fingerprint
+
+        return {"store": str(self.path.resolve()), "header": file_hash(self.path / META),
+                "arrays": files_fingerprint(self.path, sorted(ARRAYS.values())), "source": self.meta.get("source")}
 
     def image_path(self, i: int) -> Path | None:
         rel, source = self.meta["images"][i], self.meta["source"]
