@@ -252,3 +252,116 @@ def test_demo_runs_offline_and_summarises(tmp_path):
             shot = test_report.OUTPUT / f"demo_report_{page}.png"
             dom, console, result = test_report.render(tmp_path / "report" / f"{page}.html", tmp_path, shot)
             assert 'data-status="ready"' in dom and 'data-broken-images="0"' in dom and shot.is_file()
+
+
+def _interrupted_checkpoint(concepts, directory, **options):
+    with pytest.raises(KeyboardInterrupt):
+        fd.dissect(Interrupting(2), ["pool"], concepts, batch_size=8, verbose=False, checkpoint=directory,
+                   checkpoint_every=1, **{**PLAIN, **options})
+
+
+class WiderDetectors(ColorDetectors):
+    """Another architecture with the same layer names and unit count."""
+
+
+@pytest.mark.parametrize("change, named", [
+    ("weights", "model.parameters"), ("architecture", "model.architecture"), ("dataset", "dataset."),
+    ("image_size", "image_size"), ("mean", "mean"), ("quantile", "quantile"), ("transform", "transforms.pool")])
+def test_a_checkpoint_of_another_dissection_is_refused_naming_the_difference(concepts, tmp_path, change, named):
+    _interrupted_checkpoint(concepts, tmp_path / "ck")
+    model, dataset, options = ColorDetectors(), concepts, dict(PLAIN)
+    if change == "weights":
+        with torch.no_grad():
+            model.conv.bias.fill_(0.01)
+    elif change == "architecture":
+        model = WiderDetectors()
+    elif change == "dataset":
+        dataset = fd.datasets.Broden(fd.datasets.builtin(tmp_path / "other", n_images=40, seed=2))
+    elif change == "image_size":
+        options["image_size"] = (64, 64)
+    elif change == "mean":
+        options["mean"] = (0.1, 0.0, 0.0)
+    elif change == "quantile":
+        options["quantile"] = 0.01
+    else:
+        options["transform"] = {"pool": lambda a: a * 2}
+    with pytest.raises(fd.pipeline.CheckpointMismatch, match=named) as err:
+        fd.dissect(model, ["pool"], dataset, batch_size=8, verbose=False, checkpoint=tmp_path / "ck", **options)
+    assert "another dissection" in str(err.value) and "--restart" in str(err.value)
+    # restart=True discards it: the same numbers as a run without any checkpoint
+    fresh = fd.dissect(model, ["pool"], dataset, batch_size=8, verbose=False, **options)
+    restarted = fd.dissect(model, ["pool"], dataset, batch_size=8, verbose=False, checkpoint=tmp_path / "ck",
+                           restart=True, **options)
+    assert torch.equal(fresh["pool"].scores.intersection, restarted["pool"].scores.intersection)
+
+
+def test_resume_and_interrupt_say_what_the_checkpoint_holds(concepts, tmp_path, capsys):
+    with pytest.raises(KeyboardInterrupt):
+        fd.dissect(Interrupting(0), ["pool"], concepts, batch_size=8, **PLAIN)
+    assert "no checkpoint was written" in capsys.readouterr().out
+    with pytest.raises(KeyboardInterrupt):
+        fd.dissect(Interrupting(3), ["pool"], concepts, batch_size=8, checkpoint=tmp_path / "b", checkpoint_every=1,
+                   **PLAIN)
+    out = capsys.readouterr().out
+    assert "holds pass 1, 24/40 images" in out and "run the same command again" in out
+    d = fd.dissect(ColorDetectors(), ["pool"], concepts, batch_size=8, checkpoint=tmp_path / "b", **PLAIN)
+    assert "resuming from" in capsys.readouterr().out and d.identity["model"]["parameters"]
+
+
+def test_results_carry_their_identity(concepts, tmp_path):
+    d = fd.dissect(ColorDetectors(), ["pool"], concepts, batch_size=8, verbose=False, quantile=0.01, **PLAIN)
+    ident = d.identity
+    assert ident["quantile"] == 0.01 and ident["union"] == "netdissect" and ident["layers"] == ["pool"]
+    assert ident["model"]["parameters"] == fd.identity.state_hash(ColorDetectors())
+    assert ident["dataset"]["root"] == str(concepts.root.resolve()) and ident["dataset"]["images"] == 40
+    d.save(tmp_path)
+    assert fd.load(tmp_path).identity == ident
+    assert "ColorDetectors" in d.summary_text().splitlines()[0]
+    index = d.report(tmp_path / "report", verbose=False).read_text()
+    assert 'id="identity"' in index and ident["model"]["parameters"][:12] in index
+
+
+def test_model_identity_sees_every_parameter_and_buffer():
+    a, b = torch.nn.BatchNorm2d(3), torch.nn.BatchNorm2d(3)
+    assert fd.identity.state_hash(a) == fd.identity.state_hash(b)
+    b.running_mean[1] = 1e-7
+    assert fd.identity.state_hash(a) != fd.identity.state_hash(b)
+    half = torch.nn.Linear(2, 2).to(torch.bfloat16)
+    assert len(fd.identity.state_hash(half)) == 32
+
+
+def test_cli_refuses_a_checkpoint_of_other_weights_and_restarts_on_request(concepts, tmp_path):
+    model_file = tmp_path / "models.py"
+    model_file.write_text(MODEL_FILE)
+    weights = tmp_path / "b.pth"
+    other = ColorDetectors()
+    with torch.no_grad():
+        other.conv.bias.fill_(0.05)
+    torch.save(other.state_dict(), weights)
+    common = ["--layers", "pool", "--dataset", concepts.root, "--quiet", "--checkpoint", tmp_path / "ck",
+              "--checkpoint-every", 1, "--mean", 0, 0, 0, "--std", 1, 1, 1]
+    r = run_cli("dissect", "--model", f"{model_file}:colors", "--out", tmp_path / "o1", *common)
+    assert r.returncode == 0, r.stderr
+    r = run_cli("dissect", "--model", f"{model_file}:colors", "--weights", weights, "--out", tmp_path / "o2", *common)
+    assert r.returncode == 1 and "belongs to another dissection: model.parameters" in r.stderr, r.stderr
+    r = run_cli("dissect", "--model", f"{model_file}:colors", "--weights", weights, "--out", tmp_path / "o2",
+                "--restart", *common)
+    assert r.returncode == 0, r.stderr
+    assert fd.load(tmp_path / "o2").identity["model"]["parameters"] == fd.identity.state_hash(other)
+    assert fd.load(tmp_path / "o1").identity["model"]["parameters"] != fd.identity.state_hash(other)
+
+
+def test_torchvision_models_without_weights_are_seeded_and_said_to_be_random(monkeypatch):
+    import types
+
+    from fastdissect import models
+
+    fake = types.ModuleType("torchvision")
+    fake.models = types.SimpleNamespace(get_model=lambda name, weights=None: torch.nn.Conv2d(3, 4, 3))
+    monkeypatch.setitem(sys.modules, "torchvision", fake)
+    with pytest.warns(UserWarning, match="weights are random"):
+        a = models.load_model("torchvision:tiny", seed=3)
+    with pytest.warns(UserWarning):
+        b = models.load_model("torchvision:tiny", seed=3)
+        c = models.load_model("torchvision:tiny", seed=4)
+    assert fd.identity.state_hash(a) == fd.identity.state_hash(b) != fd.identity.state_hash(c)
