@@ -70,7 +70,7 @@ struct Workspace {
     if (counting) ++branches[b];
   }
   void check_scratch_zero() {
-#ifdef NDEBUG
+#ifndef FD_DEBUG_CHECKS
     if (!counting) return;
 #endif
     for (uint64_t word : mask) dirty_scratch |= word != 0;
