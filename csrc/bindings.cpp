@@ -70,6 +70,11 @@ void check_score(const fd::ScoreParams& p) {
             "incomplete Pillow resampling tables");
 }
 
+void check_formula_counts(const fd::FormulaCountsParams& p) {
+  FD_ASSERT(p.f_offsets && p.offsets && p.fl && p.flu && p.B >= 0 && p.C > 0, "missing formula-count inputs");
+  FD_ASSERT(p.words_per_mask == fd::words_for_pixels(p.hw), "words_per_mask does not match hw");
+}
+
 void check_score_scratch(const fd::ScoreParams& p, const fd::ScoreScratch& s) {
   FD_ASSERT(p.union_mode == fd::UnionMode::kGlobal || s.map_area, "map_area is required for this union");
   FD_ASSERT(p.union_mode != fd::UnionMode::kLite || s.hit, "hit is required for the lite union");
@@ -181,6 +186,7 @@ void declare_params(py::module_& m) {
       .value("pil_y_taps", &ScoreParams::pil_y_taps)
       .value("exhaustive", &ScoreParams::exhaustive)
       .pointer("branch_counts", &ScoreParams::branch_counts)
+      .pointer("mask_out", &ScoreParams::mask_out)
       .pointer("intersection", &ScoreParams::intersection)
       .pointer("unit_area", &ScoreParams::unit_area)
       .pointer("unit_category_area", &ScoreParams::unit_category_area);
@@ -221,6 +227,25 @@ void declare_params(py::module_& m) {
       .pointer("concept_area", &UnionIouParams::concept_area)
       .pointer("union_out", &UnionIouParams::union_out)
       .pointer("iou_out", &UnionIouParams::iou_out);
+
+  using fd::FormulaCountsParams;
+  FieldTable<FormulaCountsParams>(m, "FormulaCountsParams")
+      .value("B", &FormulaCountsParams::B)
+      .value("hw", &FormulaCountsParams::hw)
+      .value("words_per_mask", &FormulaCountsParams::words_per_mask)
+      .pointer("f_offsets", &FormulaCountsParams::f_offsets)
+      .pointer("f_images", &FormulaCountsParams::f_images)
+      .pointer("f_rows", &FormulaCountsParams::f_rows)
+      .pointer("f_unit_rows", &FormulaCountsParams::f_unit_rows)
+      .pointer("f_words", &FormulaCountsParams::f_words)
+      .pointer("u_words", &FormulaCountsParams::u_words)
+      .value("C", &FormulaCountsParams::C)
+      .pointer("offsets", &FormulaCountsParams::offsets)
+      .pointer("concept_ids", &FormulaCountsParams::concept_ids)
+      .pointer("mask_rows", &FormulaCountsParams::mask_rows)
+      .pointer("words", &FormulaCountsParams::words)
+      .pointer("fl", &FormulaCountsParams::fl)
+      .pointer("flu", &FormulaCountsParams::flu);
 }
 
 }  // namespace
@@ -239,6 +264,24 @@ PYBIND11_MODULE(_C, m) {
         fd::score_cpu(p, n_threads);
       },
       py::arg("params"), py::arg("n_threads"), no_gil);
+  m.def(
+      "formula_counts_cpu",
+      [](const fd::FormulaCountsParams& p, int n_threads) {
+        check_formula_counts(p);
+        fd::formula_counts_cpu(p, n_threads);
+      },
+      py::arg("params"), py::arg("n_threads"), no_gil);
+  m.def(
+      "formula_counts_gpu",
+      [](const fd::FormulaCountsParams& p, int64_t entries, bool emulate, uintptr_t stream, int n_threads) {
+        check_formula_counts(p);
+        if (emulate) {
+          fd::formula_counts_cuda_emu(p, entries, n_threads);
+        } else {
+          FD_CUDA_CALL(fd::formula_counts_cuda(p, entries, stream));
+        }
+      },
+      py::arg("params"), py::arg("entries"), py::arg("emulate"), py::arg("stream"), py::arg("n_threads"), no_gil);
   m.def("union_iou_cpu", &fd::union_iou_cpu, py::arg("params"), py::arg("n_threads"), no_gil);
   m.def("histogram_add", &histogram_add, py::arg("params"), py::arg("n_threads"));
 

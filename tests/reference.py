@@ -90,3 +90,89 @@ def dense_from_labels(labels, image_labels, num_concepts):
 
 def quantile(values, level, method="linear"):
     return np.quantile(np.asarray(values, dtype=np.float64), level, method=method)
+
+
+# ---- compositional explanations: dense numpy, formulas as nested tuples
+# A formula is ("leaf", c), ("or", f, c), ("and", f, c) or ("andnot", f, c): left-deep, as compexp's
+# beam builds them. Its text is compexp's: "(f OR c)", "(f AND c)", "(f AND (NOT c))".
+
+def formula_text(f) -> str:
+    if f[0] == "leaf":
+        return str(f[1])
+    left = formula_text(f[1])
+    return {"or": f"({left} OR {f[2]})", "and": f"({left} AND {f[2]})", "andnot": f"({left} AND (NOT {f[2]}))"}[f[0]]
+
+
+def formula_len(f) -> int:
+    """compexp's len: leaves, plus one per NOT."""
+    if f[0] == "leaf":
+        return 1
+    return formula_len(f[1]) + (2 if f[0] == "andnot" else 1)
+
+
+def formula_dense(f, masks):
+    """(N, H, W) bool mask of f over dense concept masks (N, C, H, W)."""
+    if f[0] == "leaf":
+        return masks[:, f[1]]
+    left = formula_dense(f[1], masks)
+    leaf = masks[:, f[2]]
+    return {"or": left | leaf, "and": left & leaf, "andnot": left & ~leaf}[f[0]]
+
+
+def dense_iou(f_mask, unit):
+    inter = int(np.logical_and(f_mask, unit).sum())
+    union = int(f_mask.sum()) + int(unit.sum()) - inter
+    return (inter / union if union else 0.0), inter, int(f_mask.sum())
+
+
+def beam_search(unit, masks, length, beam_size, penalty=1.0):
+    """compexp's compute_best_iou (vision/dissection/neuron.py) over dense masks, with the exact IoU:
+    the beam starts with the beam_size labels of highest IoU > 0 (ties: lower label first), each step
+    expands every beam formula with every label present in the data set by OR, AND, AND NOT, scores
+    IoU * penalty ** (len - 1), and keeps the best beam_size of old beam + candidates (stable).
+    Returns (best formula, score, best single, single score), or None when nothing overlaps."""
+    unit = np.asarray(unit, dtype=bool)
+    masks = np.asarray(masks, dtype=bool)
+    labels = [c for c in range(masks.shape[1]) if masks[:, c].any()]
+    ious = {c: dense_iou(masks[:, c], unit)[0] for c in labels}
+    positive = [(c, v) for c, v in ious.items() if v > 0]
+    if not positive:
+        return None
+    positive.sort(key=lambda t: -t[1])  # stable: ties keep label order
+    beam = [(("leaf", c), v) for c, v in positive[:beam_size]]
+    single = beam[0]
+    for _ in range(length - 1):
+        candidates = []
+        for f, _score in beam:
+            for c in labels:
+                for op in ("or", "and", "andnot"):
+                    g = (op, f, c)
+                    iou = dense_iou(formula_dense(g, masks), unit)[0]
+                    candidates.append((g, penalty ** (formula_len(g) - 1) * iou))
+        pool = beam + candidates
+        pool.sort(key=lambda t: -t[1])
+        beam = pool[:beam_size]
+    return beam[0][0], beam[0][1], single[0], single[1]
+
+
+def all_formulas(labels, length):
+    """Every left-deep formula of at most `length` labels joined by OR / AND / AND NOT."""
+    level = [("leaf", c) for c in labels]
+    out = list(level)
+    for _ in range(length - 1):
+        level = [(op, f, c) for f in level for c in labels for op in ("or", "and", "andnot")]
+        out += level
+    return out
+
+
+def brute_force_best(unit, masks, length, penalty=1.0):
+    """The highest penalised IoU over all_formulas, by evaluating each one densely."""
+    unit = np.asarray(unit, dtype=bool)
+    masks = np.asarray(masks, dtype=bool)
+    labels = [c for c in range(masks.shape[1]) if masks[:, c].any()]
+    best = (None, 0.0)
+    for f in all_formulas(labels, length):
+        score = penalty ** (formula_len(f) - 1) * dense_iou(formula_dense(f, masks), unit)[0]
+        if score > best[1]:
+            best = (f, score)
+    return best

@@ -197,3 +197,63 @@ def test_dissect_iou_equals_a_transcription_of_its_definition(rng):
         want[:, c] = isect / (act + gt - isect)
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-12, atol=0)
     assert (got[:, 1:] > 0).any()
+
+
+# ---- compat.compexp against a transcription of compexp's tally (vision/dissection/neuron.py)
+def compexp_reference(features, thresholds, root, categories, length, beam_size):
+    """compexp's masks (MaskCatalog: label planes OR-ed, scalars broadcast, label 0 skipped), its unit
+    masks (PIL BILINEAR resize where the map's max exceeds T), then its beam search (reference.py)."""
+    import reference
+
+    data = lite.LiteData(root, categories)
+    n = len(data.rows)
+    sh, sw = data.rows[0][1:3]
+    dense = np.zeros((n, data.num_labels, sh, sw), dtype=bool)
+    for i in range(n):
+        planes, scalars, _ = data.labels(i)
+        for plane in planes:
+            for feat in np.unique(plane):
+                if feat != 0:
+                    dense[i, feat] |= plane == feat
+        for s in scalars:
+            if s != 0:
+                dense[i, s] = True
+    rows = []
+    for u in range(features.shape[1]):
+        unit = np.zeros((n, sh, sw), dtype=bool)
+        for i in range(n):
+            if features[i, u].max() > thresholds[u]:
+                up = np.array(Image.fromarray(features[i, u].astype(np.float32)).resize((sw, sh), Image.BILINEAR))
+                unit[i] = up > thresholds[u]
+        rows.append(reference.beam_search(unit, dense, length, beam_size))
+    return rows, data
+
+
+@pytest.mark.parametrize("length,beam_size", [(1, 3), (3, 5)])
+def test_compexp_equals_the_transcription(broden, rng, tmp_path, length, beam_size):
+    from fastdissect.compat import compexp
+    import reference
+
+    features = np.maximum(rng.standard_normal((5, 6, 3, 3)), 0).astype(np.float32)
+    features[:, 5] = 0  # a dead unit
+    thresholds = lite.quantile_threshold(features, 0.2)
+    out = tmp_path / "tally_layer.csv"
+    rows = compexp.tally(features, thresholds, broden, categories=CATEGORIES, length=length, beam_size=beam_size,
+                         output_csv=out, progress=False)
+    want, data = compexp_reference(features, thresholds, broden, CATEGORIES, length, beam_size)
+    assert [r["unit"] for r in rows] == list(range(6))
+    for row, ref in zip(rows, want):
+        if ref is None:
+            assert (row["label"], row["score"], row["length"]) == ("NONE", 0.0, 1)
+            continue
+        formula, score, single, single_score = ref
+        name = lambda t: data.names[int(t)] if t.isdigit() else t  # noqa: E731
+        text = reference.formula_text(formula)
+        assert row["label"] == " ".join(name(t) for t in text.replace("(", "( ").replace(")", " )").split()) \
+            .replace("( ", "(").replace(" )", ")")
+        assert row["score"] == pytest.approx(score, rel=1e-12)
+        assert row["label_noncomp"] == data.names[single[1]] and row["score_noncomp"] == pytest.approx(single_score)
+        assert row["length"] == reference.formula_len(formula)
+    header = out.read_text().splitlines()[0]
+    assert header == "unit,category,label,score,length,label_noncomp,category_noncomp,score_noncomp"
+    assert sum(r["score"] > 0 for r in rows) > 0

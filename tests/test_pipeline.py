@@ -365,3 +365,46 @@ def test_torchvision_models_without_weights_are_seeded_and_said_to_be_random(mon
         b = models.load_model("torchvision:tiny", seed=3)
         c = models.load_model("torchvision:tiny", seed=4)
     assert fd.identity.state_hash(a) == fd.identity.state_hash(b) != fd.identity.state_hash(c)
+
+
+def test_formulas_in_the_pipeline_equal_fd_compositional(concepts, tmp_path):
+    model = ColorDetectors()
+    d = fd.dissect(model, ["pool"], concepts, quantile=0.05, batch_size=16, verbose=False, formula_length=3,
+                   beam_size=4, **PLAIN)
+    layer = d["pool"]
+    images = torch.from_numpy(np.stack([concepts[i].image for i in range(len(concepts))]))
+    with torch.no_grad(), fd.trace(model, ["pool"]) as acts:
+        model(images.permute(0, 3, 1, 2).float() / 255)
+    labels = torch.from_numpy(np.stack([concepts[i].labels for i in range(len(concepts))]))
+    masks = fd.pack_masks(labels=labels, image_labels=[concepts[i].image_labels for i in range(len(concepts))],
+                          num_concepts=concepts.num_concepts)
+    want = fd.compositional(acts["pool"], masks, thresholds=layer.scores.thresholds, length=3, beam_size=4)
+    assert [str(f) for f in layer.formulas.formulas] == [str(f) for f in want.formulas]
+    assert torch.equal(layer.formulas.iou, want.iou) and torch.equal(layer.formulas.intersection, want.intersection)
+    red = concepts.concept_names.index("red")
+    assert red in layer.formulas.formulas[0].concepts()
+    assert layer.formulas.iou[0] >= layer.formulas.single_iou[0] > 0
+    assert layer.units[0]["formula"] == layer.formulas.formulas[0].to_str(concepts.concept_names)
+    # saved, loaded, written as compexp's CSV
+    d.save(tmp_path / "out")
+    back = fd.load(tmp_path / "out")
+    assert [str(f) for f in back["pool"].formulas.formulas] == [str(f) for f in want.formulas]
+    assert torch.equal(back["pool"].formulas.iou, want.iou)
+    d.to_csv(tmp_path / "csv")
+    rows = (tmp_path / "csv" / "pool-formulas.csv").read_text().splitlines()
+    assert rows[0] == "unit,category,label,score,length,label_noncomp,category_noncomp,score_noncomp"
+    assert len(rows) == 4
+    # a run interrupted in the tally pass resumes with the same formulas
+    model.interrupt_after = 4
+    ck = tmp_path / "ck"
+    with pytest.raises(KeyboardInterrupt):
+        fd.dissect(model, ["pool"], concepts, quantile=0.05, batch_size=8, verbose=False, formula_length=3,
+                   beam_size=4, checkpoint=ck, checkpoint_every=1, **PLAIN)
+    model.interrupt_after = None
+    again = fd.dissect(model, ["pool"], concepts, quantile=0.05, batch_size=8, verbose=False, formula_length=3,
+                       beam_size=4, checkpoint=ck, **PLAIN)
+    assert [str(f) for f in again["pool"].formulas.formulas] == [str(f) for f in want.formulas]
+    # another formula length is another dissection: the checkpoint is refused
+    with pytest.raises(fd.pipeline.CheckpointMismatch, match="formulas"):
+        fd.dissect(model, ["pool"], concepts, quantile=0.05, batch_size=8, verbose=False, formula_length=2,
+                   checkpoint=ck, **PLAIN)

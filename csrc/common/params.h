@@ -75,6 +75,9 @@ struct ScoreParams {
   // only path.
   bool exhaustive = false;
   int64_t* branch_counts = nullptr;
+  // [N, K, words_per_mask], zeroed by the caller: when set, every map's mask M_k(x_n) is also
+  // written out (the unit masks of the compositional search).
+  uint64_t* mask_out = nullptr;
   // Accumulated in place (+=).
   int64_t* intersection;        // [K, C] sum_x |M_k(x) & L_c(x)|
   int64_t* unit_area;           // [K] sum_x |M_k(x)|
@@ -100,6 +103,31 @@ struct UnionIouParams {
   const int64_t* concept_area;  // [C]
   int64_t* union_out;           // [K, C]
   double* iou_out;              // [K, C]
+};
+
+// Popcounts of B formula masks against every concept mask (the compositional search,
+// python/fastdissect/explanations.py). Formula b's mask is a CSR list over the images where it is
+// non-empty, in increasing image order: a row of f_words (or -1: the whole image) and, aligned, the
+// row of b's unit mask in u_words for that image (or -1: the unit is off there).
+struct FormulaCountsParams {
+  int64_t B;                    // formulas
+  int64_t hw;                   // pixels per image, H * W
+  int64_t words_per_mask;       // ceil(hw / 64)
+  const int64_t* f_offsets;     // [B + 1]
+  const int64_t* f_images;      // [nnz]
+  const int64_t* f_rows;        // [nnz]
+  const int64_t* f_unit_rows;   // [nnz]
+  const uint64_t* f_words;      // [rows, words_per_mask]
+  const uint64_t* u_words;      // [unit rows, words_per_mask]
+  // The concept masks: a ConceptMasks (ScoreParams has the same fields).
+  int64_t C;
+  const int64_t* offsets;
+  const int64_t* concept_ids;
+  const int64_t* mask_rows;
+  const uint64_t* words;
+  // Accumulated in place (+=).
+  int64_t* fl;                  // [B, C] sum_x |F_b(x) & L_c(x)|
+  int64_t* flu;                 // [B, C] sum_x |F_b(x) & U_b(x) & L_c(x)|
 };
 
 }  // namespace fd

@@ -18,6 +18,10 @@ inline int threads_for(int n_threads, int64_t items) {
 // Deterministic: every output row (unit) is owned by one thread.
 void score_cpu(const ScoreParams& p, int n_threads);
 
+// Adds |F_b & L_c| and |F_b & U_b & L_c| of FormulaCountsParams (params.h) into p.fl / p.flu.
+// Deterministic: every formula's rows are owned by one thread.
+void formula_counts_cpu(const FormulaCountsParams& p, int n_threads);
+
 // The union and IoU tables of UnionIouParams (params.h).
 void union_iou_cpu(const UnionIouParams& p, int n_threads);
 

@@ -417,6 +417,7 @@ void score_units(const ScoreParams& p, const Geometry& g, const LabelIndex& labe
         continue;
       }
       const uint64_t* m = ws.mask.data();
+      if (p.mask_out) std::copy(m + w0, m + w1, p.mask_out + (n * p.K + k) * p.words_per_mask + w0);
       int64_t area = 0;
       for (int64_t i = w0; i < w1; ++i) area += popcount64(m[i]);
       p.unit_area[k] += area;

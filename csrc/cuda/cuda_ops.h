@@ -9,10 +9,15 @@ namespace fd {
 // On `stream` (a cudaStream_t as an integer), asynchronous: no host synchronisation.
 void score_cuda(const ScoreParams& p, const ScoreScratch& s, uintptr_t stream);
 void histogram_cuda(const HistogramParams& p, const HistogramScratch& s, uintptr_t stream);
+// `entries` = p.f_offsets[p.B], read by the caller (the offsets live on the device).
+void formula_counts_cuda(const FormulaCountsParams& p, int64_t entries, uintptr_t stream);
+// Throws naming `kernel` when its launch failed (score_cuda.cu).
+void check_launch(const char* kernel);
 
 // The same kernels on the CPU: blocks in parallel over n_threads, threads of a block in sequence.
 void score_cuda_emu(const ScoreParams& p, const ScoreScratch& s, int n_threads);
 void histogram_cuda_emu(const HistogramParams& p, const HistogramScratch& s, int n_threads);
+void formula_counts_cuda_emu(const FormulaCountsParams& p, int64_t entries, int n_threads);
 
 // Runs a kernel that uses every emulated built-in (emu/emu_selftest.cpp), for the shims' own tests.
 void emu_shim_selftest(int64_t items, unsigned blocks, unsigned threads, int n_threads, int64_t* visits,

@@ -6,7 +6,6 @@
 
 namespace fd {
 
-void check_launch(const char* kernel);  // score_cuda.cu
 
 void histogram_cuda(const HistogramParams& p, const HistogramScratch& s, uintptr_t stream_handle) {
   const int64_t items = p.K * p.N * p.h * p.w;

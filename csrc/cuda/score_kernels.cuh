@@ -59,6 +59,7 @@ __global__ void score_words_kernel(ScoreParams p, ScoreScratch s) {
     }
     const uint64_t m = mask_word<scalar_t>(p, n, k, word);
     if (m == 0) continue;
+    if (p.mask_out) p.mask_out[item] = m;  // item = (n * K + k) * words + word
     const int64_t area = popcount64(m);
     atomic_add_i64(p.unit_area + k, area);
     if (s.map_area) atomic_add_i64(s.map_area + n * p.K + k, area);

@@ -10,6 +10,8 @@ torch.Size([8, 5])
 
 from . import datasets, identity
 from ._ext import build_info
+from .explanations import Explanations, compositional
+from .formula import And, Formula, Leaf, Not, Or
 from .hooks import token_grid, trace
 from .masks import ConceptMasks, pack_masks
 from .pipeline import dissect
@@ -21,5 +23,5 @@ from .top_quantile import TopQuantile, thresholds
 
 __version__ = "0.1.0"
 
-__all__ = ["ConceptMasks", "Dissection", "LayerResult", "NETDISSECT_QUANTILE", "Scores", "Tally", "TopImages", "TopQuantile",
+__all__ = ["And", "ConceptMasks", "Dissection", "Explanations", "Formula", "Leaf", "Not", "Or", "compositional", "LayerResult", "NETDISSECT_QUANTILE", "Scores", "Tally", "TopImages", "TopQuantile",
            "build_info", "datasets", "dissect", "identity", "load", "pack_masks", "score", "thresholds", "token_grid", "trace"]

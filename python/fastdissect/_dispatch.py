@@ -17,7 +17,7 @@ from ._validate import backend as check_backend
 from .masks import ConceptMasks
 
 __all__ = ["BACKENDS", "GPU_BACKENDS", "resolve_backend", "has_extension", "tally_batch", "union_and_iou",
-           "histogram_add_cpu", "histogram_add_gpu", "codes", "emu_shim_selftest"]
+           "unit_masks", "formula_counts", "histogram_add_cpu", "histogram_add_gpu", "codes", "emu_shim_selftest"]
 
 
 def has_extension() -> bool:
@@ -83,15 +83,16 @@ def tally_batch(backend: str, act: torch.Tensor, masks: ConceptMasks, thresholds
                 categories: torch.Tensor | None, num_categories: int, intersection: torch.Tensor,
                 unit_area: torch.Tensor, unit_category_area: torch.Tensor | None,
                 non_finite: torch.Tensor | None = None, *, pillow=None, exhaustive: bool = False,
-                branch_counts: torch.Tensor | None = None) -> None:
+                branch_counts: torch.Tensor | None = None, mask_out: torch.Tensor | None = None) -> None:
     """Adds a validated batch into the accumulators (+=) with the resolved `backend`.
 
     pillow: (x_first, x_weights, y_first, y_weights) tensors: resample as Pillow's BILINEAR does
     (NetDissect-Lite's masks; CPU kernel only). exhaustive / branch_counts: the CPU kernel's testing
-    switches (ScoreParams in csrc/common/params.h).
+    switches (ScoreParams in csrc/common/params.h). mask_out: a zeroed (N, K, words per mask) int64
+    tensor that receives every map's packed mask (not with the torch backend: see `unit_masks`).
     """
     if backend == "torch":
-        if pillow is not None or exhaustive or branch_counts is not None:
+        if pillow is not None or exhaustive or branch_counts is not None or mask_out is not None:
             raise ValueError('the torch backend has no Pillow resampling or testing switches: use backend="cpu"')
         torch_backend.tally_batch(act, masks, thresholds, union, categories, num_categories, intersection,
                                   unit_area, unit_category_area)
@@ -106,6 +107,11 @@ def tally_batch(backend: str, act: torch.Tensor, masks: ConceptMasks, thresholds
     p.union_mode, p.categories, p.G = UNION_CODES[union], _addr(categories), num_categories
     p.intersection, p.unit_area, p.unit_category_area = _addr(intersection), _addr(unit_area), \
         _addr(unit_category_area)
+    if mask_out is not None:
+        if mask_out.shape != (act.shape[0], act.shape[1], masks.words_per_mask) or mask_out.dtype != torch.int64 \
+                or not mask_out.is_contiguous() or mask_out.device != act.device:
+            raise ValueError("mask_out must be a contiguous int64 tensor (N, K, words per mask) beside the activations")
+        p.mask_out = _addr(mask_out)
     if backend in GPU_BACKENDS:
         if pillow is not None or exhaustive or branch_counts is not None:
             raise ValueError("the CUDA kernels have no Pillow resampling or testing switches: use backend=\"cpu\"")
@@ -152,6 +158,58 @@ def union_and_iou(backend: str, intersection: torch.Tensor, unit_term: torch.Ten
     p.concept_area, p.union_out, p.iou_out = _addr(concept_area), _addr(union), _addr(iou)
     C.union_iou_cpu(p, torch.get_num_threads())
     return union, iou
+
+
+# ---- unit masks and formula popcounts: the compositional search (explanations.py)
+def unit_masks(backend: str, act: torch.Tensor, height: int, width: int, thresholds: torch.Tensor,
+               pillow=None) -> torch.Tensor:
+    """(N, K, words per mask) int64: the packed masks M_k(x_n) at height x width, as `tally_batch`
+    defines them (the score kernel run against no concepts, writing its masks out); pillow: as in
+    `tally_batch` (CPU only)."""
+    n, k = act.shape[:2]
+    if backend == "torch" and pillow is None:
+        return torch_backend.unit_masks(act, height, width, thresholds)
+    wpm = (height * width + 63) // 64
+    dev = act.device
+    none = ConceptMasks(1, height, width, torch.zeros(n + 1, dtype=torch.int64, device=dev),
+                        *(torch.zeros(0, dtype=torch.int64, device=dev) for _ in range(2)),
+                        torch.zeros(0, wpm, dtype=torch.int64, device=dev), torch.zeros(0, dtype=torch.int64, device=dev),
+                        verified=True)
+    out = torch.zeros(n, k, wpm, dtype=torch.int64, device=dev)
+    non_finite = torch.zeros(k, dtype=torch.int64, device=dev)
+    tally_batch(backend, act, none, thresholds, "global", None, 0, torch.zeros(k, 1, dtype=torch.int64, device=dev),
+                torch.zeros(k, dtype=torch.int64, device=dev), None, non_finite, mask_out=out, pillow=pillow)
+    if backend in GPU_BACKENDS and bool(non_finite.any()):
+        raise ValueError("activations hold NaN or inf (units "
+                         f"{torch.nonzero(non_finite).flatten().tolist()[:10]})")
+    return out
+
+
+def formula_counts(backend: str, formulas, formula_unit_rows: torch.Tensor, unit_words: torch.Tensor,
+                   masks: ConceptMasks) -> tuple[torch.Tensor, torch.Tensor]:
+    """(S, C) int64 |F & L| and |F & U & L| for each mask F of the MaskSet `formulas` and each concept
+    L of `masks`; formula_unit_rows aligns each entry of `formulas` with its unit's row of
+    `unit_words` (-1: the unit is off there). FormulaCountsParams in csrc/common/params.h."""
+    S, C = len(formulas), masks.num_concepts
+    dev = formulas.device
+    fl = torch.zeros(S, C, dtype=torch.int64, device=dev)
+    flu = torch.zeros(S, C, dtype=torch.int64, device=dev)
+    if backend == "torch":
+        torch_backend.formula_counts(formulas, formula_unit_rows, unit_words, masks, fl, flu)
+        return fl, flu
+    ext = _ext.extension()
+    p = ext.FormulaCountsParams()
+    p.B, p.hw, p.words_per_mask = S, masks.height * masks.width, masks.words_per_mask
+    p.f_offsets, p.f_images, p.f_rows = _addr(formulas.offsets), _addr(formulas.images), _addr(formulas.rows)
+    p.f_unit_rows, p.f_words, p.u_words = _addr(formula_unit_rows), _addr(formulas.words), _addr(unit_words)
+    p.C, p.offsets, p.concept_ids = C, _addr(masks.offsets), _addr(masks.concept_ids)
+    p.mask_rows, p.words, p.fl, p.flu = _addr(masks.mask_rows), _addr(masks.words), _addr(fl), _addr(flu)
+    if backend in GPU_BACKENDS:
+        ext.formula_counts_gpu(p, int(formulas.images.shape[0]), backend == "cuda_emu", _stream_of(dev),
+                               torch.get_num_threads())
+    else:
+        ext.formula_counts_cpu(p, torch.get_num_threads())
+    return fl, flu
 
 
 # ---- histogram: the first pass of the exact streaming quantile (top_quantile.py)

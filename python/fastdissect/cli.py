@@ -28,6 +28,11 @@ def _add_dissect_options(p: argparse.ArgumentParser) -> None:
                    help="write the checkpoint every N batches (default 50; 0: only after each pass)")
     p.add_argument("--restart", action="store_true",
                    help="discard a checkpoint that belongs to another dissection and start afresh")
+    p.add_argument("--formula-length", type=int, default=None, metavar="N",
+                   help="also label each unit with a formula of at most N concepts (compositional explanations)")
+    p.add_argument("--beam-size", type=int, default=5, help="beam of the formula search (default 5)")
+    p.add_argument("--search", choices=["beam", "optimal"], default="beam",
+                   help="formula search: compexp's beam search or the proven optimum (length <= 3)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -102,6 +107,7 @@ def _run_dissection(args, model, layers, dataset, image_size, mean, std):
                         union=args.union, batch_size=args.batch_size, num_workers=args.workers,
                         device=args.device, cache=args.cache, image_size=image_size, mean=mean, std=std,
                         checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every, restart=args.restart,
+                        formula_length=args.formula_length, beam_size=args.beam_size, search=args.search,
                         verbose=not args.quiet)
     import torch.distributed as dist
 

@@ -27,6 +27,7 @@ from .results import Dissection, LayerResult
 from .identity import dataset_identity, differences, dissection_identity
 from .scoring import Tally
 from .top_images import TopImages
+from .unit_masks import MaskLog, UnitMasks
 from .top_quantile import TopQuantile
 
 CHECKPOINT_VERSION = 2
@@ -70,6 +71,9 @@ class _Run:
         self.quantiles: dict[str, TopQuantile] = {}
         self.tallies: dict[str, Tally] = {}
         self.top: dict[str, TopImages] = {name: TopImages(opts["top_k"]) for name in self.layers}
+        # With formula_length: every firing unit mask and the concept masks, for the formula search.
+        self.unit_masks: dict[str, UnitMasks] = {}
+        self.mask_log = MaskLog() if opts["formulas"] else None
         self.saved: tuple[int, int] | None = None  # (stage, images done) of the last checkpoint written
         self.cache: dict[str, torch.Tensor] | None = None
         # With a cache, both passes see float16-rounded activations, cached or recomputed alike.
@@ -149,7 +153,9 @@ class _Run:
         state = {"identity": self.identity(), "stage": stage, "images_done": images_done,
                  "quantiles": {k: q.state_dict() for k, q in self.quantiles.items()} if stage == 1 else {},
                  "tallies": {k: t.state_dict() for k, t in self.tallies.items()},
-                 "top": {k: t.state_dict() for k, t in self.top.items()}}
+                 "top": {k: t.state_dict() for k, t in self.top.items()},
+                 "unit_masks": {k: u.state_dict() for k, u in self.unit_masks.items()},
+                 "mask_log": self.mask_log.state_dict() if self.mask_log is not None else None}
         tmp = path.with_name(path.name + ".tmp")
         torch.save(state, tmp)
         os.replace(tmp, path)  # a crash mid-write never leaves a torn checkpoint
@@ -187,6 +193,12 @@ class _Run:
             self.tallies[k].load_state_dict(s)
         for k, s in state["top"].items():
             self.top[k].load_state_dict(s, self.device)
+        for k, s in state.get("unit_masks", {}).items():
+            self.unit_masks[k] = UnitMasks(s["thresholds"], s["height"], s["width"], backend=self.o["backend"],
+                                           device=self.device)
+            self.unit_masks[k].load_state_dict(s)
+        if self.mask_log is not None and state.get("mask_log") is not None:
+            self.mask_log.load_state_dict(state["mask_log"], self.device)
         if state["stage"] > 1 or state["images_done"] > self.lo:
             self.cache_off = True  # the cache of the interrupted run is incomplete: re-run the model
         self.saved = (state["stage"], state["images_done"])
@@ -264,6 +276,20 @@ class _Run:
         for name in self.layers:
             self.tallies[name].all_reduce(self.comm)
             self.top[name].all_reduce(self.comm)
+            if name in self.unit_masks:
+                self.unit_masks[name].all_reduce(self.comm)
+        if self.mask_log is not None:
+            self.mask_log.all_reduce(self.comm)
+
+    def explain(self, name: str):
+        """The layer's compositional formulas, from the masks collected in the tally pass."""
+        from .explanations import SetSource, explain
+
+        acc = self.unit_masks[name]
+        masks = self.mask_log.masks()
+        source = SetSource(acc.mask_set(len(self.dataset)), masks, acc.thresholds, self.o["backend"])
+        self.log(f"{name}: formulas of {len(masks)} images, {acc.nbytes() / 2**20:.1f} MiB of unit masks")
+        return explain(source, self.o["formulas"], self.o["quantile"], progress=self.o["verbose"])
 
     def tally_pass(self, start: int) -> None:
         every = self.o["checkpoint_every"]
@@ -274,12 +300,23 @@ class _Run:
                     batch = Batch(images, self.store.masks[int(indices[0]):int(indices[-1]) + 1], indices)
                 acts = self.activations(batch.indices, None if self.cache is not None else batch.images)
                 masks = batch.masks.to(self.device)
+                if self.mask_log is not None:
+                    self.mask_log.add(masks)
                 for name, a in acts.items():
                     self.tallies[name].add(a, masks)
                     self.top[name].add(a, batch.indices)
+                    if self.mask_log is not None:
+                        self.collect_unit_masks(name, a, masks, int(batch.indices[0]))
                 bar.update(len(batch.indices))
                 if every and (b + 1) % every == 0:
                     self.save(2, int(batch.indices[-1]) + 1)
+
+
+    def collect_unit_masks(self, name: str, act: torch.Tensor, masks, first_image: int) -> None:
+        if name not in self.unit_masks:
+            self.unit_masks[name] = UnitMasks(self.tallies[name].thresholds, masks.height, masks.width,
+                                              backend=self.o["backend"], device=self.device)
+        self.unit_masks[name].add(act, first_image)
 
 
 def dissect(model: torch.nn.Module, layers: Sequence[str], dataset, *, quantile: float = 0.005,
@@ -287,7 +324,8 @@ def dissect(model: torch.nn.Module, layers: Sequence[str], dataset, *, quantile:
             num_workers: int = 0, device=None, cache=None, cache_limit: int = 4 << 30, image_size=None,
             mean=IMAGENET_MEAN, std=IMAGENET_STD, transform: dict | None = None, top_k: int = 8,
             checkpoint=None, checkpoint_every: int = 50, restart: bool = False, backend: str = "auto",
-            distributed: bool | None = None, verbose: bool = True) -> Dissection:
+            distributed: bool | None = None, formula_length: int | None = None, beam_size: int = 5,
+            search: str = "beam", penalty: float = 1.0, verbose: bool = True) -> Dissection:
     """Dissects `layers` of `model` on a concept data set (see the README for a complete example).
 
     dataset: a `fd.datasets.Broden`, `SegmentationDataset`, a packed store (`fd.datasets.open_packed`,
@@ -310,6 +348,10 @@ def dissect(model: torch.nn.Module, layers: Sequence[str], dataset, *, quantile:
     distributed: None uses torch.distributed when a process group is initialized; each rank then reads
     its own contiguous shard, accumulators are combined exactly, and every rank returns the same
     results, identical bit for bit to one process (fastdissect/distributed.py).
+    formula_length: also label each unit with a compositional formula of at most this many concepts
+    (`fd.compositional`: beam_size, search "beam" or "optimal", penalty), found from the unit masks
+    collected in the tally pass (no further forward pass). They cost 8 * ceil(H * W / 64) bytes per
+    (image, unit) map that fires, plus the concept masks of the data set, until the search is done.
     """
     store = None
     if isinstance(dataset, PackedMasks):  # masks from the store, images from the data set it was packed from
@@ -338,7 +380,12 @@ def dissect(model: torch.nn.Module, layers: Sequence[str], dataset, *, quantile:
     if device is None:
         param = next(model.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
-    opts = dict(quantile=quantile, method=method, union=union, batch_size=batch_size, num_workers=num_workers,
+    formulas = None
+    if formula_length is not None:
+        from .explanations import search_settings
+
+        formulas = search_settings(formula_length, beam_size, search, penalty)
+    opts = dict(formulas=formulas, quantile=quantile, method=method, union=union, batch_size=batch_size, num_workers=num_workers,
                 device=torch.device(device), cache=cache, cache_limit=cache_limit,
                 image_size=tuple(image_size) if image_size is not None else None, mean=mean, std=std,
                 transform=transform, top_k=top_k, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
@@ -381,7 +428,7 @@ def dissect(model: torch.nn.Module, layers: Sequence[str], dataset, *, quantile:
         top = run.top[name].to("cpu")
         result[name] = LayerResult(name, run.tallies[name].scores(), list(dataset.concept_names),
                                    list(dataset.category_names), cats, iou_threshold, top.images, top.values,
-                                   top.maps)
+                                   top.maps, run.explain(name) if formulas is not None else None)
     result.dataset = dataset
     result.identity = {**identity, "iou_threshold": iou_threshold}
     return result

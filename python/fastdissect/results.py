@@ -29,6 +29,7 @@ class LayerResult:
     top_images: torch.Tensor | None = None   # (K, top_k) images with the highest per-image max activation
     top_values: torch.Tensor | None = None   # (K, top_k) those maxima
     top_maps: torch.Tensor | None = None     # (K, top_k, h, w) the unit's maps on those images
+    formulas: "Explanations | None" = None   # each unit's compositional formula (fd.dissect(formula_length=...))
     _units: list | None = field(default=None, repr=False)
 
     @property
@@ -63,6 +64,12 @@ class LayerResult:
                 row = {"unit": k, "label": self.concept_names[c], "category": self.category_names[int(g[k])],
                        "iou": max(iou, 0.0), "threshold": float(self.scores.thresholds[k]),
                        "detector": iou > self.iou_threshold}
+                if self.formulas is not None:
+                    f = self.formulas.formulas[k]
+                    row.update({"formula": f.to_str(self.concept_names) if f is not None else "",
+                                "formula_ids": str(f) if f is not None else "",
+                                "formula_iou": float(self.formulas.iou[k]),
+                                "formula_length": len(f) if f is not None else 0})
                 for gi, cat in enumerate(self.category_names):
                     row[f"{cat}-label"] = self.concept_names[int(best_c[k, gi])] if best_iou[k, gi] >= 0 else ""
                     row[f"{cat}-iou"] = max(float(best_iou[k, gi]), 0.0)
@@ -86,6 +93,21 @@ class LayerResult:
             for row in self.units:
                 w.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()})
         return path
+
+    def formula_csv(self, path) -> Path:
+        """compexp's tally columns (unit, category, label, score, length, label_noncomp,
+        category_noncomp, score_noncomp) with concept and category names; units that never fire or
+        meet no concept have an empty label and score 0."""
+        if self.formulas is None:
+            raise ValueError(f"layer {self.layer} has no formulas: dissect with formula_length=N")
+        cats = [self.category_names[int(g)] for g in self.categories]
+        rows = self.formulas.rows(names=self.concept_names, categories=cats)
+        with open(path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            for row in rows:
+                w.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()})
+        return Path(path)
 
     def tally_csv(self, path) -> Path:
         """NetDissect-Lite's tally.csv: unit (1-based), category, label, score, then per category
@@ -133,6 +155,8 @@ class Dissection(dict):
         for name, layer in self.items():
             layer.to_csv(directory / f"{name}.csv")
             layer.tally_csv(directory / f"{name}-tally.csv")
+            if layer.formulas is not None:
+                layer.formula_csv(directory / f"{name}-formulas.csv")
         return directory
 
     def summary_text(self) -> str:
@@ -158,7 +182,8 @@ class Dissection(dict):
                             "union_mode": s.union_mode, "num_images": s.num_images,
                             "concept_names": r.concept_names, "category_names": r.category_names,
                             "categories": r.categories, "iou_threshold": r.iou_threshold,
-                            "top_images": r.top_images, "top_values": r.top_values, "top_maps": r.top_maps}
+                            "top_images": r.top_images, "top_values": r.top_values, "top_maps": r.top_maps,
+                            "formulas": _formulas_state(r.formulas)}
         root = getattr(self.dataset, "root", None)
         torch.save({"format": "fastdissect-dissection", "version": FORMAT_VERSION, "layers": layers,
                     "dataset_root": str(Path(root).resolve()) if root is not None else None,
@@ -180,7 +205,32 @@ def load(directory) -> Dissection:
     for name, d in data["layers"].items():
         scores = Scores(**d["scores"], union_mode=d["union_mode"], num_images=d["num_images"])
         out[name] = LayerResult(name, scores, d["concept_names"], d["category_names"], d["categories"],
-                                d["iou_threshold"], d["top_images"], d["top_values"], d.get("top_maps"))
+                                d["iou_threshold"], d["top_images"], d["top_values"], d.get("top_maps"),
+                                _formulas_from_state(d.get("formulas")))
     out.dataset_root = data.get("dataset_root")
     out.identity = data.get("identity") or {}
     return out
+
+
+_FORMULA_TENSORS = ("iou", "intersection", "formula_area", "unit_area", "single_iou", "evaluated", "thresholds")
+
+
+def _formulas_state(ex):
+    """Formulas as compexp's text (parsed back by fd.Formula.parse) beside their exact counts."""
+    if ex is None:
+        return None
+    text = lambda fs: [str(f) if f is not None else None for f in fs]  # noqa: E731
+    return {"formulas": text(ex.formulas), "single": text(ex.single), "settings": dict(ex.settings),
+            **{k: getattr(ex, k) for k in _FORMULA_TENSORS}}
+
+
+def _formulas_from_state(state):
+    if state is None:
+        return None
+    from .explanations import Explanations
+    from .formula import Formula
+
+    parse = lambda fs: [Formula.parse(f) if f is not None else None for f in fs]  # noqa: E731
+    return Explanations(parse(state["formulas"]), state["iou"], state["intersection"], state["formula_area"],
+                        state["unit_area"], parse(state["single"]), state["single_iou"], state["evaluated"],
+                        state["thresholds"], state["settings"])

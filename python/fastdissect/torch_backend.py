@@ -74,6 +74,61 @@ def tally_batch(act: torch.Tensor, masks: ConceptMasks, thresholds: torch.Tensor
                     unit_category_area[k0:k1] += area[:, None] * (hits > 0)
 
 
+def pack_bits(on: torch.Tensor) -> torch.Tensor:
+    """(..., P) bool -> (..., ceil(P / 64)) int64 words, pixel p at bit p % 64 of word p // 64."""
+    pixels = on.shape[-1]
+    words = (pixels + 63) // 64
+    padded = torch.zeros(*on.shape[:-1], words * 64, dtype=torch.uint8, device=on.device)
+    padded[..., :pixels] = on
+    shifts = torch.arange(8, dtype=torch.uint8, device=on.device)
+    # Bytes from 8 bits each (distinct bits: the sum is their or), 8 little-endian bytes per word.
+    packed = (padded.reshape(*on.shape[:-1], words * 8, 8) << shifts).sum(dim=-1, dtype=torch.uint8)
+    return packed.view(torch.int64)
+
+
+def unit_masks(act: torch.Tensor, height: int, width: int, thresholds: torch.Tensor) -> torch.Tensor:
+    """(N, K, words) int64 packed masks M_k(x_n), a chunk of maps at a time."""
+    n, k = act.shape[:2]
+    hw = height * width
+    per_chunk = max(1, CHUNK_BYTES // (hw * 8))
+    out = []
+    flat = act.reshape(n * k, *act.shape[2:])
+    thr = thresholds.repeat(n)
+    for i in range(0, n * k, per_chunk):
+        on = upsample(flat[i:i + per_chunk], height, width).reshape(-1, hw) > thr[i:i + per_chunk, None]
+        out.append(pack_bits(on))
+    return torch.cat(out).reshape(n, k, -1)
+
+
+def formula_counts(formulas, formula_unit_rows: torch.Tensor, unit_words: torch.Tensor, masks: ConceptMasks,
+                   fl: torch.Tensor, flu: torch.Tensor) -> None:
+    """FormulaCountsParams' popcounts: every (formula entry, concept entry of its image) pair."""
+    from .formula_masks import popcount_words
+
+    owner = formulas.owners()
+    per_image = masks.offsets.diff()
+    step = max(1, CHUNK_BYTES // (max(1, int(per_image.max()) if per_image.numel() else 1) * 8 * masks.words_per_mask))
+    for j0 in range(0, owner.shape[0], step):
+        j = torch.arange(j0, min(owner.shape[0], j0 + step), device=owner.device)
+        img = formulas.images[j]
+        count = per_image[img]
+        pair_j = torch.repeat_interleave(j, count)
+        first = torch.cumsum(count, 0) - count
+        entry = masks.offsets[img].repeat_interleave(count) + torch.arange(pair_j.shape[0], device=j.device) \
+            - first.repeat_interleave(count)
+        f = formulas.entry_words(pair_j)
+        lab_rows = masks.mask_rows[entry]
+        lab = masks.unpack_rows(lab_rows)  # whole-image labels come out all on
+        both = f & pack_bits(lab)
+        u_rows = formula_unit_rows[pair_j]
+        u = torch.zeros_like(both)
+        on = u_rows >= 0
+        u[on] = unit_words[u_rows[on]]
+        b, c = owner[pair_j], masks.concept_ids[entry]
+        fl.index_put_((b, c), popcount_words(both).sum(dim=1), accumulate=True)
+        flu.index_put_((b, c), popcount_words(both & u).sum(dim=1), accumulate=True)
+
+
 def union_and_iou(intersection: torch.Tensor, unit_term: torch.Tensor, categories: torch.Tensor | None,
                   concept_area: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """union (K, C) int64 and iou (K, C) float64 from the tallies; unit_term is (K,) for the global

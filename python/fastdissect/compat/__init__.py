@@ -3,6 +3,6 @@ and tally, same numbers and tally.csv) and `dissect` (davidbau/dissect's thresho
 activations and its IoU). The original NetDissect's union is `union="netdissect"` of `fd.score` /
 `fd.dissect`, whose `<layer>-tally.csv` has the tally.csv layout."""
 
-from . import dissect, netdissect_lite, pillow
+from . import compexp, dissect, netdissect_lite, pillow
 
-__all__ = ["dissect", "netdissect_lite", "pillow"]
+__all__ = ["compexp", "dissect", "netdissect_lite", "pillow"]

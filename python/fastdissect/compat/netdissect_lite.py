@@ -63,7 +63,7 @@ def quantile_threshold(features, quantile: float = 0.005, *, chunk: int = 256) -
 class LiteData:
     """A Broden directory read the way NetDissect-Lite's SegmentationData reads it."""
 
-    def __init__(self, directory, categories: Sequence[str] | None = None):
+    def __init__(self, directory, categories: Sequence[str] | None = None, index: str = "index.csv"):
         root = Path(directory)
         _, cat_rows = read_csv(root / "category.csv")
         names = [r[0] for r in cat_rows if r]
@@ -87,14 +87,15 @@ class LiteData:
         self.primary = np.array([ic for _, ic in best], dtype=np.int64)
         self.labelcat = np.zeros((self.num_labels, len(self.categories)))
         self.labelcat[np.arange(self.num_labels), self.primary] = 1.0
-        header, rows = read_csv(root / "index.csv")
+        header, rows = read_csv(root / index)
+        self.index = index
         col = {h: i for i, h in enumerate(header)}
         self.root, self.rows = root, []
         for line, row in enumerate(rows, start=2):
             if not row:
                 continue
             if len(row) != len(header):
-                raise DatasetError(f"{root / 'index.csv'}, row {line}: {len(row)} columns, the header has {len(header)}")
+                raise DatasetError(f"{root / index}, row {line}: {len(row)} columns, the header has {len(header)}")
             cells = {c: [t for t in row[col[c]].split(";") if t] for c in self.categories if c in col}
             if any(cells.values()):  # Lite keeps images with data in any selected category
                 self.rows.append((line, int(row[col["sh"]]), int(row[col["sw"]]), cells))
@@ -102,7 +103,7 @@ class LiteData:
     def labels(self, n: int):
         """(planes (P, sh, sw) int64, image-level labels) of image n."""
         line, sh, sw, cells = self.rows[n]
-        where = f"{self.root / 'index.csv'}, row {line}"
+        where = f"{self.root / self.index}, row {line}"
         planes, scalars = [], []
         for cat in self.categories:
             tokens = cells.get(cat, [])
