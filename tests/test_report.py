@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 import fastdissect as fd
+import torch
 from test_pipeline import PLAIN, ColorDetectors
 
 OUTPUT = Path(__file__).parent / "output"  # screenshots land here (not committed)
@@ -102,3 +103,24 @@ def test_report_in_a_real_browser(report, tmp_path):
         with Image.open(shot) as im:
             assert im.size == (1400, 1600) and len(np.unique(np.asarray(im.convert("L")))) > 20  # not blank
         print(f"screenshot: {shot}")
+
+
+def test_formula_column_and_formula_mask_outline(tmp_path):
+    ds = fd.datasets.Broden(fd.datasets.builtin(tmp_path / "concepts", n_images=24, seed=3))
+    d = fd.dissect(ColorDetectors(), ["pool"], ds, quantile=0.05, top_k=3, verbose=False, formula_length=2, **PLAIN)
+    index = d.report(tmp_path / "report", verbose=False)
+    page = (index.parent / "layer_pool.html").read_text()
+    layer = d["pool"]
+    f = layer.formulas.formulas[0]
+    assert "formula (IoU)" in page and f.to_str(ds.concept_names) in page and "outlined in cyan" in page
+    # the formula's mask on a top image is the formula evaluated on its label planes (nearest upsampled)
+    from fastdissect.report import formula_mask_of
+
+    i = int(layer.top_images[0, 0])
+    sample = ds[i]
+    image = ds.image(i)
+    got = formula_mask_of(f, sample, sample.labels.shape[1], sample.labels.shape[2])
+    dense = fd.pack_masks(labels=torch.from_numpy(sample.labels[None]), image_labels=[sample.image_labels],
+                          num_concepts=ds.num_concepts)
+    assert np.array_equal(got, f.mask(dense).to_dense()[0, 0].numpy())
+    assert formula_mask_of(f, sample, *image.shape[:2]).shape == image.shape[:2]

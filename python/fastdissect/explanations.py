@@ -92,7 +92,8 @@ def compositional(x, masks, *, thresholds=None, quantile: float = 0.005, length:
     settings = search_settings(length, beam_size, search, penalty)
     m = as_concept_masks(masks)
     source = _UnitSource(x, m, thresholds, quantile, backend)
-    return explain(source, settings, quantile if thresholds is None else None, units, progress)
+    used_quantile = quantile if thresholds is None and not source.is_mask else None
+    return explain(source, settings, used_quantile, units, progress)
 
 
 def search_settings(length, beam_size, search, penalty) -> dict:

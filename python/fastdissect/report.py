@@ -72,13 +72,39 @@ def _comparison_figure(path: Path, summaries, categories, colors) -> None:
     plt.close(fig)
 
 
-def _overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """The image dimmed outside the mask, the mask's outline in yellow (all at image resolution)."""
+def _edge(mask: np.ndarray) -> np.ndarray:
+    return mask & ~(np.roll(mask, 1, 0) & np.roll(mask, -1, 0) & np.roll(mask, 1, 1) & np.roll(mask, -1, 1))
+
+
+def _overlay(image: np.ndarray, mask: np.ndarray, formula_mask: np.ndarray | None = None) -> np.ndarray:
+    """The image dimmed outside the mask, the mask's outline in yellow and, when given, the outline of
+    the unit's formula's mask in cyan (all at image resolution)."""
     out = image.astype(np.float32)
     out[~mask] *= 0.3
-    edge = mask & ~(np.roll(mask, 1, 0) & np.roll(mask, -1, 0) & np.roll(mask, 1, 1) & np.roll(mask, -1, 1))
-    out[edge] = (255, 212, 59)
+    if formula_mask is not None:
+        out[_edge(formula_mask)] = (0, 220, 255)
+    out[_edge(mask)] = (255, 212, 59)
     return out.astype(np.uint8)
+
+
+def formula_mask_of(formula, sample, height: int, width: int) -> np.ndarray:
+    """The formula's mask on one image (labels of a `Sample`), nearest-resized to height x width."""
+    from PIL import Image
+
+    from .formula import And, Leaf, Not
+
+    def mask(f):
+        if isinstance(f, Leaf):
+            whole = f.concept in set(int(c) for c in sample.image_labels)
+            planes = (sample.labels == f.concept).any(axis=0) if len(sample.labels) else \
+                np.zeros(sample.labels.shape[1:], dtype=bool)
+            return planes | whole
+        if isinstance(f, Not):
+            return ~mask(f.operand)
+        left, right = mask(f.left), mask(f.right)
+        return left & right if isinstance(f, And) else left | right
+    m = Image.fromarray(mask(formula).astype(np.uint8) * 255).resize((width, height), Image.NEAREST)
+    return np.asarray(m) > 0
 
 
 def _strips(layer, dataset, directory: Path, images: dict) -> list[str]:
@@ -90,14 +116,21 @@ def _strips(layer, dataset, directory: Path, images: dict) -> list[str]:
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
     thresholds = layer.scores.thresholds
+    samples: dict = {}  # label planes of the top images, read only when a formula needs them
     for k in range(layer.num_units):
         tiles = []
+        formula = layer.formulas.formulas[k] if layer.formulas is not None else None
         for j, index in enumerate(layer.top_images[k].tolist()):
             if index not in images:
                 images[index] = np.asarray(dataset.image(index) if hasattr(dataset, "image") else dataset[index].image)
             image = images[index]
             mask = (upsample(layer.top_maps[k, j], image.shape[0], image.shape[1]) > float(thresholds[k])).numpy()
-            tile = Image.fromarray(_overlay(image, mask))
+            f_mask = None
+            if formula is not None:
+                if index not in samples:
+                    samples[index] = dataset[index]
+                f_mask = formula_mask_of(formula, samples[index], image.shape[0], image.shape[1])
+            tile = Image.fromarray(_overlay(image, mask, f_mask))
             tiles.append(tile.resize((max(1, round(THUMB * image.shape[1] / image.shape[0])), THUMB),
                                      Image.BILINEAR))
         strip = Image.new("RGB", (sum(t.width for t in tiles) + 2 * (len(tiles) - 1), THUMB), (255, 255, 255))
