@@ -26,6 +26,7 @@ SCALE = dict(n=22000, size=112, concepts=1200, units=512, timed_units=32, optima
 SMOKE_PEER = dict(n=100, size=28, concepts=40, units=2)
 SMOKE_SCALE = dict(n=300, size=28, concepts=100, units=16, timed_units=4, optimal_units=1)
 _iou = {}
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the peer package's scipy imports
 
 
 def _sizes(request, full: dict, smoke: dict) -> dict:

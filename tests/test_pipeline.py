@@ -408,3 +408,20 @@ def test_formulas_in_the_pipeline_equal_fd_compositional(concepts, tmp_path):
     with pytest.raises(fd.pipeline.CheckpointMismatch, match="formulas"):
         fd.dissect(model, ["pool"], concepts, quantile=0.05, batch_size=8, verbose=False, formula_length=2,
                    checkpoint=ck, **PLAIN)
+
+
+def test_cli_formula_flags(concepts, tmp_path):
+    model_file = tmp_path / "models.py"
+    model_file.write_text(MODEL_FILE)
+    out = tmp_path / "out"
+    common = ["--model", f"{model_file}:colors", "--layers", "pool", "--dataset", concepts.root, "--quiet",
+              "--quantile", 0.05, "--mean", 0, 0, 0, "--std", 1, 1, 1]
+    r = run_cli("dissect", *common, "--out", out, "--formula-length", 2, "--beam-size", 3, "--search", "optimal")
+    assert r.returncode == 0, r.stderr
+    header = (out / "pool-formulas.csv").read_text().splitlines()[0]
+    assert header.startswith("unit,category,label,score,length")
+    layer = fd.load(out)["pool"]
+    assert layer.formulas.settings["search"] == "optimal" and layer.formulas.formulas[0] is not None
+    assert "formula (IoU)" in (out / "report" / "layer_pool.html").read_text()
+    r = run_cli("dissect", *common, "--out", tmp_path / "bad", "--formula-length", 0)
+    assert r.returncode != 0 and "length" in r.stderr and "Traceback" not in r.stderr

@@ -401,15 +401,20 @@ class _OptimalSearch:
     """The highest-scoring formula of at most 3 concepts, by branch and bound on exact counts.
 
     Length 1 and 2 are scored exhaustively from two (C, C) count tables: |A & B| over the data set
-    (computed once per chunk) and |A & B & U| (on the unit's images only). A length-3 formula
+    (computed once per call) and |A & B & U| (on the unit's images only). A length-3 formula
     (A op B) op' L is only counted when the bound of its prefix F = A op B exceeds the best score so
-    far; prefixes are taken in decreasing bound, so the search stops at the first that cannot win.
-    Bounds, with u = |U|, fu = |F & U|, and for a concept L: lu = |L & U|, lo = |L \\ U|:
+    far (the beam's result to begin with); prefixes are taken in decreasing bound, so the search
+    stops at the first that cannot win. Prefixes that repeat another (b OR a, b AND a) or a shorter
+    formula (a OR a, a AND a, a AND NOT a) are skipped. Every bound is multiplied by penalty ** len(F).
+    Prefix bounds, with u = |U|, fu = |F & U|, and for a concept L: lu = |L & U|, lo = |L \\ U|
+    (IoU = I / (u + |G \\ U|) for any formula G with I = |G & U|):
       F AND L, F AND NOT L are subsets of F:  IoU <= fu / u
-      F OR L: intersection fu + |L & U \\ F| <= fu + min(lu, u - fu) and area outside U
+      F OR L: I = fu + |L & U \\ F| <= fu + min(lu, u - fu) and |G \\ U| = |F \\ U| + |L \\ U \\ F|
               >= |F \\ U| + max(0, lo - |F \\ U|), so IoU <= max over L of
               (fu + min(lu, u - fu)) / (|F u U| + max(0, lo - |F \\ U|)),
-    the maximum taken over the concepts not dominated in (lu high, lo low).
+    the maximum taken over the concepts not dominated in (lu high, lo low). A batch of prefixes that
+    passes is first counted on the unit's images only, which bounds each (prefix, L, op) closely
+    (`_refined_bounds`); only prefixes whose refined bound can still win are counted over the data set.
     """
 
     PREFIX_BATCH = 64
