@@ -472,8 +472,9 @@ class _OptimalSearch:
         if self.length == 1:
             return evaluated
         cut, cut_rows = self._cut_to_unit(j)
-        # |A & B & U| needs only the unit's images.
-        pu = _dispatch.formula_counts(ctx.backend, cut, cut_rows, ctx.units.words, ctx.masks)[1].cpu()[:, present]
+        # |A & B & U| needs only the unit's images; |A & B| there comes with it.
+        fl_cut, pu = (t.cpu()[:, present] for t in _dispatch.formula_counts(ctx.backend, cut, cut_rows,
+                                                                               ctx.units.words, ctx.masks))
         # Length 2: prefix (a, op, b) counts, shape (P, P, 3) in op order OR, AND, AND NOT.
         f_area, f_inter = _candidates(la, lu, pairs, pu, la, lu)  # F = leaf a, L = leaf b
         w2 = torch.tensor([ctx.weight(2), ctx.weight(2), ctx.weight(3)], dtype=torch.float64)
@@ -485,7 +486,11 @@ class _OptimalSearch:
                    int(f_area.flatten()[flat]), int(f_inter.flatten()[flat]))
         if self.length == 2:
             return evaluated
-        return evaluated + self._third(j, f_area.reshape(-1), f_inter.reshape(-1), pairs, cut, best)
+        # Each prefix's area on the unit's images, by the same algebra from the cut tables.
+        cut_area = cut.areas().cpu()
+        f_area_cut, _ = _candidates(cut_area, cut_area, fl_cut, fl_cut, cut_area, cut_area)
+        return evaluated + self._third(j, f_area.reshape(-1), f_inter.reshape(-1), f_area_cut.reshape(-1), pairs,
+                                       cut, best)
 
     def _prefix_bounds(self, j: int, f_area: torch.Tensor, f_inter: torch.Tensor) -> torch.Tensor:
         """Upper bounds of every extension of each length-2 prefix (class docstring), penalised;
@@ -498,12 +503,17 @@ class _OptimalSearch:
         lo = (ctx.concept_area[present] - ctx.unit_concept[j, present]).to(torch.float64)
         front = _pareto_front(lu, lo)
         fu, fa = f_inter.to(torch.float64), f_area.to(torch.float64)
-        f_out = fa - fu
-        f_union = fa + u - fu
+        # A prefix with fu = 0 cannot win: its OR bound lu / (u + max(|F - U|, lo)) is at most the
+        # IoU of the leaf L (scored at length 1), and its AND bound is 0. Only the others are bounded.
+        meets = torch.nonzero(fu > 0).flatten()
+        fu_m, f_out = fu[meets], fa[meets] - fu[meets]
+        f_union = fa[meets] + u - fu_m
         bound_or = torch.zeros_like(fu)
+        best_or = torch.zeros_like(fu_m)
         for c in front.tolist():  # the front is short: tens of concepts
-            gain = torch.minimum(lu[c].expand_as(fu), u - fu)
-            bound_or = torch.maximum(bound_or, (fu + gain) / (f_union + (lo[c] - f_out).clamp_min(0)))
+            gain = torch.minimum(lu[c].expand_as(fu_m), u - fu_m)
+            best_or = torch.maximum(best_or, (fu_m + gain) / (f_union + (lo[c] - f_out).clamp_min(0)))
+        bound_or[meets] = best_or
         # An extension of a prefix of length l scores at most IoU * penalty ** l (penalty <= 1);
         # prefixes (a op b) have length 2, or 3 with AND NOT.
         prefix_len = torch.tensor([2.0, 2.0, 3.0], dtype=torch.float64).repeat(f_area.shape[0] // 3)
@@ -516,8 +526,8 @@ class _OptimalSearch:
         repeated = torch.where(op == AND_NOT, a == b, b <= a)
         return bounds.masked_fill_(repeated.reshape(-1), -1.0)
 
-    def _third(self, j: int, f_area: torch.Tensor, f_inter: torch.Tensor, pairs: torch.Tensor, cut: MaskSet,
-               best: "_Best") -> int:
+    def _third(self, j: int, f_area: torch.Tensor, f_inter: torch.Tensor, f_area_cut: torch.Tensor,
+               pairs: torch.Tensor, cut: MaskSet, best: "_Best") -> int:
         """Length 3: prefixes in decreasing bound; each batch is first bounded per (prefix, concept,
         op) from its counts on the unit's images (`_refined_bounds`), and counted over the whole
         data set only where that bound can still beat the best."""
@@ -527,7 +537,7 @@ class _OptimalSearch:
         bounds = self._prefix_bounds(j, f_area, f_inter)
         order = torch.argsort(bounds, descending=True, stable=True)
         alive = order[bounds[order] > best.score]
-        cut_area = cut.areas().cpu()
+        cut_area = cut.areas().cpu()  # each concept's area on the unit's images
         leaves = ctx.concepts.select(present)
         evaluated = 0
         unit_of = torch.full((self.PREFIX_BATCH,), j, dtype=torch.int64)
@@ -539,7 +549,7 @@ class _OptimalSearch:
             a, b, op = batch // (P * 3), (batch // 3) % P, batch % 3
             on_unit = _prefix_masks(cut, a, b, op)
             fl_cut, t = ctx.counts(on_unit, unit_of[:batch.shape[0]])
-            refined = self._refined_bounds(j, f_area[batch], f_inter[batch], on_unit.areas().cpu(), fl_cut[:, present],
+            refined = self._refined_bounds(j, f_area[batch], f_inter[batch], f_area_cut[batch], fl_cut[:, present],
                                            t[:, present], pairs, a, b, op, cut_area)
             need = refined.flatten(1).amax(dim=1) > best.score
             if not bool(need.any()):
