@@ -17,6 +17,7 @@ from .masks import ConceptMasks, pack_masks
 from .pipeline import dissect
 from .quantile import NETDISSECT_QUANTILE
 from .results import Dissection, LayerResult, load
+from .rotation import random_rotation
 from .scoring import Scores, Tally, score
 from .top_images import TopImages
 from .top_quantile import TopQuantile, thresholds
@@ -24,4 +25,4 @@ from .top_quantile import TopQuantile, thresholds
 __version__ = "0.1.0"
 
 __all__ = ["And", "ConceptMasks", "Dissection", "Explanations", "Formula", "Leaf", "Not", "Or", "compositional", "LayerResult", "NETDISSECT_QUANTILE", "Scores", "Tally", "TopImages", "TopQuantile",
-           "build_info", "datasets", "dissect", "identity", "load", "pack_masks", "score", "thresholds", "token_grid", "trace"]
+           "build_info", "datasets", "dissect", "identity", "load", "pack_masks", "random_rotation", "score", "thresholds", "token_grid", "trace"]

@@ -54,16 +54,20 @@ class LayerResult:
 
     @property
     def units(self) -> list[dict]:
-        """One row per unit: unit, label, category, iou, threshold, detector, then <category>-label/-iou."""
+        """One row per unit: unit, label, category, iou, threshold, detector, the label's precision
+        (I / |M|), recall (I / |L|) and F1, then <category>-label/-iou."""
         if self._units is None:
             best_c, best_iou = self.best_per_category()
             g = best_iou.argmax(dim=1)             # first category on ties
+            s = self.scores
+            precision, recall, f1 = s.precision, s.recall, s.f1
             rows = []
             for k in range(self.num_units):
                 c, iou = int(best_c[k, g[k]]), float(best_iou[k, g[k]])
                 row = {"unit": k, "label": self.concept_names[c], "category": self.category_names[int(g[k])],
                        "iou": max(iou, 0.0), "threshold": float(self.scores.thresholds[k]),
-                       "detector": iou > self.iou_threshold}
+                       "detector": iou > self.iou_threshold, "precision": float(precision[k, c]),
+                       "recall": float(recall[k, c]), "f1": float(f1[k, c])}
                 if self.formulas is not None:
                     f = self.formulas.formulas[k]
                     row.update({"formula": f.to_str(self.concept_names) if f is not None else "",

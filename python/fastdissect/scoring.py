@@ -28,10 +28,34 @@ class Scores:
     union_mode: str
     num_images: int
 
+    @property
+    def precision(self) -> torch.Tensor:
+        """(K, C) float64 I / |M|: the share of the unit's mask on the concept (0 for a silent unit)."""
+        return _ratio(self.intersection, self.unit_area[:, None])
+
+    @property
+    def recall(self) -> torch.Tensor:
+        """(K, C) float64 I / |L|: the share of the concept the unit covers (CCE's detection accuracy)."""
+        return _ratio(self.intersection, self.concept_area[None, :])
+
+    @property
+    def f1(self) -> torch.Tensor:
+        """(K, C) float64 2 I / (|M| + |L|), the harmonic mean of precision and recall (Dice)."""
+        return _ratio(2 * self.intersection, self.unit_area[:, None] + self.concept_area[None, :])
+
     def best(self):
         """(concept, iou) per unit: the concept with the highest IoU (lowest id on ties)."""
         iou, concept = self.iou.max(dim=1)
         return concept, iou
+
+
+def _ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+    """num / den in float64 from exact integer counts, 0 where den is 0 (then num is 0 too)."""
+    num, den = torch.broadcast_tensors(num, den)
+    out = torch.zeros(num.shape, dtype=torch.float64, device=num.device)
+    nz = den > 0
+    out[nz] = num[nz].to(torch.float64) / den[nz].to(torch.float64)
+    return out
 
 
 class Tally:

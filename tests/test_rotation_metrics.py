@@ -1,0 +1,70 @@
+"""fd.random_rotation (the axis-alignment test) and the precision / recall / F1 of Scores."""
+
+import numpy as np
+import pytest
+import torch
+
+import fastdissect as fd
+from test_pipeline import PLAIN, ColorDetectors
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 64])
+def test_rotation_is_orthogonal_and_its_powers_compose(n):
+    q = fd.random_rotation(n, seed=3).matrix
+    assert torch.allclose(q @ q.T, torch.eye(n, dtype=torch.float64), atol=1e-12, rtol=0)
+    assert torch.linalg.det(q) > 0
+    half = fd.random_rotation(n, seed=3, power=0.5).matrix
+    assert torch.allclose(half @ half, q, atol=1e-10, rtol=0)
+    assert torch.allclose(half @ half.T, torch.eye(n, dtype=torch.float64), atol=1e-10, rtol=0)
+    assert not torch.equal(fd.random_rotation(n, seed=4).matrix, q) or n == 1
+
+
+def test_power_zero_is_the_identity_and_power_one_is_q():
+    x = torch.rand(3, 6, 4, 5)
+    r0 = fd.random_rotation(6, power=0)
+    assert r0(x) is x
+    r1 = fd.random_rotation(6, seed=1, power=1.0)
+    assert torch.equal(r1.matrix, fd.rotation.haar_orthogonal(6, 1))
+    want = np.einsum("kj,njhw->nkhw", r1.matrix.numpy(), x.double().numpy()).astype(np.float32)
+    np.testing.assert_array_equal(r1(x).numpy(), want)
+    assert r1(x.half()).dtype == torch.half and r1(torch.rand(3, 6)).shape == (3, 6)
+
+
+def test_rotation_errors_and_identity():
+    for kwargs, needle in [(dict(power=1.5), "power"), (dict(power=-0.1), "power"), (dict(seed=1.5), "seed")]:
+        with pytest.raises(ValueError, match=needle):
+            fd.random_rotation(4, **kwargs)
+    with pytest.raises(ValueError, match="num_units"):
+        fd.random_rotation(0)
+    with pytest.raises(ValueError, match="4 units"):
+        fd.random_rotation(4)(torch.rand(2, 5, 3, 3))
+    assert fd.identity.transform_identity(fd.random_rotation(4, seed=2, power=0.5)) != \
+        fd.identity.transform_identity(fd.random_rotation(4, seed=2, power=0.6))
+
+
+def test_rotating_the_color_detectors_destroys_them(tmp_path):
+    ds = fd.datasets.Broden(fd.datasets.builtin(tmp_path / "c", n_images=40, seed=1))
+    plain = fd.dissect(ColorDetectors(), ["pool"], ds, quantile=0.05, verbose=False, **PLAIN)["pool"]
+    rotated = fd.dissect(ColorDetectors(), ["pool"], ds, quantile=0.05, verbose=False,
+                         transform={"pool": fd.random_rotation(3, seed=0)}, **PLAIN)["pool"]
+    assert plain.summary["interpretable"] == 3
+    assert rotated.scores.iou.max(dim=1).values.sum() < plain.scores.iou.max(dim=1).values.sum()
+
+
+def test_precision_recall_f1_are_the_counts_ratios():
+    g = torch.Generator().manual_seed(0)
+    acts = torch.rand(5, 4, 3, 3, generator=g)
+    acts[:, 3] = 0  # a silent unit
+    masks = torch.rand(5, 6, 9, 9, generator=g) < 0.3
+    masks[:, 5] = False  # an absent concept
+    s = fd.score(acts, masks, thresholds=torch.tensor([0.5, 0.7, 0.9, 0.5]))
+    i = s.intersection.double()
+    m = s.unit_area.double()[:, None]
+    c = s.concept_area.double()[None, :]
+    want_p = torch.where(m > 0, i / m.clamp_min(1), torch.zeros_like(i))
+    want_r = torch.where(c > 0, i / c.clamp_min(1), torch.zeros_like(i))
+    assert torch.equal(s.precision, want_p) and torch.equal(s.recall, want_r)
+    denom = m + c
+    assert torch.equal(s.f1, torch.where(denom > 0, 2 * i / denom.clamp_min(1), torch.zeros_like(i)))
+    assert (s.precision[3] == 0).all() and (s.recall[:, 5] == 0).all()
+    assert torch.allclose(s.f1[s.f1 > 0], (2 * s.precision * s.recall / (s.precision + s.recall))[s.f1 > 0])
