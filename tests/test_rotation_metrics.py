@@ -68,3 +68,71 @@ def test_precision_recall_f1_are_the_counts_ratios():
     assert torch.equal(s.f1, torch.where(denom > 0, 2 * i / denom.clamp_min(1), torch.zeros_like(i)))
     assert (s.precision[3] == 0).all() and (s.recall[:, 5] == 0).all()
     assert torch.allclose(s.f1[s.f1 > 0], (2 * s.precision * s.recall / (s.precision + s.recall))[s.f1 > 0])
+
+
+def test_derangement_has_no_fixed_point():
+    from fastdissect.controls import derangement
+
+    for n in (2, 3, 10, 257):
+        for seed in range(5):
+            p = derangement(n, seed)
+            assert sorted(p.tolist()) == list(range(n)) and bool((p != torch.arange(n)).all())
+    assert torch.equal(derangement(50, 1), derangement(50, 1))
+    with pytest.raises(ValueError, match="at least 2"):
+        derangement(1)
+
+
+def test_take_gathers_images_in_any_order():
+    masks = torch.rand(5, 3, 4, 4) > 0.5
+    packed = fd.pack_masks(masks)
+    order = torch.tensor([4, 0, 0, 2])
+    assert torch.equal(packed.take(order).to_dense(), masks[order])
+
+
+class NoiseUnits(torch.nn.Module):
+    """Three units of smooth seeded noise, unrelated to the image: what chance alone labels."""
+
+    def __init__(self):
+        super().__init__()
+        self.pool = torch.nn.AvgPool2d(4)
+        self.g = torch.Generator().manual_seed(0)
+
+    def forward(self, x):
+        noise = torch.rand(x.shape[0], 3, x.shape[2], x.shape[3], generator=self.g)
+        return self.pool(torch.nn.functional.avg_pool2d(noise, 9, stride=1, padding=4))
+
+
+def test_permuted_control_separates_detectors_from_chance(tmp_path):
+    ds = fd.datasets.Broden(fd.datasets.builtin(tmp_path / "c", n_images=40, seed=1))
+    d = fd.dissect(ColorDetectors(), ["pool"], ds, quantile=0.05, verbose=False, controls=("permuted",), **PLAIN)
+    layer = d["pool"]
+    # the control is the plain tally of each image's activations against its deranged image's masks
+    from fastdissect.controls import derangement
+
+    perm = derangement(len(ds), 0)
+    masks = fd.pack_masks(labels=torch.from_numpy(np.stack([ds[i].labels for i in range(len(ds))])),
+                          image_labels=[ds[i].image_labels for i in range(len(ds))], num_concepts=ds.num_concepts)
+    images = torch.from_numpy(np.stack([ds[i].image for i in range(len(ds))]))
+    model = ColorDetectors()
+    with torch.no_grad(), fd.trace(model, ["pool"]) as acts:
+        model(images.permute(0, 3, 1, 2).float() / 255)
+    want = fd.score(acts["pool"], masks.take(perm), thresholds=layer.scores.thresholds, union="netdissect",
+                    categories=torch.as_tensor(ds.primary_category))
+    assert torch.equal(layer.control.intersection, want.intersection) and torch.equal(layer.control.iou, want.iou)
+    for u in layer.units:  # the built detectors beat their control by a wide margin
+        assert u["beyond_chance"] and u["iou"] > 1.5 * u["control_best_iou"]
+    assert layer.summary["beyond_chance"] == 3
+    # saved and loaded, in the CSV
+    d.save(tmp_path / "out")
+    assert torch.equal(fd.load(tmp_path / "out")["pool"].control.iou, layer.control.iou)
+    d.to_csv(tmp_path / "csv")
+    assert "control_best_iou" in (tmp_path / "csv" / "pool.csv").read_text().splitlines()[0]
+    index = d.report(tmp_path / "report", verbose=False)
+    assert "beyond chance" in index.read_text() and "control IoU" in (index.parent / "layer_pool.html").read_text()
+    # units of noise: their labels score no better than their control
+    noise = fd.dissect(NoiseUnits(), ["pool"], ds, quantile=0.05, verbose=False, controls=("permuted",),
+                       **PLAIN)["pool"]
+    margin = lambda lr: min(u["iou"] / max(u["control_best_iou"], 1e-12) for u in lr.units)  # noqa: E731
+    assert margin(layer) > 1.5 and max(u["iou"] / u["control_best_iou"] for u in noise.units) < 1.5
+    with pytest.raises(ValueError, match="controls"):
+        fd.dissect(ColorDetectors(), ["pool"], ds, controls=("shuffled",), verbose=False)

@@ -33,6 +33,8 @@ def _add_dissect_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--beam-size", type=int, default=5, help="beam of the formula search (default 5)")
     p.add_argument("--search", choices=["beam", "optimal"], default="beam",
                    help="formula search: compexp's beam search or the proven optimum (length <= 3)")
+    p.add_argument("--control", action="append", choices=["permuted"], default=[],
+                   help="a chance baseline tallied in the same pass: permuted (units against other images' masks)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -108,6 +110,7 @@ def _run_dissection(args, model, layers, dataset, image_size, mean, std):
                         device=args.device, cache=args.cache, image_size=image_size, mean=mean, std=std,
                         checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every, restart=args.restart,
                         formula_length=args.formula_length, beam_size=args.beam_size, search=args.search,
+                        controls=tuple(args.control),
                         verbose=not args.quiet)
     import torch.distributed as dist
 

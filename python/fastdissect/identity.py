@@ -139,7 +139,8 @@ def dissection_identity(model, layers, dataset, opts) -> dict:
             "mean": [float(v) for v in opts["mean"]], "std": [float(v) for v in opts["std"]],
             "float16_cache": opts.get("cache") is not None,
             "quantile": float(opts["quantile"]), "method": opts["method"], "union": opts["union"],
-            "top_k": int(opts["top_k"]), "formulas": opts.get("formulas")}
+            "top_k": int(opts["top_k"]), "formulas": opts.get("formulas"),
+            "controls": list(opts.get("controls") or ()), "control_seed": opts.get("control_seed")}
 
 
 def _flatten(d, prefix: str = "") -> dict:

@@ -100,6 +100,19 @@ class ConceptMasks:
                             self.concept_ids[lo:hi], self.mask_rows[lo:hi], self.words, self.areas[lo:hi],
                             verified=self.verified)
 
+    def take(self, images: torch.Tensor) -> "ConceptMasks":
+        """The given images (any order, repeats allowed), sharing the packed words."""
+        images = torch.as_tensor(images, dtype=torch.int64, device=self.device)
+        starts = self.offsets[images]
+        lengths = self.offsets[images + 1] - starts
+        owner = torch.repeat_interleave(torch.arange(images.shape[0], device=self.device), lengths)
+        first = torch.cumsum(lengths, 0) - lengths
+        entries = starts[owner] + torch.arange(owner.shape[0], device=self.device) - first[owner]
+        offsets = torch.zeros(images.shape[0] + 1, dtype=torch.int64, device=self.device)
+        torch.cumsum(lengths, 0, out=offsets[1:])
+        return ConceptMasks(self.num_concepts, self.height, self.width, offsets, self.concept_ids[entries],
+                            self.mask_rows[entries], self.words, self.areas[entries], verified=self.verified)
+
     def to(self, device) -> "ConceptMasks":
         device = torch.device(device)
         return ConceptMasks(self.num_concepts, self.height, self.width,

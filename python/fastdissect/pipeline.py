@@ -74,6 +74,9 @@ class _Run:
         # With formula_length: every firing unit mask and the concept masks, for the formula search.
         self.unit_masks: dict[str, UnitMasks] = {}
         self.mask_log = MaskLog() if opts["formulas"] else None
+        # With controls=("permuted",): a Tally per layer against the masks of deranged images.
+        self.control_tallies: dict[str, Tally] = {}
+        self.all_masks = None  # every image's masks, which the derangement reads in any order
         self.saved: tuple[int, int] | None = None  # (stage, images done) of the last checkpoint written
         self.cache: dict[str, torch.Tensor] | None = None
         # With a cache, both passes see float16-rounded activations, cached or recomputed alike.
@@ -155,6 +158,7 @@ class _Run:
                  "tallies": {k: t.state_dict() for k, t in self.tallies.items()},
                  "top": {k: t.state_dict() for k, t in self.top.items()},
                  "unit_masks": {k: u.state_dict() for k, u in self.unit_masks.items()},
+                 "control_tallies": {k: t.state_dict() for k, t in self.control_tallies.items()},
                  "mask_log": self.mask_log.state_dict() if self.mask_log is not None else None}
         tmp = path.with_name(path.name + ".tmp")
         torch.save(state, tmp)
@@ -193,6 +197,10 @@ class _Run:
             self.tallies[k].load_state_dict(s)
         for k, s in state["top"].items():
             self.top[k].load_state_dict(s, self.device)
+        for k, s in state.get("control_tallies", {}).items():
+            self.control_tallies[k] = Tally(s["num_units"], s["num_concepts"], s["thresholds"], union=s["union"],
+                                            categories=s["categories"], backend=self.o["backend"], device=self.device)
+            self.control_tallies[k].load_state_dict(s)
         for k, s in state.get("unit_masks", {}).items():
             self.unit_masks[k] = UnitMasks(s["thresholds"], s["height"], s["width"], backend=self.o["backend"],
                                            device=self.device)
@@ -259,9 +267,25 @@ class _Run:
         ds = self.dataset
         cats = torch.as_tensor(ds.primary_category, dtype=torch.int64)
         for name, q in self.quantiles.items():
-            self.tallies[name] = Tally(q.num_units, ds.num_concepts, q.thresholds(), union=self.o["union"],
-                                       categories=None if self.o["union"] == "global" else cats,
-                                       backend=self.o["backend"], device=self.device)
+            tally = lambda: Tally(q.num_units, ds.num_concepts, q.thresholds(), union=self.o["union"],  # noqa: E731
+                                  categories=None if self.o["union"] == "global" else cats,
+                                  backend=self.o["backend"], device=self.device)
+            self.tallies[name] = tally()
+            if self.o["controls"]:
+                self.control_tallies[name] = tally()
+
+    def collect_all_masks(self) -> None:
+        """Every image's concept masks, for the permuted control: from the packed store, or one pass
+        over the data set's labels (images are decoded too, not fed to the model)."""
+        if self.store is not None:
+            self.all_masks = self.store.masks
+            return
+        log = MaskLog()
+        with self.progress("masks for the permuted control", 0) as bar:
+            for batch in self.loader(True, 0):
+                log.add(batch.masks)
+                bar.update(len(batch.indices))
+        self.all_masks = log.masks()
 
     def refine_pass(self, pending: dict) -> None:
         with self.progress("pass 1b/2 thresholds (exact refinement)", 0) as bar:
@@ -307,6 +331,10 @@ class _Run:
                     self.top[name].add(a, batch.indices)
                     if self.mask_log is not None:
                         self.collect_unit_masks(name, a, masks, int(batch.indices[0]))
+                if self.control_tallies:
+                    deranged = self.all_masks.take(self.o["derangement"][batch.indices]).to(self.device)
+                    for name, a in acts.items():
+                        self.control_tallies[name].add(a, deranged)
                 bar.update(len(batch.indices))
                 if every and (b + 1) % every == 0:
                     self.save(2, int(batch.indices[-1]) + 1)
@@ -325,7 +353,8 @@ def dissect(model: torch.nn.Module, layers: Sequence[str], dataset, *, quantile:
             mean=IMAGENET_MEAN, std=IMAGENET_STD, transform: dict | None = None, top_k: int = 8,
             checkpoint=None, checkpoint_every: int = 50, restart: bool = False, backend: str = "auto",
             distributed: bool | None = None, formula_length: int | None = None, beam_size: int = 5,
-            search: str = "beam", penalty: float = 1.0, verbose: bool = True) -> Dissection:
+            search: str = "beam", penalty: float = 1.0, controls=(), control_seed: int = 0,
+            verbose: bool = True) -> Dissection:
     """Dissects `layers` of `model` on a concept data set (see the README for a complete example).
 
     dataset: a `fd.datasets.Broden`, `SegmentationDataset`, a packed store (`fd.datasets.open_packed`,
@@ -352,6 +381,9 @@ def dissect(model: torch.nn.Module, layers: Sequence[str], dataset, *, quantile:
     (`fd.compositional`: beam_size, search "beam" or "optimal", penalty), found from the unit masks
     collected in the tally pass (no further forward pass). They cost 8 * ceil(H * W / 64) bytes per
     (image, unit) map that fires, plus the concept masks of the data set, until the search is done.
+    controls: ("permuted",) also tallies each unit against the masks of other images (a derangement
+    seeded by control_seed; fastdissect/controls.py), in the same tally pass, and marks the detectors
+    that beat chance; it holds every image's packed concept masks (read once more without a store).
     """
     store = None
     if isinstance(dataset, PackedMasks):  # masks from the store, images from the data set it was packed from
@@ -385,7 +417,12 @@ def dissect(model: torch.nn.Module, layers: Sequence[str], dataset, *, quantile:
         from .explanations import search_settings
 
         formulas = search_settings(formula_length, beam_size, search, penalty)
-    opts = dict(formulas=formulas, quantile=quantile, method=method, union=union, batch_size=batch_size, num_workers=num_workers,
+    from .controls import check_controls, derangement
+
+    controls = check_controls(controls)
+    perm = derangement(len(dataset), control_seed) if controls else None
+    opts = dict(formulas=formulas, controls=controls, control_seed=control_seed if controls else None,
+                derangement=perm, quantile=quantile, method=method, union=union, batch_size=batch_size, num_workers=num_workers,
                 device=torch.device(device), cache=cache, cache_limit=cache_limit,
                 image_size=tuple(image_size) if image_size is not None else None, mean=mean, std=std,
                 transform=transform, top_k=top_k, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
@@ -396,6 +433,9 @@ def dissect(model: torch.nn.Module, layers: Sequence[str], dataset, *, quantile:
     was_training = model.training
     model.eval()
     comm = Comm.detect(distributed)
+    if controls and comm.world > 1:
+        raise ValueError("controls are not supported with torch.distributed yet: run the controlled dissection "
+                         "in one process")
     run = _Run(model, layers, dataset, opts, identity, store, comm)
     try:
         stage, done = run.resume()
@@ -407,6 +447,8 @@ def dissect(model: torch.nn.Module, layers: Sequence[str], dataset, *, quantile:
             run.save(2, run.lo)
             done = run.lo
         if stage <= 2:
+            if controls:
+                run.collect_all_masks()
             comm.run(run.tally_pass, done)
             run.combine_tallies()
             run.save(3, run.hi)
@@ -428,7 +470,24 @@ def dissect(model: torch.nn.Module, layers: Sequence[str], dataset, *, quantile:
         top = run.top[name].to("cpu")
         result[name] = LayerResult(name, run.tallies[name].scores(), list(dataset.concept_names),
                                    list(dataset.category_names), cats, iou_threshold, top.images, top.values,
-                                   top.maps, run.explain(name) if formulas is not None else None)
+                                   top.maps, run.explain(name) if formulas is not None else None,
+                                   run.control_tallies[name].scores() if controls else None)
+        _warn_if_chance_explains(result[name], run.log)
     result.dataset = dataset
     result.identity = {**identity, "iou_threshold": iou_threshold}
     return result
+
+
+def _warn_if_chance_explains(layer: LayerResult, log) -> None:
+    """Most units pass the plain rule but few beat their control: the labels are not evidence."""
+    s = layer.summary
+    if layer.control is None or s["interpretable"] <= s["units"] // 2:
+        return
+    if s["beyond_chance"] < s["interpretable"] / 4:
+        import warnings
+
+        message = (f"{layer.layer}: {s['interpretable']}/{s['units']} units pass IoU > {layer.iou_threshold}, but "
+                   f"only {s['beyond_chance']} beat the permuted control ({s['chance_detectors']} units are "
+                   "'detectors' by chance alone): these labels say little about the units")
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+        log(message)

@@ -173,7 +173,7 @@ def write_report(dissection, directory, dataset=None, *, verbose: bool = True) -
         units = [dict(u, strip=s) for u, s in zip(layer.units, strips)]
         page = env.get_template("layer.html.j2").render(
             layer=name, summary=summary, figure=figure, units=units, categories=categories, colors=colors,
-            has_formulas=layer.formulas is not None,
+            has_formulas=layer.formulas is not None, has_control=layer.control is not None,
             top_k=layer.top_images.shape[1] if layer.top_images is not None else 0)
         (directory / summary["page"]).write_text(page)
     _comparison_figure(directory / "layers_detectors.png", summaries, categories, colors)

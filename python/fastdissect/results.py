@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from .controls import beyond_chance
 from .scoring import Scores
 
 FORMAT_VERSION = 1
@@ -30,6 +31,7 @@ class LayerResult:
     top_values: torch.Tensor | None = None   # (K, top_k) those maxima
     top_maps: torch.Tensor | None = None     # (K, top_k, h, w) the unit's maps on those images
     formulas: "Explanations | None" = None   # each unit's compositional formula (fd.dissect(formula_length=...))
+    control: Scores | None = None            # the permuted control's scores (fd.dissect(controls=("permuted",)))
     _units: list | None = field(default=None, repr=False)
 
     @property
@@ -61,6 +63,7 @@ class LayerResult:
             g = best_iou.argmax(dim=1)             # first category on ties
             s = self.scores
             precision, recall, f1 = s.precision, s.recall, s.f1
+            control_iou = self.control.iou if self.control is not None else None
             rows = []
             for k in range(self.num_units):
                 c, iou = int(best_c[k, g[k]]), float(best_iou[k, g[k]])
@@ -68,6 +71,10 @@ class LayerResult:
                        "iou": max(iou, 0.0), "threshold": float(self.scores.thresholds[k]),
                        "detector": iou > self.iou_threshold, "precision": float(precision[k, c]),
                        "recall": float(recall[k, c]), "f1": float(f1[k, c])}
+                if self.control is not None:
+                    control_best = float(control_iou[k, 1:].max()) if control_iou.shape[1] > 1 else 0.0
+                    row.update({"control_iou": float(control_iou[k, c]), "control_best_iou": control_best,
+                                "beyond_chance": beyond_chance(iou, control_best, self.iou_threshold)})
                 if self.formulas is not None:
                     f = self.formulas.formulas[k]
                     row.update({"formula": f.to_str(self.concept_names) if f is not None else "",
@@ -86,8 +93,12 @@ class LayerResult:
         """Interpretable units and unique detectors (distinct concepts among detectors) per category."""
         detectors = [u for u in self.units if u["detector"]]
         unique = {cat: len({u["label"] for u in detectors if u["category"] == cat}) for cat in self.category_names}
-        return {"layer": self.layer, "units": self.num_units, "interpretable": len(detectors),
-                "unique_detectors": unique, "unique_total": sum(unique.values())}
+        out = {"layer": self.layer, "units": self.num_units, "interpretable": len(detectors),
+               "unique_detectors": unique, "unique_total": sum(unique.values())}
+        if self.control is not None:
+            out["beyond_chance"] = sum(u["beyond_chance"] for u in self.units)
+            out["chance_detectors"] = sum(u["control_best_iou"] > self.iou_threshold for u in self.units)
+        return out
 
     def to_csv(self, path) -> Path:
         path = Path(path)
@@ -181,13 +192,13 @@ class Dissection(dict):
         layers = {}
         for name, r in self.items():
             s = r.scores
-            layers[name] = {"scores": {k: getattr(s, k) for k in ("intersection", "union", "iou", "unit_area",
-                                                                 "concept_area", "thresholds")},
+            layers[name] = {"scores": {k: getattr(s, k) for k in _SCORE_TENSORS},
                             "union_mode": s.union_mode, "num_images": s.num_images,
                             "concept_names": r.concept_names, "category_names": r.category_names,
                             "categories": r.categories, "iou_threshold": r.iou_threshold,
                             "top_images": r.top_images, "top_values": r.top_values, "top_maps": r.top_maps,
-                            "formulas": _formulas_state(r.formulas)}
+                            "formulas": _formulas_state(r.formulas),
+                            "control": _scores_state(r.control)}
         root = getattr(self.dataset, "root", None)
         torch.save({"format": "fastdissect-dissection", "version": FORMAT_VERSION, "layers": layers,
                     "dataset_root": str(Path(root).resolve()) if root is not None else None,
@@ -210,7 +221,7 @@ def load(directory) -> Dissection:
         scores = Scores(**d["scores"], union_mode=d["union_mode"], num_images=d["num_images"])
         out[name] = LayerResult(name, scores, d["concept_names"], d["category_names"], d["categories"],
                                 d["iou_threshold"], d["top_images"], d["top_values"], d.get("top_maps"),
-                                _formulas_from_state(d.get("formulas")))
+                                _formulas_from_state(d.get("formulas")), _scores_from_state(d.get("control")))
     out.dataset_root = data.get("dataset_root")
     out.identity = data.get("identity") or {}
     return out
@@ -238,3 +249,16 @@ def _formulas_from_state(state):
     return Explanations(parse(state["formulas"]), state["iou"], state["intersection"], state["formula_area"],
                         state["unit_area"], parse(state["single"]), state["single_iou"], state["evaluated"],
                         state["thresholds"], state["settings"])
+
+
+_SCORE_TENSORS = ("intersection", "union", "iou", "unit_area", "concept_area", "thresholds")
+
+
+def _scores_state(s: Scores | None):
+    if s is None:
+        return None
+    return {**{k: getattr(s, k) for k in _SCORE_TENSORS}, "union_mode": s.union_mode, "num_images": s.num_images}
+
+
+def _scores_from_state(state) -> Scores | None:
+    return Scores(**state) if state is not None else None
