@@ -136,3 +136,34 @@ def test_permuted_control_separates_detectors_from_chance(tmp_path):
     assert margin(layer) > 1.5 and max(u["iou"] / u["control_best_iou"] for u in noise.units) < 1.5
     with pytest.raises(ValueError, match="controls"):
         fd.dissect(ColorDetectors(), ["pool"], ds, controls=("shuffled",), verbose=False)
+
+
+def _scores(iou_rows):
+    iou = torch.tensor(iou_rows, dtype=torch.float64)
+    k, c = iou.shape
+    inter = (iou * 100).long()
+    return fd.Scores(inter, torch.full((k, c), 100, dtype=torch.int64), iou, torch.full((k,), 50, dtype=torch.int64),
+                     torch.full((c,), 50, dtype=torch.int64), torch.zeros(k, dtype=torch.float64), "global", 10)
+
+
+def test_warning_when_chance_explains_the_labels():
+    from fastdissect.pipeline import _warn_if_chance_explains
+
+    plain = _scores([[0.0, 0.10, 0.02]] * 4)          # every unit passes 0.04 ...
+    control = _scores([[0.0, 0.02, 0.30]] * 4)        # ... but chance scores higher still
+    layer = fd.LayerResult("avgpool", plain, ["-", "a", "b"], ["object"], torch.zeros(3, dtype=torch.int64), 0.04,
+                           control=control)
+    assert layer.summary["interpretable"] == 4 and layer.summary["beyond_chance"] == 0
+    assert layer.summary["chance_detectors"] == 4
+    logged = []
+    with pytest.warns(RuntimeWarning, match="only 0 beat the permuted control"):
+        _warn_if_chance_explains(layer, logged.append)
+    assert logged
+    fine = fd.LayerResult("layer4", plain, ["-", "a", "b"], ["object"], torch.zeros(3, dtype=torch.int64), 0.04,
+                          control=_scores([[0.0, 0.01, 0.01]] * 4))
+    assert fine.summary["beyond_chance"] == 4
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _warn_if_chance_explains(fine, logged.append)
