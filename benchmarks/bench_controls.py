@@ -4,13 +4,11 @@ masks gathered, then a second tally) in the same call, on ResNet-18 layer4 shape
     cd benchmarks && python -m pytest -q -p no:cacheprovider bench_controls.py   (goal: under 2x)
 """
 
-import numpy as np
 import pytest
-import torch
 
 import fastdissect as fd
 from fastdissect.controls import derangement
-from workloads import broden_like_labels, layer_activations
+from workloads import layer4_workload
 
 N_IMAGES, UNITS, MAP, LABEL, CONCEPTS = 64, 512, 7, 112, 150
 GROUP = "tally with the permuted control: resnet18-layer4, 64 images, netdissect union"
@@ -18,11 +16,7 @@ GROUP = "tally with the permuted control: resnet18-layer4, 64 images, netdissect
 
 @pytest.fixture(scope="module")
 def workload():
-    acts = layer_activations(N_IMAGES, UNITS, MAP)
-    labels, image_labels = broden_like_labels(N_IMAGES, LABEL, CONCEPTS)
-    masks = fd.pack_masks(labels=labels, image_labels=image_labels, num_concepts=CONCEPTS)
-    thresholds = fd.thresholds(acts, quantile=0.005)
-    categories = torch.from_numpy(np.random.default_rng(0).integers(0, 6, CONCEPTS))
+    acts, _, _, masks, thresholds, categories = layer4_workload(N_IMAGES, UNITS, MAP, LABEL, CONCEPTS)
     return acts, masks, thresholds, categories, derangement(N_IMAGES, 0)
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import fastdissect as fd
-from workloads import broden_like_labels, layer_activations
+from workloads import layer4_workload
 
 N_IMAGES, UNITS, MAP, LABEL, CONCEPTS = 32, 512, 7, 112, 150
 GROUP = "score: resnet18-layer4, 32 images, lite union"
@@ -17,12 +17,7 @@ GROUP = "score: resnet18-layer4, 32 images, lite union"
 
 @pytest.fixture(scope="module")
 def workload():
-    acts = layer_activations(N_IMAGES, UNITS, MAP)
-    labels, image_labels = broden_like_labels(N_IMAGES, LABEL, CONCEPTS)
-    masks = fd.pack_masks(labels=labels, image_labels=image_labels, num_concepts=CONCEPTS)
-    thresholds = fd.thresholds(acts, quantile=0.005)
-    categories = torch.from_numpy(np.random.default_rng(0).integers(0, 6, CONCEPTS))
-    return acts, labels, image_labels, masks, thresholds, categories
+    return layer4_workload(N_IMAGES, UNITS, MAP, LABEL, CONCEPTS)
 
 
 def lite_style_tally(features, labels, image_labels, thresholds, categories):

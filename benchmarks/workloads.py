@@ -39,6 +39,19 @@ def broden_like_labels(n: int, size: int, num_concepts: int = 150, seed: int = 0
     return torch.from_numpy(labels), image_labels
 
 
+def layer4_workload(n: int, units: int = 512, size: int = 7, label: int = 112, concepts: int = 150):
+    """ResNet-18 layer4 on Broden-224: activations, label planes, image labels, their packed masks,
+    exact thresholds (0.005) and a random primary category per concept (6 categories)."""
+    import fastdissect as fd
+
+    acts = layer_activations(n, units, size)
+    labels, image_labels = broden_like_labels(n, label, concepts)
+    masks = fd.pack_masks(labels=labels, image_labels=image_labels, num_concepts=concepts)
+    thresholds = fd.thresholds(acts, quantile=0.005)
+    categories = torch.from_numpy(np.random.default_rng(0).integers(0, 6, concepts))
+    return acts, labels, image_labels, masks, thresholds, categories
+
+
 def broden_like_masks(n: int, size: int, num_concepts: int, per_image: int = 17, seed: int = 0,
                       block: int = 256):
     """A ConceptMasks with Broden's shape, built a block of images at a time (no dense N x C array).

@@ -23,15 +23,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import torch
 
 from . import _dispatch, _validate
 from .formula import And, Formula, Leaf, Not, Or
 from .formula_masks import AND, AND_NOT, OR, MaskSet, combine, concat, concept_set, unit_rows
-from .masks import ConceptMasks, as_concept_masks
+from .masks import ConceptMasks, as_concept_masks, offsets_of_groups
 from .torch_backend import pack_bits
 from .top_quantile import thresholds as exact_thresholds
+from .unit_masks import fired_entries, fired_set
 
 SEARCHES = ("beam", "optimal")
 UNIT_MASK_BYTES = 256 << 20  # unit masks of one chunk of units, at most about this much
@@ -206,24 +208,17 @@ class _UnitSource(_Chunks):
         N, H, W = self.x.shape[0], self.masks.height, self.masks.width
         wpm = self.masks.words_per_mask
         per = max(1, MAP_BLOCK_BYTES // max(1, len(chunk) * wpm * 8))
-        keys, words = [], []
+        pairs, words = [], []
         for n0 in range(0, N, per):
             block = self.x[n0:n0 + per].index_select(1, ids)
             if self.is_mask:
                 packed = pack_bits(block.reshape(block.shape[0], len(chunk), H * W))
             else:
                 packed = _dispatch.unit_masks(self.backend, block, H, W, self.thresholds[ids])
-            nz = torch.nonzero(packed.ne(0).any(dim=2))  # (image, unit) pairs that fire
-            keys.append(nz[:, 1] * N + nz[:, 0] + n0)
-            words.append(packed[nz[:, 0], nz[:, 1]])
-        key, word = torch.cat(keys), torch.cat(words)
-        order = torch.argsort(key, stable=True)
-        key, word = key[order], word[order]
-        lengths = torch.bincount(key // N, minlength=len(chunk))
-        offsets = torch.zeros(len(chunk) + 1, dtype=torch.int64, device=key.device)
-        torch.cumsum(lengths, 0, out=offsets[1:])
-        s = MaskSet(N, H * W, offsets, key % N, torch.arange(key.shape[0], device=key.device), word.contiguous())
-        return s, ids
+            p, w = fired_entries(packed, n0)
+            pairs.append(p)
+            words.append(w)
+        return fired_set(pairs, words, len(chunk), N, H * W, self.x.device), ids
 
 
 @dataclass
@@ -245,6 +240,11 @@ class _Context:
         self.present = torch.nonzero(self.concept_area > 0).flatten()  # compexp's label list
         # |U & L| for every unit and concept: the units' own masks counted against the concepts.
         self.unit_concept, _ = self.counts(self.units, torch.arange(len(self.units)))
+
+    @cached_property
+    def present_masks(self) -> MaskSet:
+        """Mask i is concept present[i]'s (the optimal search's leaves)."""
+        return self.concepts.select(self.present)
 
     def counts(self, formulas: MaskSet, unit_of: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(S, C) |F & L| and |F & U & L| on the CPU; formula j belongs to local unit unit_of[j]."""
@@ -441,7 +441,7 @@ class _OptimalSearch:
     def _pair_table(self) -> torch.Tensor:
         """(P, P) |A & B| over the data set for the present concepts."""
         ctx = self.ctx
-        leaves = ctx.concepts.select(ctx.present)
+        leaves = ctx.present_masks
         fl, _ = _dispatch.formula_counts(ctx.backend, leaves, torch.full_like(leaves.images, -1), ctx.units.words,
                                          ctx.masks)
         return fl.cpu()[:, ctx.present]
@@ -449,15 +449,12 @@ class _OptimalSearch:
     def _cut_to_unit(self, j: int) -> tuple[MaskSet, torch.Tensor]:
         """The present concepts' masks cut to the images where unit j fires, and the entries' unit rows."""
         ctx = self.ctx
-        leaves = ctx.concepts.select(ctx.present)
+        leaves = ctx.present_masks
         unit_of = torch.full((len(leaves),), j, dtype=torch.int64, device=leaves.device)
         rows = unit_rows(leaves, unit_of, ctx.units)
         on = rows >= 0
-        lengths = torch.bincount(leaves.owners()[on], minlength=len(leaves))
-        offsets = torch.zeros(len(leaves) + 1, dtype=torch.int64, device=leaves.device)
-        torch.cumsum(lengths, 0, out=offsets[1:])
-        return MaskSet(leaves.num_images, leaves.num_pixels, offsets, leaves.images[on], leaves.rows[on],
-                       leaves.words), rows[on]
+        return MaskSet(leaves.num_images, leaves.num_pixels, offsets_of_groups(leaves.owners()[on], len(leaves)),
+                       leaves.images[on], leaves.rows[on], leaves.words), rows[on]
 
     def _search(self, j: int, pairs, best: "_Best") -> int:
         ctx = self.ctx
@@ -538,7 +535,7 @@ class _OptimalSearch:
         order = torch.argsort(bounds, descending=True, stable=True)
         alive = order[bounds[order] > best.score]
         cut_area = cut.areas().cpu()  # each concept's area on the unit's images
-        leaves = ctx.concepts.select(present)
+        leaves = ctx.present_masks
         evaluated = 0
         unit_of = torch.full((self.PREFIX_BATCH,), j, dtype=torch.int64)
         for i0 in range(0, alive.shape[0], self.PREFIX_BATCH):

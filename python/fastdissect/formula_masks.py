@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .masks import WHOLE_IMAGE, ConceptMasks, as_concept_masks, words_per_mask
+from .masks import (WHOLE_IMAGE, ConceptMasks, as_concept_masks, expand_ranges, offsets_of, offsets_of_groups,
+                    words_per_mask)
 
 OR, AND, AND_NOT = 0, 1, 2  # the expansion ops, in compexp's order
 OP_NAMES = ("OR", "AND", "AND NOT")
@@ -39,15 +40,6 @@ def full_row(num_pixels: int, device) -> torch.Tensor:
     if tail < 64:
         row[-1] = (1 << tail) - 1
     return row
-
-
-def expand_ranges(starts: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Concatenated aranges [starts[j], starts[j] + lengths[j]) and the j of each element."""
-    owner = torch.repeat_interleave(torch.arange(starts.shape[0], device=starts.device), lengths)
-    if owner.numel() == 0:
-        return owner, owner
-    first = torch.cumsum(lengths, 0) - lengths
-    return starts[owner] + torch.arange(owner.shape[0], device=owner.device) - first[owner], owner
 
 
 @dataclass(frozen=True)
@@ -89,7 +81,7 @@ class MaskSet:
         ids = ids.to(self.device, torch.int64)
         starts, lengths = self.offsets[ids], self.offsets[ids + 1] - self.offsets[ids]
         entries, _ = expand_ranges(starts, lengths)
-        return MaskSet(self.num_images, self.num_pixels, _offsets_of(lengths), self.images[entries],
+        return MaskSet(self.num_images, self.num_pixels, offsets_of(lengths), self.images[entries],
                        self.rows[entries], self.words)
 
     def areas(self) -> torch.Tensor:
@@ -110,22 +102,14 @@ def find_keys(sorted_keys: torch.Tensor, keys: torch.Tensor) -> tuple[torch.Tens
     return pos, found
 
 
-def _offsets_of(lengths: torch.Tensor) -> torch.Tensor:
-    out = torch.zeros(lengths.shape[0] + 1, dtype=torch.int64, device=lengths.device)
-    torch.cumsum(lengths, 0, out=out[1:])
-    return out
-
-
 def _explicit(num_images: int, num_pixels: int, owner: torch.Tensor, images: torch.Tensor, words: torch.Tensor,
               num_masks: int, drop_empty: bool) -> MaskSet:
     """A MaskSet whose every entry has its own row; entries sorted by (owner, image)."""
     if drop_empty and words.shape[0]:
         keep = words.ne(0).any(dim=1)
         owner, images, words = owner[keep], images[keep], words[keep]
-    lengths = torch.bincount(owner, minlength=num_masks) if owner.numel() else \
-        torch.zeros(num_masks, dtype=torch.int64, device=owner.device)
     rows = torch.arange(words.shape[0], device=owner.device)
-    return MaskSet(num_images, num_pixels, _offsets_of(lengths), images, rows, words.contiguous())
+    return MaskSet(num_images, num_pixels, offsets_of_groups(owner, num_masks), images, rows, words.contiguous())
 
 
 def combine(a: MaskSet, a_ids: torch.Tensor, b: MaskSet, b_ids: torch.Tensor, op: int) -> MaskSet:
@@ -166,7 +150,7 @@ def concat(sets: list[MaskSet]) -> MaskSet:
         row_base += s.words.shape[0]
         lengths.append(s.offsets.diff())
     first = sets[0]
-    return MaskSet(first.num_images, first.num_pixels, _offsets_of(torch.cat(lengths)),
+    return MaskSet(first.num_images, first.num_pixels, offsets_of(torch.cat(lengths)),
                    torch.cat([s.images for s in sets]), torch.cat(rows), torch.cat(words))
 
 
@@ -174,8 +158,8 @@ def concept_set(masks: ConceptMasks) -> MaskSet:
     """Mask c of the set is concept c's mask (rows into masks.words; image-level labels stay -1)."""
     image = torch.repeat_interleave(torch.arange(masks.num_images, device=masks.device), masks.offsets.diff())
     order = torch.argsort(masks.concept_ids, stable=True)  # stable: images stay increasing per concept
-    lengths = torch.bincount(masks.concept_ids, minlength=masks.num_concepts)
-    return MaskSet(masks.num_images, masks.height * masks.width, _offsets_of(lengths), image[order],
+    return MaskSet(masks.num_images, masks.height * masks.width,
+                   offsets_of_groups(masks.concept_ids[order], masks.num_concepts), image[order],
                    masks.mask_rows[order], masks.words)
 
 
@@ -210,9 +194,7 @@ def formula_mask(formula, masks) -> ConceptMasks:
     m = as_concept_masks(masks)
     s = evaluate(formula, concept_set(m))
     words = s.entry_words(torch.arange(s.images.shape[0], device=s.device))
-    counts = torch.bincount(s.images, minlength=m.num_images) if s.images.numel() else \
-        torch.zeros(m.num_images, dtype=torch.int64, device=s.device)
-    return ConceptMasks(1, m.height, m.width, _offsets_of(counts), torch.zeros_like(s.images),
+    return ConceptMasks(1, m.height, m.width, offsets_of_groups(s.images, m.num_images), torch.zeros_like(s.images),
                         torch.arange(s.images.shape[0], device=s.device), words.contiguous(),
                         popcount_rows(words), verified=True)
 

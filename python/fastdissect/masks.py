@@ -24,6 +24,28 @@ def words_per_mask(height: int, width: int) -> int:
     return (height * width + 63) // 64
 
 
+# CSR helpers shared by every list-of-entries structure (ConceptMasks here, MaskSet in formula_masks.py).
+def offsets_of(lengths: torch.Tensor) -> torch.Tensor:
+    """(G + 1,) int64 CSR offsets of groups of these lengths."""
+    out = torch.zeros(lengths.shape[0] + 1, dtype=torch.int64, device=lengths.device)
+    torch.cumsum(lengths, 0, out=out[1:])
+    return out
+
+
+def offsets_of_groups(groups: torch.Tensor, num_groups: int) -> torch.Tensor:
+    """CSR offsets of entries sorted by group id (each in [0, num_groups))."""
+    return offsets_of(torch.bincount(groups, minlength=num_groups))
+
+
+def expand_ranges(starts: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Concatenated aranges [starts[j], starts[j] + lengths[j]) and the j of each element."""
+    owner = torch.repeat_interleave(torch.arange(starts.shape[0], device=starts.device), lengths)
+    if owner.numel() == 0:
+        return owner, owner
+    first = torch.cumsum(lengths, 0) - lengths
+    return starts[owner] + torch.arange(owner.shape[0], device=owner.device) - first[owner], owner
+
+
 @dataclass(frozen=True)
 class ConceptMasks:
     """Concept masks of N images, bit-packed. Build with `fastdissect.pack_masks`.
@@ -105,12 +127,8 @@ class ConceptMasks:
         images = torch.as_tensor(images, dtype=torch.int64, device=self.device)
         starts = self.offsets[images]
         lengths = self.offsets[images + 1] - starts
-        owner = torch.repeat_interleave(torch.arange(images.shape[0], device=self.device), lengths)
-        first = torch.cumsum(lengths, 0) - lengths
-        entries = starts[owner] + torch.arange(owner.shape[0], device=self.device) - first[owner]
-        offsets = torch.zeros(images.shape[0] + 1, dtype=torch.int64, device=self.device)
-        torch.cumsum(lengths, 0, out=offsets[1:])
-        return ConceptMasks(self.num_concepts, self.height, self.width, offsets, self.concept_ids[entries],
+        entries, _ = expand_ranges(starts, lengths)
+        return ConceptMasks(self.num_concepts, self.height, self.width, offsets_of(lengths), self.concept_ids[entries],
                             self.mask_rows[entries], self.words, self.areas[entries], verified=self.verified)
 
     def to(self, device) -> "ConceptMasks":

@@ -74,6 +74,7 @@ class _Run:
         # With formula_length: every firing unit mask and the concept masks, for the formula search.
         self.unit_masks: dict[str, UnitMasks] = {}
         self.mask_log = MaskLog() if opts["formulas"] else None
+        self.collected_masks = None  # the log's masks as one ConceptMasks, once the tally pass is done
         # With controls=("permuted",): a Tally per layer against the masks of deranged images.
         self.control_tallies: dict[str, Tally] = {}
         self.all_masks = None  # every image's masks, which the derangement reads in any order
@@ -192,15 +193,11 @@ class _Run:
             self.quantiles[k] = TopQuantile(s["num_units"], s["quantile"], s["method"], backend=self.o["backend"])
             self.quantiles[k].load_state_dict(s, self.device)
         for k, s in state["tallies"].items():
-            self.tallies[k] = Tally(s["num_units"], s["num_concepts"], s["thresholds"], union=s["union"],
-                                    categories=s["categories"], backend=self.o["backend"], device=self.device)
-            self.tallies[k].load_state_dict(s)
+            self.tallies[k] = self.tally_from_state(s)
         for k, s in state["top"].items():
             self.top[k].load_state_dict(s, self.device)
         for k, s in state.get("control_tallies", {}).items():
-            self.control_tallies[k] = Tally(s["num_units"], s["num_concepts"], s["thresholds"], union=s["union"],
-                                            categories=s["categories"], backend=self.o["backend"], device=self.device)
-            self.control_tallies[k].load_state_dict(s)
+            self.control_tallies[k] = self.tally_from_state(s)
         for k, s in state.get("unit_masks", {}).items():
             self.unit_masks[k] = UnitMasks(s["thresholds"], s["height"], s["width"], backend=self.o["backend"],
                                            device=self.device)
@@ -212,6 +209,12 @@ class _Run:
         self.saved = (state["stage"], state["images_done"])
         self.log(f"resuming from {self.o['checkpoint']}: {self.describe_progress(*self.saved)}")
         return state["stage"], state["images_done"]
+
+    def tally_from_state(self, s: dict) -> Tally:
+        tally = Tally(s["num_units"], s["num_concepts"], s["thresholds"], union=s["union"], categories=s["categories"],
+                      backend=self.o["backend"], device=self.device)
+        tally.load_state_dict(s)
+        return tally
 
     def log(self, message: str) -> None:
         if self.o["verbose"] and self.comm.rank == 0:
@@ -310,7 +313,9 @@ class _Run:
         from .explanations import SetSource, explain
 
         acc = self.unit_masks[name]
-        masks = self.mask_log.masks()
+        if self.collected_masks is None:  # concatenated once, shared by every layer's search
+            self.collected_masks = self.mask_log.masks()
+        masks = self.collected_masks
         source = SetSource(acc.mask_set(len(self.dataset)), masks, acc.thresholds, self.o["backend"])
         self.log(f"{name}: formulas of {len(masks)} images, {acc.nbytes() / 2**20:.1f} MiB of unit masks")
         return explain(source, self.o["formulas"], self.o["quantile"], progress=self.o["verbose"])

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .masks import ConceptMasks
+from .masks import ConceptMasks, expand_ranges
 
 CHUNK_BYTES = 64 << 20
 
@@ -111,11 +111,8 @@ def formula_counts(formulas, formula_unit_rows: torch.Tensor, unit_words: torch.
     for j0 in range(0, owner.shape[0], step):
         j = torch.arange(j0, min(owner.shape[0], j0 + step), device=owner.device)
         img = formulas.images[j]
-        count = per_image[img]
-        pair_j = torch.repeat_interleave(j, count)
-        first = torch.cumsum(count, 0) - count
-        entry = masks.offsets[img].repeat_interleave(count) + torch.arange(pair_j.shape[0], device=j.device) \
-            - first.repeat_interleave(count)
+        entry, pair = expand_ranges(masks.offsets[img], per_image[img])  # every concept entry of each image
+        pair_j = j[pair]
         f = formulas.entry_words(pair_j)
         lab_rows = masks.mask_rows[entry]
         lab = masks.unpack_rows(lab_rows)  # whole-image labels come out all on

@@ -11,7 +11,27 @@ import torch
 
 from . import _dispatch
 from .formula_masks import MaskSet
-from .masks import ConceptMasks
+from .masks import ConceptMasks, offsets_of_groups
+
+
+def fired_entries(packed: torch.Tensor, first_image: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """From packed masks (N, K, words) of images first_image.., the maps that fire: (E, 2) (unit,
+    image) pairs and their (E, words) words."""
+    fired = torch.nonzero(packed.ne(0).any(dim=2))
+    return torch.stack([fired[:, 1], fired[:, 0] + first_image], dim=1), packed[fired[:, 0], fired[:, 1]]
+
+
+def fired_set(pairs: list[torch.Tensor], words: list[torch.Tensor], num_units: int, num_images: int,
+              num_pixels: int, device) -> MaskSet:
+    """The MaskSet (mask k = unit k) of `fired_entries` batches collected in any order."""
+    wpm = (num_pixels + 63) // 64
+    pair = torch.cat(pairs) if pairs else torch.zeros(0, 2, dtype=torch.int64, device=device)
+    word = torch.cat(words) if words else torch.zeros(0, wpm, dtype=torch.int64, device=device)
+    key = pair[:, 0] * num_images + pair[:, 1]
+    order = torch.argsort(key, stable=True)
+    key, word = key[order], word[order]
+    return MaskSet(num_images, num_pixels, offsets_of_groups(key // num_images, num_units), key % num_images,
+                   torch.arange(key.shape[0], device=key.device), word.contiguous())
 
 
 class UnitMasks:
@@ -45,25 +65,14 @@ class UnitMasks:
             self._backend = _dispatch.resolve_backend(self.backend, self.device)
         packed = _dispatch.unit_masks(self._backend, act, self.height, self.width, self.thresholds.to(act.device),
                                       pillow=self.pillow)
-        fired = torch.nonzero(packed.ne(0).any(dim=2))
-        self.keys.append(torch.stack([fired[:, 1], fired[:, 0] + first_image], dim=1))
-        self.words.append(packed[fired[:, 0], fired[:, 1]])
+        pairs, words = fired_entries(packed, first_image)
+        self.keys.append(pairs)
+        self.words.append(words)
 
     def mask_set(self, num_images: int) -> MaskSet:
         """Mask k of the set is unit k's mask over the `num_images` images."""
-        dev = self.device or torch.device("cpu")
-        wpm = (self.height * self.width + 63) // 64
-        pairs = torch.cat(self.keys) if self.keys else torch.zeros(0, 2, dtype=torch.int64, device=dev)
-        words = torch.cat(self.words) if self.words else torch.zeros(0, wpm, dtype=torch.int64, device=dev)
-        key = pairs[:, 0] * num_images + pairs[:, 1]
-        order = torch.argsort(key, stable=True)
-        key, words = key[order], words[order]
-        lengths = torch.bincount(key // num_images, minlength=self.num_units) if key.numel() else \
-            torch.zeros(self.num_units, dtype=torch.int64, device=dev)
-        offsets = torch.zeros(self.num_units + 1, dtype=torch.int64, device=dev)
-        torch.cumsum(lengths, 0, out=offsets[1:])
-        return MaskSet(num_images, self.height * self.width, offsets, key % num_images,
-                       torch.arange(key.shape[0], device=dev), words.contiguous())
+        return fired_set(self.keys, self.words, self.num_units, num_images, self.height * self.width,
+                         self.device or torch.device("cpu"))
 
     def nbytes(self) -> int:
         return sum(w.numel() * 8 + k.numel() * 8 for w, k in zip(self.words, self.keys))
