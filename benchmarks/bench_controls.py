@@ -1,4 +1,4 @@
-"""The permuted control's cost: one tally batch alone, and with its control (the deranged images'
+"""The controls' cost: one tally batch alone, and with its permuted control (the deranged images'
 masks gathered, then a second tally) in the same call, on ResNet-18 layer4 shapes.
 
     cd benchmarks && python -m pytest -q -p no:cacheprovider bench_controls.py   (goal: under 2x)
@@ -38,3 +38,38 @@ def test_tally_with_permuted_control(benchmark, workload):
         _tally(thresholds, categories).add(acts, masks)
         _tally(thresholds, categories).add(acts, masks.take(perm))
     benchmark(both)
+
+
+ROTATION_GROUP = "axis-alignment test: EfficientNet-Lite0 last block, 16 images, 6 rotation powers"
+POWERS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+
+
+@pytest.fixture(scope="module")
+def rotation_setup(tmp_path_factory):
+    pytest.importorskip("efficientnet_lite_pytorch", reason="needs the demo extra")
+    from fastdissect import models
+
+    ds = fd.datasets.Broden(fd.datasets.builtin(tmp_path_factory.mktemp("rot") / "set", n_images=16))
+    _, layers, mean, std = models.BUILTIN["efficientnet-lite0"]
+    options = dict(image_size=(224, 224), mean=mean, std=std, batch_size=16, verbose=False)
+    return models.efficientnet_lite0(), layers[-1], ds, options
+
+
+def test_rotation_powers_dissected_one_by_one(benchmark, rotation_setup):
+    model, layer, ds, options = rotation_setup
+    benchmark.group = ROTATION_GROUP
+    width = fd.rotation.layer_width(model, layer, ds, image_size=options["image_size"], mean=options["mean"],
+                                    std=options["std"])
+
+    def one_by_one():
+        for p in POWERS:
+            fd.dissect(model, [layer], ds, transform={layer: fd.random_rotation(width, power=p)}, **options)
+    benchmark.pedantic(one_by_one, rounds=1, iterations=1)
+
+
+def test_rotation_experiment_one_pass(benchmark, rotation_setup):
+    model, layer, ds, options = rotation_setup
+    benchmark.group = ROTATION_GROUP
+    benchmark.extra_info.update(role="fastdissect")
+    benchmark.pedantic(lambda: fd.rotation_experiment(model, layer, ds, powers=POWERS, **options), rounds=2,
+                       iterations=1)

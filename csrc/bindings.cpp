@@ -78,6 +78,7 @@ void check_formula_counts(const fd::FormulaCountsParams& p) {
 void check_score_scratch(const fd::ScoreParams& p, const fd::ScoreScratch& s) {
   FD_ASSERT(p.union_mode == fd::UnionMode::kGlobal || s.map_area, "map_area is required for this union");
   FD_ASSERT(p.union_mode != fd::UnionMode::kLite || s.hit, "hit is required for the lite union");
+  FD_ASSERT(!p.image_hits || (s.entry_hit && s.num_entries >= 0), "entry_hit is required for image_hits");
   FD_ASSERT(!p.pil_x_first && !p.exhaustive && !p.branch_counts, "the CUDA kernels have no Pillow or testing mode");
 }
 
@@ -189,13 +190,16 @@ void declare_params(py::module_& m) {
       .pointer("mask_out", &ScoreParams::mask_out)
       .pointer("intersection", &ScoreParams::intersection)
       .pointer("unit_area", &ScoreParams::unit_area)
-      .pointer("unit_category_area", &ScoreParams::unit_category_area);
+      .pointer("unit_category_area", &ScoreParams::unit_category_area)
+      .pointer("image_hits", &ScoreParams::image_hits);
 
   using fd::ScoreScratch;
   FieldTable<ScoreScratch>(m, "ScoreScratch")
       .pointer("map_area", &ScoreScratch::map_area)
       .pointer("hit", &ScoreScratch::hit)
-      .pointer("non_finite", &ScoreScratch::non_finite);
+      .pointer("non_finite", &ScoreScratch::non_finite)
+      .pointer("entry_hit", &ScoreScratch::entry_hit)
+      .value("num_entries", &ScoreScratch::num_entries);
 
   using fd::HistogramParams;
   FieldTable<HistogramParams>(m, "HistogramParams")

@@ -9,6 +9,9 @@ import fastdissect as fd
 from test_pipeline import PLAIN, ColorDetectors
 
 
+CONTROLS = ("permuted", "random_init")
+
+
 class FailingImages(fd.datasets.Broden):
     """Raises while loading one image, as a broken data loader would."""
 
@@ -27,8 +30,10 @@ def run(rank, world, init_file, out_dir, root, bad_index):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         ds = fd.datasets.Broden(root) if bad_index is None else FailingImages(root, bad_index)
-        d = fd.dissect(ColorDetectors(), ["conv", "pool"], ds, quantile=0.02, batch_size=6, verbose=False, **PLAIN)
-        torch.save({name: {"scores": vars(r.scores), "top_images": r.top_images, "top_maps": r.top_maps}
+        d = fd.dissect(ColorDetectors(), ["conv", "pool"], ds, quantile=0.02, batch_size=6, verbose=False,
+                       controls=CONTROLS, **PLAIN)
+        torch.save({name: {"scores": vars(r.scores), "top_images": r.top_images, "top_maps": r.top_maps,
+                           "control": vars(r.control), "random_init": vars(d.random_init[name].scores)}
                     for name, r in d.items()}, f"{out_dir}/rank{rank}.pt")
     except Exception:
         with open(f"{out_dir}/rank{rank}.err", "w") as f:

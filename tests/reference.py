@@ -45,6 +45,8 @@ def tally(acts, masks, thresholds, union="global", categories=None):
     unit_area = np.zeros(K, np.int64)
     unit_cat = np.zeros((K, max(G, 1)), np.int64)
     concept_area = masks.reshape(N, C, -1).sum(axis=(0, 2)).astype(np.int64)
+    concept_images = masks.reshape(N, C, -1).any(axis=2).sum(axis=0).astype(np.int64)
+    image_hits = np.zeros((K, C), np.int64)
     for n in range(N):
         present = masks[n].reshape(C, -1).any(axis=1)
         for k in range(K):
@@ -56,6 +58,7 @@ def tally(acts, masks, thresholds, union="global", categories=None):
             for c in range(C):
                 i = int((m & masks[n, c]).sum())
                 inter[k, c] += i
+                image_hits[k, c] += i > 0
                 if present[c] and categories is not None:
                     labeled[categories[c]] = True
                     if i > 0:
@@ -69,7 +72,8 @@ def tally(acts, masks, thresholds, union="global", categories=None):
     else:
         u = unit_cat[:, np.asarray(categories)] + concept_area[None, :] - inter
     iou = np.where(u > 0, inter / np.maximum(u, 1), 0.0)
-    return {"intersection": inter, "union": u, "iou": iou, "unit_area": unit_area, "concept_area": concept_area}
+    return {"intersection": inter, "union": u, "iou": iou, "unit_area": unit_area, "concept_area": concept_area,
+            "image_hits": image_hits, "concept_images": concept_images}
 
 
 def dense_from_labels(labels, image_labels, num_concepts):

@@ -1,5 +1,5 @@
-"""fd.dissect on 2 and 3 CPU ranks (gloo, loopback) equals one process bit for bit; a failing rank
-stops every rank with its error."""
+"""fd.dissect on 2 and 3 CPU ranks (gloo, loopback) equals one process bit for bit, controls included;
+a failing rank stops every rank with its error."""
 
 import time
 
@@ -28,10 +28,11 @@ def launch(world, tmp_path, root, bad_index=None):
     return out, time.perf_counter() - start
 
 
+@pytest.mark.filterwarnings("ignore:.*with random weights")
 @pytest.mark.parametrize("world", [2, 3])
 def test_ranks_give_the_single_process_result(concepts, tmp_path, world):
     single = fd.dissect(ColorDetectors(), ["conv", "pool"], fd.datasets.Broden(concepts), quantile=0.02,
-                        batch_size=6, verbose=False, **PLAIN)
+                        batch_size=6, verbose=False, controls=dist_worker.CONTROLS, **PLAIN)
     out, seconds = launch(world, tmp_path, concepts)
     assert seconds < 60
     for rank in range(world):
@@ -41,6 +42,10 @@ def test_ranks_give_the_single_process_result(concepts, tmp_path, world):
             for key in ("intersection", "union", "iou", "unit_area", "concept_area", "thresholds"):
                 assert torch.equal(got[name]["scores"][key], getattr(layer.scores, key)), (rank, name, key)
             assert got[name]["scores"]["num_images"] == 41
+            # the controls too: the permuted one pairs a rank's images with masks from every shard
+            for key in ("intersection", "union", "iou"):
+                assert torch.equal(got[name]["control"][key], getattr(layer.control, key)), (rank, name, key)
+                assert torch.equal(got[name]["random_init"][key], getattr(single.random_init[name].scores, key))
             assert torch.equal(got[name]["top_images"], layer.top_images)
             assert torch.equal(got[name]["top_maps"], layer.top_maps)
 

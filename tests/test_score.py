@@ -10,7 +10,7 @@ import reference as ref
 
 
 def assert_matches(scores, expected):
-    for key in ("intersection", "union", "unit_area", "concept_area"):
+    for key in ("intersection", "union", "unit_area", "concept_area", "image_hits", "concept_images"):
         np.testing.assert_array_equal(getattr(scores, key).cpu().numpy(), expected[key], err_msg=key)
     np.testing.assert_array_equal(scores.iou.cpu().numpy(), expected["iou"])
 

@@ -82,6 +82,9 @@ struct ScoreParams {
   int64_t* intersection;        // [K, C] sum_x |M_k(x) & L_c(x)|
   int64_t* unit_area;           // [K] sum_x |M_k(x)|
   int64_t* unit_category_area;  // [K, G] union term of the unit per category (netdissect / lite)
+  // [K, C], accumulated when set: the entries (images, one entry per image and concept) whose
+  // concept mask M_k meets, |M_k(x) & L_c(x)| > 0: the numerator of the label's image coverage.
+  int64_t* image_hits = nullptr;
 };
 
 // Device scratch of the GPU score kernels (allocated by the caller, zeroed before each batch).
@@ -89,6 +92,8 @@ struct ScoreScratch {
   int64_t* map_area;    // [N, K] mask area of each map ("netdissect" / "lite" unions), else null
   int* hit;             // [N, K, G] map meets a label of category g ("lite" union), else null
   int64_t* non_finite;  // [K] NaN / inf activations seen (accumulated; reported when results are read)
+  int* entry_hit = nullptr;  // [K, E] map k meets entry e, with image_hits (zeroed by the caller)
+  int64_t num_entries = 0;   // E = offsets[N], known on the host (offsets may live on the device)
 };
 
 // The union and IoU tables from the tallies (README, "What the numbers mean"):

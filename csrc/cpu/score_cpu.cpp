@@ -431,6 +431,7 @@ void score_units(const ScoreParams& p, const Geometry& g, const LabelIndex& labe
           for (int64_t i = lo; i < hi; ++i) inter += popcount64(m[i] & l[i]);
         }
         inter_row[p.concept_ids[e]] += inter;
+        if (p.image_hits && inter > 0) p.image_hits[k * p.C + p.concept_ids[e]] += 1;
         if constexpr (U == UnionMode::kLite) {
           if (inter > 0) ws.cat_hit[p.categories[p.concept_ids[e]]] = 1;
         }

@@ -29,6 +29,12 @@ void score_cuda(const ScoreParams& p, const ScoreScratch& s, uintptr_t stream_ha
     score_union_kernel<<<blocks_for(p.N * p.K), kThreadsPerBlock, 0, stream>>>(p, s);
     check_launch("score_union_kernel");
   }
+  if (p.image_hits) {
+    const int64_t pairs = p.K * s.num_entries;
+    if (pairs == 0) return;
+    score_image_hits_kernel<<<blocks_for(pairs), kThreadsPerBlock, 0, stream>>>(p, s);
+    check_launch("score_image_hits_kernel");
+  }
 }
 
 }  // namespace fd

@@ -68,6 +68,7 @@ __global__ void score_words_kernel(ScoreParams p, ScoreScratch s) {
       const int64_t inter = row >= 0 ? popcount64(m & p.words[row * words + word]) : area;
       if (inter == 0) continue;
       atomic_add_i64(p.intersection + k * p.C + p.concept_ids[e], inter);
+      if (s.entry_hit) atomicOr(s.entry_hit + k * s.num_entries + e, 1);
       if (s.hit) atomicOr(s.hit + (n * p.K + k) * p.G + p.categories[p.concept_ids[e]], 1);
     }
   }
@@ -90,6 +91,15 @@ __global__ void score_union_kernel(ScoreParams p, ScoreScratch s) {
       }
       if (counts) atomic_add_i64(p.unit_category_area + k * p.G + g, area);
     }
+  }
+}
+
+// Work item (k, e): one image hit for the unit and the entry's concept when some word met it.
+// Separate from the words kernel because the words of one map are counted by many threads.
+__global__ void score_image_hits_kernel(ScoreParams p, ScoreScratch s) {
+  const int64_t entries = s.num_entries;
+  FD_GRID_STRIDE(item, p.K * entries) {
+    if (s.entry_hit[item]) atomic_add_i64(p.image_hits + (item / entries) * p.C + p.concept_ids[item % entries], 1);
   }
 }
 

@@ -15,6 +15,10 @@ void score_cuda_emu(const ScoreParams& p, const ScoreScratch& s, int n_threads) 
   if (p.union_mode != UnionMode::kGlobal) {
     emu::launch(n_threads, dim3(blocks_for(p.N * p.K)), dim3(kThreadsPerBlock), score_union_kernel, p, s);
   }
+  if (p.image_hits && p.K * s.num_entries > 0) {
+    emu::launch(n_threads, dim3(blocks_for(p.K * s.num_entries)), dim3(kThreadsPerBlock), score_image_hits_kernel,
+                p, s);
+  }
 }
 
 }  // namespace fd

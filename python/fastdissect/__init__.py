@@ -10,6 +10,7 @@ torch.Size([8, 5])
 
 from . import datasets, identity
 from ._ext import build_info
+from .compare import Comparison, compare
 from .explanations import Explanations, compositional
 from .formula import And, Formula, Leaf, Not, Or
 from .hooks import token_grid, trace
@@ -17,7 +18,7 @@ from .masks import ConceptMasks, pack_masks
 from .pipeline import dissect
 from .quantile import NETDISSECT_QUANTILE
 from .results import Dissection, LayerResult, load
-from .rotation import random_rotation
+from .rotation import random_rotation, rotation_experiment
 from .scoring import Scores, Tally, score
 from .top_images import TopImages
 from .top_quantile import TopQuantile, thresholds
@@ -25,4 +26,4 @@ from .top_quantile import TopQuantile, thresholds
 __version__ = "0.1.0"
 
 __all__ = ["And", "ConceptMasks", "Dissection", "Explanations", "Formula", "Leaf", "Not", "Or", "compositional", "LayerResult", "NETDISSECT_QUANTILE", "Scores", "Tally", "TopImages", "TopQuantile",
-           "build_info", "datasets", "dissect", "identity", "load", "pack_masks", "random_rotation", "score", "thresholds", "token_grid", "trace"]
+           "build_info", "Comparison", "compare", "datasets", "dissect", "identity", "load", "pack_masks", "random_rotation", "rotation_experiment", "score", "thresholds", "token_grid", "trace"]

@@ -83,19 +83,21 @@ def tally_batch(backend: str, act: torch.Tensor, masks: ConceptMasks, thresholds
                 categories: torch.Tensor | None, num_categories: int, intersection: torch.Tensor,
                 unit_area: torch.Tensor, unit_category_area: torch.Tensor | None,
                 non_finite: torch.Tensor | None = None, *, pillow=None, exhaustive: bool = False,
-                branch_counts: torch.Tensor | None = None, mask_out: torch.Tensor | None = None) -> None:
+                branch_counts: torch.Tensor | None = None, mask_out: torch.Tensor | None = None,
+                image_hits: torch.Tensor | None = None) -> None:
     """Adds a validated batch into the accumulators (+=) with the resolved `backend`.
 
     pillow: (x_first, x_weights, y_first, y_weights) tensors: resample as Pillow's BILINEAR does
     (NetDissect-Lite's masks; CPU kernel only). exhaustive / branch_counts: the CPU kernel's testing
     switches (ScoreParams in csrc/common/params.h). mask_out: a zeroed (N, K, words per mask) int64
     tensor that receives every map's packed mask (not with the torch backend: see `unit_masks`).
+    image_hits: (K, C) int64, += the entries whose concept mask the unit's mask meets.
     """
     if backend == "torch":
         if pillow is not None or exhaustive or branch_counts is not None or mask_out is not None:
             raise ValueError('the torch backend has no Pillow resampling or testing switches: use backend="cpu"')
         torch_backend.tally_batch(act, masks, thresholds, union, categories, num_categories, intersection,
-                                  unit_area, unit_category_area)
+                                  unit_area, unit_category_area, image_hits)
         return
     C = _ext.extension()
     p = C.ScoreParams()
@@ -107,6 +109,7 @@ def tally_batch(backend: str, act: torch.Tensor, masks: ConceptMasks, thresholds
     p.union_mode, p.categories, p.G = UNION_CODES[union], _addr(categories), num_categories
     p.intersection, p.unit_area, p.unit_category_area = _addr(intersection), _addr(unit_area), \
         _addr(unit_category_area)
+    p.image_hits = _addr(image_hits)
     if mask_out is not None:
         if mask_out.shape != (act.shape[0], act.shape[1], masks.words_per_mask) or mask_out.dtype != torch.int64 \
                 or not mask_out.is_contiguous() or mask_out.device != act.device:
@@ -115,7 +118,8 @@ def tally_batch(backend: str, act: torch.Tensor, masks: ConceptMasks, thresholds
     if backend in GPU_BACKENDS:
         if pillow is not None or exhaustive or branch_counts is not None:
             raise ValueError("the CUDA kernels have no Pillow resampling or testing switches: use backend=\"cpu\"")
-        _score_gpu(C, p, backend, act, union, num_categories, non_finite)
+        _score_gpu(C, p, backend, act, union, num_categories, non_finite, masks.concept_ids.shape[0] if
+                   image_hits is not None else None)
         return
     if pillow is not None:
         x_first, x_weights, y_first, y_weights = pillow
@@ -130,7 +134,7 @@ def tally_batch(backend: str, act: torch.Tensor, masks: ConceptMasks, thresholds
 
 
 def _score_gpu(C, p, backend: str, act: torch.Tensor, union: str, num_categories: int,
-               non_finite: torch.Tensor | None) -> None:
+               non_finite: torch.Tensor | None, num_entries: int | None) -> None:
     """The CUDA score kernels (on the GPU, or emulated on the CPU): asynchronous, no host sync."""
     n, k = act.shape[:2]
     dev = act.device
@@ -138,6 +142,10 @@ def _score_gpu(C, p, backend: str, act: torch.Tensor, union: str, num_categories
     hit = torch.zeros(n, k, max(num_categories, 1), dtype=torch.int32, device=dev) if union == "lite" else None
     s = C.ScoreScratch()
     s.map_area, s.hit, s.non_finite = _addr(map_area), _addr(hit), _addr(non_finite)
+    entry_hit = None
+    if num_entries is not None:  # a flag per (unit, entry): a map's words are counted by many threads
+        entry_hit = torch.zeros(k, max(num_entries, 1), dtype=torch.int32, device=dev)
+        s.entry_hit, s.num_entries = _addr(entry_hit), num_entries
     C.score_gpu(p, s, backend == "cuda_emu", _stream_of(dev), torch.get_num_threads())
 
 

@@ -1,4 +1,4 @@
-"""The `fastdissect` command: dissect, demo, builtin, report, selftest.
+"""The `fastdissect` command: dissect, rotate, compare, demo, builtin, report, selftest.
 
 Errors print one line (`fastdissect: error: ...`) unless --debug is given.
 """
@@ -6,6 +6,7 @@ Errors print one line (`fastdissect: error: ...`) unless --debug is given.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from pathlib import Path
@@ -33,9 +34,27 @@ def _add_dissect_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--beam-size", type=int, default=5, help="beam of the formula search (default 5)")
     p.add_argument("--search", choices=["beam", "optimal"], default="beam",
                    help="formula search: compexp's beam search or the proven optimum (length <= 3)")
-    p.add_argument("--control", action="append", choices=["permuted"], default=[],
-                   help="a chance baseline tallied in the same pass: permuted (units against other images' masks)")
+    p.add_argument("--control", action="append", choices=["permuted", "random-init"], default=[],
+                   help="a chance baseline (repeatable): permuted (units against other images' masks, in the same "
+                        "pass) or random-init (the same architecture with seeded random weights, same settings)")
+    p.add_argument("--control-seed", type=int, default=0,
+                   help="seed of the permutation and of the random weights of the controls (default 0)")
+    p.add_argument("--metric", choices=["iou", "f1", "precision", "recall", "coverage"], default="iou",
+                   help="what ranks each unit's labels and meets --iou-threshold (default iou, NetDissect's)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True,
+                   help=f"a built-in name ({DEMO_MODEL}), torchvision:<name> (with --weights), or file.py:factory")
+    p.add_argument("--weights", default=None, help="weights file (state dict) for torchvision: or file.py models")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the random initialisation of a model built without --weights (default 0)")
+    p.add_argument("--dataset", required=True,
+                   help='a Broden directory, a packed store (fd.datasets.pack), or "builtin" (generated in OUT)')
+    p.add_argument("--image-size", type=int, default=None, help="resize images to this square size for the model")
+    p.add_argument("--mean", type=float, nargs=3, default=None, help="input normalisation mean (ImageNet's)")
+    p.add_argument("--std", type=float, nargs=3, default=None, help="input normalisation std (ImageNet's)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,18 +64,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("dissect", help="dissect layers of a model on a concept data set",
                        description="Label every unit of the given layers with the concept it detects.")
-    d.add_argument("--model", required=True,
-                   help=f"a built-in name ({DEMO_MODEL}), torchvision:<name> (with --weights), or file.py:factory")
-    d.add_argument("--weights", default=None, help="weights file (state dict) for torchvision: or file.py models")
-    d.add_argument("--seed", type=int, default=0,
-                   help="seed of the random initialisation of a model built without --weights (default 0)")
+    _add_model_options(d)
     d.add_argument("--layers", required=True, help="comma-separated module names (see model.named_modules())")
-    d.add_argument("--dataset", required=True,
-                   help='a Broden directory, a packed store (fd.datasets.pack), or "builtin" (generated in OUT)')
-    d.add_argument("--image-size", type=int, default=None, help="resize images to this square size for the model")
-    d.add_argument("--mean", type=float, nargs=3, default=None, help="input normalisation mean (ImageNet's)")
-    d.add_argument("--std", type=float, nargs=3, default=None, help="input normalisation std (ImageNet's)")
     _add_dissect_options(d)
+
+    rot = sub.add_parser("rotate", help="the axis-alignment test: dissect a layer under random rotations",
+                         description="Dissect one layer rotated by Q ** p for each power p (Q a seeded random "
+                                     "rotation of its units) in one run over the data, and draw the curve of "
+                                     "interpretability against the power.")
+    _add_model_options(rot)
+    rot.add_argument("--layer", required=True, help="the module to rotate (see model.named_modules())")
+    rot.add_argument("--powers", default="0,0.2,0.4,0.6,0.8,1", help="rotation powers in [0, 1] (default "
+                     "0,0.2,0.4,0.6,0.8,1)")
+    rot.add_argument("--rotation-seed", type=int, default=0, help="seed of the random rotation (default 0)")
+    _add_dissect_options(rot)
 
     demo = sub.add_parser("demo", help=f"dissect {DEMO_MODEL} (ImageNet weights) on the built-in concept set",
                           description=f"Dissect five layers of {DEMO_MODEL}, early to late, on the built-in concept "
@@ -76,6 +97,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dataset", default=None,
                    help="the concept data set for the top images (default: the one recorded in the results)")
     r.add_argument("--out", required=True, help="directory to write the report to")
+
+    c = sub.add_parser("compare", help="compare saved dissections (models, layers, checkpoints)",
+                       description="One HTML page with figures and CSVs comparing saved dissections: unique "
+                                   "detectors per category, concepts only one model finds, units whose label changed.")
+    c.add_argument("results", nargs="+", help="results directories (each holding dissection.pt), in order")
+    c.add_argument("--names", default=None, help="comma-separated names, one per directory (default: their names)")
+    c.add_argument("--series", action="store_true",
+                   help="the directories are checkpoints of one model: draw lines over training iterations")
+    c.add_argument("--out", required=True, help="directory to write the page to")
 
     s = sub.add_parser("selftest", help="check the kernels against the torch reference",
                        description="Run the kernels of a backend against the in-package torch reference.")
@@ -100,18 +130,23 @@ def _open_dataset(spec: str, out: Path, images: int = 512):
                             "(fastdissect-masks.json) nor 'builtin'")
 
 
+def _dissect_options(args, image_size, mean, std) -> dict:
+    """fd.dissect's keyword arguments from the options every dissecting command shares."""
+    return dict(quantile=args.quantile, iou_threshold=args.iou_threshold, union=args.union,
+                batch_size=args.batch_size, num_workers=args.workers, device=args.device, cache=args.cache,
+                image_size=image_size, mean=mean, std=std, checkpoint=args.checkpoint,
+                checkpoint_every=args.checkpoint_every, restart=args.restart, formula_length=args.formula_length,
+                beam_size=args.beam_size, search=args.search, metric=args.metric,
+                controls=tuple(c.replace("-", "_") for c in args.control), control_seed=args.control_seed,
+                verbose=not args.quiet)
+
+
 def _run_dissection(args, model, layers, dataset, image_size, mean, std):
     import fastdissect as fd
 
     out = Path(args.out)
     start = time.perf_counter()
-    result = fd.dissect(model, layers, dataset, quantile=args.quantile, iou_threshold=args.iou_threshold,
-                        union=args.union, batch_size=args.batch_size, num_workers=args.workers,
-                        device=args.device, cache=args.cache, image_size=image_size, mean=mean, std=std,
-                        checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every, restart=args.restart,
-                        formula_length=args.formula_length, beam_size=args.beam_size, search=args.search,
-                        controls=tuple(args.control),
-                        verbose=not args.quiet)
+    result = fd.dissect(model, layers, dataset, **_dissect_options(args, image_size, mean, std))
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
@@ -124,18 +159,79 @@ def _run_dissection(args, model, layers, dataset, image_size, mean, std):
     return result
 
 
-def cmd_dissect(args) -> None:
+def _model_and_data(args):
+    """The model, data set and input settings named by --model, --weights, --dataset, --image-size, --mean, --std."""
     from . import models
     from .datasets.sample import IMAGENET_MEAN, IMAGENET_STD
 
     model = models.load_model(args.model, args.weights, seed=args.seed)
-    layers = [name.strip() for name in args.layers.split(",") if name.strip()]
     defaults = models.BUILTIN.get(args.model)
     mean = tuple(args.mean) if args.mean else (defaults[2] if defaults else IMAGENET_MEAN)
     std = tuple(args.std) if args.std else (defaults[3] if defaults else IMAGENET_STD)
     size = (args.image_size, args.image_size) if args.image_size else None
-    dataset = _open_dataset(args.dataset, Path(args.out))
+    return model, _open_dataset(args.dataset, Path(args.out)), size, mean, std
+
+
+def cmd_dissect(args) -> None:
+    layers = [name.strip() for name in args.layers.split(",") if name.strip()]
+    if args.weights and any(ch in args.weights for ch in "*?["):
+        return _dissect_checkpoints(args, layers)
+    model, dataset, size, mean, std = _model_and_data(args)
     _run_dissection(args, model, layers, dataset, size, mean, std)
+
+
+def _natural_key(path: Path):
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name)]
+
+
+def _dissect_checkpoints(args, layers) -> None:
+    """--weights 'ckpt_*.pth': each checkpoint in turn (in natural order) into OUT/<file stem>, the
+    data set's masks decoded once into a packed store in OUT/masks, then the series' comparison."""
+    import glob
+
+    import fastdissect as fd
+
+    files = sorted((Path(p) for p in glob.glob(args.weights)), key=_natural_key)
+    if not files:
+        raise FileNotFoundError(f"--weights {args.weights}: no file matches")
+    out = Path(args.out)
+    _, dataset, _, _, _ = _model_and_data(argparse.Namespace(**{**vars(args), "weights": str(files[0])}))
+    if not isinstance(dataset, fd.datasets.PackedMasks):
+        store = out / "masks"
+        if not (store / "fastdissect-masks.json").is_file():
+            print(f"fastdissect: {len(files)} checkpoints: packing the data set's masks once into {store}")
+            fd.datasets.pack(dataset, store, verbose=not args.quiet)
+        args = argparse.Namespace(**{**vars(args), "dataset": str(store)})
+    results = {}
+    for f in files:
+        print(f"fastdissect: checkpoint {f}")
+        run = argparse.Namespace(**{**vars(args), "weights": str(f), "out": str(out / f.stem),
+                                    "checkpoint": str(Path(args.checkpoint) / f.stem) if args.checkpoint else None})
+        model, dataset, size, mean, std = _model_and_data(run)
+        results[f.stem] = _run_dissection(run, model, layers, dataset, size, mean, std)
+    fd.compare(results, series=True).write(out / "compare")
+
+
+def cmd_rotate(args) -> None:
+    import fastdissect as fd
+
+    try:
+        powers = [float(p) for p in args.powers.split(",") if p.strip()]
+    except ValueError:
+        raise ValueError(f"--powers: expected comma-separated numbers in [0, 1], got {args.powers!r}") from None
+    model, dataset, size, mean, std = _model_and_data(args)
+    out = Path(args.out)
+    experiment = fd.rotation_experiment(model, args.layer, dataset, powers=powers, seed=args.rotation_seed,
+                                        **_dissect_options(args, size, mean, std))
+    d = experiment.dissection
+    d.to_csv(out)
+    d.save(out)
+    index = d.report(out / "report", verbose=not args.quiet)
+    table, figure = experiment.to_csv(out / "rotation.csv"), experiment.figure(out / "rotation.png")
+    for row in experiment.table():
+        print(f"power {row['power']:g}: {row['interpretable']}/{row['units']} interpretable, "
+              f"{row['unique_detectors']} unique detectors")
+    print(f"curve: {figure} ({table}); report: {index}")
 
 
 def cmd_demo(args) -> None:
@@ -167,6 +263,17 @@ def cmd_report(args) -> None:
     print(f"report: {result.report(args.out, dataset)}")
 
 
+def cmd_compare(args) -> None:
+    import fastdissect as fd
+
+    names = [n.strip() for n in args.names.split(",")] if args.names else [Path(r).name for r in args.results]
+    if len(names) != len(args.results):
+        raise ValueError(f"--names gives {len(names)} names for {len(args.results)} results directories")
+    if len(set(names)) != len(names):
+        raise ValueError(f"--names: each dissection needs its own name, got {names}")
+    print(f"comparison: {fd.compare(dict(zip(names, args.results)), series=args.series).write(args.out)}")
+
+
 def cmd_selftest(args) -> int:
     from . import selftest
 
@@ -190,7 +297,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in ("dissect", "demo"):
         _init_distributed()
-    commands = {"dissect": cmd_dissect, "demo": cmd_demo, "builtin": cmd_builtin, "report": cmd_report,
+    commands = {"dissect": cmd_dissect, "rotate": cmd_rotate, "compare": cmd_compare, "demo": cmd_demo, "builtin": cmd_builtin, "report": cmd_report,
                 "selftest": cmd_selftest}
     try:
         return commands[args.command](args) or 0

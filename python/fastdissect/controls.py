@@ -5,6 +5,9 @@ paired with image perm[i] of a fixed, seeded derangement. Each unit keeps its ac
 and each concept its frequency; only their pairing is broken. A unit's control IoU with a concept is
 then what its label would score by chance.
 
+The "random_init" control dissects the same architecture with random weights (`random_weights`),
+with the same settings: what the architecture and the data give without any training.
+
 Rule: a detector is *beyond chance* when its label's IoU exceeds iou_threshold and also exceeds the
 unit's highest control IoU over every concept. The maximum, not the label's own control IoU, because
 the label itself was chosen as a maximum over concepts: chance gets the same choice.
@@ -20,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-CONTROLS = ("permuted",)
+CONTROLS = ("permuted", "random_init")
 
 
 def derangement(n: int, seed: int = 0) -> torch.Tensor:
@@ -44,8 +47,31 @@ def check_controls(controls) -> tuple:
     return controls
 
 
+def random_weights(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """A copy of `model` with every module's `reset_parameters()` called under a seeded generator
+    (PyTorch's own initialisation; batch-norm statistics reset too). The global RNG is untouched.
+    A module that holds parameters but cannot re-initialise them is refused by name: a copy that
+    kept trained weights would not be a control."""
+    import copy
+
+    clone = copy.deepcopy(model)
+    stuck = [name or "<root>" for name, m in clone.named_modules()
+             if not hasattr(m, "reset_parameters") and not hasattr(m, "_reset_parameters")
+             and any(True for _ in m.parameters(recurse=False))]
+    if stuck:
+        raise ValueError(f"random_init control: modules {stuck[:5]} hold parameters but have no reset_parameters(); "
+                         "pass control_model= (the same architecture with random weights) instead")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for m in clone.modules():
+            reset = getattr(m, "reset_parameters", None) or getattr(m, "_reset_parameters", None)
+            if callable(reset):
+                reset()
+    return clone
+
+
 def beyond_chance(iou: float, control_best: float, iou_threshold: float) -> bool:
     return iou > iou_threshold and iou > control_best
 
 
-__all__ = ["CONTROLS", "derangement", "check_controls", "beyond_chance"]
+__all__ = ["CONTROLS", "derangement", "check_controls", "random_weights", "beyond_chance"]

@@ -129,11 +129,14 @@ def dataset_identity(dataset) -> dict:
 def dissection_identity(model, layers, dataset, opts) -> dict:
     """Everything that changes a number of `fd.dissect(model, layers, dataset, **opts)`."""
     transform = opts.get("transform") or {}
+    views = {name: [module, transform_identity(view)] for name, (module, view) in (opts.get("views") or {}).items()
+             if view is not None}
     size = opts.get("image_size")
     return {"version": VERSION,
             "model": model_identity(model),
             "layers": list(layers),
-            "transforms": {name: transform_identity(transform.get(name)) for name in layers},
+            "transforms": {name: transform_identity(transform.get(name)) for name in dict.fromkeys([*layers, *transform])},
+            **({"views": views} if views else {}),
             "dataset": dataset_identity(dataset),
             "image_size": list(size) if size is not None else "as stored",
             "mean": [float(v) for v in opts["mean"]], "std": [float(v) for v in opts["std"]],

@@ -142,6 +142,11 @@ class ConceptMasks:
         out = torch.zeros(self.num_concepts, dtype=torch.int64, device=self.device)
         return out.index_add_(0, self.concept_ids, self.areas)
 
+    def concept_images(self) -> torch.Tensor:
+        """(C,) int64: the images (entries) where L_c is not empty."""
+        out = torch.zeros(self.num_concepts, dtype=torch.int64, device=self.device)
+        return out.index_add_(0, self.concept_ids, (self.areas > 0).to(torch.int64))
+
     def entries(self, n: int):
         """(concept_ids, mask_rows) of image n."""
         lo, hi = int(self.offsets[n]), int(self.offsets[n + 1])

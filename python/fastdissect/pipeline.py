@@ -30,7 +30,7 @@ from .top_images import TopImages
 from .unit_masks import MaskLog, UnitMasks
 from .top_quantile import TopQuantile
 
-CHECKPOINT_VERSION = 2
+CHECKPOINT_VERSION = 3  # 3: tallies count images (coverage)
 
 
 class CheckpointMismatch(ValueError):
@@ -85,8 +85,8 @@ class _Run:
         self.cache_off = opts["cache"] is None
 
     # ---- data
-    def loader(self, with_masks: bool, start: int):
-        indices = range(max(start, self.lo), self.hi)
+    def loader(self, with_masks: bool, start: int, every_shard: bool = False):
+        indices = range(start, len(self.dataset)) if every_shard else range(max(start, self.lo), self.hi)
         ds = torch.utils.data.Subset(self.dataset if with_masks else _Images(self.dataset), indices)
         if with_masks:
             fn = partial(collate, num_concepts=self.dataset.num_concepts)
@@ -101,16 +101,17 @@ class _Run:
             lo, hi = int(indices[0]) - self.lo, int(indices[-1]) + 1 - self.lo
             return {name: c[lo:hi].to(self.device) for name, c in self.cache.items()}
         x = to_model_input(images.to(self.device), self.o["mean"], self.o["std"], self.o["image_size"])
-        with torch.no_grad(), trace(self.model, self.layers, self.o["transform"]) as acts:
+        modules = list(dict.fromkeys(module for module, _ in self.o["views"].values()))
+        with torch.no_grad(), trace(self.model, modules, self.o["transform"]) as acts:
             self.model(x)
         out = {}
-        for name in self.layers:
-            if name not in acts:
-                raise RuntimeError(f"layer {name!r} was not called by the model's forward pass")
-            a = acts[name]
+        for name, (module, view) in self.o["views"].items():
+            if module not in acts:
+                raise RuntimeError(f"layer {module!r} was not called by the model's forward pass")
+            a = acts[module] if view is None else view(acts[module])
             if a.dim() != 4:
                 raise ValueError(f"layer {name!r} outputs shape {tuple(a.shape)}, not (N, K, h, w) maps; for "
-                                 f"token outputs pass transform={{{name!r}: fd.token_grid()}}")
+                                 f"token outputs pass transform={{{module!r}: fd.token_grid()}}")
             out[name] = a.to(torch.float16) if self.round_f16 else a
         return out
 
@@ -274,7 +275,7 @@ class _Run:
                                   categories=None if self.o["union"] == "global" else cats,
                                   backend=self.o["backend"], device=self.device)
             self.tallies[name] = tally()
-            if self.o["controls"]:
+            if self.o["permuted"]:
                 self.control_tallies[name] = tally()
 
     def collect_all_masks(self) -> None:
@@ -283,9 +284,10 @@ class _Run:
         if self.store is not None:
             self.all_masks = self.store.masks
             return
-        log = MaskLog()
+        log = MaskLog()  # every shard's: the derangement pairs this rank's images with any image
         with self.progress("masks for the permuted control", 0) as bar:
-            for batch in self.loader(True, 0):
+            bar.reset(total=len(self.dataset))
+            for batch in self.loader(True, 0, every_shard=True):
                 log.add(batch.masks)
                 bar.update(len(batch.indices))
         self.all_masks = log.masks()
@@ -302,6 +304,8 @@ class _Run:
         """Sums every rank's tallies (int64 all-reduce) and merges the top-k lists in rank order."""
         for name in self.layers:
             self.tallies[name].all_reduce(self.comm)
+            if name in self.control_tallies:
+                self.control_tallies[name].all_reduce(self.comm)
             self.top[name].all_reduce(self.comm)
             if name in self.unit_masks:
                 self.unit_masks[name].all_reduce(self.comm)
@@ -355,10 +359,11 @@ class _Run:
 def dissect(model: torch.nn.Module, layers: Sequence[str], dataset, *, quantile: float = 0.005,
             method: str = "linear", iou_threshold: float = 0.04, union: str = "netdissect", batch_size: int = 32,
             num_workers: int = 0, device=None, cache=None, cache_limit: int = 4 << 30, image_size=None,
-            mean=IMAGENET_MEAN, std=IMAGENET_STD, transform: dict | None = None, top_k: int = 8,
-            checkpoint=None, checkpoint_every: int = 50, restart: bool = False, backend: str = "auto",
-            distributed: bool | None = None, formula_length: int | None = None, beam_size: int = 5,
-            search: str = "beam", penalty: float = 1.0, controls=(), control_seed: int = 0,
+            mean=IMAGENET_MEAN, std=IMAGENET_STD, transform: dict | None = None, views: dict | None = None,
+            top_k: int = 8, checkpoint=None, checkpoint_every: int = 50, restart: bool = False,
+            backend: str = "auto", distributed: bool | None = None, formula_length: int | None = None,
+            beam_size: int = 5, search: str = "beam", penalty: float = 1.0, metric: str = "iou", controls=(),
+            control_seed: int = 0, control_model: torch.nn.Module | None = None,
             verbose: bool = True) -> Dissection:
     """Dissects `layers` of `model` on a concept data set (see the README for a complete example).
 
@@ -367,10 +372,13 @@ def dissect(model: torch.nn.Module, layers: Sequence[str], dataset, *, quantile:
     `num_concepts`, `concept_names`, `category_names`, `primary_category`.
     quantile / method: each unit's threshold T_k (exact; `fd.NETDISSECT_QUANTILE` with "hazen" for
     NetDissect's level). union: "netdissect" (default), "lite" or "global". iou_threshold: a unit whose
-    best IoU exceeds it is a detector.
+    best IoU exceeds it is a detector. metric: what ranks each unit's labels and meets iou_threshold,
+    "iou" (default, NetDissect's), "f1", "precision", "recall" or "coverage" (the same exact counts).
     image_size: (h, w) the images are resized to for the model (default: as stored); mean/std: the
     model's input normalisation. transform: {layer: callable} applied to that layer's output, e.g.
     `fd.token_grid()` for transformer blocks.
+    views: {name: (layer, callable)}: more results from the same forward pass, each the callable
+    applied to a layer's output (e.g. one `fd.random_rotation` per power: the axis-alignment test).
     cache: None (the second pass re-runs the model), "memory" or a directory: activations are kept
     in float16 (so both passes see the float16-rounded values) when they need at most `cache_limit`
     bytes (N * sum over layers of K * h * w * 2), else the second pass re-runs the model.
@@ -386,10 +394,67 @@ def dissect(model: torch.nn.Module, layers: Sequence[str], dataset, *, quantile:
     (`fd.compositional`: beam_size, search "beam" or "optimal", penalty), found from the unit masks
     collected in the tally pass (no further forward pass). They cost 8 * ceil(H * W / 64) bytes per
     (image, unit) map that fires, plus the concept masks of the data set, until the search is done.
-    controls: ("permuted",) also tallies each unit against the masks of other images (a derangement
-    seeded by control_seed; fastdissect/controls.py), in the same tally pass, and marks the detectors
-    that beat chance; it holds every image's packed concept masks (read once more without a store).
+    controls: chance baselines (fastdissect/controls.py). "permuted" also tallies each unit against
+    the masks of other images (a derangement seeded by control_seed) in the same tally pass, and
+    marks the detectors that beat chance; it holds every image's packed concept masks (read once more
+    without a store). "random_init" dissects, with the same settings, the same architecture with
+    random weights (a copy of `model` re-initialised under control_seed, or `control_model`), into
+    `result.random_init`.
     """
+    from .controls import check_controls, derangement
+
+    controls = check_controls(controls)
+    result = _dissect(model, layers, dataset, quantile=quantile, method=method, iou_threshold=iou_threshold,
+                      union=union, batch_size=batch_size, num_workers=num_workers, device=device, cache=cache,
+                      cache_limit=cache_limit, image_size=image_size, mean=mean, std=std, transform=transform,
+                      views=views, top_k=top_k, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
+                      restart=restart, backend=backend, distributed=distributed, formula_length=formula_length,
+                      beam_size=beam_size, search=search, penalty=penalty, metric=metric, controls=controls,
+                      control_seed=control_seed, verbose=verbose)
+    if "random_init" in controls:
+        from .controls import random_weights
+
+        control = control_model if control_model is not None else random_weights(model, control_seed)
+        if verbose:
+            print(f"fastdissect: random-init control: the same layers of {type(control).__name__} with random "
+                  f"weights (seed {control_seed}), same settings")
+        result.random_init = _dissect(
+            control, layers, dataset, quantile=quantile, method=method, iou_threshold=iou_threshold, union=union,
+            batch_size=batch_size, num_workers=num_workers, device=device, cache=cache, cache_limit=cache_limit,
+            image_size=image_size, mean=mean, std=std, transform=transform, views=views, top_k=top_k,
+            checkpoint=Path(checkpoint) / "random_init" if checkpoint else None, checkpoint_every=checkpoint_every,
+            restart=restart, backend=backend, distributed=distributed, formula_length=formula_length,
+            beam_size=beam_size, search=search, penalty=penalty, metric=metric,
+            controls=tuple(c for c in controls if c != "random_init"), control_seed=control_seed, verbose=verbose)
+        for name, layer in result.items():
+            _warn_if_random_weights_match(layer, result.random_init[name])
+    return result
+
+
+def _views(layers, transform, views) -> dict:
+    """{result name: (module name, callable or None)}: each layer as itself, then the extra views."""
+    out = {name: (name, None) for name in layers}
+    for name, spec in (views or {}).items():
+        if not isinstance(name, str) or not isinstance(spec, tuple) or len(spec) != 2 or not callable(spec[1]):
+            raise ValueError(f"views must map a name to (layer, callable), got {name!r}: {spec!r}")
+        if name in out:
+            raise ValueError(f"view {name!r} has the name of a layer or another view")
+        out[name] = spec
+    if not out:
+        raise ValueError("layers must name at least one module (see model.named_modules())")
+    unknown = [t for t in (transform or {}) if t not in {module for module, _ in out.values()}]
+    if unknown:
+        raise LookupError(f"transform names layers that are not dissected: {unknown}")
+    return out
+
+
+def _dissect(model, layers, dataset, *, quantile, method, iou_threshold, union, batch_size, num_workers, device,
+             cache, cache_limit, image_size, mean, std, transform, views, top_k, checkpoint, checkpoint_every,
+             restart, backend, distributed, formula_length, beam_size, search, penalty, metric, controls,
+             control_seed, verbose) -> Dissection:
+    from .controls import derangement
+    from .results import check_metric
+
     store = None
     if isinstance(dataset, PackedMasks):  # masks from the store, images from the data set it was packed from
         store = dataset
@@ -401,14 +466,14 @@ def dissect(model: torch.nn.Module, layers: Sequence[str], dataset, *, quantile:
         if len(dataset) != len(store):
             raise DatasetError(f"{store.path} holds {len(store)} images but its source {source} has {len(dataset)}")
     layers = list(layers)
-    if not layers:
-        raise ValueError("layers must name at least one module (see model.named_modules())")
-    find_modules(model, layers)
+    view_specs = _views(layers, transform, views)
+    find_modules(model, list(dict.fromkeys(module for module, _ in view_specs.values())))
     if len(dataset) == 0:
         raise ValueError("the data set is empty")
     _validate.quantile_level(quantile)
     _validate.positive_int(batch_size, "batch_size")
     _validate.positive_int(top_k, "top_k")
+    check_metric(metric)
     if not isinstance(checkpoint_every, int) or isinstance(checkpoint_every, bool) or checkpoint_every < 0:
         raise ValueError(f"checkpoint_every must be a non-negative int (0: only after each pass), "
                          f"got {checkpoint_every!r}")
@@ -422,26 +487,21 @@ def dissect(model: torch.nn.Module, layers: Sequence[str], dataset, *, quantile:
         from .explanations import search_settings
 
         formulas = search_settings(formula_length, beam_size, search, penalty)
-    from .controls import check_controls, derangement
-
-    controls = check_controls(controls)
-    perm = derangement(len(dataset), control_seed) if controls else None
-    opts = dict(formulas=formulas, controls=controls, control_seed=control_seed if controls else None,
-                derangement=perm, quantile=quantile, method=method, union=union, batch_size=batch_size, num_workers=num_workers,
-                device=torch.device(device), cache=cache, cache_limit=cache_limit,
+    permuted = "permuted" in controls
+    perm = derangement(len(dataset), control_seed) if permuted else None
+    opts = dict(formulas=formulas, controls=controls, permuted=permuted, control_seed=control_seed if controls else None,
+                derangement=perm, quantile=quantile, method=method, union=union, batch_size=batch_size,
+                num_workers=num_workers, device=torch.device(device), cache=cache, cache_limit=cache_limit,
                 image_size=tuple(image_size) if image_size is not None else None, mean=mean, std=std,
-                transform=transform, top_k=top_k, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
-                restart=restart, backend=backend, verbose=verbose)
-    identity = dissection_identity(model, layers, dataset if store is None else store, opts)
+                transform=transform, views=view_specs, top_k=top_k, checkpoint=checkpoint,
+                checkpoint_every=checkpoint_every, restart=restart, backend=backend, verbose=verbose)
+    identity = dissection_identity(model, list(view_specs), dataset if store is None else store, opts)
     if store is not None:
         identity["dataset"]["images_from"] = dataset_identity(dataset)
     was_training = model.training
     model.eval()
     comm = Comm.detect(distributed)
-    if controls and comm.world > 1:
-        raise ValueError("controls are not supported with torch.distributed yet: run the controlled dissection "
-                         "in one process")
-    run = _Run(model, layers, dataset, opts, identity, store, comm)
+    run = _Run(model, list(view_specs), dataset, opts, identity, store, comm)
     try:
         stage, done = run.resume()
         if stage == 1:
@@ -452,7 +512,7 @@ def dissect(model: torch.nn.Module, layers: Sequence[str], dataset, *, quantile:
             run.save(2, run.lo)
             done = run.lo
         if stage <= 2:
-            if controls:
+            if permuted:
                 run.collect_all_masks()
             comm.run(run.tally_pass, done)
             run.combine_tallies()
@@ -471,15 +531,16 @@ def dissect(model: torch.nn.Module, layers: Sequence[str], dataset, *, quantile:
         model.train(was_training)
     result = Dissection()
     cats = torch.as_tensor(dataset.primary_category, dtype=torch.int64)
-    for name in layers:
+    for name in view_specs:
         top = run.top[name].to("cpu")
         result[name] = LayerResult(name, run.tallies[name].scores(), list(dataset.concept_names),
                                    list(dataset.category_names), cats, iou_threshold, top.images, top.values,
                                    top.maps, run.explain(name) if formulas is not None else None,
-                                   run.control_tallies[name].scores() if controls else None)
+                                   run.control_tallies[name].scores() if permuted else None, metric)
         _warn_if_chance_explains(result[name], run.log)
+        _warn_if_whole_image_maps(result[name], run.log)
     result.dataset = dataset
-    result.identity = {**identity, "iou_threshold": iou_threshold}
+    result.identity = {**identity, "iou_threshold": iou_threshold, "metric": metric}
     return result
 
 
@@ -496,3 +557,29 @@ def _warn_if_chance_explains(layer: LayerResult, log) -> None:
                    "'detectors' by chance alone): these labels say little about the units")
         warnings.warn(message, RuntimeWarning, stacklevel=3)
         log(message)
+
+
+def _warn_if_whole_image_maps(layer: LayerResult, log) -> None:
+    """1x1 maps (a pooled layer) upsample to a constant: every mask is all or nothing of an image."""
+    if layer.top_maps is None or tuple(layer.top_maps.shape[2:]) != (1, 1) or not layer.summary["interpretable"]:
+        return
+    import warnings
+
+    message = (f"{layer.layer} has 1x1 maps: each unit's mask is either the whole image or nothing, so its IoU "
+               "measures image-level agreement, not localisation; a random-weights copy "
+               "(controls=(\"random_init\",)) shows how much of it training added")
+    warnings.warn(message, RuntimeWarning, stacklevel=3)
+    log(message)
+
+
+def _warn_if_random_weights_match(layer: LayerResult, random: LayerResult) -> None:
+    """The trained layer has no more detectors than the same layer with random weights."""
+    trained, control = layer.summary["interpretable"], random.summary["interpretable"]
+    if trained > 0 and control >= trained:
+        import warnings
+
+        message = (f"{layer.layer}: {trained}/{layer.num_units} units pass IoU > {layer.iou_threshold}, and "
+                   f"{control} do with random weights: the count of detectors does not show what training added "
+                   "(compare the labels and IoUs of both)")
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+        print(f"fastdissect: {message}")

@@ -144,6 +144,12 @@ def _strips(layer, dataset, directory: Path, images: dict) -> list[str]:
     return paths
 
 
+def _random_init_summaries(dissection) -> dict:
+    """{layer: summary} of the random-init control (fd.dissect(controls=("random_init",))), if any."""
+    control = getattr(dissection, "random_init", None)
+    return {name: layer.summary for name, layer in control.items()} if control is not None else {}
+
+
 def write_report(dissection, directory, dataset=None, *, verbose: bool = True) -> Path:
     """Writes the report for `dissection` into `directory`; returns the path of index.html.
 
@@ -173,13 +179,14 @@ def write_report(dissection, directory, dataset=None, *, verbose: bool = True) -
         units = [dict(u, strip=s) for u, s in zip(layer.units, strips)]
         page = env.get_template("layer.html.j2").render(
             layer=name, summary=summary, figure=figure, units=units, categories=categories, colors=colors,
-            has_formulas=layer.formulas is not None, has_control=layer.control is not None,
+            has_formulas=layer.formulas is not None, has_control=layer.control is not None, metric=layer.metric,
             top_k=layer.top_images.shape[1] if layer.top_images is not None else 0)
         (directory / summary["page"]).write_text(page)
     _comparison_figure(directory / "layers_detectors.png", summaries, categories, colors)
     index = env.get_template("index.html.j2").render(
         n_layers=len(summaries), n_images=first.scores.num_images, union=first.scores.union_mode,
-        iou_threshold=first.iou_threshold, comparison_figure="layers_detectors.png", summaries=summaries,
+        iou_threshold=first.iou_threshold, metric=first.metric, comparison_figure="layers_detectors.png",
+        summaries=summaries, random_init=_random_init_summaries(dissection),
         categories=categories, version=__version__, about=describe(getattr(dissection, "identity", {})))
     (directory / "index.html").write_text(index)
     return directory / "index.html"

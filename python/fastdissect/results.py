@@ -13,13 +13,26 @@ from .controls import beyond_chance
 from .scoring import Scores
 
 FORMAT_VERSION = 1
+METRICS = ("iou", "f1", "precision", "recall", "coverage")
+
+
+def check_metric(metric) -> str:
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    return metric
+
+
+def metric_values(scores: Scores, metric: str) -> torch.Tensor:
+    """(K, C) float64: the metric that ranks labels, from the exact counts."""
+    return getattr(scores, check_metric(metric))
 
 
 @dataclass
 class LayerResult:
     """One layer's dissection. `units` labels each unit the NetDissect way: its best concept in each
     category, then the category whose best IoU is highest; a unit is a detector when that IoU exceeds
-    `iou_threshold`."""
+    `iou_threshold`. With metric="f1" (or "precision", "recall") that metric ranks the labels and is
+    the value held against `iou_threshold` instead."""
 
     layer: str
     scores: Scores
@@ -32,15 +45,17 @@ class LayerResult:
     top_maps: torch.Tensor | None = None     # (K, top_k, h, w) the unit's maps on those images
     formulas: "Explanations | None" = None   # each unit's compositional formula (fd.dissect(formula_length=...))
     control: Scores | None = None            # the permuted control's scores (fd.dissect(controls=("permuted",)))
+    metric: str = "iou"                      # what ranks labels and meets iou_threshold (one of METRICS)
     _units: list | None = field(default=None, repr=False)
 
     @property
     def num_units(self) -> int:
         return self.scores.iou.shape[0]
 
-    def best_per_category(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(concept, iou), each (K, G): the best concept of each category (concept 0 never counts)."""
-        iou = self.scores.iou.clone()
+    def best_per_category(self, metric: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(concept, value), each (K, G): the best concept of each category by `metric` (default:
+        the layer's; concept 0 never counts)."""
+        iou = metric_values(self.scores, metric or self.metric).clone()
         iou[:, 0] = -1.0
         G = len(self.category_names)
         best_c = torch.zeros(self.num_units, G, dtype=torch.int64)
@@ -57,24 +72,31 @@ class LayerResult:
     @property
     def units(self) -> list[dict]:
         """One row per unit: unit, label, category, iou, threshold, detector, the label's precision
-        (I / |M|), recall (I / |L|) and F1, then <category>-label/-iou."""
+        (I / |M|), recall (I / |L|) and F1, then <category>-label/-iou (the label's and each
+        category's best value of the layer's metric: IoU unless metric= says otherwise)."""
         if self._units is None:
             best_c, best_iou = self.best_per_category()
             g = best_iou.argmax(dim=1)             # first category on ties
             s = self.scores
             precision, recall, f1 = s.precision, s.recall, s.f1
-            control_iou = self.control.iou if self.control is not None else None
+            coverage = s.coverage if s.image_hits is not None else None
+            control = metric_values(self.control, self.metric) if self.control is not None else None
             rows = []
             for k in range(self.num_units):
-                c, iou = int(best_c[k, g[k]]), float(best_iou[k, g[k]])
+                c, value = int(best_c[k, g[k]]), float(best_iou[k, g[k]])
                 row = {"unit": k, "label": self.concept_names[c], "category": self.category_names[int(g[k])],
-                       "iou": max(iou, 0.0), "threshold": float(self.scores.thresholds[k]),
-                       "detector": iou > self.iou_threshold, "precision": float(precision[k, c]),
+                       "iou": max(float(s.iou[k, c]), 0.0) if value >= 0 else 0.0,
+                       "threshold": float(self.scores.thresholds[k]),
+                       "detector": value > self.iou_threshold, "precision": float(precision[k, c]),
                        "recall": float(recall[k, c]), "f1": float(f1[k, c])}
+                if coverage is not None:
+                    row["coverage"] = float(coverage[k, c])
+                if self.metric != "iou":
+                    row["score"] = max(value, 0.0)
                 if self.control is not None:
-                    control_best = float(control_iou[k, 1:].max()) if control_iou.shape[1] > 1 else 0.0
-                    row.update({"control_iou": float(control_iou[k, c]), "control_best_iou": control_best,
-                                "beyond_chance": beyond_chance(iou, control_best, self.iou_threshold)})
+                    control_best = float(control[k, 1:].max()) if control.shape[1] > 1 else 0.0
+                    row.update({"control_iou": float(control[k, c]), "control_best_iou": control_best,
+                                "beyond_chance": beyond_chance(value, control_best, self.iou_threshold)})
                 if self.formulas is not None:
                     f = self.formulas.formulas[k]
                     row.update({"formula": f.to_str(self.concept_names) if f is not None else "",
@@ -83,7 +105,7 @@ class LayerResult:
                                 "formula_length": len(f) if f is not None else 0})
                 for gi, cat in enumerate(self.category_names):
                     row[f"{cat}-label"] = self.concept_names[int(best_c[k, gi])] if best_iou[k, gi] >= 0 else ""
-                    row[f"{cat}-iou"] = max(float(best_iou[k, gi]), 0.0)
+                    row[f"{cat}-{self.metric}"] = max(float(best_iou[k, gi]), 0.0)
                 rows.append(row)
             self._units = rows
         return self._units
@@ -129,12 +151,13 @@ class LayerResult:
         <cat>-label, -truth (concept area), -activation (the union's unit term), -intersect, -iou;
         rows by score, descending."""
         s = self.scores
-        best_c, best_iou = self.best_per_category()
+        best_c, best_iou = self.best_per_category("iou")
         unit_term = s.union + s.intersection - s.concept_area[None, :]
         rows = []
-        for u in self.units:
-            k = u["unit"]
-            row = {"unit": k + 1, "category": u["category"], "label": u["label"], "score": u["iou"]}
+        for k in range(self.num_units):  # Lite's labels are by IoU, whatever metric ranks the layer's
+            g_best = int(best_iou[k].argmax())
+            row = {"unit": k + 1, "category": self.category_names[g_best],
+                   "label": self.concept_names[int(best_c[k, g_best])], "score": max(float(best_iou[k, g_best]), 0.0)}
             for g, cat in enumerate(self.category_names):
                 c = int(best_c[k, g])
                 row.update({f"{cat}-label": self.concept_names[c], f"{cat}-truth": int(s.concept_area[c]),
@@ -156,6 +179,7 @@ class Dissection(dict):
     dataset = None
     dataset_root = None  # set by load(): where the data set was
     identity: dict = {}  # what the numbers depend on (fastdissect.identity), set by fd.dissect and load()
+    random_init: "Dissection | None" = None  # the random-init control (fd.dissect(controls=("random_init",)))
 
     def report(self, directory, dataset=None, **options) -> Path:
         """Writes the HTML report (see `fastdissect.report.write_report`) and returns its index.html."""
@@ -164,7 +188,8 @@ class Dissection(dict):
         return write_report(self, directory, dataset if dataset is not None else self.dataset, **options)
 
     def to_csv(self, directory) -> Path:
-        """Writes <layer>.csv (tidy, one row per unit) and <layer>-tally.csv (NetDissect-Lite layout)."""
+        """Writes <layer>.csv (tidy, one row per unit) and <layer>-tally.csv (NetDissect-Lite layout);
+        the random-init control's in random_init/."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         for name, layer in self.items():
@@ -172,6 +197,8 @@ class Dissection(dict):
             layer.tally_csv(directory / f"{name}-tally.csv")
             if layer.formulas is not None:
                 layer.formula_csv(directory / f"{name}-formulas.csv")
+        if self.random_init is not None:
+            self.random_init.to_csv(directory / "random_init")
         return directory
 
     def summary_text(self) -> str:
@@ -182,30 +209,61 @@ class Dissection(dict):
         for layer in self.values():
             s = layer.summary
             cats = ", ".join(f"{c} {n}" for c, n in s["unique_detectors"].items() if n)
-            lines.append(f"{s['layer']}: {s['interpretable']}/{s['units']} units interpretable, "
-                         f"{s['unique_total']} unique detectors ({cats or 'none'})")
+            line = (f"{s['layer']}: {s['interpretable']}/{s['units']} units interpretable, "
+                    f"{s['unique_total']} unique detectors ({cats or 'none'})")
+            if "beyond_chance" in s:
+                line += f"; {s['beyond_chance']} beyond chance"
+            if self.random_init is not None:
+                r = self.random_init[s["layer"]].summary
+                line += f"; random weights: {r['interpretable']}/{r['units']} interpretable"
+            lines.append(line)
         return "\n".join(lines)
 
     def save(self, directory) -> Path:
+        """Writes dissection.pt (every layer) and summary.json; the random-init control's in random_init/."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        layers = {}
-        for name, r in self.items():
-            s = r.scores
-            layers[name] = {"scores": {k: getattr(s, k) for k in _SCORE_TENSORS},
-                            "union_mode": s.union_mode, "num_images": s.num_images,
-                            "concept_names": r.concept_names, "category_names": r.category_names,
-                            "categories": r.categories, "iou_threshold": r.iou_threshold,
-                            "top_images": r.top_images, "top_values": r.top_values, "top_maps": r.top_maps,
-                            "formulas": _formulas_state(r.formulas),
-                            "control": _scores_state(r.control)}
         root = getattr(self.dataset, "root", None)
-        torch.save({"format": "fastdissect-dissection", "version": FORMAT_VERSION, "layers": layers,
+        control = self.random_init
+        if control is not None:  # a saved dissection of its own: fd.load and `fastdissect compare` read it
+            control.save(directory / "random_init")
+        torch.save({"format": "fastdissect-dissection", "version": FORMAT_VERSION, "layers": _layers_state(self),
+                    "random_init": "random_init" if control is not None else None,
                     "dataset_root": str(Path(root).resolve()) if root is not None else None,
                     "identity": self.identity},
                    directory / "dissection.pt")
-        (directory / "summary.json").write_text(json.dumps([r.summary for r in self.values()], indent=1))
+        (directory / "summary.json").write_text(json.dumps(self.summaries(), indent=1))
         return directory
+
+    def summaries(self) -> list[dict]:
+        """Each layer's summary; with the random-init control, its summary under "random_init"."""
+        control = self.random_init
+        return [dict(r.summary, **({"random_init": control[name].summary} if control is not None else {}))
+                for name, r in self.items()]
+
+
+def _layers_state(dissection: Dissection) -> dict:
+    layers = {}
+    for name, r in dissection.items():
+        s = r.scores
+        layers[name] = {"scores": {k: getattr(s, k) for k in _SCORE_TENSORS},
+                        "union_mode": s.union_mode, "num_images": s.num_images,
+                        "concept_names": r.concept_names, "category_names": r.category_names,
+                        "categories": r.categories, "iou_threshold": r.iou_threshold, "metric": r.metric,
+                        "top_images": r.top_images, "top_values": r.top_values, "top_maps": r.top_maps,
+                        "formulas": _formulas_state(r.formulas), "control": _scores_state(r.control)}
+    return layers
+
+
+def _layers_from_state(layers: dict) -> Dissection:
+    out = Dissection()
+    for name, d in layers.items():
+        scores = Scores(**d["scores"], union_mode=d["union_mode"], num_images=d["num_images"])
+        out[name] = LayerResult(name, scores, d["concept_names"], d["category_names"], d["categories"],
+                                d["iou_threshold"], d["top_images"], d["top_values"], d.get("top_maps"),
+                                _formulas_from_state(d.get("formulas")), _scores_from_state(d.get("control")),
+                                d.get("metric", "iou"))
+    return out
 
 
 def load(directory) -> Dissection:
@@ -216,14 +274,11 @@ def load(directory) -> Dissection:
     data = torch.load(path, weights_only=False)
     if data.get("format") != "fastdissect-dissection" or data.get("version") != FORMAT_VERSION:
         raise ValueError(f"{path}: not a fastdissect dissection of version {FORMAT_VERSION}")
-    out = Dissection()
-    for name, d in data["layers"].items():
-        scores = Scores(**d["scores"], union_mode=d["union_mode"], num_images=d["num_images"])
-        out[name] = LayerResult(name, scores, d["concept_names"], d["category_names"], d["categories"],
-                                d["iou_threshold"], d["top_images"], d["top_values"], d.get("top_maps"),
-                                _formulas_from_state(d.get("formulas")), _scores_from_state(d.get("control")))
+    out = _layers_from_state(data["layers"])
     out.dataset_root = data.get("dataset_root")
     out.identity = data.get("identity") or {}
+    if data.get("random_init") is not None:
+        out.random_init = load(Path(directory) / data["random_init"])
     return out
 
 
@@ -251,7 +306,8 @@ def _formulas_from_state(state):
                         state["thresholds"], state["settings"])
 
 
-_SCORE_TENSORS = ("intersection", "union", "iou", "unit_area", "concept_area", "thresholds")
+_SCORE_TENSORS = ("intersection", "union", "iou", "unit_area", "concept_area", "thresholds", "image_hits",
+                  "concept_images")
 
 
 def _scores_state(s: Scores | None):

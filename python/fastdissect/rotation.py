@@ -14,6 +14,9 @@ True
 
 from __future__ import annotations
 
+import functools
+from pathlib import Path
+
 import torch
 
 from . import _validate
@@ -25,6 +28,11 @@ def haar_orthogonal(n: int, seed: int) -> torch.Tensor:
     QR of a Gaussian matrix, the signs of R's diagonal moved into Q (Mezzadri 2007: without that
     step Q is not uniformly distributed); one column flipped if needed so that Q is a rotation,
     whose fractional powers are then real."""
+    return _haar(n, seed).clone()
+
+
+@functools.lru_cache(maxsize=4)
+def _haar(n: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     q, r = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
     q = q * torch.sign(torch.diagonal(r))[None, :]
@@ -33,12 +41,23 @@ def haar_orthogonal(n: int, seed: int) -> torch.Tensor:
     return q
 
 
+@functools.lru_cache(maxsize=4)
+def _eigen(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Q's eigendecomposition (w, V, V^-1), once per (n, seed): every power of one Q reuses it (the
+    decomposition of a 1,280-unit layer costs seconds, each power then one complex product)."""
+    w, v = torch.linalg.eig(_haar(n, seed))
+    return w, v, torch.linalg.inv(v)
+
+
 def matrix_power(q: torch.Tensor, power: float) -> torch.Tensor:
     """Q ** power for a rotation Q, through its eigendecomposition (eigenvalues e^{i theta} become
     e^{i power theta}); real up to rounding, which is dropped."""
     w, v = torch.linalg.eig(q)
-    powered = v @ torch.diag(w ** power) @ torch.linalg.inv(v)
-    return powered.real.contiguous()
+    return _power(w, v, torch.linalg.inv(v), power)
+
+
+def _power(w: torch.Tensor, v: torch.Tensor, v_inv: torch.Tensor, power: float) -> torch.Tensor:
+    return ((v * (w ** power)[None, :]) @ v_inv).real.contiguous()
 
 
 class RandomRotation:
@@ -52,13 +71,12 @@ class RandomRotation:
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"seed must be an int, got {seed!r}")
         self.seed, self.power = seed, float(power)
-        q = haar_orthogonal(self.num_units, seed)
         if self.power == 0.0:
             self.matrix = torch.eye(self.num_units, dtype=torch.float64)
         elif self.power == 1.0:
-            self.matrix = q
+            self.matrix = haar_orthogonal(self.num_units, seed)
         else:
-            self.matrix = matrix_power(q, self.power)
+            self.matrix = _power(*_eigen(self.num_units, seed), self.power)
 
     def __call__(self, output: torch.Tensor) -> torch.Tensor:
         if output.dim() < 2 or output.shape[1] != self.num_units:
@@ -81,4 +99,128 @@ def random_rotation(num_units: int, seed: int = 0, power: float = 1.0) -> Random
     return RandomRotation(num_units, seed, power)
 
 
-__all__ = ["RandomRotation", "random_rotation", "haar_orthogonal"]
+DEFAULT_POWERS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+
+
+def view_name(layer: str, power: float) -> str:
+    return f"{layer}@rotation{power:g}"
+
+
+class RotationExperiment:
+    """The axis-alignment test's results: one dissection of the layer per rotation power, all from
+    one pass over the data (`fd.dissect(views=...)`); `table()` gives the paper's curve as rows."""
+
+    def __init__(self, dissection, layer: str, powers, seed: int):
+        self.dissection, self.layer, self.powers, self.seed = dissection, layer, list(powers), seed
+
+    def __getitem__(self, power: float):
+        return self.dissection[view_name(self.layer, power)]
+
+    def table(self) -> list[dict]:
+        """Per power: interpretable units and unique detectors, in all and per category."""
+        rows = []
+        for p in self.powers:
+            s = self[p].summary
+            rows.append({"power": p, "units": s["units"], "interpretable": s["interpretable"],
+                         "unique_detectors": s["unique_total"],
+                         **{f"unique_{cat}": n for cat, n in s["unique_detectors"].items()}})
+        return rows
+
+    def to_csv(self, path) -> Path:
+        import csv
+
+        rows = self.table()
+        with open(path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+        return Path(path)
+
+    def figure(self, path) -> Path:
+        """The paper's curve: unique detectors per category and interpretable units against the power."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        from .report import _colors
+
+        rows = self.table()
+        cats = list(self[self.powers[0]].category_names)
+        colors = _colors(cats)
+        fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.4), dpi=110)
+        for cat in [c for c in cats if any(r[f"unique_{c}"] for r in rows)] or cats[:1]:
+            left.plot(self.powers, [r[f"unique_{cat}"] for r in rows], "o-", color=colors[cat], label=cat)
+        left.set_ylabel("unique detectors")
+        left.legend(fontsize=8, frameon=False, ncol=2)
+        right.plot(self.powers, [r["interpretable"] for r in rows], "o-", color="#343a40")
+        right.set_ylabel(f"interpretable units (of {rows[0]['units']})")
+        for ax in (left, right):
+            ax.set_xlabel("rotation power (0: the layer's own axes, 1: a random rotation)")
+            ax.spines[["top", "right"]].set_visible(False)
+            ax.set_ylim(bottom=0)
+        fig.suptitle(f"{self.layer}: interpretability under a random rotation of its units (seed {self.seed})",
+                     fontsize=11)
+        fig.tight_layout()
+        fig.savefig(path)
+        plt.close(fig)
+        return Path(path)
+
+
+def _check_powers(powers) -> list[float]:
+    powers = [float(p) for p in powers]
+    if not powers or any(not 0.0 <= p <= 1.0 for p in powers) or len(set(powers)) != len(powers):
+        raise ValueError(f"powers must be distinct numbers in [0, 1], got {powers}")
+    return powers
+
+
+def layer_width(model, layer: str, dataset, *, image_size=None, mean=None, std=None, transform=None,
+                device=None) -> int:
+    """The number of units (dim 1) of a layer's output, from one forward pass on the first image."""
+    import numpy as np
+
+    from .datasets.sample import IMAGENET_MEAN, IMAGENET_STD, to_model_input
+    from .hooks import trace
+
+    from .datasets.packed import PackedMasks
+
+    if isinstance(dataset, PackedMasks):  # a store holds masks only: the image is its source's
+        from .datasets.broden import Broden
+
+        dataset = Broden(dataset.meta["source"])
+    image = dataset.image(0) if hasattr(dataset, "image") else dataset[0].image
+    x = torch.from_numpy(np.array(image))[None]
+    param = next(model.parameters(), None)
+    device = device or (param.device if param is not None else "cpu")
+    x = to_model_input(x.to(device), mean or IMAGENET_MEAN, std or IMAGENET_STD,
+                       tuple(image_size) if image_size is not None else None)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), trace(model, [layer], {layer: transform[layer]} if transform and layer in transform
+                                    else None) as acts:
+            model(x)
+    finally:
+        model.train(was_training)
+    if layer not in acts or acts[layer].dim() < 2:
+        raise ValueError(f"layer {layer!r} gave no (N, K, ...) output on the first image")
+    return int(acts[layer].shape[1])
+
+
+def rotation_experiment(model, layer: str, dataset, *, powers=DEFAULT_POWERS, seed: int = 0,
+                        **dissect_options) -> RotationExperiment:
+    """Network Dissection's axis-alignment test: dissects `layer` rotated by Q ** p for every power p
+    (one Haar-random Q, seeded), all in one run over the data: the forward pass is shared and each
+    power adds a pair of accumulators. Other options go to `fd.dissect`."""
+    from .pipeline import dissect
+
+    powers = _check_powers(powers)
+    opts = {k: dissect_options[k] for k in ("image_size", "mean", "std", "transform", "device")
+            if dissect_options.get(k) is not None}
+    width = layer_width(model, layer, dataset, **opts)
+    views = {view_name(layer, p): (layer, random_rotation(width, seed, p)) for p in powers}
+    d = dissect(model, [], dataset, views=views, **dissect_options)
+    return RotationExperiment(d, layer, powers, seed)
+
+
+__all__ = ["RandomRotation", "RotationExperiment", "random_rotation", "rotation_experiment", "haar_orthogonal"]

@@ -27,6 +27,8 @@ class Scores:
     thresholds: torch.Tensor    # (K,) float64 T_k
     union_mode: str
     num_images: int
+    image_hits: torch.Tensor | None = None      # (K, C) int64 images where M_k meets L_c
+    concept_images: torch.Tensor | None = None  # (C,) int64 images where L_c is present
 
     @property
     def precision(self) -> torch.Tensor:
@@ -42,6 +44,16 @@ class Scores:
     def f1(self) -> torch.Tensor:
         """(K, C) float64 2 I / (|M| + |L|), the harmonic mean of precision and recall (Dice)."""
         return _ratio(2 * self.intersection, self.unit_area[:, None] + self.concept_area[None, :])
+
+    @property
+    def coverage(self) -> torch.Tensor:
+        """(K, C) float64: the share of the concept's images on which the unit's mask meets it
+        (CCE's sample coverage; 0 for an absent concept). Image counts, not pixels: a unit that
+        touches every instance of a concept a little covers it fully."""
+        if self.image_hits is None or self.concept_images is None:
+            raise ValueError("these scores have no image counts (saved by an older fastdissect): dissect again "
+                             "for coverage")
+        return _ratio(self.image_hits, self.concept_images[None, :])
 
     def best(self):
         """(concept, iou) per unit: the concept with the highest IoU (lowest id on ties)."""
@@ -91,7 +103,8 @@ class Tally:
         """The tallies, all int64 sums; non_finite counts NaN/inf seen by the GPU kernels."""
         z = lambda *shape: torch.zeros(*shape, dtype=torch.int64, device=device)  # noqa: E731
         state = {"intersection": z(self.num_units, self.num_concepts), "unit_area": z(self.num_units),
-                 "concept_area": z(self.num_concepts), "non_finite": z(self.num_units)}
+                 "concept_area": z(self.num_concepts), "non_finite": z(self.num_units),
+                 "image_hits": z(self.num_units, self.num_concepts), "concept_images": z(self.num_concepts)}
         if self.union != "global":
             state["unit_category_area"] = z(self.num_units, self.num_categories)
         return state
@@ -124,8 +137,9 @@ class Tally:
         cats = self.categories.to(self.device) if self.categories is not None else None
         _dispatch.tally_batch(self._backend, act, m, self.thresholds.to(self.device), self.union, cats,
                               self.num_categories, state["intersection"], state["unit_area"],
-                              state.get("unit_category_area"), state["non_finite"])
+                              state.get("unit_category_area"), state["non_finite"], image_hits=state["image_hits"])
         state["concept_area"] += m.concept_area()
+        state["concept_images"] += m.concept_images()
         self.num_images += act.shape[0]
 
     def scores(self) -> Scores:
@@ -145,7 +159,8 @@ class Tally:
         union, iou = _dispatch.union_and_iou(self.backend, inter, unit_term, cats, concept_area)
         keep = (lambda t: t.clone()) if copy else (lambda t: t)  # noqa: E731
         return Scores(keep(inter), union, iou, keep(state["unit_area"]), keep(concept_area),
-                      self.thresholds.clone(), self.union, self.num_images)
+                      self.thresholds.clone(), self.union, self.num_images, keep(state["image_hits"]),
+                      keep(state["concept_images"]))
 
     def state_dict(self) -> dict:
         state = self._tallies()
@@ -159,6 +174,10 @@ class Tally:
         self._check_compatible(state, "state_dict")
         device = self.device or "cpu"
         zeros = self._zeros("cpu")
+        missing = [k for k in ("image_hits", "concept_images") if k not in state]
+        if missing:
+            raise ValueError(f"state_dict has no {' or '.join(missing)} (written by an older fastdissect): tally "
+                             "again")
         self._state = {k: state.get(k, zeros[k]).to(device, copy=True) for k in zeros}
         self.num_images = int(state["num_images"])
 

@@ -27,9 +27,10 @@ def reference_scores(acts, masks: ConceptMasks, thresholds, union, categories):
     inter = torch.zeros(K, C, dtype=torch.int64)
     area = torch.zeros(K, dtype=torch.int64)
     cat_area = torch.zeros(K, G, dtype=torch.int64) if union != "global" else None
+    hits = torch.zeros(K, C, dtype=torch.int64)
     torch_backend.tally_batch(acts.cpu().double(), masks.to("cpu"), thresholds.cpu(), union,
-                              None if categories is None else categories.cpu(), G, inter, area, cat_area)
-    return inter, area, cat_area
+                              None if categories is None else categories.cpu(), G, inter, area, cat_area, hits)
+    return inter, area, cat_area, hits
 
 
 def reference_thresholds(acts, quantile, method):
@@ -82,8 +83,9 @@ def run(backend: str, device: str) -> bool:
             t = fd.thresholds(acts, quantile=0.2)
             s = fd.score(acts.to(device), masks.to(device), thresholds=t, union=union,
                          categories=None if union == "global" else cats, backend=backend)
-            inter, area, cat_area = reference_scores(acts, masks, t, union, None if union == "global" else cats)
+            inter, area, cat_area, hits = reference_scores(acts, masks, t, union, None if union == "global" else cats)
             same = torch.equal(s.intersection.cpu(), inter) and torch.equal(s.unit_area.cpu(), area)
+            same &= torch.equal(s.image_hits.cpu(), hits)
             if cat_area is not None:
                 unit_term = cat_area[:, cats]
                 same &= torch.equal(s.union.cpu(), unit_term + masks.concept_area()[None, :] - inter)

@@ -41,7 +41,8 @@ def upsample(a: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 def tally_batch(act: torch.Tensor, masks: ConceptMasks, thresholds: torch.Tensor, union: str,
                 categories: torch.Tensor | None, num_categories: int, intersection: torch.Tensor,
-                unit_area: torch.Tensor, unit_category_area: torch.Tensor | None) -> None:
+                unit_area: torch.Tensor, unit_category_area: torch.Tensor | None,
+                image_hits: torch.Tensor | None = None) -> None:
     """Adds one batch into the accumulators (all on act.device)."""
     n_images, n_units = act.shape[:2]
     hw = masks.height * masks.width
@@ -64,6 +65,8 @@ def tally_batch(act: torch.Tensor, masks: ConceptMasks, thresholds: torch.Tensor
                 labels = masks.unpack_rows(rows)
                 inter = (m.to(count_dtype) @ labels.to(count_dtype).T).to(torch.int64)
                 intersection[k0:k1].index_add_(1, ids, inter)
+                if image_hits is not None:
+                    image_hits[k0:k1].index_add_(1, ids, (inter > 0).to(torch.int64))
                 if union == "netdissect":
                     labeled = torch.zeros(num_categories, dtype=torch.int64, device=act.device)
                     labeled[categories[ids]] = 1
