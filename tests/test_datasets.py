@@ -171,10 +171,10 @@ def test_pack_round_trip_and_versioning(broden, tmp_path):
     assert int(a.intersection.sum()) > 0
 
     meta = tmp_path / "packed" / "fastdissect-masks.json"
-    meta.write_text(meta.read_text().replace('"version": 1', '"version": 99'))
-    with pytest.raises(DatasetError, match="store version 99, this fastdissect reads version 1; re-pack"):
+    meta.write_text(meta.read_text().replace('"version": 2', '"version": 99'))
+    with pytest.raises(DatasetError, match="field 'version' is 99; this fastdissect reads version 2 .*re-pack"):
         fd.datasets.open_packed(tmp_path / "packed")
-    meta.write_text(meta.read_text().replace('"version": 99', '"version": 1'))
+    meta.write_text(meta.read_text().replace('"version": 99', '"version": 2'))
     words = tmp_path / "packed" / "words.u64"
     words.write_bytes(words.read_bytes()[:-8])
     with pytest.raises(DatasetError, match=r"words.u64: expected \d+ bytes"):

@@ -9,7 +9,7 @@ import pytest
 
 MODULES = ["fastdissect", "fastdissect.scoring", "fastdissect.masks", "fastdissect.quantile",
            "fastdissect.top_quantile", "fastdissect.top_images", "fastdissect.identity", "fastdissect._ext", "fastdissect.datasets.custom",
-           "fastdissect.datasets.builtin", "fastdissect.explanations", "fastdissect.formula", "fastdissect.unit_masks", "fastdissect.rotation"]
+           "fastdissect.datasets.builtin", "fastdissect.explanations", "fastdissect.formula", "fastdissect.unit_masks", "fastdissect.rotation", "fastdissect._atomic"]
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 

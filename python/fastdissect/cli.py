@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("report", help="write the HTML report of a saved dissection",
                        description="Write the static HTML report of results saved by `fastdissect dissect`.")
-    r.add_argument("--results", required=True, help="directory holding dissection.pt")
+    r.add_argument("--results", required=True, help="a results directory (written by dissect: manifest.json)")
     r.add_argument("--dataset", default=None,
                    help="the concept data set for the top images (default: the one recorded in the results)")
     r.add_argument("--out", required=True, help="directory to write the report to")
@@ -101,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="compare saved dissections (models, layers, checkpoints)",
                        description="One HTML page with figures and CSVs comparing saved dissections: unique "
                                    "detectors per category, concepts only one model finds, units whose label changed.")
-    c.add_argument("results", nargs="+", help="results directories (each holding dissection.pt), in order")
+    c.add_argument("results", nargs="+", help="results directories, in order (DIR/random_init: the random-init "
+                   "control of the result in DIR)")
     c.add_argument("--names", default=None, help="comma-separated names, one per directory (default: their names)")
     c.add_argument("--series", action="store_true",
                    help="the directories are checkpoints of one model: draw lines over training iterations")
@@ -293,6 +294,22 @@ def _init_distributed() -> None:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
 
 
+def _output_lock(args):
+    """The run's output directory, checked before any work and held for the whole run: a second run
+    with the same --out is refused with the first one named (rank 0 writes; other ranks hold nothing)."""
+    import contextlib
+
+    from ._lock import locked
+
+    if args.command not in ("dissect", "rotate", "demo"):
+        return contextlib.nullcontext()
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+        return contextlib.nullcontext()
+    return locked(args.out, "--out directory")
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in ("dissect", "demo"):
@@ -300,7 +317,8 @@ def main(argv=None) -> int:
     commands = {"dissect": cmd_dissect, "rotate": cmd_rotate, "compare": cmd_compare, "demo": cmd_demo, "builtin": cmd_builtin, "report": cmd_report,
                 "selftest": cmd_selftest}
     try:
-        return commands[args.command](args) or 0
+        with _output_lock(args):
+            return commands[args.command](args) or 0
     except KeyboardInterrupt:
         print("fastdissect: interrupted", file=sys.stderr)
         return 130

@@ -14,11 +14,11 @@ name (or their positions).
 
 from __future__ import annotations
 
-import csv
 import re
 from pathlib import Path
 from typing import Mapping
 
+from ._atomic import make_dirs, save_figure, write_csv, write_text
 from .results import Dissection, load
 
 
@@ -104,12 +104,11 @@ class Comparison:
         from . import __version__
         from .report import _colors
 
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+        directory = make_dirs(directory)
         colors = _colors(self.categories)
         rows, only, changes = self.table(), self.only_in(), self.label_changes()
         for name, table in (("comparison.csv", rows), ("only_in.csv", only), ("label_changes.csv", changes)):
-            _write_csv(directory / name, table)
+            write_csv(directory / name, table)  # an empty table is an empty file: nothing was found
         figures = {"detectors": "models_detectors.png"}
         _models_figure(directory / figures["detectors"], rows, self.categories, colors)
         if self.series:
@@ -119,19 +118,10 @@ class Comparison:
                            autoescape=select_autoescape(["j2"])).get_template("compare.html.j2").render(
             names=self.names, rows=rows, only=only, changes=changes, categories=self.categories, figures=figures,
             series=self.series, version=__version__)
-        (directory / "index.html").write_text(page)
+        write_text(directory / "index.html", page)
         if verbose:
             print(f"fastdissect: comparison of {', '.join(self.names)}: {directory / 'index.html'}")
         return directory / "index.html"
-
-
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", newline="") as f:
-        if not rows:
-            return  # an empty table is an empty file: nothing was found
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows)
 
 
 def _pyplot():
@@ -164,7 +154,7 @@ def _models_figure(path: Path, rows, categories, colors) -> None:
     ax.spines[["top", "right"]].set_visible(False)
     ax.set_ylim(0, max(bottom.max(), 1) * 1.35)
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -198,7 +188,7 @@ def _series_figure(path: Path, comparison: Comparison, colors) -> None:
         ax.spines[["top", "right"]].set_visible(False)
         ax.set_ylim(bottom=0)
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
     plt.close(fig)
 
 

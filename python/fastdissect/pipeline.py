@@ -9,6 +9,8 @@ so results do not depend on the batch size or the number of workers.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 from functools import partial
 from pathlib import Path
@@ -17,10 +19,11 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from . import _validate
+from . import _atomic, _validate
+from ._lock import locked
 from .datasets.broden import Broden, DatasetError
 from .datasets.packed import PackedMasks
-from .datasets.sample import IMAGENET_MEAN, IMAGENET_STD, Batch, collate, to_model_input
+from .datasets.sample import IMAGENET_MEAN, IMAGENET_STD, Batch, collate, model_input, stack_images
 from .distributed import Comm
 from .hooks import find_modules, trace
 from .results import Dissection, LayerResult
@@ -35,6 +38,25 @@ CHECKPOINT_VERSION = 3  # 3: tallies count images (coverage)
 
 class CheckpointMismatch(ValueError):
     """A checkpoint written by a dissection of another identity (the message lists what differs)."""
+
+
+CHECKPOINT_MAGIC = b"fastdissect-checkpoint\n"
+
+
+def read_checkpoint(path: Path) -> dict:
+    """A checkpoint's state after its checksum is verified (CheckpointMismatch names the path if not)."""
+    fix = "remove it, or pass restart=True (--restart) to start afresh"
+    data = path.read_bytes()
+    header = len(CHECKPOINT_MAGIC)
+    if not data.startswith(CHECKPOINT_MAGIC) or data[header + 64:header + 65] != b"\n":
+        raise CheckpointMismatch(f"{path}: not a fastdissect checkpoint (truncated, or another kind of file); {fix}")
+    digest, payload = data[header:header + 64].decode("ascii", "replace"), data[header + 65:]
+    if _atomic.digest(payload) != digest:
+        raise CheckpointMismatch(f"{path}: the checkpoint is damaged (its checksum does not match); {fix}")
+    try:
+        return torch.load(io.BytesIO(payload), weights_only=False)
+    except Exception as exc:
+        raise CheckpointMismatch(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc}); {fix}") from None
 
 
 class _Images(torch.utils.data.Dataset):
@@ -52,10 +74,7 @@ class _Images(torch.utils.data.Dataset):
 
 
 def _collate_images(items):
-    shapes = {im.shape for _, im in items}
-    if len(shapes) != 1:
-        raise ValueError(f"images of one batch must share a size, got {sorted(shapes)}: pass image_size=(h, w)")
-    return torch.tensor([i for i, _ in items]), torch.from_numpy(np.stack([im for _, im in items]))
+    return torch.tensor([i for i, _ in items]), stack_images([im for _, im in items])
 
 
 class _Run:
@@ -68,6 +87,8 @@ class _Run:
         self.comm = comm or Comm(False)
         self.lo, self.hi = self.comm.shard(len(dataset))  # this rank's images
         self.device = opts["device"]
+        param = next((p for p in model.parameters() if p.is_floating_point()), None)
+        self.input_dtype = param.dtype if param is not None else torch.float32
         self.quantiles: dict[str, TopQuantile] = {}
         self.tallies: dict[str, Tally] = {}
         self.top: dict[str, TopImages] = {name: TopImages(opts["top_k"]) for name in self.layers}
@@ -100,7 +121,8 @@ class _Run:
         if self.cache is not None and images is None:
             lo, hi = int(indices[0]) - self.lo, int(indices[-1]) + 1 - self.lo
             return {name: c[lo:hi].to(self.device) for name, c in self.cache.items()}
-        x = to_model_input(images.to(self.device), self.o["mean"], self.o["std"], self.o["image_size"])
+        x = model_input(images, self.o["mean"], self.o["std"], self.o["image_size"], self.device)
+        x = x.to(self.input_dtype)  # a model in half precision takes half-precision inputs
         modules = list(dict.fromkeys(module for module, _ in self.o["views"].values()))
         with torch.no_grad(), trace(self.model, modules, self.o["transform"]) as acts:
             self.model(x)
@@ -113,7 +135,20 @@ class _Run:
                 raise ValueError(f"layer {name!r} outputs shape {tuple(a.shape)}, not (N, K, h, w) maps; for "
                                  f"token outputs pass transform={{{module!r}: fd.token_grid()}}")
             out[name] = a.to(torch.float16) if self.round_f16 else a
+        self.check_finite(out, indices)
         return out
+
+    def check_finite(self, acts: dict, indices: torch.Tensor) -> None:
+        """NaN or inf anywhere is named by layer, images and units (one host sync per batch)."""
+        bad = {name: ~torch.isfinite(a).flatten(2).all(dim=2) for name, a in acts.items()}  # (B, K) each
+        if not bool(torch.stack([b.any() for b in bad.values()]).any()):
+            return
+        name, b = next((n, b) for n, b in bad.items() if bool(b.any()))
+        images = indices.to(b.device)[b.any(dim=1)].tolist()
+        units = torch.nonzero(b.any(dim=0)).flatten().tolist()
+        raise ValueError(f"layer {name!r} gives NaN or inf activations on images {images[:10]}"
+                         f"{' ...' if len(images) > 10 else ''} (units {units[:10]}{' ...' if len(units) > 10 else ''}): "
+                         "check the model's weights, its precision and the input normalisation")
 
     def store_in_cache(self, indices, acts) -> None:
         if self.cache_off:
@@ -154,7 +189,7 @@ class _Run:
         path = self.checkpoint_path()
         if path is None:
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic.make_dirs(path.parent)
         state = {"identity": self.identity(), "stage": stage, "images_done": images_done,
                  "quantiles": {k: q.state_dict() for k, q in self.quantiles.items()} if stage == 1 else {},
                  "tallies": {k: t.state_dict() for k, t in self.tallies.items()},
@@ -162,9 +197,9 @@ class _Run:
                  "unit_masks": {k: u.state_dict() for k, u in self.unit_masks.items()},
                  "control_tallies": {k: t.state_dict() for k, t in self.control_tallies.items()},
                  "mask_log": self.mask_log.state_dict() if self.mask_log is not None else None}
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, path)  # a crash mid-write never leaves a torn checkpoint
+        payload = _atomic.torch_bytes(state)
+        # A checksum over the payload: a flipped bit in a counter must not resume as a wrong count.
+        _atomic.write_bytes(path, CHECKPOINT_MAGIC + _atomic.digest(payload).encode() + b"\n" + payload)
         self.saved = (stage, images_done)
 
     def describe_progress(self, stage: int, images_done: int) -> str:
@@ -177,10 +212,12 @@ class _Run:
         if path is None or not path.is_file():
             return 1, self.lo
         try:
-            state = torch.load(path, weights_only=False)
-        except Exception as exc:
-            raise CheckpointMismatch(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc}); remove it, "
-                                     "or pass restart=True (--restart) to start afresh") from None
+            state = read_checkpoint(path)
+        except CheckpointMismatch as exc:
+            if not self.o["restart"]:
+                raise
+            self.log(f"{exc.args[0].split(':')[0]} is unreadable: starting afresh")
+            return 1, self.lo
         recorded = state.get("identity", {}) if isinstance(state, dict) else {}
         diff = differences(recorded, self.identity())
         if diff:
@@ -465,6 +502,7 @@ def _dissect(model, layers, dataset, *, quantile, method, iou_threshold, union, 
         dataset = Broden(source)
         if len(dataset) != len(store):
             raise DatasetError(f"{store.path} holds {len(store)} images but its source {source} has {len(dataset)}")
+        store.check_source(dataset)
     layers = list(layers)
     view_specs = _views(layers, transform, views)
     find_modules(model, list(dict.fromkeys(module for module, _ in view_specs.values())))
@@ -502,6 +540,9 @@ def _dissect(model, layers, dataset, *, quantile, method, iou_threshold, union, 
     model.eval()
     comm = Comm.detect(distributed)
     run = _Run(model, list(view_specs), dataset, opts, identity, store, comm)
+    hold = locked(checkpoint, "checkpoint directory", f".fastdissect-rank{comm.rank}.lock" if comm.world > 1 else None) \
+        if checkpoint else contextlib.nullcontext()
+    hold.__enter__()  # released in the finally below, however the run ends
     try:
         stage, done = run.resume()
         if stage == 1:
@@ -528,6 +569,7 @@ def _dissect(model, layers, dataset, *, quantile, method, iou_threshold, union, 
                     "run the same command again to resume")
         raise
     finally:
+        hold.__exit__(None, None, None)
         model.train(was_training)
     result = Dissection()
     cats = torch.as_tensor(dataset.primary_category, dtype=torch.int64)

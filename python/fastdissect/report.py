@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
+from ._atomic import make_dirs, save_figure, save_image, write_text
 from .identity import describe
 from .torch_backend import upsample
 
@@ -44,7 +45,7 @@ def _bar_figure(path: Path, title: str, categories, counts, colors) -> None:
     ax.spines[["top", "right"]].set_visible(False)
     ax.set_ylim(0, max(max(counts), 1) * 1.18)
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -68,7 +69,7 @@ def _comparison_figure(path: Path, summaries, categories, colors) -> None:
     top = max([s["unique_detectors"][c] for s in summaries for c in categories] + [1])
     ax.set_ylim(0, top * 1.35)
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -113,7 +114,7 @@ def _strips(layer, dataset, directory: Path, images: dict) -> list[str]:
 
     if layer.top_images is None or layer.top_maps is None:
         return [""] * layer.num_units
-    directory.mkdir(parents=True, exist_ok=True)
+    make_dirs(directory)
     paths = []
     thresholds = layer.scores.thresholds
     samples: dict = {}  # label planes of the top images, read only when a formula needs them
@@ -139,7 +140,7 @@ def _strips(layer, dataset, directory: Path, images: dict) -> list[str]:
             strip.paste(t, (x, 0))
             x += t.width + 2
         name = f"unit_{k:04d}.jpg"
-        strip.save(directory / name, quality=85)
+        save_image(strip, directory / name, quality=85)
         paths.append(f"{directory.name}/{name}")
     return paths
 
@@ -160,7 +161,7 @@ def write_report(dissection, directory, dataset=None, *, verbose: bool = True) -
     from tqdm.auto import tqdm
 
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    make_dirs(directory)
     env = Environment(loader=PackageLoader("fastdissect", "templates"), autoescape=select_autoescape(["j2"]))
     first = next(iter(dissection.values()))
     categories = list(first.category_names)
@@ -181,12 +182,12 @@ def write_report(dissection, directory, dataset=None, *, verbose: bool = True) -
             layer=name, summary=summary, figure=figure, units=units, categories=categories, colors=colors,
             has_formulas=layer.formulas is not None, has_control=layer.control is not None, metric=layer.metric,
             top_k=layer.top_images.shape[1] if layer.top_images is not None else 0)
-        (directory / summary["page"]).write_text(page)
+        write_text(directory / summary["page"], page)
     _comparison_figure(directory / "layers_detectors.png", summaries, categories, colors)
     index = env.get_template("index.html.j2").render(
         n_layers=len(summaries), n_images=first.scores.num_images, union=first.scores.union_mode,
         iou_threshold=first.iou_threshold, metric=first.metric, comparison_figure="layers_detectors.png",
         summaries=summaries, random_init=_random_init_summaries(dissection),
         categories=categories, version=__version__, about=describe(getattr(dissection, "identity", {})))
-    (directory / "index.html").write_text(index)
+    write_text(directory / "index.html", index)
     return directory / "index.html"

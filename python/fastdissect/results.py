@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import csv
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from ._atomic import make_dirs, write_csv
 from .controls import beyond_chance
 from .scoring import Scores
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: manifest.json names the content-addressed dissection file
+MANIFEST = "manifest.json"
 METRICS = ("iou", "f1", "precision", "recall", "coverage")
 
 
@@ -123,13 +124,7 @@ class LayerResult:
         return out
 
     def to_csv(self, path) -> Path:
-        path = Path(path)
-        with open(path, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(self.units[0]))
-            w.writeheader()
-            for row in self.units:
-                w.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()})
-        return path
+        return write_csv(path, self.units)
 
     def formula_csv(self, path) -> Path:
         """compexp's tally columns (unit, category, label, score, length, label_noncomp,
@@ -138,13 +133,7 @@ class LayerResult:
         if self.formulas is None:
             raise ValueError(f"layer {self.layer} has no formulas: dissect with formula_length=N")
         cats = [self.category_names[int(g)] for g in self.categories]
-        rows = self.formulas.rows(names=self.concept_names, categories=cats)
-        with open(path, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            for row in rows:
-                w.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()})
-        return Path(path)
+        return write_csv(path, self.formulas.rows(names=self.concept_names, categories=cats))
 
     def tally_csv(self, path) -> Path:
         """NetDissect-Lite's tally.csv: unit (1-based), category, label, score, then per category
@@ -165,11 +154,7 @@ class LayerResult:
                             f"{cat}-iou": max(float(best_iou[k, g]), 0.0)})
             rows.append(row)
         rows.sort(key=lambda r: -r["score"])
-        with open(path, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
-        return Path(path)
+        return write_csv(path, rows, float_format=None)
 
 
 class Dissection(dict):
@@ -190,8 +175,7 @@ class Dissection(dict):
     def to_csv(self, directory) -> Path:
         """Writes <layer>.csv (tidy, one row per unit) and <layer>-tally.csv (NetDissect-Lite layout);
         the random-init control's in random_init/."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+        directory = make_dirs(directory)
         for name, layer in self.items():
             layer.to_csv(directory / f"{name}.csv")
             layer.tally_csv(directory / f"{name}-tally.csv")
@@ -220,19 +204,34 @@ class Dissection(dict):
         return "\n".join(lines)
 
     def save(self, directory) -> Path:
-        """Writes dissection.pt (every layer) and summary.json; the random-init control's in random_init/."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        root = getattr(self.dataset, "root", None)
-        control = self.random_init
-        if control is not None:  # a saved dissection of its own: fd.load and `fastdissect compare` read it
-            control.save(directory / "random_init")
-        torch.save({"format": "fastdissect-dissection", "version": FORMAT_VERSION, "layers": _layers_state(self),
-                    "random_init": "random_init" if control is not None else None,
-                    "dataset_root": str(Path(root).resolve()) if root is not None else None,
-                    "identity": self.identity},
-                   directory / "dissection.pt")
-        (directory / "summary.json").write_text(json.dumps(self.summaries(), indent=1))
+        """Writes the results to `directory`, replacing an earlier result there as a whole.
+
+        The layers (and the random-init control's) go to dissection-<digest>.pt, a new name, then
+        summary.json, then manifest.json, which names that file and its BLAKE2 digest and is what
+        `fd.load` reads first. Each file is written to a temporary name and renamed into place, and
+        the older result's file is removed only once the new manifest is in place: an interruption at
+        any point leaves either the old result or the new one loadable, never a torn one."""
+        from . import _atomic
+        from ._lock import locked
+
+        with locked(directory, "output directory") as directory:
+            root = getattr(self.dataset, "root", None)
+            control = self.random_init
+            payload = _atomic.torch_bytes({
+                "format": "fastdissect-dissection", "version": FORMAT_VERSION, "layers": _layers_state(self),
+                "random_init": _layers_state(control) if control is not None else None,
+                "random_init_identity": control.identity if control is not None else None,
+                "dataset_root": str(Path(root).resolve()) if root is not None else None, "identity": self.identity})
+            digest = _atomic.digest(payload)
+            name = f"dissection-{digest[:16]}.pt"
+            _atomic.write_bytes(directory / name, payload)
+            _atomic.write_text(directory / "summary.json", json.dumps(self.summaries(), indent=1))
+            _atomic.write_text(directory / MANIFEST, json.dumps({
+                "format": "fastdissect-results", "version": FORMAT_VERSION, "dissection": name, "blake2b": digest,
+                "bytes": len(payload)}, indent=1))
+            for old in directory.glob("dissection*.pt"):  # the replaced result's file, and a legacy one
+                if old.name != name:
+                    old.unlink(missing_ok=True)
         return directory
 
     def summaries(self) -> list[dict]:
@@ -267,18 +266,43 @@ def _layers_from_state(layers: dict) -> Dissection:
 
 
 def load(directory) -> Dissection:
-    """Reads what `Dissection.save` wrote."""
-    path = Path(directory) / "dissection.pt"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no saved dissection here (write one with d.save(dir))")
+    """Reads what `Dissection.save` wrote, after checking the file against the manifest's digest.
+    `DIR/random_init` names the random-init control of the result in DIR."""
+    from . import _atomic
+
+    directory = Path(directory)
+    manifest_path = directory / MANIFEST
+    if not manifest_path.is_file():
+        parent = directory.parent
+        if directory.name == "random_init" and (parent / MANIFEST).is_file():
+            control = load(parent).random_init
+            if control is None:
+                raise FileNotFoundError(f"{parent}: this result has no random-init control")
+            return control
+        legacy = " (a dissection.pt without it: an interrupted save, or a result from before fastdissect 0.2)" \
+            if (directory / "dissection.pt").is_file() else ""
+        raise FileNotFoundError(f"{manifest_path}: no complete saved dissection here{legacy}; write one with "
+                                "d.save(dir)")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        name, digest = manifest["dissection"], manifest["blake2b"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{manifest_path}: not a fastdissect manifest ({type(exc).__name__}: {exc})") from None
+    if manifest.get("format") != "fastdissect-results" or manifest.get("version") != FORMAT_VERSION:
+        raise ValueError(f"{manifest_path}: not a fastdissect result of version {FORMAT_VERSION}")
+    path = directory / name
+    if Path(name).name != name or not path.is_file():
+        raise FileNotFoundError(f"{path}: the file {manifest_path} names is missing")
+    if _atomic.file_digest(path) != digest:
+        raise ValueError(f"{path} does not match the digest in {manifest_path}: the file is damaged")
     data = torch.load(path, weights_only=False)
-    if data.get("format") != "fastdissect-dissection" or data.get("version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: not a fastdissect dissection of version {FORMAT_VERSION}")
     out = _layers_from_state(data["layers"])
     out.dataset_root = data.get("dataset_root")
     out.identity = data.get("identity") or {}
     if data.get("random_init") is not None:
-        out.random_init = load(Path(directory) / data["random_init"])
+        out.random_init = _layers_from_state(data["random_init"])
+        out.random_init.identity = data.get("random_init_identity") or {}
+        out.random_init.dataset_root = out.dataset_root
     return out
 
 

@@ -127,14 +127,9 @@ class RotationExperiment:
         return rows
 
     def to_csv(self, path) -> Path:
-        import csv
+        from ._atomic import write_csv
 
-        rows = self.table()
-        with open(path, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
-        return Path(path)
+        return write_csv(path, self.table(), float_format=None)
 
     def figure(self, path) -> Path:
         """The paper's curve: unique detectors per category and interpretable units against the power."""
@@ -143,6 +138,7 @@ class RotationExperiment:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
+        from ._atomic import save_figure
         from .report import _colors
 
         rows = self.table()
@@ -162,7 +158,7 @@ class RotationExperiment:
         fig.suptitle(f"{self.layer}: interpretability under a random rotation of its units (seed {self.seed})",
                      fontsize=11)
         fig.tight_layout()
-        fig.savefig(path)
+        save_figure(fig, path)
         plt.close(fig)
         return Path(path)
 

@@ -10,6 +10,7 @@ order). c_<category>.csv: code, number, name, frequency, coverage.
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -27,8 +28,14 @@ class DatasetError(ValueError):
 def read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
     if not path.is_file():
         raise DatasetError(f"{path}: file not found")
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise DatasetError(f"{path}, line {line}: not UTF-8 text (byte {data[exc.start]:#04x}); save the file as "
+                           "UTF-8") from None
+    rows = list(csv.reader(text.splitlines()))
     if not rows:
         raise DatasetError(f"{path}: empty file (expected a header row)")
     return rows[0], rows[1:]
@@ -42,10 +49,15 @@ def decode_label_png(path: Path, where: str) -> np.ndarray:
         raise DatasetError(f"{where}: label file {path} not found")
     try:
         with Image.open(path) as im:
-            im.load()
-            rgb = np.asarray(im.convert("RGB"))
+            kind = im.format
+            if kind == "PNG":
+                im.load()
+                rgb = np.asarray(im.convert("RGB"))
     except (OSError, SyntaxError, ValueError) as exc:
         raise DatasetError(f"{where}: cannot decode label file {path} ({exc})") from None
+    if kind != "PNG":  # a lossy format would turn its pixels into made-up label numbers
+        raise DatasetError(f"{where}: label file {path} is a {kind or 'non-PNG'} image, not a PNG label image "
+                           "(labels are R + 256 * G, stored losslessly)")
     return rgb[..., 0].astype(np.int64) + 256 * rgb[..., 1].astype(np.int64)
 
 
@@ -73,12 +85,16 @@ class Broden:
     Picklable, so it works in DataLoader workers.
     """
 
-    def __init__(self, root, categories: Sequence[str] | None = None, split: str | None = None):
+    def __init__(self, root, categories: Sequence[str] | None = None, split: str | None = None, *,
+                 follow_symlinks: bool = False):
         self.root = Path(root)
         if not self.root.is_dir():
             raise DatasetError(f"{self.root}: Broden directory not found")
+        self.follow_symlinks = follow_symlinks
         header, rows = read_csv(self.root / "category.csv")
         self.category_names = [r[0] for r in rows if r]
+        if not self.category_names:
+            raise DatasetError(f"{self.root / 'category.csv'}: no categories (a header and no rows)")
         if categories is None:
             categories = list(self.category_names)
         unknown = [c for c in categories if c not in self.category_names]
@@ -94,13 +110,20 @@ class Broden:
         path = self.root / "label.csv"
         header, rows = read_csv(path)
         names: dict[int, str] = {}
+        seen: dict[int, int] = {}
         for line, row in enumerate(rows, start=2):
             if not row:
                 continue
             try:
-                names[int(row[0])] = row[1]
+                number, name = int(row[0]), row[1]
             except (ValueError, IndexError):
                 raise DatasetError(f"{path}, row {line}: expected 'number,name,...', got {row}") from None
+            if number < 0:
+                raise DatasetError(f"{path}, row {line}: label number {number} is negative")
+            if number in seen:
+                raise DatasetError(f"{path}: label {number} is listed twice, rows {seen[number]} "
+                                   f"({names[number]!r}) and {line} ({name!r})")
+            names[number], seen[number] = name, line
         self.num_concepts = max(names) + 1 if names else 1
         self.concept_names = [names.get(i, "") for i in range(self.num_concepts)]
         self.concept_names[0] = self.concept_names[0] or "-"
@@ -169,6 +192,8 @@ class Broden:
                     if number != 0:
                         image_labels.append(number)
                         image_label_categories.append(cat)
+            for name in [row[col["image"]], *files]:
+                self._check_inside(name, f"{path}, row {line}")
             sizes.add((sh, sw))
             self.records.append({"line": line, "image": row[col["image"]], "ih": ih, "iw": iw, "sh": sh,
                                  "sw": sw, "files": files, "image_labels": image_labels,
@@ -181,6 +206,21 @@ class Broden:
         self.label_size = next(iter(sizes))
         self.num_planes = max(1, max(len(r["files"]) for r in self.records))
         self.primary_category[self.primary_category < 0] = 0  # label 0 and concepts no c_<cat>.csv lists
+
+    def _check_inside(self, name: str, where: str) -> None:
+        """A path of index.csv must name a file under images/: no absolute path, no '..' out of it,
+        and (unless follow_symlinks=True) no symlink that leads out. Checked before anything is opened."""
+        images = (self.root / "images").resolve()
+        target = Path(name)
+        if target.is_absolute() or not name:
+            raise DatasetError(f"{where}: {name!r} is not a path inside the data set's images/ directory")
+        lexical = Path(os.path.normpath(images / target))
+        resolved = (images / target).resolve()
+        if not lexical.is_relative_to(images) or (not self.follow_symlinks and not resolved.is_relative_to(images)):
+            how = "leads out of" if lexical.is_relative_to(images) else "is outside"
+            raise DatasetError(f"{where}: {name!r} {how} the data set's images/ directory ({images}); "
+                               + ("pass follow_symlinks=True to allow symlinks out" if lexical.is_relative_to(images)
+                                  else "paths must stay inside it"))
 
     # ---- access
     def __len__(self) -> int:
@@ -196,7 +236,12 @@ class Broden:
     def image(self, i: int) -> np.ndarray:
         """(ih, iw, 3) uint8 image i, without decoding its labels."""
         r = self.records[i]
-        return load_image(self.root / "images" / r["image"], f"{self.root / 'index.csv'}, row {r['line']}")
+        where = f"{self.root / 'index.csv'}, row {r['line']}"
+        image = load_image(self.root / "images" / r["image"], where)
+        if image.shape[:2] != (r["ih"], r["iw"]):
+            raise DatasetError(f"{where}: image {r['image']} is {image.shape[0]}x{image.shape[1]}, index.csv says "
+                               f"{r['ih']}x{r['iw']}")
+        return image
 
     def labels(self, i: int) -> np.ndarray:
         """(num_planes, sh, sw) int64 label planes of image i (decoded without the image)."""

@@ -1,19 +1,24 @@
 """Pack once, dissect many: a data set's concept masks bit-packed on disk, memory-mapped back.
 
-Format (version 1), a directory:
-  fastdissect-masks.json  {"format": "fastdissect-masks", "version": 1, "num_images", "height",
+Format (version 2), a directory:
+  fastdissect-masks.json  {"format": "fastdissect-masks", "version": 2, "num_images", "height",
                            "width", "num_concepts", "words_per_mask", "num_entries", "num_rows",
-                           "concept_names", "category_names", "primary_category", "images", "source"}
+                           "concept_names", "category_names", "primary_category", "images", "source",
+                           "source_fingerprint", "checksums": {array: BLAKE2b-256 hex},
+                           "header_checksum": BLAKE2b-256 of the header's other fields}
   offsets.i64      (num_images + 1) entries of image n are offsets[n]:offsets[n+1]
   concept_ids.i64  (num_entries)    concept id of each entry
   mask_rows.i64    (num_entries)    row of words.u64 holding the entry's mask, -1 for a whole image
   areas.i64        (num_entries)    pixels of each entry
   words.u64        (num_rows, words_per_mask) bit-packed masks, pixel y * W + x = bit p % 64 of word p // 64
-All arrays are raw little-endian, so any language can memory-map them.
+All arrays are raw little-endian, so any language can memory-map them. Opening a store verifies
+every checksum, the header's fields and types, and each entry's area against height * width; a
+dissection that reads a store's images from its source checks the source's fingerprint.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from functools import partial
@@ -22,11 +27,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import _atomic
 from ..masks import ConceptMasks
 from .broden import DatasetError
 from .sample import collate
 
-FORMAT, VERSION = "fastdissect-masks", 1
+FORMAT, VERSION = "fastdissect-masks", 2  # 2: checksums and the source's fingerprint
 META = "fastdissect-masks.json"
 ARRAYS = {"offsets": "offsets.i64", "concept_ids": "concept_ids.i64", "mask_rows": "mask_rows.i64",
           "areas": "areas.i64", "words": "words.u64"}
@@ -47,7 +53,14 @@ def pack(dataset, path, *, batch_size: int = 64, num_workers: int = 0, verbose: 
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, shuffle=False,
                                          collate_fn=partial(collate, num_concepts=dataset.num_concepts))
     offsets, n_entries, n_rows, size = [0], 0, 0, None
+    (path / META).unlink(missing_ok=True)  # arrays being rewritten are never read under an old header
     files = {name: open(path / f, "wb") for name, f in ARRAYS.items() if name != "offsets"}
+    hashes = {name: _hasher() for name in ARRAYS}
+
+    def write(name, array):
+        data = array.astype("<i8").tobytes()
+        files[name].write(data)
+        hashes[name].update(data)
     try:
         with tqdm(total=len(dataset), desc="packing masks", unit="img", disable=not verbose) as bar:
             for batch in loader:
@@ -61,10 +74,10 @@ def pack(dataset, path, *, batch_size: int = 64, num_workers: int = 0, verbose: 
                 used = np.unique(rows[rows >= 0])  # a batch's words table may hold rows of other batches
                 remap = np.full(m.words.shape[0] + 1, -1, dtype=np.int64)
                 remap[used] = n_rows + np.arange(used.size)
-                files["concept_ids"].write(m.concept_ids.numpy().astype("<i8").tobytes())
-                files["mask_rows"].write(remap[rows].astype("<i8").tobytes())
-                files["areas"].write(m.areas.numpy().astype("<i8").tobytes())
-                files["words"].write(m.words.numpy()[used].astype("<i8").tobytes())
+                write("concept_ids", m.concept_ids.numpy())
+                write("mask_rows", remap[rows])
+                write("areas", m.areas.numpy())
+                write("words", m.words.numpy()[used])
                 offsets.extend((n_entries + m.offsets[1:].numpy()).tolist())
                 n_entries += m.concept_ids.shape[0]
                 n_rows += used.size
@@ -72,7 +85,9 @@ def pack(dataset, path, *, batch_size: int = 64, num_workers: int = 0, verbose: 
     finally:
         for f in files.values():
             f.close()
-    np.asarray(offsets, dtype="<i8").tofile(path / ARRAYS["offsets"])
+    offsets_bytes = np.asarray(offsets, dtype="<i8").tobytes()
+    _atomic.write_bytes(path / ARRAYS["offsets"], offsets_bytes)
+    hashes["offsets"].update(offsets_bytes)
     images = [str(dataset.image_path(i).relative_to(dataset.root)) if hasattr(dataset, "image_path") else None
               for i in range(len(dataset))]
     meta = {"format": FORMAT, "version": VERSION, "num_images": len(dataset), "height": size[0], "width": size[1],
@@ -80,9 +95,48 @@ def pack(dataset, path, *, batch_size: int = 64, num_workers: int = 0, verbose: 
             "num_entries": n_entries, "num_rows": n_rows, "concept_names": list(dataset.concept_names),
             "category_names": list(dataset.category_names),
             "primary_category": [int(c) for c in dataset.primary_category], "images": images,
-            "source": str(Path(dataset.root).resolve()) if hasattr(dataset, "root") else None}
-    (path / META).write_text(json.dumps(meta))
+            "source": str(Path(dataset.root).resolve()) if hasattr(dataset, "root") else None,
+            "source_fingerprint": dataset.fingerprint() if hasattr(dataset, "fingerprint") else None,
+            "checksums": {name: h.hexdigest() for name, h in hashes.items()}}
+    meta["header_checksum"] = _header_checksum(meta)
+    _atomic.write_text(path / META, json.dumps(meta))  # last: the arrays are complete when it exists
     return path
+
+
+def _hasher():
+    return hashlib.blake2b(digest_size=32)
+
+
+def _header_checksum(meta: dict) -> str:
+    fields = {k: v for k, v in meta.items() if k != "header_checksum"}
+    return _atomic.digest(json.dumps(fields, sort_keys=True).encode())
+
+
+# The header's fields and their types: a field that is missing or of another type is named.
+HEADER_FIELDS = {"num_images": int, "height": int, "width": int, "num_concepts": int, "words_per_mask": int,
+                 "num_entries": int, "num_rows": int, "concept_names": list, "category_names": list,
+                 "primary_category": list, "images": list, "checksums": dict, "header_checksum": str}
+
+
+def _check_header(meta, meta_path: Path) -> None:
+    if not isinstance(meta, dict):
+        raise DatasetError(f"{meta_path}: the header is not a JSON object")
+    if meta.get("format") != FORMAT:
+        raise DatasetError(f"{meta_path}: format {meta.get('format')!r}, expected {FORMAT!r}")
+    if meta.get("version") != VERSION:
+        raise DatasetError(f"{meta_path}: field 'version' is {meta.get('version')!r}; this fastdissect reads "
+                           f"version {VERSION} (the integer): re-pack the data set with fd.datasets.pack")
+    for key, kind in HEADER_FIELDS.items():
+        if key not in meta:
+            raise DatasetError(f"{meta_path}: field {key!r} is missing")
+        if not isinstance(meta[key], kind) or isinstance(meta[key], bool):
+            raise DatasetError(f"{meta_path}: field {key!r} must be a {kind.__name__}, got {meta[key]!r:.40}")
+    if meta["header_checksum"] != _header_checksum(meta):
+        raise DatasetError(f"{meta_path}: the header was changed after packing (its checksum does not match); "
+                           "re-pack the data set with fd.datasets.pack")
+    if meta["words_per_mask"] != (meta["height"] * meta["width"] + 63) // 64:
+        raise DatasetError(f"{meta_path}: words_per_mask {meta['words_per_mask']} does not fit "
+                           f"{meta['height']}x{meta['width']} masks")
 
 
 class PackedMasks:
@@ -98,14 +152,10 @@ class PackedMasks:
         if not meta_path.is_file():
             raise DatasetError(f"{self.path}: not a packed mask store ({META} not found)")
         try:
-            meta = json.loads(meta_path.read_text())
-        except json.JSONDecodeError as exc:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise DatasetError(f"{meta_path}: corrupt ({exc})") from None
-        if meta.get("format") != FORMAT:
-            raise DatasetError(f"{meta_path}: format {meta.get('format')!r}, expected {FORMAT!r}")
-        if meta.get("version") != VERSION:
-            raise DatasetError(f"{meta_path}: store version {meta.get('version')}, this fastdissect reads version "
-                               f"{VERSION}; re-pack the data set with fd.datasets.pack")
+        _check_header(meta, meta_path)
         self.meta = meta
         n, e, r, wpm = meta["num_images"], meta["num_entries"], meta["num_rows"], meta["words_per_mask"]
         shapes = {"offsets": (n + 1,), "concept_ids": (e,), "mask_rows": (e,), "areas": (e,), "words": (r, wpm)}
@@ -119,11 +169,20 @@ class PackedMasks:
             if expected == 0:
                 arrays[name] = torch.zeros(shape, dtype=torch.int64)
                 continue
+            if _atomic.file_digest(file) != meta["checksums"].get(name):
+                raise DatasetError(f"{file}: damaged (its checksum does not match the one recorded when packing); "
+                                   "re-pack the data set with fd.datasets.pack")
             array = np.memmap(file, dtype="<i8", mode="c", shape=shape)
             if sys.byteorder != "little":  # pragma: no cover - torch takes native byte order only
                 array = array.astype(np.int64)
             arrays[name] = torch.from_numpy(array)
-        self.masks = ConceptMasks(meta["num_concepts"], meta["height"], meta["width"], **arrays)
+        try:
+            self.masks = ConceptMasks(meta["num_concepts"], meta["height"], meta["width"], **arrays)
+        except (TypeError, ValueError) as exc:
+            raise DatasetError(f"{self.path}: inconsistent arrays ({exc})") from None
+        if e and int(arrays["areas"].max()) > meta["height"] * meta["width"]:
+            raise DatasetError(f"{self.path / ARRAYS['areas']}: an area exceeds {meta['height']}x{meta['width']} "
+                               "pixels")
         self.num_concepts = meta["num_concepts"]
         self.concept_names = meta["concept_names"]
         self.category_names = meta["category_names"]
@@ -139,6 +198,18 @@ class PackedMasks:
 
         return {"store": str(self.path.resolve()), "header": file_hash(self.path / META),
                 "arrays": files_fingerprint(self.path, sorted(ARRAYS.values())), "source": self.meta.get("source")}
+
+    def check_source(self, dataset) -> None:
+        """The data set its images are read from must be the one it was packed from: the same CSV
+        contents (the path may differ: a moved copy is fine)."""
+        recorded = self.meta.get("source_fingerprint") or {}
+        now = dataset.fingerprint() if hasattr(dataset, "fingerprint") else {}
+        changed = sorted(name for name in set(recorded.get("csv", {})) | set(now.get("csv", {}))
+                         if recorded.get("csv", {}).get(name) != now.get("csv", {}).get(name))
+        if changed or recorded.get("categories") != now.get("categories"):
+            raise DatasetError(f"{self.path}: its source {getattr(dataset, 'root', '?')} is not the data set it was "
+                               f"packed from ({', '.join(changed) or 'categories'} differ); re-pack with "
+                               "fd.datasets.pack")
 
     def image_path(self, i: int) -> Path | None:
         rel, source = self.meta["images"][i], self.meta["source"]

@@ -31,17 +31,14 @@ class Sample:
 
 @dataclass
 class Batch:
-    images: torch.Tensor        # (B, ih, iw, 3) uint8
+    images: torch.Tensor | list  # (B, ih, iw, 3) uint8; a list of (ih, iw, 3) when sizes differ
     masks: ConceptMasks         # B images at the label resolution
     indices: torch.Tensor       # (B,) int64 positions in the data set
 
 
 def collate(samples: list[Sample], num_concepts: int) -> Batch:
-    """Stacks samples and packs their labels (use as a DataLoader collate_fn via functools.partial)."""
-    shapes = {s.image.shape for s in samples}
-    if len(shapes) != 1:
-        raise ValueError(f"images of one batch must share a size, got {sorted(shapes)}: resize them in the "
-                         "data set (e.g. a transform) or use batch_size=1")
+    """Stacks samples and packs their labels (use as a DataLoader collate_fn via functools.partial).
+    Images of different sizes stay a list, which `model_input` resizes one by one."""
     planes = max(s.labels.shape[0] for s in samples)
     sizes = {s.labels.shape[1:] for s in samples}
     if len(sizes) != 1:
@@ -51,8 +48,25 @@ def collate(samples: list[Sample], num_concepts: int) -> Batch:
         labels[i, :s.labels.shape[0]] = s.labels
     masks = pack_masks(labels=torch.from_numpy(labels), image_labels=[list(s.image_labels) for s in samples],
                        num_concepts=num_concepts)
-    images = torch.from_numpy(np.stack([s.image for s in samples]))
-    return Batch(images, masks, torch.tensor([s.index for s in samples], dtype=torch.int64))
+    return Batch(stack_images([s.image for s in samples]), masks, torch.tensor([s.index for s in samples], dtype=torch.int64))
+
+
+def stack_images(images: list[np.ndarray]) -> torch.Tensor | list:
+    if len({im.shape for im in images}) == 1:
+        return torch.from_numpy(np.stack(images))
+    return [torch.from_numpy(np.array(im)) for im in images]  # a copy: decoded arrays may be read-only
+
+
+def model_input(images, mean, std, size, device) -> torch.Tensor:
+    """`to_model_input` of a batch; a list of images of different sizes is resized image by image
+    (each exactly as it would be alone), which needs `size`."""
+    if isinstance(images, torch.Tensor):
+        return to_model_input(images.to(device), mean, std, size)
+    if size is None:
+        shapes = sorted({tuple(im.shape[:2]) for im in images})
+        raise ValueError(f"the images of a batch have different sizes {shapes}: pass image_size=(h, w) "
+                         "(CLI --image-size) to resize them for the model")
+    return torch.cat([to_model_input(im[None].to(device), mean, std, size) for im in images])
 
 
 def to_model_input(images: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD, size=None) -> torch.Tensor:
