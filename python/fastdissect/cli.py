@@ -108,6 +108,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the directories are checkpoints of one model: draw lines over training iterations")
     c.add_argument("--out", required=True, help="directory to write the page to")
 
+    e = sub.add_parser("explain", help="explain predictions by the labeled units of a dissected layer",
+                       description="Explain the model's prediction on each image by the units of a dissected layer "
+                                   "(Grad-CAM, CAM or gradient x activation) and write a page per run.")
+    e.add_argument("--results", required=True, help="a results directory written by dissect")
+    e.add_argument("--model", required=True, help="the dissected model (as for dissect)")
+    e.add_argument("--weights", default=None, help="its weights file (as for dissect)")
+    e.add_argument("--seed", type=int, default=0, help="seed of a model built without --weights (as for dissect)")
+    e.add_argument("--image", action="append", required=True, help="an image file (repeatable)")
+    e.add_argument("--layer", default=None, help="the layer to explain with (default: the results' last layer)")
+    e.add_argument("--target", type=int, default=None, help="the class to explain (default: the predicted one)")
+    e.add_argument("--method", choices=["gradcam", "cam", "gradient x activation"], default="gradcam")
+    e.add_argument("--top", type=int, default=5, help="units shown per image (default 5)")
+    e.add_argument("--units", choices=["detectors", "all"], default="detectors", help="rank detectors only (default)")
+    e.add_argument("--classes", default=None, help="a text file of class names, one per line")
+    e.add_argument("--out", default=None, help="directory of the page (default: RESULTS/report/explain, linked "
+                   "from the report)")
+
     s = sub.add_parser("selftest", help="check the kernels against the torch reference",
                        description="Run the kernels of a backend against the in-package torch reference.")
     s.add_argument("--backend", choices=["cuda", "cuda_emu", "cpu"], default=None)
@@ -243,7 +260,11 @@ def cmd_demo(args) -> None:
     _, layers, mean, std = models.BUILTIN[DEMO_MODEL]
     print(f"fastdissect demo: {DEMO_MODEL} (ImageNet weights), layers {', '.join(layers)}, "
           f"{len(dataset)} images of the built-in concept set")
-    _run_dissection(args, model, layers, dataset, (224, 224), mean, std)
+    result = _run_dissection(args, model, layers, dataset, (224, 224), mean, std)
+    photo = next((i for i in range(9, len(dataset), 10)), 0)  # the built-in set's segmented photographs
+    print(f"fastdissect demo: explaining the prediction on image {photo} (a photograph) with {layers[-1]}")
+    explain_images(model, [dataset.image(photo)], result, layers[-1], Path(args.out) / "report" / "explain",
+                   title=f"{DEMO_MODEL}, image {photo} of the built-in set", image_size=(224, 224))
 
 
 def cmd_builtin(args) -> None:
@@ -273,6 +294,47 @@ def cmd_compare(args) -> None:
     if len(set(names)) != len(names):
         raise ValueError(f"--names: each dissection needs its own name, got {names}")
     print(f"comparison: {fd.compare(dict(zip(names, args.results)), series=args.series).write(args.out)}")
+
+
+def cmd_explain(args) -> None:
+    import fastdissect as fd
+
+    from . import models
+
+    results = fd.load(args.results)
+    layer = args.layer or list(results)[-1]
+    model = models.load_model(args.model, args.weights, seed=args.seed)
+    names = None
+    if args.classes:
+        names = [line.strip() for line in Path(args.classes).read_text(encoding="utf-8").splitlines() if line.strip()]
+    out = Path(args.out) if args.out else Path(args.results) / "report" / "explain"
+    page = explain_images(model, args.image, results, layer, out, target=args.target, method=args.method,
+                          top=_positive(args.top, "--top"), units=args.units, class_names=names)
+    print(f"explanations: {page}")
+
+
+def _positive(value: int, flag: str) -> int:
+    if value < 1:
+        raise ValueError(f"{flag} must be at least 1, got {value}")
+    return value
+
+
+def explain_images(model, images, results, layer, out: Path, *, class_names=None, title="", **options) -> Path:
+    """Explains `images`, prints each prediction and its top units, writes the page, and links it from
+    the results' report when the page is inside it."""
+    import fastdissect as fd
+
+    explanations = fd.explain_prediction(model, images, results, layer, **options)
+    name = (lambda c: class_names[c] if class_names and c < len(class_names) else f"class {c}")  # noqa: E731
+    for i, e in enumerate(explanations):
+        units = ", ".join(f"{u['unit']} {u['label']} ({u['contribution']:+.3g})" for u in e.units) or "none"
+        print(f"image {i}: {name(e.target)} (score {e.score:.3f}, p {e.probability:.3f}); labeled units carry "
+              f"{100 * e.labeled_share:.0f}% of the evidence; top units: {units}")
+    page = fd.explain.write_page(explanations, out, class_names=class_names, title=title)
+    from .report import link_explanations
+
+    link_explanations(out.parent / "index.html", page, len(explanations))
+    return page
 
 
 def cmd_selftest(args) -> int:
@@ -314,7 +376,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in ("dissect", "demo"):
         _init_distributed()
-    commands = {"dissect": cmd_dissect, "rotate": cmd_rotate, "compare": cmd_compare, "demo": cmd_demo, "builtin": cmd_builtin, "report": cmd_report,
+    commands = {"dissect": cmd_dissect, "rotate": cmd_rotate, "compare": cmd_compare, "explain": cmd_explain, "demo": cmd_demo, "builtin": cmd_builtin, "report": cmd_report,
                 "selftest": cmd_selftest}
     try:
         with _output_lock(args):

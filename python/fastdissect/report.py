@@ -145,6 +145,24 @@ def _strips(layer, dataset, directory: Path, images: dict) -> list[str]:
     return paths
 
 
+EXPLANATIONS_MARK = "<!-- explanations -->"
+
+
+def link_explanations(index: Path, page: Path, count: int) -> None:
+    """Adds a link to an explanation page to the report's index (if `index` is one), once."""
+    import os
+
+    if not index.is_file() or EXPLANATIONS_MARK not in index.read_text(encoding="utf-8"):
+        return
+    html = index.read_text(encoding="utf-8")
+    href = os.path.relpath(page, index.parent)
+    if f'href="{href}"' in html:
+        return
+    plural = "s" if count != 1 else ""
+    link = f'<p class="explanations"><a href="{href}">Explained predictions ({count} image{plural})</a></p>'
+    write_text(index, html.replace(EXPLANATIONS_MARK, f"{link}\n{EXPLANATIONS_MARK}"))
+
+
 def _random_init_summaries(dissection) -> dict:
     """{layer: summary} of the random-init control (fd.dissect(controls=("random_init",))), if any."""
     control = getattr(dissection, "random_init", None)
