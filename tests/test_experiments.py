@@ -159,7 +159,7 @@ def test_rotate_command(concepts, tmp_path, capsys):
     assert (out / "rotation.png").is_file() and len(read_csv(out / "rotation.csv")) == 2
     assert set(fd.load(out)) == {"pool@rotation0", "pool@rotation1"}
     assert cli.main(["rotate", "--model", f"{model_file}:make", "--layer", "pool", "--dataset", str(concepts.root),
-                     "--powers", "0,a", "--out", str(out), "--quiet"]) == 1
+                     "--powers", "0,a", "--out", str(tmp_path / "rot2"), "--quiet"]) == 1
     assert "--powers" in capsys.readouterr().err
 
 
@@ -272,7 +272,7 @@ def test_compare_command_and_a_checkpoint_series(concepts, two_checkpoints, tmp_
     single = fd.dissect(ColorDetectors(), ["pool"], concepts, **SETTINGS)["pool"]
     assert torch.equal(fd.load(out / "ckpt_2")["pool"].scores.iou, single.scores.iou)
     assert cli.main(["dissect", "--model", f"{model_file}:make", "--weights", str(tmp_path / "none_*.pth"),
-                     "--layers", "pool", "--dataset", str(concepts.root), "--out", str(out), "--quiet"]) == 1
+                     "--layers", "pool", "--dataset", str(concepts.root), "--out", str(tmp_path / "s2"), "--quiet"]) == 1
     assert "no file matches" in capsys.readouterr().err
 
 

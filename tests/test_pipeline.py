@@ -174,7 +174,7 @@ def test_token_outputs_become_patch_grids(concepts):
     assert torch.equal(acts["block"][1, :, 3, 5], tokens[1, 1 + 3 * 16 + 5])
     d = fd.dissect(vit, ["block"], concepts, transform={"block": fd.token_grid(1)}, verbose=False)
     assert d["block"].num_units == 16
-    with pytest.raises(ValueError, match=r"not \(N, K, h, w\) maps; for token outputs pass transform"):
+    with pytest.raises(ValueError, match=r"not \(N, K, h, w\) maps or \(N, K\) values; for token outputs pass transform"):
         fd.dissect(vit, ["block"], concepts, verbose=False)
     with pytest.raises(ValueError, match="is not a square grid"):
         fd.token_grid(2)(torch.zeros(1, 257, 4))
@@ -208,19 +208,38 @@ def test_cli_dissects_and_reports_errors_in_one_line(concepts, tmp_path):
     assert (out / "report" / "layer_pool.html").is_file()
     r = run_cli("report", "--results", out, "--out", tmp_path / "again")  # from the saved results
     assert r.returncode == 0 and (tmp_path / "again" / "units_pool" / "unit_0000.jpg").is_file(), r.stderr
-    for args, message in [
+    for i, (args, message) in enumerate([
         (("--layers", "pol"), "fastdissect: error: the model has no layer 'pol'; did you mean 'pool'"),
         (("--layers", "pool", "--dataset", tmp_path / "none"), "neither a Broden directory"),
         (("--model", f"{model_file}:broken"), "broken() failed (RuntimeError: cannot build)"),
         (("--model", "resnet9000"), "unknown model 'resnet9000'"),
-    ]:
-        base = {"--model": f"{model_file}:colors", "--layers": "pool", "--dataset": concepts.root, "--out": out}
+        ((), f"--out {out} already holds dissection-"),  # an earlier result is not replaced silently
+    ]):
+        base = {"--model": f"{model_file}:colors", "--layers": "pool", "--dataset": concepts.root,
+                "--out": tmp_path / f"failed{i}" if args else out}
         base.update(dict(zip(args[::2], args[1::2])))
         r = run_cli("dissect", *sum(([k, v] for k, v in base.items()), []), "--quiet")
         assert r.returncode == 1 and message in r.stderr and "Traceback" not in r.stderr
         assert len(r.stderr.strip().splitlines()) == 1
-    r = run_cli("--debug", "dissect", "--model", "resnet9000", "--layers", "x", "--dataset", "builtin", "--out", out)
-    assert "Traceback" in r.stderr
+    for flag, value, needle in [("--batch-size", 0, "argument --batch-size: must be >= 1, got 0"),
+                                ("--image-size", 0, "argument --image-size: must be >= 8, got 0"),
+                                ("--quantile", 1.5, "argument --quantile: must be in (0, 1), got 1.5")]:
+        r = run_cli("dissect", "--model", "x", "--layers", "x", "--dataset", "builtin", "--out", out, flag, value)
+        assert r.returncode == 2 and needle in r.stderr
+    for debug in (("--debug", "dissect"), ("dissect", "--debug")):  # before or after the command
+        r = run_cli(*debug, "--model", "resnet9000", "--layers", "x", "--dataset", "builtin", "--out",
+                    tmp_path / "debug")
+        assert "Traceback" in r.stderr
+    # --overwrite replaces the earlier result and removes only what fastdissect wrote
+    (out / "pool-formulas.csv").write_text("stale")  # as if written by another run: not recorded
+    r = run_cli("dissect", "--model", f"{model_file}:colors", "--layers", "pool", "--dataset", concepts.root,
+                "--out", out, "--quiet", "--overwrite")
+    assert r.returncode == 1 and "files fastdissect did not write (pool-formulas.csv)" in r.stderr
+    (out / "pool-formulas.csv").unlink()
+    r = run_cli("dissect", "--model", f"{model_file}:colors", "--layers", "pool", "--dataset", concepts.root,
+                "--out", out, "--quiet", "--overwrite", "--quantile", 0.05, "--mean", 0, 0, 0, "--std", 1, 1, 1)
+    assert r.returncode == 0, r.stderr
+    assert len(list(out.glob("dissection-*.pt"))) == 1 and fd.load(out)["pool"].units[0]["label"] == "red"
 
 
 def test_cli_help_is_complete():

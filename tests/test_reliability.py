@@ -340,3 +340,14 @@ def test_images_of_different_sizes_are_resized_when_image_size_is_given(concepts
     batched = fd.dissect(ColorDetectors(), ["pool"], ds, batch_size=12, image_size=(128, 128), **SETTINGS)
     one_by_one = fd.dissect(ColorDetectors(), ["pool"], ds, batch_size=1, image_size=(128, 128), **SETTINGS)
     assert same(batched, one_by_one)
+
+
+def test_a_moved_results_directory_still_finds_its_data_set(source, tmp_path):
+    work = tmp_path / "work"
+    shutil.copytree(source, work / "concepts")
+    d = fd.dissect(ColorDetectors(), ["pool"], fd.datasets.Broden(work / "concepts"), **SETTINGS)
+    d.save(work / "out")
+    moved = Path(shutil.move(str(work), str(tmp_path / "elsewhere")))
+    loaded = fd.load(moved / "out")
+    assert loaded.dataset_root == str((moved / "concepts").resolve())
+    assert cli.main(["report", "--results", str(moved / "out"), "--out", str(tmp_path / "report")]) == 0

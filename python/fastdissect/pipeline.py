@@ -131,9 +131,12 @@ class _Run:
             if module not in acts:
                 raise RuntimeError(f"layer {module!r} was not called by the model's forward pass")
             a = acts[module] if view is None else view(acts[module])
+            if a.dim() == 2:  # (N, C) from a Linear layer: 1x1 maps (a warning follows the results)
+                a = a[:, :, None, None]
             if a.dim() != 4:
-                raise ValueError(f"layer {name!r} outputs shape {tuple(a.shape)}, not (N, K, h, w) maps; for "
-                                 f"token outputs pass transform={{{module!r}: fd.token_grid()}}")
+                raise ValueError(f"layer {name!r} outputs shape {tuple(a.shape)}, not (N, K, h, w) maps or (N, K) "
+                                 f"values; for token outputs pass transform={{{module!r}: fd.token_grid()}} (CLI "
+                                 "--tokens N)")
             out[name] = a.to(torch.float16) if self.round_f16 else a
         self.check_finite(out, indices)
         return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -136,9 +137,10 @@ class LayerResult:
         return write_csv(path, self.formulas.rows(names=self.concept_names, categories=cats))
 
     def tally_csv(self, path) -> Path:
-        """NetDissect-Lite's tally.csv: unit (1-based), category, label, score, then per category
-        <cat>-label, -truth (concept area), -activation (the union's unit term), -intersect, -iou;
-        rows by score, descending."""
+        """NetDissect-Lite's tally.csv: unit (1-based, as Lite numbers them), category, label, score, then
+        per category <cat>-label, -truth (concept area), -activation (the union's unit term),
+        -intersect, -iou, and last unit_index (0-based, as everywhere else in fastdissect); rows by
+        score, descending."""
         s = self.scores
         best_c, best_iou = self.best_per_category("iou")
         unit_term = s.union + s.intersection - s.concept_area[None, :]
@@ -152,6 +154,7 @@ class LayerResult:
                 row.update({f"{cat}-label": self.concept_names[c], f"{cat}-truth": int(s.concept_area[c]),
                             f"{cat}-activation": int(unit_term[k, c]), f"{cat}-intersect": int(s.intersection[k, c]),
                             f"{cat}-iou": max(float(best_iou[k, g]), 0.0)})
+            row["unit_index"] = k
             rows.append(row)
         rows.sort(key=lambda r: -r["score"])
         return write_csv(path, rows, float_format=None)
@@ -221,7 +224,10 @@ class Dissection(dict):
                 "format": "fastdissect-dissection", "version": FORMAT_VERSION, "layers": _layers_state(self),
                 "random_init": _layers_state(control) if control is not None else None,
                 "random_init_identity": control.identity if control is not None else None,
-                "dataset_root": str(Path(root).resolve()) if root is not None else None, "identity": self.identity})
+                "dataset_root": str(Path(root).resolve()) if root is not None else None,
+                # relative too: a results directory moved with its data set (OUT/concepts) still finds it
+                "dataset_root_relative": os.path.relpath(Path(root).resolve(), directory.resolve())
+                if root is not None else None, "identity": self.identity})
             digest = _atomic.digest(payload)
             name = f"dissection-{digest[:16]}.pt"
             _atomic.write_bytes(directory / name, payload)
@@ -298,6 +304,9 @@ def load(directory) -> Dissection:
     data = torch.load(path, weights_only=False)
     out = _layers_from_state(data["layers"])
     out.dataset_root = data.get("dataset_root")
+    relative = data.get("dataset_root_relative")
+    if relative is not None and (directory / relative).is_dir():
+        out.dataset_root = str((directory / relative).resolve())
     out.identity = data.get("identity") or {}
     if data.get("random_init") is not None:
         out.random_init = _layers_from_state(data["random_init"])

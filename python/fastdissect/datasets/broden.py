@@ -73,6 +73,19 @@ def load_image(path: Path, where: str) -> np.ndarray:
         raise DatasetError(f"{where}: cannot decode image {path} ({exc})") from None
 
 
+def concept_id(names, concept) -> int:
+    import difflib
+
+    if isinstance(concept, (int, np.integer)) and not isinstance(concept, bool):
+        if not 0 < int(concept) < len(names):
+            raise ValueError(f"concept id {concept} is not in 1..{len(names) - 1}")
+        return int(concept)
+    if concept in names[1:]:
+        return names.index(concept, 1)
+    close = difflib.get_close_matches(str(concept), names[1:], n=3)
+    raise ValueError(f"no concept {concept!r}" + (f"; did you mean {', '.join(map(repr, close))}?" if close else ""))
+
+
 class Broden:
     """A Broden-layout data set, read as NetDissect and NetDissect-Lite read it.
 
@@ -265,6 +278,31 @@ class Broden:
 
     def image_path(self, i: int) -> Path:
         return self.root / "images" / self.records[i]["image"]
+
+    # ---- which images hold what
+    def concept_id(self, concept) -> int:
+        """A concept's id from its name or id (ValueError naming close names if unknown)."""
+        return concept_id(self.concept_names, concept)
+
+    def concepts_of(self, i: int) -> list[str]:
+        """The names of the concepts image i holds (label planes and image-level labels), by id."""
+        ids = set(np.unique(self.labels(i)).tolist()) | set(self.records[i]["image_labels"])
+        return [self.concept_names[c] for c in sorted(ids - {0})]
+
+    def images_with(self, concept, *, verbose: bool = True) -> list[int]:
+        """The images holding `concept` (a name or an id). The first call decodes every image's labels
+        once (a progress bar) and keeps an index of (image, concept) pairs for later calls; a packed
+        store (fd.datasets.open_packed) answers from its entries without decoding."""
+        c = self.concept_id(concept)
+        if getattr(self, "_holders", None) is None:
+            from tqdm.auto import tqdm
+
+            holders: dict[int, list[int]] = {}
+            for i in tqdm(range(len(self)), desc="indexing concepts", unit="img", disable=not verbose):
+                for cid in set(np.unique(self.labels(i)).tolist()) | set(self.records[i]["image_labels"]):
+                    holders.setdefault(cid, []).append(i)
+            self._holders = holders
+        return list(self._holders.get(c, []))
 
     def fingerprint(self) -> dict:
         """The content identity of what this object reads (for checkpoints and results)."""

@@ -199,6 +199,19 @@ class PackedMasks:
         return {"store": str(self.path.resolve()), "header": file_hash(self.path / META),
                 "arrays": files_fingerprint(self.path, sorted(ARRAYS.values())), "source": self.meta.get("source")}
 
+    def images_with(self, concept, **_) -> list[int]:
+        """The images holding `concept` (a name or an id), from the store's entries."""
+        from .broden import concept_id
+
+        c = concept_id(self.concept_names, concept)
+        entries = torch.nonzero(self.masks.concept_ids == c).flatten()
+        images = torch.searchsorted(self.masks.offsets, entries, right=True) - 1
+        return torch.unique(images).tolist()
+
+    def concepts_of(self, i: int) -> list[str]:
+        ids, _ = self.masks.entries(i)
+        return [self.concept_names[c] for c in sorted(set(ids.tolist()) - {0})]
+
     def check_source(self, dataset) -> None:
         """The data set its images are read from must be the one it was packed from: the same CSV
         contents (the path may differ: a moved copy is fine)."""

@@ -1,0 +1,209 @@
+"""The first hour: data (download, rebuild, which images hold what), models by name and layer
+listing, transformer and linear layers from the CLI, the input size said out loud."""
+
+import hashlib
+import http.server
+import io
+import shutil
+import threading
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import fastdissect as fd
+from fastdissect import cli
+from fastdissect.datasets import DownloadError
+from test_pipeline import PLAIN, ColorDetectors
+
+SETTINGS = dict(quantile=0.05, verbose=False, **PLAIN)
+MODELS = '''
+import torch
+from test_pipeline import ColorDetectors
+
+def colors():
+    return ColorDetectors()
+
+class Tokens(torch.nn.Module):
+    """A ViT-shaped toy: 4x4 patches of the image as 16 tokens after a class token, 3 channels."""
+    def __init__(self):
+        super().__init__()
+        self.blocks = torch.nn.Linear(3, 3)
+        with torch.no_grad():
+            self.blocks.weight.copy_(torch.eye(3)); self.blocks.bias.zero_()
+    def forward(self, x):
+        patches = torch.nn.functional.adaptive_avg_pool2d(x, 4).flatten(2).transpose(1, 2)  # (N, 16, 3)
+        tokens = torch.cat([patches.mean(dim=1, keepdim=True), patches], dim=1)             # (N, 17, 3)
+        return self.blocks(tokens)
+
+def tokens():
+    return Tokens()
+
+class Pooled(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(3, 3)
+    def forward(self, x):
+        return self.fc(x.mean(dim=(2, 3)))
+
+def pooled():
+    return Pooled()
+'''
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    return fd.datasets.builtin(tmp_path_factory.mktemp("gs") / "concepts", n_images=12, seed=6)
+
+
+@pytest.fixture
+def models(tmp_path):
+    path = tmp_path / "toys.py"
+    path.write_text(MODELS)
+    return path
+
+
+def test_layers_lists_names_and_output_shapes(models, capsys):
+    assert cli.main(["layers", "--model", f"{models}:colors", "--image-size", "64"]) == 0
+    text = capsys.readouterr().out
+    assert "on a 64x64 image" in text and "pool" in text and "3x16x16" in text
+    assert cli.main(["layers", "--model", f"{models}:pooled", "--image-size", "32"]) == 0
+    assert "units can label whole images only" in capsys.readouterr().out
+
+
+def test_cli_tokens_and_linear_layers_and_the_input_size(models, source, tmp_path, capsys):
+    args = ["--dataset", str(source), "--quantile", "0.05", "--mean", "0", "0", "0", "--std", "1", "1", "1", "--quiet"]
+    assert cli.main(["dissect", "--model", f"{models}:tokens", "--layers", "blocks", "--tokens", "1",
+                     "--out", str(tmp_path / "t"), *args]) == 0
+    out = capsys.readouterr().out
+    assert "feeding the model the data set's 128x128 images as stored" in out
+    assert fd.load(tmp_path / "t")["blocks"].top_maps.shape[2:] == (4, 4)
+    with pytest.warns(RuntimeWarning, match="1x1 maps"):
+        assert cli.main(["dissect", "--model", f"{models}:pooled", "--layers", "fc", "--image-size", "64",
+                         "--out", str(tmp_path / "p"), *args]) == 0
+    assert "feeding the model 64x64 images (--image-size)" in capsys.readouterr().out
+    assert fd.load(tmp_path / "p")["fc"].num_units == 3
+
+
+def test_images_with_and_concepts_of_agree_with_the_labels(source, tmp_path):
+    ds = fd.datasets.Broden(source)
+    store = fd.datasets.open_packed(fd.datasets.pack(ds, tmp_path / "store", verbose=False))
+    for concept in ("red", "blue", ds.concept_names[-1]):
+        c = ds.concept_names.index(concept)
+        want = [i for i in range(len(ds)) if c in set(np.unique(ds[i].labels)) | set(ds[i].image_labels)]
+        assert ds.images_with(concept, verbose=False) == want == store.images_with(concept)
+        assert ds.images_with(c, verbose=False) == want
+    for i in range(len(ds)):
+        assert ds.concepts_of(i) == store.concepts_of(i)
+        assert set(ds.concepts_of(i)) == {ds.concept_names[c] for c in
+                                          set(np.unique(ds[i].labels)) | set(ds[i].image_labels)} - {"-"}
+    with pytest.raises(ValueError, match="no concept 'rde'; did you mean 'red'"):
+        ds.images_with("rde")
+
+
+def test_rebuild_at_another_size(source, tmp_path, capsys):
+    assert cli.main(["broden", "rebuild", "--from", str(source), "--size", "32", "--out", str(tmp_path / "s32")]) == 0
+    small = fd.datasets.Broden(tmp_path / "s32")
+    big = fd.datasets.Broden(source)
+    assert len(small) == len(big) and small.label_size == (16, 16) and small.image(0).shape == (32, 32, 3)
+    for i in range(len(big)):  # nearest-neighbour labels: no label number is made up
+        assert set(np.unique(small.labels(i))) <= set(np.unique(big.labels(i)))
+    d = fd.dissect(ColorDetectors(), ["pool"], small, **SETTINGS)
+    assert d["pool"].top_maps.shape[2:] == (8, 8)
+    with pytest.raises(FileExistsError):
+        fd.datasets.rebuild(source, 32, tmp_path / "s32")
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".s32")]
+
+
+# ---- download, against a server on 127.0.0.1
+
+class Archive(http.server.BaseHTTPRequestHandler):
+    """Serves `data` with Range support; `cut` bytes into the first full transfer it breaks off."""
+    data, cut, ranges = b"", None, []
+
+    def do_GET(self):
+        start = 0
+        if "Range" in self.headers:
+            start = int(self.headers["Range"].split("=")[1].split("-")[0])
+            type(self).ranges.append(start)
+        body = self.data[start:]
+        self.send_response(206 if start else 200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.cut is not None and not start:
+            self.wfile.write(body[:self.cut])
+            self.wfile.flush()
+            self.connection.shutdown(2)
+            return
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server():
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Archive)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield httpd
+    httpd.shutdown()
+
+
+def zipped(root: Path, drop: str | None = None) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as z:
+        for path in sorted(root.rglob("*")):
+            if path.is_file() and path.name != drop:
+                z.write(path, Path("broden_small") / path.relative_to(root))
+    return buffer.getvalue()
+
+
+def test_download_resumes_checks_and_never_leaves_half_a_data_set(source, server, tmp_path):
+    url = f"http://127.0.0.1:{server.server_address[1]}/broden.zip"
+    Archive.data, Archive.cut, Archive.ranges = zipped(source), 5000, []
+    out = tmp_path / "broden"
+    with pytest.raises(DownloadError, match="broke off .* run the same command again to resume"):
+        fd.datasets.download_broden(out, url=url, verbose=False)
+    assert not out.exists() and (tmp_path / "broden.part").stat().st_size == 5000
+    Archive.cut = None
+    sha = hashlib.sha256(Archive.data).hexdigest()
+    root = fd.datasets.download_broden(out, url=url, sha256=sha, verbose=False)
+    assert Archive.ranges == [5000]  # the second call asked for the rest only
+    assert len(fd.datasets.Broden(root)) == len(fd.datasets.Broden(source)) and not (tmp_path / "broden.part").exists()
+    # a corrupted archive: refused by its checksum, nothing at the destination
+    Archive.data = Archive.data[:100] + bytes([Archive.data[100] ^ 1]) + Archive.data[101:]
+    with pytest.raises(DownloadError, match="SHA-256 is .* expected"):
+        fd.datasets.download_broden(tmp_path / "b2", url=url, sha256=sha, verbose=False)
+    assert not (tmp_path / "b2").exists() and not (tmp_path / "b2.part").exists()
+    # without a checksum, a damaged zip is still refused
+    Archive.data = zipped(source)[:-200]
+    with pytest.raises(DownloadError, match="damaged|neither a zip"):
+        fd.datasets.download_broden(tmp_path / "b3", url=url, verbose=False)
+    assert not (tmp_path / "b3").exists()
+    # an image index.csv lists is missing
+    first = fd.datasets.Broden(source).records[0]["image"]
+    Archive.data = zipped(source, drop=first)
+    with pytest.raises(DownloadError, match=f"missing from the archive, e.g. {first}"):
+        fd.datasets.download_broden(tmp_path / "b4", url=url, verbose=False)
+    assert not (tmp_path / "b4").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".b4")]
+
+
+def test_download_network_errors_are_named(tmp_path, capsys):
+    with pytest.raises(DownloadError, match="cannot connect"):
+        fd.datasets.download_broden(tmp_path / "x", url="http://127.0.0.1:9/none.zip", verbose=False)
+    assert cli.main(["broden", "download", "--url", "http://127.0.0.1:9/none.zip", "--out", str(tmp_path / "y")]) == 1
+    assert "cannot connect" in capsys.readouterr().err
+
+
+def test_units_are_numbered_from_0_in_the_lite_csv_too(source, tmp_path):
+    d = fd.dissect(ColorDetectors(), ["pool"], fd.datasets.Broden(source), **SETTINGS)
+    d.to_csv(tmp_path)
+    import csv
+
+    rows = list(csv.DictReader(open(tmp_path / "pool-tally.csv")))
+    assert all(int(r["unit"]) == int(r["unit_index"]) + 1 for r in rows)
+    assert sorted(int(r["unit_index"]) for r in rows) == [0, 1, 2]
