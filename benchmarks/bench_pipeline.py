@@ -3,7 +3,8 @@
 Workload: the demo (EfficientNet-Lite0, 224 px, five layers from _blocks.1 to _bn1, 1,776 units) on
 32 images of the built-in concept set. fastdissect's work per batch = TopQuantile.add (pass 1) +
 Tally.add (pass 2) for every layer. Target: at most 10% of the forward time on CPU.
-Run: pytest benchmarks/bench_pipeline.py  (the share is printed).
+Run: pytest benchmarks/bench_pipeline.py  (the share is printed; and the saving of stopping the forward
+pass at an early layer, fd.dissect(stop_early=True)).
 """
 
 import pytest
@@ -59,3 +60,24 @@ def test_fastdissect_work(benchmark, setup, capsys):
     benchmark.extra_info.update(role="fastdissect", images=BATCH)
     benchmark.pedantic(fastdissect_work, args=(acts, thresholds, batch, ds), rounds=5, iterations=1,
                        warmup_rounds=1)
+
+
+EARLY_GROUP = "forward for an early layer (_blocks.1) of EfficientNet-Lite0, 32 images"
+
+
+def early_forward(model, x, stop):
+    with torch.no_grad(), fd.trace(model, ["_blocks.1"], stop=stop):
+        fd.hooks.run_until_traced(model, x)
+
+
+def test_forward_to_the_end(benchmark, setup):
+    model, _, x, *_ = setup
+    benchmark.group = EARLY_GROUP
+    benchmark.pedantic(early_forward, args=(model, x, False), rounds=5, iterations=1, warmup_rounds=1)
+
+
+def test_forward_stopped_at_the_layer(benchmark, setup):
+    model, _, x, *_ = setup
+    benchmark.group = EARLY_GROUP
+    benchmark.extra_info.update(role="fastdissect")  # the saving of fd.dissect(stop_early=True)
+    benchmark.pedantic(early_forward, args=(model, x, True), rounds=5, iterations=1, warmup_rounds=1)

@@ -448,3 +448,23 @@ def test_cli_formula_flags(concepts, tmp_path):
     assert "formula (IoU)" in (out / "report" / "layer_pool.html").read_text()
     r = run_cli("dissect", *common, "--out", tmp_path / "bad", "--formula-length", 0)
     assert r.returncode != 0 and "length" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_the_forward_pass_stops_at_the_last_requested_layer(concepts):
+    class Counting(ColorDetectors):
+        def __init__(self):
+            super().__init__()
+            self.head = torch.nn.Conv2d(3, 3, 1)
+            self.head_calls = 0
+
+        def forward(self, x):
+            y = super().forward(x)
+            self.head_calls += 1  # reached only when the forward runs past the pool
+            return self.head(y)
+
+    early, full = Counting(), Counting()
+    a = fd.dissect(early, ["conv"], concepts, quantile=0.05, batch_size=16, verbose=False, **PLAIN)
+    b = fd.dissect(full, ["conv"], concepts, quantile=0.05, batch_size=16, verbose=False, stop_early=False, **PLAIN)
+    assert early.head_calls == 0 and full.head_calls > 0 and early.forwards == full.forwards
+    assert torch.equal(a["conv"].scores.intersection, b["conv"].scores.intersection)
+    assert torch.equal(a["conv"].top_maps, b["conv"].top_maps)

@@ -312,14 +312,16 @@ def test_non_utf8_csv_names_file_and_line(concepts):
 # ---- models
 
 def test_nan_activations_name_the_layer_and_the_images(source):
-    class NaNAt5(ColorDetectors):
+    class InfAt5(torch.nn.AvgPool2d):
         def forward(self, x):
             y = super().forward(x)
             if y.shape[0] > 5:
                 y[5, 2] = float("inf")
             return y
+    model = ColorDetectors()
+    model.pool = InfAt5(4)
     with pytest.raises(ValueError, match=r"layer 'pool' gives NaN or inf activations on images \[5\] \(units \[2\]\)"):
-        fd.dissect(NaNAt5(), ["pool"], fd.datasets.Broden(source), batch_size=12, **SETTINGS)
+        fd.dissect(model, ["pool"], fd.datasets.Broden(source), batch_size=12, **SETTINGS)
 
 
 def test_a_half_precision_model_on_the_cpu_gets_inputs_of_its_dtype(source):

@@ -35,16 +35,18 @@ def test_report_pages_and_images(report):
     for name, layer in d.items():
         page = index.parent / f"layer_{name}.html"
         text = page.read_text()
-        assert text.count("<tr data-unit=") == layer.num_units
+        assert text.count('<tr id="unit-') == layer.num_units
         srcs = referenced_images(page)
-        assert len(srcs) == 1 + layer.num_units  # the figure + one strip per unit
+        figures = 2 if layer.summary["interpretable"] else 1  # per category, and per concept when any
+        assert len(srcs) == figures + layer.num_units  # the figures + one strip per unit
         for src in srcs:
             with Image.open(page.parent / src) as im:
                 im.load()
                 assert im.width > 0
-        # a unit's strip shows its top images: 5 tiles of 96 px
-        with Image.open(page.parent / srcs[1]) as strip:
-            assert strip.height == 96 and strip.width == 5 * 96 + 4 * 2
+        # a unit's strip shows its top images: 5 tiles of 112 px, each unit's row has an anchor
+        with Image.open(page.parent / srcs[figures]) as strip:
+            assert strip.height == 112 and strip.width == 5 * 112 + 4 * 2
+        assert 'id="unit-0"' in text and "peaks highest" in text
     assert "red" in (index.parent / "layer_pool.html").read_text()
     for src in referenced_images(index):
         assert (index.parent / src).is_file()
@@ -97,7 +99,7 @@ def test_report_in_a_real_browser(report, tmp_path):
         assert not [line for line in console if "Uncaught" in line or "Error" in line], console
         assert 'data-status="ready"' in dom, "the page's script did not run to the end"
         assert 'data-broken-images="0"' in dom
-        rows = dom.count("<tr data-unit=") if page != index else len(re.findall(r'<a href="layer_', dom))
+        rows = dom.count('<tr id="unit-') if page != index else len(re.findall(r'<a href="layer_', dom))
         assert rows == expected_rows
         assert result.returncode == 0 and shot.is_file()
         with Image.open(shot) as im:

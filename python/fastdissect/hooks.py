@@ -42,8 +42,12 @@ def token_grid(num_prefix_tokens: int = 1) -> Callable[[torch.Tensor], torch.Ten
     return to_maps
 
 
+class StopForward(Exception):
+    """Raised inside a traced forward pass once every traced layer has produced its output."""
+
+
 @contextlib.contextmanager
-def trace(model: torch.nn.Module, layers: Sequence[str], transform: dict | None = None
+def trace(model: torch.nn.Module, layers: Sequence[str], transform: dict | None = None, *, stop: bool = False
           ) -> Iterator[dict[str, torch.Tensor]]:
     """Records the outputs of `layers` on every forward call inside the block.
 
@@ -56,12 +60,16 @@ def trace(model: torch.nn.Module, layers: Sequence[str], transform: dict | None 
 
     Outputs are detached and stay on their device. transform: {layer: callable} applied to that
     layer's output (e.g. `fd.token_grid()` for transformer blocks). Hooks are always removed.
+    stop: raise `StopForward` as soon as every layer has an output (the rest of the forward pass
+    is skipped: catch it around the model call, as `run_until_traced` does); a layer called twice
+    then keeps its first call's output.
     """
     transform = transform or {}
     unknown = [t for t in transform if t not in layers]
     if unknown:
         raise LookupError(f"transform names layers that are not traced: {unknown}")
     outputs: dict[str, torch.Tensor] = {}
+    wanted = set(layers)
     handles = []
 
     def hook_for(name):
@@ -72,6 +80,8 @@ def trace(model: torch.nn.Module, layers: Sequence[str], transform: dict | None 
                 raise TypeError(f"layer {name!r} returned {type(output).__name__}, not a tensor")
             output = output.detach()
             outputs[name] = transform[name](output) if name in transform else output
+            if stop and len(outputs) == len(wanted):
+                raise StopForward
         return hook
 
     try:
@@ -81,3 +91,11 @@ def trace(model: torch.nn.Module, layers: Sequence[str], transform: dict | None 
     finally:
         for h in handles:
             h.remove()
+
+
+def run_until_traced(model: torch.nn.Module, x: torch.Tensor) -> None:
+    """model(x) inside `trace(..., stop=True)`: returns once the traced layers have their outputs."""
+    try:
+        model(x)
+    except StopForward:
+        pass

@@ -143,7 +143,8 @@ def dissection_identity(model, layers, dataset, opts) -> dict:
             "float16_cache": opts.get("cache") is not None,
             "quantile": float(opts["quantile"]), "method": opts["method"], "union": opts["union"],
             "top_k": int(opts["top_k"]), "formulas": opts.get("formulas"),
-            "controls": list(opts.get("controls") or ()), "control_seed": opts.get("control_seed")}
+            "controls": list(opts.get("controls") or ()), "control_seed": opts.get("control_seed"),
+            "stop_early": bool(opts.get("stop_early", False))}
 
 
 def _flatten(d, prefix: str = "") -> dict:

@@ -25,7 +25,7 @@ from .datasets.broden import Broden, DatasetError
 from .datasets.packed import PackedMasks
 from .datasets.sample import IMAGENET_MEAN, IMAGENET_STD, Batch, collate, model_input, stack_images
 from .distributed import Comm
-from .hooks import find_modules, trace
+from .hooks import find_modules, run_until_traced, trace
 from .results import Dissection, LayerResult
 from .identity import dataset_identity, differences, dissection_identity
 from .scoring import Tally
@@ -124,8 +124,8 @@ class _Run:
         x = model_input(images, self.o["mean"], self.o["std"], self.o["image_size"], self.device)
         x = x.to(self.input_dtype)  # a model in half precision takes half-precision inputs
         modules = list(dict.fromkeys(module for module, _ in self.o["views"].values()))
-        with torch.no_grad(), trace(self.model, modules, self.o["transform"]) as acts:
-            self.model(x)
+        with torch.no_grad(), trace(self.model, modules, self.o["transform"], stop=self.o["stop_early"]) as acts:
+            run_until_traced(self.model, x)
         out = {}
         for name, (module, view) in self.o["views"].items():
             if module not in acts:
@@ -403,7 +403,7 @@ def dissect(model: torch.nn.Module, layers: Sequence[str], dataset, *, quantile:
             top_k: int = 8, checkpoint=None, checkpoint_every: int = 50, restart: bool = False,
             backend: str = "auto", distributed: bool | None = None, formula_length: int | None = None,
             beam_size: int = 5, search: str = "beam", penalty: float = 1.0, metric: str = "iou", controls=(),
-            control_seed: int = 0, control_model: torch.nn.Module | None = None,
+            control_seed: int = 0, control_model: torch.nn.Module | None = None, stop_early: bool = True,
             verbose: bool = True) -> Dissection:
     """Dissects `layers` of `model` on a concept data set (see the README for a complete example).
 
@@ -440,6 +440,8 @@ def dissect(model: torch.nn.Module, layers: Sequence[str], dataset, *, quantile:
     without a store). "random_init" dissects, with the same settings, the same architecture with
     random weights (a copy of `model` re-initialised under control_seed, or `control_model`), into
     `result.random_init`.
+    stop_early: end each forward pass once every requested layer has its output (the later layers
+    are never run; a module called twice in one forward is then read at its first call).
     """
     from .controls import check_controls, derangement
 
@@ -450,7 +452,7 @@ def dissect(model: torch.nn.Module, layers: Sequence[str], dataset, *, quantile:
                       views=views, top_k=top_k, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
                       restart=restart, backend=backend, distributed=distributed, formula_length=formula_length,
                       beam_size=beam_size, search=search, penalty=penalty, metric=metric, controls=controls,
-                      control_seed=control_seed, verbose=verbose)
+                      control_seed=control_seed, stop_early=stop_early, verbose=verbose)
     if "random_init" in controls:
         from .controls import random_weights
 
@@ -465,7 +467,8 @@ def dissect(model: torch.nn.Module, layers: Sequence[str], dataset, *, quantile:
             checkpoint=Path(checkpoint) / "random_init" if checkpoint else None, checkpoint_every=checkpoint_every,
             restart=restart, backend=backend, distributed=distributed, formula_length=formula_length,
             beam_size=beam_size, search=search, penalty=penalty, metric=metric,
-            controls=tuple(c for c in controls if c != "random_init"), control_seed=control_seed, verbose=verbose)
+            controls=tuple(c for c in controls if c != "random_init"), control_seed=control_seed,
+            stop_early=stop_early, verbose=verbose)
         for name, layer in result.items():
             _warn_if_random_weights_match(layer, result.random_init[name])
     return result
@@ -491,7 +494,7 @@ def _views(layers, transform, views) -> dict:
 def _dissect(model, layers, dataset, *, quantile, method, iou_threshold, union, batch_size, num_workers, device,
              cache, cache_limit, image_size, mean, std, transform, views, top_k, checkpoint, checkpoint_every,
              restart, backend, distributed, formula_length, beam_size, search, penalty, metric, controls,
-             control_seed, verbose) -> Dissection:
+             control_seed, stop_early, verbose) -> Dissection:
     from .controls import derangement
     from .results import check_metric
 
@@ -535,7 +538,8 @@ def _dissect(model, layers, dataset, *, quantile, method, iou_threshold, union, 
                 num_workers=num_workers, device=torch.device(device), cache=cache, cache_limit=cache_limit,
                 image_size=tuple(image_size) if image_size is not None else None, mean=mean, std=std,
                 transform=transform, views=view_specs, top_k=top_k, checkpoint=checkpoint,
-                checkpoint_every=checkpoint_every, restart=restart, backend=backend, verbose=verbose)
+                checkpoint_every=checkpoint_every, restart=restart, backend=backend, stop_early=stop_early,
+                verbose=verbose)
     identity = dissection_identity(model, list(view_specs), dataset if store is None else store, opts)
     if store is not None:
         identity["dataset"]["images_from"] = dataset_identity(dataset)

@@ -9,6 +9,7 @@ each category). Figures are matplotlib PNGs, pages come from jinja2 templates, e
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from .identity import describe
 from .torch_backend import upsample
 
 PALETTE = ["#4263eb", "#e8590c", "#2b8a3e", "#ae3ec9", "#c92a2a", "#1098ad", "#5c940d", "#862e9c", "#d9480f"]
-THUMB = 96  # px, the height of each image in a unit's strip
+THUMB = 112  # px, the height of each image in a unit's strip
 
 
 def _slug(name: str) -> str:
@@ -47,6 +48,35 @@ def _bar_figure(path: Path, title: str, categories, counts, colors) -> None:
     fig.tight_layout()
     save_figure(fig, path)
     plt.close(fig)
+
+
+def _concept_figure(path: Path, layer, colors) -> bool:
+    """The paper's per-concept bars: one bar per concept some unit detects, coloured by category,
+    height = its number of detectors, tallest first. False (and no file) when there are none."""
+    counts: dict[tuple[str, str], int] = {}
+    for u in layer.units:
+        if u["detector"]:
+            counts[(u["label"], u["category"])] = counts.get((u["label"], u["category"]), 0) + 1
+    if not counts:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    items = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    fig, ax = plt.subplots(figsize=(min(24, max(6.4, 0.22 * len(items) + 1.5)), 3.2), dpi=110)
+    ax.bar(range(len(items)), [n for _, n in items], color=[colors[c] for (_, c), _ in items])
+    ax.set_xticks(range(len(items)), [name for (name, _), _ in items], rotation=90, fontsize=7)
+    ax.set_ylabel("detectors")
+    ax.set_xlim(-0.6, len(items) - 0.4)
+    ax.spines[["top", "right"]].set_visible(False)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=colors[c]) for c in dict.fromkeys(c for (_, c), _ in items)]
+    ax.legend(handles, list(dict.fromkeys(c for (_, c), _ in items)), fontsize=8, frameon=False)
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)
+    return True
 
 
 def _comparison_figure(path: Path, summaries, categories, colors) -> None:
@@ -196,8 +226,12 @@ def write_report(dissection, directory, dataset=None, *, verbose: bool = True) -
         strips = _strips(layer, dataset, directory / f"units_{slug}", images) if dataset is not None else \
             [""] * layer.num_units
         units = [dict(u, strip=s) for u, s in zip(layer.units, strips)]
+        concept_figure = f"layer_{slug}_concepts.png"
+        if not _concept_figure(directory / concept_figure, layer, colors):
+            concept_figure = None
         page = env.get_template("layer.html.j2").render(
-            layer=name, summary=summary, figure=figure, units=units, categories=categories, colors=colors,
+            layer=name, summary=summary, figure=figure, concept_figure=concept_figure, units=units,
+            categories=categories, colors=colors,
             has_formulas=layer.formulas is not None, has_control=layer.control is not None, metric=layer.metric,
             top_k=layer.top_images.shape[1] if layer.top_images is not None else 0)
         write_text(directory / summary["page"], page)
@@ -206,6 +240,7 @@ def write_report(dissection, directory, dataset=None, *, verbose: bool = True) -
         n_layers=len(summaries), n_images=first.scores.num_images, union=first.scores.union_mode,
         iou_threshold=first.iou_threshold, metric=first.metric, comparison_figure="layers_detectors.png",
         summaries=summaries, random_init=_random_init_summaries(dissection),
-        categories=categories, version=__version__, about=describe(getattr(dissection, "identity", {})))
+        categories=categories, version=__version__, about=describe(getattr(dissection, "identity", {})),
+        written=time.strftime("%Y-%m-%d %H:%M"))
     write_text(directory / "index.html", index)
     return directory / "index.html"
