@@ -13,7 +13,7 @@ import fastdissect as fd
 from fastdissect import cli
 from fastdissect.controls import random_weights
 from test_pipeline import PLAIN, ColorDetectors
-from test_report import OUTPUT, chromium, render
+from test_report import assert_renders
 
 SETTINGS = dict(quantile=0.05, verbose=False, **PLAIN)
 
@@ -235,17 +235,7 @@ def test_compare_page_renders_in_a_real_browser(two_checkpoints, tmp_path):
     for src in re.findall(r'<img[^>]*src="([^"]+)"', html):
         with Image.open(page.parent / src) as im:
             im.load()
-    if chromium() is None:
-        pytest.skip("no Chromium (.ci/run installs Debian's chromium)")
-    OUTPUT.mkdir(exist_ok=True)
-    shot = OUTPUT / "compare_index.png"
-    dom, console, result = render(page, tmp_path, shot)
-    assert not [line for line in console if "Uncaught" in line or "Error" in line], console
-    assert 'data-status="ready"' in dom and 'data-broken-images="0"' in dom
-    assert result.returncode == 0 and shot.is_file()
-    with Image.open(shot) as im:
-        assert len(np.unique(np.asarray(im.convert("L")))) > 20
-    print(f"screenshot: {shot}")
+    assert_renders(page, tmp_path, "compare_index")
 
 
 def test_compare_command_and_a_checkpoint_series(concepts, two_checkpoints, tmp_path, capsys):

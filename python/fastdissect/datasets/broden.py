@@ -316,12 +316,14 @@ class Broden:
 
 
 def write_broden(root, samples, concept_names: Sequence[str], concept_categories: Sequence[Sequence[str]],
-                 category_names: Sequence[str], *, split: str = "train", image_format: str = "png") -> Path:
+                 category_names: Sequence[str], *, split: str = "train", image_format: str = "png",
+                 syns: Sequence[str] | None = None) -> Path:
     """Writes samples as a Broden-layout data set (used by the built-in set and custom adapters).
 
     samples: iterable of Sample carrying `plane_categories` (the category of each label plane) and
     `image_label_categories`; empty planes are not written.
-    concept_names[c] / concept_categories[c]: name and categories of concept id c (id 0 = "-").
+    concept_names[c] / concept_categories[c]: name and categories of concept id c (id 0 = "-");
+    syns[c]: label.csv's syns column (e.g. the name a concept had in its source data set).
     """
     from PIL import Image
 
@@ -366,7 +368,8 @@ def write_broden(root, samples, concept_names: Sequence[str], concept_categories
         w.writerow([0, "-", "", 0, 0, ""])
         for c in range(1, C):
             cats = ";".join(f"{k}({frequency[cat_index[k], c]})" for k in concept_categories[c])
-            w.writerow([c, concept_names[c], cats, int(frequency[:, c].sum()), f"{pixels[:, c].sum() / n:.6g}", ""])
+            w.writerow([c, concept_names[c], cats, int(frequency[:, c].sum()), f"{pixels[:, c].sum() / n:.6g}",
+                        syns[c] if syns is not None else ""])
     with open(root / "category.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["name", "first", "last", "count", "frequency"])

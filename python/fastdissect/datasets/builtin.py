@@ -73,13 +73,16 @@ class _Vocabulary:
 
     def __init__(self):
         self.names, self.cats, self.ids = ["-"], [[]], {}
+        self.originals: dict[int, set] = {}  # the source data sets' names behind a readable one
 
-    def add(self, name: str, category: str) -> int:
+    def add(self, name: str, category: str, original: str | None = None) -> int:
         key = (name, category)
         if key not in self.ids:
             self.ids[key] = len(self.names)
             self.names.append(name)
             self.cats.append([category])
+        if original is not None and original != name:
+            self.originals.setdefault(self.ids[key], set()).add(original)
         return self.ids[key]
 
 
@@ -121,6 +124,24 @@ def _pattern(name: str, yy, xx, period: float, angle: float, textures: dict):
     ty = (np.floor(yy).astype(np.int64)) % tex.shape[0]
     tx = (np.floor(xx).astype(np.int64)) % tex.shape[1]
     return tex[ty, tx]
+
+
+# Readable names for the real photographs' object classes (their data sets' own names are kept in
+# label.csv's syns column): ARC2017's are product names ("laugh_out_loud_jokes" is a book).
+READABLE = {
+    "avery_binder": "binder", "balloons": "balloons", "band_aid_tape": "tape", "bath_sponge": "sponge",
+    "black_fashion_gloves": "gloves", "burts_bees_baby_wipes": "wipes", "colgate_toothbrush_4pk": "toothbrush",
+    "composition_book": "notebook", "crayons": "crayons", "duct_tape": "tape", "epsom_salts": "salt bag",
+    "expo_eraser": "eraser", "fiskars_scissors": "scissors", "flashlight": "flashlight", "glue_sticks": "glue stick",
+    "hand_weight": "dumbbell", "hanes_socks": "socks", "hinged_ruled_index_cards": "index cards",
+    "ice_cube_tray": "ice tray", "irish_spring_soap": "soap", "laugh_out_loud_jokes": "book", "marbles": "marbles",
+    "measuring_spoons": "spoons", "mesh_cup": "cup", "mouse_traps": "box", "pie_plates": "plate",
+    "plastic_wine_glass": "wine glass", "poland_spring_water": "water bottle", "reynolds_wrap": "foil",
+    "robots_dvd": "dvd case", "robots_everywhere": "book", "scotch_sponges": "sponge", "speed_stick": "deodorant",
+    "table_cloth": "tablecloth", "tennis_ball_container": "ball can", "ticonderoga_pencils": "pencils",
+    "tissue_box": "tissue box", "toilet_brush": "toilet brush", "white_facecloth": "towel", "windex": "spray bottle",
+    "diningtable": "dining table", "pottedplant": "potted plant", "tvmonitor": "tv monitor",
+}
 
 
 class _Generator:
@@ -260,7 +281,9 @@ class _Generator:
         obj = np.zeros_like(classes)
         for k in np.unique(classes):
             if k > 0:
-                obj[classes == k] = self.vocab.add(names[k].strip("_").replace("_", " "), "object")
+                original = names[k].strip("_")
+                obj[classes == k] = self.vocab.add(READABLE.get(original, original.replace("_", " ")), "object",
+                                                   original)
         return Sample(image, np.stack([self._colors(image), obj]), [self.vocab.add("photo", "scene")], index,
                       ["color", "object"], ["scene"])
 
@@ -287,4 +310,5 @@ def builtin(root, n_images: int = 512, seed: int = 0, *, image_size: int = 128, 
         raise ValueError(f"image_size ({image_size}) must be a multiple of label_size ({label_size})")
     gen = _Generator(image_size, label_size, seed)
     samples = [gen.sample(i) for i in range(n_images)]
-    return write_broden(root, samples, gen.vocab.names, gen.vocab.cats, CATEGORIES)
+    syns = [";".join(sorted(gen.vocab.originals.get(c, ()))) for c in range(len(gen.vocab.names))]
+    return write_broden(root, samples, gen.vocab.names, gen.vocab.cats, CATEGORIES, syns=syns)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -76,3 +77,52 @@ class SegmentationDataset:
             if not 0 <= c < self.num_concepts:
                 raise DatasetError(f"sample {i}: label id {c} is not a concept (ids are 0..{self.num_concepts - 1})")
         return Sample(image, labels.astype(np.int64), [c for c in image_labels if c != 0], i)
+
+
+class _PairFiles:
+    """(image, label map) pairs read from disk on access (a lazy sequence for SegmentationDataset)."""
+
+    def __init__(self, pairs: list[tuple[Path, Path]]):
+        self.pairs = pairs
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        image_path, label_path = self.pairs[i]
+        try:
+            with Image.open(image_path) as im:
+                image = np.asarray(im.convert("RGB"))
+            with Image.open(label_path) as lab:
+                if lab.format != "PNG":
+                    raise DatasetError(f"{label_path}: a {lab.format} image, not a PNG label map")
+                labels = np.asarray(lab if lab.mode in ("P", "L", "I", "I;16") else lab.convert("L")).astype(np.int64)
+        except OSError as exc:
+            raise DatasetError(f"pair {i} ({image_path.name}): cannot read it ({exc})") from None
+        return image, labels
+
+
+def from_label_pngs(images, labels, names) -> SegmentationDataset:
+    """A concept data set from a directory of images and a directory of label PNGs with the same
+    file stems (`images/0001.jpg` + `labels/0001.png`), each label pixel a class index (palette, 8- or
+    16-bit grey; 0 = unlabeled), and a names file: one line per class id from 1, `name` or
+    `name,category` (default category "object"), as VOC-, ADE- or Cityscapes-style exports come."""
+    images, labels, names = Path(images), Path(labels), Path(names)
+    for path in (images, labels):
+        if not path.is_dir():
+            raise DatasetError(f"{path}: directory not found")
+    lines = [line.strip() for line in names.read_text(encoding="utf-8").splitlines()]
+    entries = [line.split(",", 1) for line in lines if line]
+    concept_names = ["-"] + [e[0].strip() for e in entries]
+    categories = [""] + [(e[1].strip() if len(e) > 1 else "object") for e in entries]
+    label_files = {p.stem: p for p in labels.iterdir() if p.suffix.lower() == ".png"}
+    pairs = []
+    for image in sorted(p for p in images.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")):
+        if image.stem not in label_files:
+            raise DatasetError(f"{image}: no label PNG {image.stem}.png in {labels}")
+        pairs.append((image, label_files[image.stem]))
+    if not pairs:
+        raise DatasetError(f"{images}: no .jpg or .png images")
+    return SegmentationDataset(_PairFiles(pairs), concept_names, categories)
