@@ -48,6 +48,9 @@ def test_report_pages_and_images(report):
             assert strip.height == 112 and strip.width == 5 * 112 + 4 * 2
         assert 'id="unit-0"' in text and "peaks highest" in text
     assert "red" in (index.parent / "layer_pool.html").read_text()
+    for field in ("<dt>run time</dt>", "<dt>map size</dt>", "<dt>concepts</dt>", "<dt>fastdissect</dt>",
+                  "<dt>image size</dt>", "<dt>layers</dt>"):  # the header says what was dissected, and how
+        assert field in html
     for src in referenced_images(index):
         assert (index.parent / src).is_file()
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import time
 from functools import partial
 from pathlib import Path
 from typing import Sequence
@@ -545,6 +546,7 @@ def _dissect(model, layers, dataset, *, quantile, method, iou_threshold, union, 
         identity["dataset"]["images_from"] = dataset_identity(dataset)
     was_training = model.training
     model.eval()
+    started = time.perf_counter()
     comm = Comm.detect(distributed)
     run = _Run(model, list(view_specs), dataset, opts, identity, store, comm)
     hold = locked(checkpoint, "checkpoint directory", f".fastdissect-rank{comm.rank}.lock" if comm.world > 1 else None) \
@@ -590,6 +592,7 @@ def _dissect(model, layers, dataset, *, quantile, method, iou_threshold, union, 
         _warn_if_whole_image_maps(result[name], run.log)
     result.dataset = dataset
     result.identity = {**identity, "iou_threshold": iou_threshold, "metric": metric}
+    result.run_seconds = time.perf_counter() - started
     return result
 
 

@@ -193,6 +193,20 @@ def link_explanations(index: Path, page: Path, count: int) -> None:
     write_text(index, html.replace(EXPLANATIONS_MARK, f"{link}\n{EXPLANATIONS_MARK}"))
 
 
+def _about(dissection) -> dict:
+    """The index's header: what was dissected, on what, how, and how long it took."""
+    about = describe(getattr(dissection, "identity", {}))
+    layer = next(iter(dissection.values()))
+    if layer.top_maps is not None:
+        about["map size"] = "x".join(map(str, layer.top_maps.shape[2:])) + " (first layer)"
+    about["concepts"] = f"{len(layer.concept_names) - 1} in {len(layer.category_names)} categories"
+    seconds = getattr(dissection, "run_seconds", None)
+    if seconds is not None:
+        about["run time"] = f"{seconds:.0f} s" if seconds >= 10 else f"{seconds:.1f} s"
+    about["fastdissect"] = __version__
+    return about
+
+
 def _random_init_summaries(dissection) -> dict:
     """{layer: summary} of the random-init control (fd.dissect(controls=("random_init",))), if any."""
     control = getattr(dissection, "random_init", None)
@@ -240,7 +254,7 @@ def write_report(dissection, directory, dataset=None, *, verbose: bool = True) -
         n_layers=len(summaries), n_images=first.scores.num_images, union=first.scores.union_mode,
         iou_threshold=first.iou_threshold, metric=first.metric, comparison_figure="layers_detectors.png",
         summaries=summaries, random_init=_random_init_summaries(dissection),
-        categories=categories, version=__version__, about=describe(getattr(dissection, "identity", {})),
+        categories=categories, version=__version__, about=_about(dissection),
         written=time.strftime("%Y-%m-%d %H:%M"))
     write_text(directory / "index.html", index)
     return directory / "index.html"

@@ -168,6 +168,7 @@ class Dissection(dict):
     dataset_root = None  # set by load(): where the data set was
     identity: dict = {}  # what the numbers depend on (fastdissect.identity), set by fd.dissect and load()
     random_init: "Dissection | None" = None  # the random-init control (fd.dissect(controls=("random_init",)))
+    run_seconds: float | None = None  # how long fd.dissect took (shown in the report's header)
 
     def report(self, directory, dataset=None, **options) -> Path:
         """Writes the HTML report (see `fastdissect.report.write_report`) and returns its index.html."""
@@ -227,7 +228,7 @@ class Dissection(dict):
                 "dataset_root": str(Path(root).resolve()) if root is not None else None,
                 # relative too: a results directory moved with its data set (OUT/concepts) still finds it
                 "dataset_root_relative": os.path.relpath(Path(root).resolve(), directory.resolve())
-                if root is not None else None, "identity": self.identity})
+                if root is not None else None, "identity": self.identity, "run_seconds": self.run_seconds})
             digest = _atomic.digest(payload)
             name = f"dissection-{digest[:16]}.pt"
             _atomic.write_bytes(directory / name, payload)
@@ -308,6 +309,7 @@ def load(directory) -> Dissection:
     if relative is not None and (directory / relative).is_dir():
         out.dataset_root = str((directory / relative).resolve())
     out.identity = data.get("identity") or {}
+    out.run_seconds = data.get("run_seconds")
     if data.get("random_init") is not None:
         out.random_init = _layers_from_state(data["random_init"])
         out.random_init.identity = data.get("random_init_identity") or {}
