@@ -239,3 +239,74 @@ def test_the_built_in_photographs_have_names_a_reader_recognises(source):
     rows = {r["name"]: r["syns"] for r in csv.DictReader(open(source / "label.csv"))}
     renamed = {name: syns for name, syns in rows.items() if syns}
     assert renamed and all(name != syns for name, syns in renamed.items())  # the original kept in syns
+
+
+def _runs(mask: np.ndarray) -> list[int]:
+    """COCO RLE counts of a mask, written independently of fastdissect: column-major, zeros first."""
+    flat = mask.T.flatten()
+    counts, value, run = [], False, 0
+    for v in flat:
+        if bool(v) == value:
+            run += 1
+        else:
+            counts.append(run)
+            value, run = not value, 1
+    counts.append(run)
+    return counts
+
+
+def _compress(counts: list[int]) -> str:
+    """pycocotools' rleToString, transcribed: 5 bits a character, a continuation bit, deltas."""
+    out = []
+    for i, x in enumerate(counts):
+        if i > 2:
+            x -= counts[i - 2]
+        more = True
+        while more:
+            c = x & 0x1F
+            x >>= 5
+            more = (x != -1) if c & 0x10 else (x != 0)
+            out.append(chr((c | 0x20 if more else c) + 48))
+    return "".join(out)
+
+
+def test_coco_annotations_become_a_concept_data_set(tmp_path):
+    import json
+
+    from PIL import Image
+
+    from fastdissect.datasets.coco import decode_rle, rle_counts
+
+    rng = np.random.default_rng(1)
+    dog = rng.random((30, 40)) > 0.6
+    crowd = np.zeros((30, 40), bool)
+    crowd[20:, :10] = True
+    counts = _runs(dog)
+    assert rle_counts(_compress(counts)) == counts and np.array_equal(decode_rle({"size": [30, 40],
+                                                                                  "counts": counts}), dog)
+    Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(tmp_path / "a.jpg")
+    Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(tmp_path / "b.jpg")
+    doc = {"images": [{"id": 10, "file_name": "a.jpg", "height": 30, "width": 40},
+                      {"id": 11, "file_name": "b.jpg", "height": 30, "width": 40}],
+           "categories": [{"id": 7, "name": "dog"}, {"id": 3, "name": "cat"}],
+           "annotations": [
+               {"image_id": 10, "category_id": 3, "segmentation": [[0, 0, 19, 0, 19, 14, 0, 14]], "iscrowd": 0},
+               {"image_id": 10, "category_id": 7, "segmentation": {"size": [30, 40], "counts": _compress(counts)}},
+               {"image_id": 10, "category_id": 7, "segmentation": {"size": [30, 40], "counts": _runs(crowd)},
+                "iscrowd": 1}]}
+    (tmp_path / "ann.json").write_text(json.dumps(doc))
+    ds = fd.datasets.from_coco(tmp_path / "ann.json", tmp_path, label_size=(30, 40))
+    assert ds.concept_names == ["-", "cat", "dog"] and len(ds) == 2
+    s = ds[0]
+    planes = {int(p.max()): p > 0 for p in s.labels}
+    assert np.array_equal(planes[2], dog | crowd)  # both dog instances, the crowd one too
+    assert planes[1][:15, :20].all() and not planes[1][16:].any() and not planes[1][:, 21:].any()
+    assert ds[1].labels.max() == 0  # an image without annotations
+    doc["annotations"].append({"image_id": 11, "category_id": 99, "segmentation": []})
+    (tmp_path / "bad.json").write_text(json.dumps(doc))
+    with pytest.raises(fd.datasets.DatasetError, match="annotation 3 has category_id 99"):
+        fd.datasets.from_coco(tmp_path / "bad.json", tmp_path)
+    d = fd.dissect(ColorDetectors(), ["pool"], fd.datasets.from_coco(tmp_path / "ann.json", tmp_path,
+                                                                     label_size=(15, 20)),
+                   quantile=0.2, image_size=(32, 32), verbose=False, **PLAIN)
+    assert d["pool"].num_units == 3

@@ -6,6 +6,7 @@ label ids) and carries `num_concepts`, `concept_names`, `category_names` and `pr
 
 from .broden import Broden, DatasetError, write_broden
 from .builtin import builtin, color_name
+from .coco import from_coco
 from .custom import SegmentationDataset, from_label_pngs
 from .download import DownloadError, download_broden
 from .packed import PackedMasks, open_packed, pack
@@ -13,5 +14,5 @@ from .rebuild import rebuild
 from .sample import Batch, Sample, collate, to_model_input
 
 __all__ = ["Batch", "Broden", "DatasetError", "DownloadError", "PackedMasks", "Sample", "SegmentationDataset",
-           "builtin", "collate", "color_name", "download_broden", "from_label_pngs", "open_packed", "pack", "rebuild", "to_model_input",
+           "builtin", "collate", "color_name", "download_broden", "from_coco", "from_label_pngs", "open_packed", "pack", "rebuild", "to_model_input",
            "write_broden"]
