@@ -104,14 +104,15 @@ def _comparison_figure(path: Path, summaries, categories, colors) -> None:
 
 
 def _edge(mask: np.ndarray) -> np.ndarray:
-    return mask & ~(np.roll(mask, 1, 0) & np.roll(mask, -1, 0) & np.roll(mask, 1, 1) & np.roll(mask, -1, 1))
+    """The outline of a (..., H, W) mask: its pixels with a 4-neighbour outside it."""
+    return mask & ~(np.roll(mask, 1, -2) & np.roll(mask, -1, -2) & np.roll(mask, 1, -1) & np.roll(mask, -1, -1))
 
 
 def _overlay(image: np.ndarray, mask: np.ndarray, formula_mask: np.ndarray | None = None) -> np.ndarray:
     """The image dimmed outside the mask, the mask's outline in yellow and, when given, the outline of
-    the unit's formula's mask in cyan (all at image resolution)."""
-    out = image.astype(np.float32)
-    out[~mask] *= 0.3
+    the unit's formula's mask in cyan (all at image resolution; stacks of images and masks too)."""
+    dim = np.where(mask, np.float32(1.0), np.float32(0.3))[..., None]  # a product, not a masked scatter
+    out = image.astype(np.float32) * dim
     if formula_mask is not None:
         out[_edge(formula_mask)] = (0, 220, 255)
     out[_edge(mask)] = (255, 212, 59)
@@ -139,7 +140,19 @@ def formula_mask_of(formula, sample, height: int, width: int) -> np.ndarray:
 
 
 def _strips(layer, dataset, directory: Path, images: dict) -> list[str]:
-    """One JPEG strip per unit: its top images, each with the unit's mask; images are read once."""
+    """One JPEG strip per unit: its top images, each with the unit's mask; images are read once.
+    Torch runs single-threaded meanwhile: for thousands of small upsamplings, threads cost 30x."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _unit_strips(layer, dataset, directory, images)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _unit_strips(layer, dataset, directory: Path, images: dict) -> list[str]:
     from PIL import Image
 
     if layer.top_images is None or layer.top_maps is None:
@@ -149,21 +162,25 @@ def _strips(layer, dataset, directory: Path, images: dict) -> list[str]:
     thresholds = layer.scores.thresholds
     samples: dict = {}  # label planes of the top images, read only when a formula needs them
     for k in range(layer.num_units):
-        tiles = []
         formula = layer.formulas.formulas[k] if layer.formulas is not None else None
-        for j, index in enumerate(layer.top_images[k].tolist()):
+        tops = layer.top_images[k].tolist()
+        for index in tops:
             if index not in images:
                 images[index] = np.asarray(dataset.image(index) if hasattr(dataset, "image") else dataset[index].image)
-            image = images[index]
-            mask = (upsample(layer.top_maps[k, j], image.shape[0], image.shape[1]) > float(thresholds[k])).numpy()
-            f_mask = None
-            if formula is not None:
-                if index not in samples:
-                    samples[index] = dataset[index]
-                f_mask = formula_mask_of(formula, samples[index], image.shape[0], image.shape[1])
-            tile = Image.fromarray(_overlay(image, mask, f_mask))
-            tiles.append(tile.resize((max(1, round(THUMB * image.shape[1] / image.shape[0])), THUMB),
-                                     Image.BILINEAR))
+            if formula is not None and index not in samples:
+                samples[index] = dataset[index]
+        f_masks = [formula_mask_of(formula, samples[i], *images[i].shape[:2]) if formula is not None else None
+                   for i in tops]
+        sizes = {images[i].shape[:2] for i in tops}
+        if len(sizes) == 1:  # the usual case: all the unit's maps upsampled and overlaid at once
+            masks = (upsample(layer.top_maps[k], *next(iter(sizes))) > float(thresholds[k])).numpy()
+            shown = _overlay(np.stack([images[i] for i in tops]), masks,
+                             np.stack(f_masks) if formula is not None else None)
+        else:
+            shown = [_overlay(images[i], (upsample(layer.top_maps[k, j], *images[i].shape[:2]) >
+                                          float(thresholds[k])).numpy(), f_masks[j]) for j, i in enumerate(tops)]
+        tiles = [Image.fromarray(t).resize((max(1, round(THUMB * t.shape[1] / t.shape[0])), THUMB), Image.BILINEAR)
+                 for t in shown]
         strip = Image.new("RGB", (sum(t.width for t in tiles) + 2 * (len(tiles) - 1), THUMB), (255, 255, 255))
         x = 0
         for t in tiles:

@@ -7,6 +7,8 @@ in chunks of at most `CHUNK_BYTES`, never for a whole batch.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from .masks import ConceptMasks, expand_ranges
@@ -15,7 +17,13 @@ CHUNK_BYTES = 64 << 20
 
 
 def linear_taps(in_size: int, out_size: int, device) -> tuple[torch.Tensor, ...]:
-    """(i0, i1, l0, l1) per output coordinate, as csrc/common/upsample.h `linear_tap`."""
+    """(i0, i1, l0, l1) per output coordinate, as csrc/common/upsample.h `linear_tap` (computed once
+    per sizes and device: the report upsamples thousands of maps of one size)."""
+    return _taps(int(in_size), int(out_size), str(torch.device(device)))
+
+
+@functools.lru_cache(maxsize=64)
+def _taps(in_size: int, out_size: int, device: str) -> tuple[torch.Tensor, ...]:
     scale = float(in_size) / float(out_size)
     i0s, i1s, l0s, l1s = [], [], [], []
     for d in range(out_size):
