@@ -48,6 +48,17 @@ def test_report_pages_and_images(report):
             assert strip.height == 112 and strip.width == 5 * 112 + 4 * 2
         assert 'id="unit-0"' in text and "peaks highest" in text
     assert "red" in (index.parent / "layer_pool.html").read_text()
+    # a page per unit: its strip, its 5 best concepts by IoU as bars, the way back to its row
+    layer = d["pool"]
+    unit_page = index.parent / "units_pool" / "unit_0000.html"
+    text = unit_page.read_text()
+    assert 'href="units_pool/unit_0000.html"' in (index.parent / "layer_pool.html").read_text()
+    assert text.count("<tr data-concept=") == 5 and 'href="../layer_pool.html#unit-0"' in text
+    iou = layer.scores.iou[0].clone()
+    iou[0] = -1
+    best = [layer.concept_names[int(c)] for c in iou.topk(5).indices]
+    assert [m for m in re.findall(r'<tr data-concept="([^"]+)"', text)] == best
+    assert 'src="unit_0000.jpg"' in text and (unit_page.parent / "unit_0000.jpg").is_file()
     for field in ("<dt>run time</dt>", "<dt>map size</dt>", "<dt>concepts</dt>", "<dt>fastdissect</dt>",
                   "<dt>image size</dt>", "<dt>layers</dt>"):  # the header says what was dissected, and how
         assert field in html
@@ -112,13 +123,16 @@ def assert_renders(page: Path, tmp_path: Path, name: str) -> None:
 def test_report_in_a_real_browser(report, tmp_path):
     d, index, _ = report
     OUTPUT.mkdir(exist_ok=True)
-    for page, expected_rows in [(index, len(d)), (index.parent / "layer_pool.html", d["pool"].num_units)]:
-        shot = OUTPUT / f"report_{page.stem}.png"
+    unit_page = index.parent / "units_pool" / "unit_0000.html"
+    for page, expected_rows in [(index, len(d)), (index.parent / "layer_pool.html", d["pool"].num_units),
+                                (unit_page, 5)]:
+        shot = OUTPUT / f"report_{page.stem}.png" if page != unit_page else OUTPUT / "report_unit_pool_0.png"
         dom, console, result = render(page, tmp_path, shot)
         assert not [line for line in console if "Uncaught" in line or "Error" in line], console
         assert 'data-status="ready"' in dom, "the page's script did not run to the end"
         assert 'data-broken-images="0"' in dom
-        rows = dom.count('<tr id="unit-') if page != index else len(re.findall(r'<a href="layer_', dom))
+        rows = len(re.findall(r'<a href="layer_', dom)) if page == index else \
+            dom.count("<tr data-concept=") if page == unit_page else dom.count('<tr id="unit-')
         assert rows == expected_rows
         assert result.returncode == 0 and shot.is_file()
         with Image.open(shot) as im:

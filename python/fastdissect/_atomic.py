@@ -42,15 +42,18 @@ def temporary_name(path: Path) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_file(path, mode: str = "wb", **open_options) -> Iterator:
-    """A file object whose content replaces `path` only when the block ends without an error."""
+def atomic_file(path, mode: str = "wb", *, durable: bool = True, **open_options) -> Iterator:
+    """A file object whose content replaces `path` only when the block ends without an error.
+    durable=False skips the fsync: still never torn by a killed process, but a power cut may lose
+    the file (for derived files such as the report's pages and images, written by the thousand)."""
     path = Path(path)
     tmp = temporary_name(path)
     try:
         with open(tmp, mode, **open_options) as f:
             yield f
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as exc:
         _remove(tmp)
@@ -65,13 +68,13 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def write_bytes(path, data: bytes) -> None:
-    with atomic_file(path, "wb") as f:
+def write_bytes(path, data: bytes, *, durable: bool = True) -> None:
+    with atomic_file(path, "wb", durable=durable) as f:
         f.write(data)
 
 
-def write_text(path, text: str) -> None:
-    write_bytes(path, text.encode("utf-8"))
+def write_text(path, text: str, *, durable: bool = True) -> None:
+    write_bytes(path, text.encode("utf-8"), durable=durable)
 
 
 def torch_bytes(obj) -> bytes:
@@ -84,17 +87,17 @@ def torch_bytes(obj) -> bytes:
     return buffer.getvalue()
 
 
-def save_figure(fig, path) -> None:
+def save_figure(fig, path, *, durable: bool = False) -> None:
     buffer = io.BytesIO()
     fig.savefig(buffer, format=Path(path).suffix.lstrip(".") or "png")
-    write_bytes(path, buffer.getvalue())
+    write_bytes(path, buffer.getvalue(), durable=durable)
 
 
-def save_image(image, path, **options) -> None:
-    """A PIL image, atomically (format from the suffix)."""
+def save_image(image, path, *, durable: bool = False, **options) -> None:
+    """A PIL image, atomically (format from the suffix); figures and images are derived files."""
     buffer = io.BytesIO()
     image.save(buffer, format={".jpg": "JPEG", ".jpeg": "JPEG"}.get(Path(path).suffix.lower(), "PNG"), **options)
-    write_bytes(path, buffer.getvalue())
+    write_bytes(path, buffer.getvalue(), durable=durable)
 
 
 def digest(data: bytes) -> str:

@@ -192,6 +192,27 @@ def _unit_strips(layer, dataset, directory: Path, images: dict) -> list[str]:
     return paths
 
 
+def _unit_pages(env, layer, units, directory: Path, layer_page: str, colors, top: int = 5) -> list[dict]:
+    """One page per unit: its strip, its `top` concepts by IoU as bars, formula, control, metrics."""
+    make_dirs(directory)
+    iou = layer.scores.iou.clone()
+    iou[:, 0] = -1.0
+    values, concepts = iou.topk(min(top, iou.shape[1] - 1), dim=1) if iou.shape[1] > 1 else (iou[:, :0], iou[:, :0])
+    template = env.get_template("unit.html.j2")
+    out = []
+    for u in units:
+        k = u["unit"]
+        best = [{"name": layer.concept_names[int(c)], "category": layer.category_names[int(layer.categories[int(c)])],
+                 "iou": max(float(v), 0.0)} for v, c in zip(values[k], concepts[k])]
+        name = f"unit_{k:04d}.html"
+        page = template.render(u=u, layer=layer.layer, layer_page=layer_page,
+                               strip=Path(u["strip"]).name if u["strip"] else "", top=best,
+                               top_iou=max([b["iou"] for b in best] + [0.0]), colors=colors)
+        write_text(directory / name, page, durable=False)
+        out.append({"unit": k, "unit_page": f"{directory.name}/{name}"})
+    return out
+
+
 EXPLANATIONS_MARK = "<!-- explanations -->"
 
 
@@ -257,6 +278,8 @@ def write_report(dissection, directory, dataset=None, *, verbose: bool = True) -
         strips = _strips(layer, dataset, directory / f"units_{slug}", images) if dataset is not None else \
             [""] * layer.num_units
         units = [dict(u, strip=s) for u, s in zip(layer.units, strips)]
+        for u in _unit_pages(env, layer, units, directory / f"units_{slug}", summary["page"], colors):
+            units[u["unit"]]["unit_page"] = u["unit_page"]
         concept_figure = f"layer_{slug}_concepts.png"
         if not _concept_figure(directory / concept_figure, layer, colors):
             concept_figure = None
