@@ -85,24 +85,15 @@ def _logits(model, x):
 def _unit_means(model, layer, dataset, settings, batch_size, device, verbose) -> torch.Tensor:
     from tqdm.auto import tqdm
 
-    from .hooks import trace
-
     total, count = None, 0
     with tqdm(total=len(dataset), desc="unit means", unit="img", disable=not verbose) as bar:
         for _, images in _batches(dataset, batch_size):
-            x = inputs.model_batch(_as_list(images), settings, device)
-            with trace(model, [layer]) as acts:
-                model(x)
-            a = acts[layer].double()
+            a = inputs.layer_output(model, layer, inputs.feed(images, settings, device)).double()
             s = a.sum(dim=(0, 2, 3))
             total = s if total is None else total + s
             count += a.shape[0] * a.shape[2] * a.shape[3]
             bar.update(a.shape[0])
     return total / count
-
-
-def _as_list(images):
-    return list(images.numpy()) if isinstance(images, torch.Tensor) else [im.numpy() for im in images]
 
 
 def ablate(model: torch.nn.Module, layer: str, units, dataset, *, mode: str = "zero", batch_size: int = 32,
@@ -128,7 +119,7 @@ def ablate(model: torch.nn.Module, layer: str, units, dataset, *, mode: str = "z
             with tqdm(total=len(dataset), desc=f"ablating {len(units)} units of {layer}", unit="img",
                       disable=not verbose) as bar:
                 for _, images in _batches(dataset, batch_size):
-                    x = inputs.model_batch(_as_list(images), settings, device)
+                    x = inputs.feed(images, settings, device)
                     base = _logits(model, x)
                     with replaced(model, layer, units, values):
                         cut = _logits(model, x)

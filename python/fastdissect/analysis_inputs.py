@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .datasets.sample import IMAGENET_MEAN, IMAGENET_STD, to_model_input
-from .hooks import find_modules
+from .datasets.sample import IMAGENET_MEAN, IMAGENET_STD, model_input, stack_images
+from .hooks import find_modules, trace
 
 
 def input_settings(dissection) -> dict:
@@ -61,14 +61,29 @@ def as_images(images) -> list[np.ndarray]:
     return out
 
 
+def feed(images, settings: dict, device) -> torch.Tensor:
+    """(N, 3, h, w) model input from a batch as the loaders give it ((N, H, W, 3) uint8, or a list of
+    images of different sizes), normalised and resized as the dissection fed its data."""
+    return model_input(images, settings["mean"], settings["std"], settings["image_size"], device)
+
+
 def model_batch(images: list[np.ndarray], settings: dict, device) -> torch.Tensor:
-    """(N, 3, h, w) model input: each image normalised and resized to the dissection's size."""
-    size = settings["image_size"]
-    if size is None and len({im.shape for im in images}) > 1:
-        raise ValueError(f"images of different sizes {sorted({im.shape[:2] for im in images})}, and the dissection "
-                         "fed its images as stored: resize them, or pass image_size=(h, w)")
-    return torch.cat([to_model_input(torch.from_numpy(im)[None].to(device), settings["mean"], settings["std"], size)
-                      for im in images])
+    """`feed` for a list of (H, W, 3) uint8 arrays."""
+    return feed(stack_images(images), settings, device)
+
+
+def layer_output(model: torch.nn.Module, layer: str, x: torch.Tensor, transform=None) -> torch.Tensor:
+    """The layer's output on x, the model in eval mode and without gradients (its mode restored)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), trace(model, [layer], {layer: transform} if transform is not None else None) as acts:
+            model(x)
+    finally:
+        model.train(was_training)
+    if layer not in acts:
+        raise RuntimeError(f"layer {layer!r} was not called by the model's forward pass")
+    return acts[layer]
 
 
 def check_map_size(layer, act: torch.Tensor, name: str) -> None:

@@ -246,12 +246,17 @@ def _run_dissection(args, model, layers, dataset, image_size, mean, std):
 
     if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
         return result  # every rank holds the same results; rank 0 writes them
-    result.to_csv(out)
-    result.save(out)
-    index = result.report(out / "report", verbose=not args.quiet)
+    index = _write_results(result, out, args.quiet)
     print(result.summary_text())
     print(f"results in {out}, report: {index} ({time.perf_counter() - start:.0f} s)")
     return result
+
+
+def _write_results(result, out: Path, quiet: bool) -> Path:
+    """CSVs, saved results and the report into OUT; returns the report's index."""
+    result.to_csv(out)
+    result.save(out)
+    return result.report(out / "report", verbose=not quiet)
 
 
 def _model_and_data(args):
@@ -327,10 +332,7 @@ def cmd_rotate(args) -> None:
     out = Path(args.out)
     experiment = fd.rotation_experiment(model, args.layer, dataset, powers=powers, seed=args.rotation_seed,
                                         **_dissect_options(args, size, mean, std, [args.layer]))
-    d = experiment.dissection
-    d.to_csv(out)
-    d.save(out)
-    index = d.report(out / "report", verbose=not args.quiet)
+    index = _write_results(experiment.dissection, out, args.quiet)
     table, figure = experiment.to_csv(out / "rotation.csv"), experiment.figure(out / "rotation.png")
     for row in experiment.table():
         print(f"power {row['power']:g}: {row['interpretable']}/{row['units']} interpretable, "

@@ -447,13 +447,14 @@ def dissect(model: torch.nn.Module, layers: Sequence[str], dataset, *, quantile:
     from .controls import check_controls
 
     controls = check_controls(controls)
-    result = _dissect(model, layers, dataset, quantile=quantile, method=method, iou_threshold=iou_threshold,
-                      union=union, batch_size=batch_size, num_workers=num_workers, device=device, cache=cache,
-                      cache_limit=cache_limit, image_size=image_size, mean=mean, std=std, transform=transform,
-                      views=views, top_k=top_k, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
-                      restart=restart, backend=backend, distributed=distributed, formula_length=formula_length,
-                      beam_size=beam_size, search=search, penalty=penalty, metric=metric, controls=controls,
-                      control_seed=control_seed, stop_early=stop_early, verbose=verbose)
+    options = dict(quantile=quantile, method=method, iou_threshold=iou_threshold, union=union,
+                   batch_size=batch_size, num_workers=num_workers, device=device, cache=cache,
+                   cache_limit=cache_limit, image_size=image_size, mean=mean, std=std, transform=transform,
+                   views=views, top_k=top_k, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
+                   restart=restart, backend=backend, distributed=distributed, formula_length=formula_length,
+                   beam_size=beam_size, search=search, penalty=penalty, metric=metric, controls=controls,
+                   control_seed=control_seed, stop_early=stop_early, verbose=verbose)
+    result = _dissect(model, layers, dataset, **options)
     if "random_init" in controls:
         from .controls import random_weights
 
@@ -461,15 +462,10 @@ def dissect(model: torch.nn.Module, layers: Sequence[str], dataset, *, quantile:
         if verbose:
             print(f"fastdissect: random-init control: the same layers of {type(control).__name__} with random "
                   f"weights (seed {control_seed}), same settings")
-        result.random_init = _dissect(
-            control, layers, dataset, quantile=quantile, method=method, iou_threshold=iou_threshold, union=union,
-            batch_size=batch_size, num_workers=num_workers, device=device, cache=cache, cache_limit=cache_limit,
-            image_size=image_size, mean=mean, std=std, transform=transform, views=views, top_k=top_k,
-            checkpoint=Path(checkpoint) / "random_init" if checkpoint else None, checkpoint_every=checkpoint_every,
-            restart=restart, backend=backend, distributed=distributed, formula_length=formula_length,
-            beam_size=beam_size, search=search, penalty=penalty, metric=metric,
-            controls=tuple(c for c in controls if c != "random_init"), control_seed=control_seed,
-            stop_early=stop_early, verbose=verbose)
+        # The same settings; its own checkpoint directory; the other controls, not itself again.
+        result.random_init = _dissect(control, layers, dataset, **{
+            **options, "checkpoint": Path(checkpoint) / "random_init" if checkpoint else None,
+            "controls": tuple(c for c in controls if c != "random_init")})
         for name, layer in result.items():
             _warn_if_random_weights_match(layer, result.random_init[name])
     return result
@@ -551,35 +547,34 @@ def _dissect(model, layers, dataset, *, quantile, method, iou_threshold, union, 
     run = _Run(model, list(view_specs), dataset, opts, identity, store, comm)
     hold = locked(checkpoint, "checkpoint directory", f".fastdissect-rank{comm.rank}.lock" if comm.world > 1 else None) \
         if checkpoint else contextlib.nullcontext()
-    hold.__enter__()  # released in the finally below, however the run ends
-    try:
-        stage, done = run.resume()
-        if stage == 1:
-            comm.run(run.thresholds_pass, done)
-            run.merge_quantiles()
-            run.refine_thresholds()
-            run.start_tallies()
-            run.save(2, run.lo)
-            done = run.lo
-        if stage <= 2:
-            if permuted:
-                run.collect_all_masks()
-            comm.run(run.tally_pass, done)
-            run.combine_tallies()
-            run.save(3, run.hi)
-    except KeyboardInterrupt:
-        if run.checkpoint_path() is None:
-            run.log("interrupted: no checkpoint was written (pass checkpoint=DIR, CLI --checkpoint DIR, to resume "
-                    "an interrupted run)")
-        elif run.saved is None:
-            run.log(f"interrupted before the first checkpoint: nothing was written to {checkpoint}")
-        else:
-            run.log(f"interrupted: the checkpoint in {checkpoint} holds {run.describe_progress(*run.saved)}; "
-                    "run the same command again to resume")
-        raise
-    finally:
-        hold.__exit__(None, None, None)
-        model.train(was_training)
+    with hold:  # the checkpoint directory is this run's until it ends, however it ends
+        try:
+            stage, done = run.resume()
+            if stage == 1:
+                comm.run(run.thresholds_pass, done)
+                run.merge_quantiles()
+                run.refine_thresholds()
+                run.start_tallies()
+                run.save(2, run.lo)
+                done = run.lo
+            if stage <= 2:
+                if permuted:
+                    run.collect_all_masks()
+                comm.run(run.tally_pass, done)
+                run.combine_tallies()
+                run.save(3, run.hi)
+        except KeyboardInterrupt:
+            if run.checkpoint_path() is None:
+                run.log("interrupted: no checkpoint was written (pass checkpoint=DIR, CLI --checkpoint DIR, to "
+                        "resume an interrupted run)")
+            elif run.saved is None:
+                run.log(f"interrupted before the first checkpoint: nothing was written to {checkpoint}")
+            else:
+                run.log(f"interrupted: the checkpoint in {checkpoint} holds {run.describe_progress(*run.saved)}; "
+                        "run the same command again to resume")
+            raise
+        finally:
+            model.train(was_training)
     result = Dissection()
     cats = torch.as_tensor(dataset.primary_category, dtype=torch.int64)
     for name in view_specs:

@@ -173,34 +173,22 @@ def _check_powers(powers) -> list[float]:
 def layer_width(model, layer: str, dataset, *, image_size=None, mean=None, std=None, transform=None,
                 device=None) -> int:
     """The number of units (dim 1) of a layer's output, from one forward pass on the first image."""
-    import numpy as np
-
-    from .datasets.sample import IMAGENET_MEAN, IMAGENET_STD, to_model_input
-    from .hooks import trace
-
+    from . import analysis_inputs as inputs
     from .datasets.packed import PackedMasks
+    from .datasets.sample import IMAGENET_MEAN, IMAGENET_STD
 
     if isinstance(dataset, PackedMasks):  # a store holds masks only: the image is its source's
         from .datasets.broden import Broden
 
         dataset = Broden(dataset.meta["source"])
     image = dataset.image(0) if hasattr(dataset, "image") else dataset[0].image
-    x = torch.from_numpy(np.array(image))[None]
-    param = next(model.parameters(), None)
-    device = device or (param.device if param is not None else "cpu")
-    x = to_model_input(x.to(device), mean or IMAGENET_MEAN, std or IMAGENET_STD,
-                       tuple(image_size) if image_size is not None else None)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), trace(model, [layer], {layer: transform[layer]} if transform and layer in transform
-                                    else None) as acts:
-            model(x)
-    finally:
-        model.train(was_training)
-    if layer not in acts or acts[layer].dim() < 2:
+    settings = {"mean": mean or IMAGENET_MEAN, "std": std or IMAGENET_STD,
+                "image_size": tuple(image_size) if image_size is not None else None}
+    x = inputs.model_batch([image], settings, device or inputs.model_device(model))
+    out = inputs.layer_output(model, layer, x, (transform or {}).get(layer))
+    if out.dim() < 2:
         raise ValueError(f"layer {layer!r} gave no (N, K, ...) output on the first image")
-    return int(acts[layer].shape[1])
+    return int(out.shape[1])
 
 
 def rotation_experiment(model, layer: str, dataset, *, powers=DEFAULT_POWERS, seed: int = 0,

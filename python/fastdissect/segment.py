@@ -13,7 +13,6 @@ import numpy as np
 import torch
 
 from . import analysis_inputs as inputs
-from .hooks import trace
 from .torch_backend import upsample
 
 
@@ -81,22 +80,11 @@ def segment(model: torch.nn.Module, images, dissection, layer: str, *, top: int 
     maps = []
     for i in range(0, len(pictures), batch_size):
         chunk = pictures[i:i + batch_size]
-        act = _activations(model, layer, inputs.model_batch(chunk, settings, device))
+        act = inputs.layer_output(model, layer, inputs.model_batch(chunk, settings, device))
         inputs.check_map_size(result, act, layer)
         h, w = chunk[0].shape[:2]
         maps.append(label_maps(act, thresholds, units, concepts, h, w).cpu())
     return Segmentation(torch.cat(maps), list(result.concept_names), units, concepts)
-
-
-def _activations(model, layer: str, x: torch.Tensor) -> torch.Tensor:
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), trace(model, [layer]) as acts:
-            model(x)
-    finally:
-        model.train(was_training)
-    return acts[layer]
 
 
 def _evaluate(model, dataset, result, layer, units, concepts, settings, thresholds, batch_size, verbose):
@@ -115,9 +103,7 @@ def _evaluate(model, dataset, result, layer, units, concepts, settings, threshol
     device = thresholds.device
     with tqdm(total=len(dataset), desc=f"segmenting with {layer}", unit="img", disable=not verbose) as bar:
         for batch in loader:
-            x = inputs.model_batch(list(batch.images.numpy()) if isinstance(batch.images, torch.Tensor)
-                                   else [im.numpy() for im in batch.images], settings, device)
-            act = _activations(model, layer, x)
+            act = inputs.layer_output(model, layer, inputs.feed(batch.images, settings, device))
             m = batch.masks
             pred = label_maps(act, thresholds, units, concepts, m.height, m.width).cpu().flatten(1)
             for n in range(m.num_images):
