@@ -81,3 +81,53 @@ def test_forward_stopped_at_the_layer(benchmark, setup):
     benchmark.group = EARLY_GROUP
     benchmark.extra_info.update(role="fastdissect")  # the saving of fd.dissect(stop_early=True)
     benchmark.pedantic(early_forward, args=(model, x, True), rounds=5, iterations=1, warmup_rounds=1)
+
+
+WHOLE = 96
+WHOLE_GROUP = f"fd.dissect vs one forward pass: EfficientNet-Lite0 demo, {WHOLE} images, 5 layers"
+
+
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory):
+    ds = fd.datasets.Broden(fd.datasets.builtin(tmp_path_factory.mktemp("whole") / "set", n_images=WHOLE))
+    model = models.efficientnet_lite0()
+    _, layers, mean, std = models.BUILTIN["efficientnet-lite0"]
+    return model, layers, mean, std, ds
+
+
+def forward_over_the_data(model, layers, mean, std, ds):
+    """The floor: every image decoded (with its labels) and run through the model once."""
+    from functools import partial
+
+    loader = torch.utils.data.DataLoader(ds, batch_size=BATCH, collate_fn=partial(fd.datasets.collate,
+                                                                                   num_concepts=ds.num_concepts))
+    for batch in loader:
+        forward(model, layers, fd.datasets.to_model_input(batch.images, mean, std, size=(224, 224)))
+
+
+def dissection(model, layers, mean, std, ds, passes):
+    return fd.dissect(model, layers, ds, mean=mean, std=std, image_size=(224, 224), batch_size=BATCH,
+                      passes=passes, verbose=False)
+
+
+def test_one_forward_over_the_data(benchmark, whole):
+    benchmark.group = WHOLE_GROUP
+    benchmark.extra_info.update(role="baseline", images=WHOLE)
+    benchmark.pedantic(forward_over_the_data, args=whole, rounds=5, iterations=1, warmup_rounds=1)
+
+
+def test_dissect_two_passes(benchmark, whole):
+    benchmark.group = WHOLE_GROUP
+    benchmark.extra_info.update(role="baseline", images=WHOLE)
+    benchmark.pedantic(dissection, args=(*whole, 2), rounds=5, iterations=1, warmup_rounds=1)
+
+
+def test_dissect_one_pass(benchmark, whole):
+    """fd.dissect's default; printed as a share of one forward pass (target <= 115%)."""
+    benchmark.group = WHOLE_GROUP
+    benchmark.extra_info.update(role="fastdissect", images=WHOLE)
+    result = benchmark.pedantic(dissection, args=(*whole, 1), rounds=5, iterations=1, warmup_rounds=1)
+    two = dissection(*whole, 2)
+    for name in whole[1]:  # the speed is worth nothing unless the numbers are the two-pass numbers
+        assert torch.equal(result[name].scores.intersection, two[name].scores.intersection)
+        assert torch.equal(result[name].scores.unit_area, two[name].scores.unit_area)

@@ -117,7 +117,7 @@ def test_rotation_experiment_shares_one_forward_pass_and_equals_separate_dissect
     model = ColorDetectors()
     powers = [0.0, 0.5, 1.0]
     e = fd.rotation_experiment(model, "pool", concepts, powers=powers, seed=4, batch_size=20, **SETTINGS)
-    assert model.forwards == 1 + 2 * 2  # one probe for the width, then 2 batches in each of the 2 passes
+    assert model.forwards == 1 + 2  # one probe for the width, then the 2 batches of the single pass
     plain = fd.dissect(ColorDetectors(), ["pool"], concepts, batch_size=20, **SETTINGS)["pool"]
     for key in ("intersection", "union", "thresholds"):
         assert torch.equal(getattr(e[0.0].scores, key), getattr(plain.scores, key))  # power 0: bit for bit

@@ -100,19 +100,20 @@ def Interrupting(after):
     return model
 
 
-@pytest.mark.parametrize("after", [2, 6])  # inside pass 1, inside pass 2 (5 batches per pass)
-def test_an_interrupted_run_resumes_with_identical_results(concepts, tmp_path, after):
-    whole = fd.dissect(ColorDetectors(), ["pool"], concepts, batch_size=8, verbose=False, **PLAIN)
+@pytest.mark.parametrize("passes,after", [(1, 2), (1, 4), (2, 2), (2, 6)])  # 5 batches per pass
+def test_an_interrupted_run_resumes_with_identical_results(concepts, tmp_path, passes, after):
+    whole = fd.dissect(ColorDetectors(), ["pool"], concepts, batch_size=8, verbose=False, passes=2, **PLAIN)
     with pytest.raises(KeyboardInterrupt):
         fd.dissect(Interrupting(after), ["pool"], concepts, batch_size=8, verbose=False, checkpoint=tmp_path,
-                   checkpoint_every=1, **PLAIN)
+                   checkpoint_every=1, passes=passes, **PLAIN)
     resumed_model = ColorDetectors()
     resumed = fd.dissect(resumed_model, ["pool"], concepts, batch_size=8, verbose=False, checkpoint=tmp_path,
-                         checkpoint_every=1, **PLAIN)
-    assert resumed_model.forwards < 10  # it did not start over
+                         checkpoint_every=1, passes=passes, **PLAIN)
+    assert resumed_model.forwards == 5 * passes - after  # it did not start over
     for key in ("intersection", "union", "thresholds"):
         assert torch.equal(getattr(whole["pool"].scores, key), getattr(resumed["pool"].scores, key))
     assert torch.equal(whole["pool"].top_images, resumed["pool"].top_images)
+    assert not list(tmp_path.glob("kept-*.pt"))  # the kept maps are gone once the run is complete
 
 
 class Float16Maps(ColorDetectors):

@@ -58,7 +58,13 @@ def _add_dissect_options(p: argparse.ArgumentParser) -> None:
                    help="IoU union (default netdissect)")
     p.add_argument("--iou-threshold", type=_unit_interval, default=0.04, help="IoU above which a unit is a detector")
     p.add_argument("--device", default=None, help="torch device (default: the model's)")
-    p.add_argument("--cache", default=None, help='"memory" or a directory: keep float16 activations for pass 2')
+    p.add_argument("--passes", type=int, choices=(1, 2), default=None,
+                   help="1: one forward per image (default; identical results), 2: thresholds then tally "
+                        "(the default with --cache)")
+    p.add_argument("--cache", default=None, help='"memory" or a directory: with --passes 2, keep float16 '
+                   "activations for pass 2")
+    p.add_argument("--spill-dir", default=None, help="where the single pass's kept maps go past 2 GiB "
+                   "(default: the checkpoint directory, else a temporary directory)")
     p.add_argument("--checkpoint", default=None, help="directory to checkpoint to and resume from")
     p.add_argument("--checkpoint-every", type=_at_least(0), default=50, metavar="N",
                    help="write the checkpoint every N batches (default 50; 0: only after each pass)")
@@ -229,7 +235,7 @@ def _dissect_options(args, image_size, mean, std, layers=()) -> dict:
     transform = {name: fd.token_grid(tokens) for name in layers} if tokens is not None else None
     return dict(transform=transform,quantile=args.quantile, iou_threshold=args.iou_threshold, union=args.union,
                 batch_size=args.batch_size, num_workers=args.workers, device=args.device, cache=args.cache,
-                image_size=image_size, mean=mean, std=std, checkpoint=args.checkpoint,
+                passes=getattr(args, "passes", None), spill_dir=getattr(args, "spill_dir", None), image_size=image_size, mean=mean, std=std, checkpoint=args.checkpoint,
                 checkpoint_every=args.checkpoint_every, restart=args.restart, formula_length=args.formula_length,
                 beam_size=args.beam_size, search=args.search, metric=args.metric,
                 controls=tuple(c.replace("-", "_") for c in args.control), control_seed=args.control_seed,

@@ -31,7 +31,8 @@ from .results import Dissection, LayerResult
 from .identity import dataset_identity, differences, dissection_identity
 from .scoring import Tally
 from .top_images import TopImages
-from .unit_masks import MaskLog, UnitMasks
+from .unit_masks import MaskLog, UnitMasks, concat_masks
+from .retained import RetainedStore, needs_forward, rebuild, retain
 from .top_quantile import TopQuantile
 
 CHECKPOINT_VERSION = 3  # 3: tallies count images (coverage)
@@ -105,10 +106,15 @@ class _Run:
         # With a cache, both passes see float16-rounded activations, cached or recomputed alike.
         self.round_f16 = opts["cache"] is not None
         self.cache_off = opts["cache"] is None
+        self.single = opts["passes"] == 1
+        spill = opts["spill_dir"] if opts["spill_dir"] is not None else opts["checkpoint"]
+        self.kept = RetainedStore(opts["memory_limit"], spill, f"kept-rank{self.comm.rank}")
+        self.keep_spill = opts["spill_dir"] is None and bool(opts["checkpoint"])  # a checkpoint may name them
 
     # ---- data
-    def loader(self, with_masks: bool, start: int, every_shard: bool = False):
-        indices = range(start, len(self.dataset)) if every_shard else range(max(start, self.lo), self.hi)
+    def loader(self, with_masks: bool, start: int, every_shard: bool = False, indices=None):
+        if indices is None:
+            indices = range(start, len(self.dataset)) if every_shard else range(max(start, self.lo), self.hi)
         ds = torch.utils.data.Subset(self.dataset if with_masks else _Images(self.dataset), indices)
         if with_masks:
             fn = partial(collate, num_concepts=self.dataset.num_concepts)
@@ -187,7 +193,7 @@ class _Run:
 
     def identity(self) -> dict:
         return {**self.run_identity, "shard": [self.lo, self.hi], "world": self.comm.world,
-                "checkpoint_version": CHECKPOINT_VERSION}
+                "checkpoint_version": CHECKPOINT_VERSION, "passes": self.o["passes"]}
 
     def save(self, stage: int, images_done: int) -> None:
         path = self.checkpoint_path()
@@ -200,7 +206,8 @@ class _Run:
                  "top": {k: t.state_dict() for k, t in self.top.items()},
                  "unit_masks": {k: u.state_dict() for k, u in self.unit_masks.items()},
                  "control_tallies": {k: t.state_dict() for k, t in self.control_tallies.items()},
-                 "mask_log": self.mask_log.state_dict() if self.mask_log is not None else None}
+                 "mask_log": self.mask_log.state_dict() if self.mask_log is not None else None,
+                 "kept": self.kept.persist(path.parent) if stage == 1 and self.single else []}
         payload = _atomic.torch_bytes(state)
         # A checksum over the payload: a flipped bit in a counter must not resume as a wrong count.
         _atomic.write_bytes(path, CHECKPOINT_MAGIC + _atomic.digest(payload).encode() + b"\n" + payload)
@@ -244,6 +251,7 @@ class _Run:
             self.unit_masks[k] = UnitMasks(s["thresholds"], s["height"], s["width"], backend=self.o["backend"],
                                            device=self.device)
             self.unit_masks[k].load_state_dict(s)
+        self.kept.load_refs(path.parent, state.get("kept", []))
         if self.mask_log is not None and state.get("mask_log") is not None:
             self.mask_log.load_state_dict(state["mask_log"], self.device)
         if state["stage"] > 1 or state["images_done"] > self.lo:
@@ -283,6 +291,85 @@ class _Run:
                 bar.update(len(indices))
                 if every and (b + 1) % every == 0:
                     self.save(1, int(indices[-1]) + 1)
+
+    def labelled_batches(self, start: int, indices=None):
+        """Batches with masks: from the packed store when there is one, else decoded."""
+        loader = self.loader(self.store is None, start, indices=indices)
+        for batch in loader:
+            if self.store is not None:
+                idx, images = batch
+                batch = Batch(images, self.store.masks.take(idx), idx)
+            yield batch
+
+    def single_pass(self, start: int) -> None:
+        """Thresholds, top images and each layer's kept maps (retained.py) from one forward per batch."""
+        every = self.o["checkpoint_every"]
+        with self.progress("pass 1/1 thresholds and kept maps", start) as bar:
+            for b, batch in enumerate(self.labelled_batches(start)):
+                acts = self.activations(batch.indices, batch.images)
+                if self.mask_log is not None:
+                    self.mask_log.add(batch.masks.to(self.device))
+                kept = {}
+                for name, a in acts.items():
+                    if name not in self.quantiles:
+                        self.quantiles[name] = TopQuantile(a.shape[1], self.o["quantile"], self.o["method"],
+                                                           backend=self.o["backend"])
+                    self.quantiles[name].add(a)
+                    self.top[name].add(a, batch.indices)
+                    kept[name] = retain(a, self.quantiles[name].floor_values())
+                self.kept.add(int(batch.indices[0]), len(batch.indices),
+                              batch.masks if self.store is None else None, kept)
+                bar.update(len(batch.indices))
+                if every and (b + 1) % every == 0:
+                    self.save(1, int(batch.indices[-1]) + 1)
+
+    def tally_kept(self) -> None:
+        """Every layer's tally from the kept maps; the images whose kept maps may miss a value that is
+        hot under the final thresholds (the data drifted) are run through the model again."""
+        thresholds = {name: t.thresholds for name, t in self.tallies.items()}
+        again: list[int] = []
+        with self.progress("tally of the kept maps", self.lo) as bar:
+            for first, count, masks, layers in self.kept.records():
+                if masks is None:
+                    masks = self.store.masks[first:first + count]
+                masks = masks.to(self.device)
+                redo = torch.zeros(count, dtype=torch.bool)
+                for name, record in layers.items():
+                    redo |= needs_forward(record, thresholds[name])
+                again += (torch.nonzero(redo).flatten() + first).tolist()
+                rows = torch.nonzero(~redo).flatten().tolist()
+                for name, record in layers.items():
+                    maps = rebuild(record, thresholds[name]).to(self.device)
+                    for i, j in _runs(rows):
+                        lo, hi = rows[i], rows[j - 1] + 1
+                        self.add_to_tallies(name, maps[lo:hi], masks[lo:hi], first + lo)
+                bar.update(count)
+        self.kept.close(keep_files=self.keep_spill)
+        if again:
+            self.log(f"{len(again)} images may hold values above a floor the data fell below: running them "
+                     "through the model again")
+            for batch in self.labelled_batches(0, indices=again):
+                acts = self.activations(batch.indices, batch.images)
+                masks = batch.masks.to(self.device)
+                for i, j in _runs(batch.indices.tolist()):
+                    for name, a in acts.items():
+                        self.add_to_tallies(name, a[i:j], masks[i:j], int(batch.indices[i]))
+        self.forwards_again = len(again)
+
+    def add_to_tallies(self, name: str, act: torch.Tensor, masks, first_image: int) -> None:
+        """The tallies that depend on the thresholds, for images first_image.. (consecutive)."""
+        self.tallies[name].add(act, masks)
+        if self.mask_log is not None:
+            self.collect_unit_masks(name, act, masks, first_image)
+        if self.control_tallies:
+            indices = torch.arange(first_image, first_image + act.shape[0])
+            self.control_tallies[name].add(act, self.all_masks.take(self.o["derangement"][indices]).to(self.device))
+
+    def remove_kept_files(self) -> None:
+        path = self.checkpoint_path()
+        if path is not None:
+            for f in path.parent.glob(f"{self.kept.prefix}-*.pt"):
+                f.unlink(missing_ok=True)
 
     def merge_quantiles(self) -> None:
         """Every rank ends with the same TopQuantile per layer: all shards merged in rank order."""
@@ -324,6 +411,9 @@ class _Run:
         over the data set's labels (images are decoded too, not fed to the model)."""
         if self.store is not None:
             self.all_masks = self.store.masks
+            return
+        if self.single and self.comm.world == 1:  # the kept records hold every image's masks
+            self.all_masks = concat_masks([masks for _, _, masks, _ in self.kept.records()])
             return
         log = MaskLog()  # every shard's: the derangement pairs this rank's images with any image
         with self.progress("masks for the permuted control", 0) as bar:
@@ -368,23 +458,14 @@ class _Run:
     def tally_pass(self, start: int) -> None:
         every = self.o["checkpoint_every"]
         with self.progress("pass 2/2 tally", start) as bar:
-            for b, batch in enumerate(self.loader(self.store is None, start)):
-                if self.store is not None:
-                    indices, images = batch
-                    batch = Batch(images, self.store.masks[int(indices[0]):int(indices[-1]) + 1], indices)
+            for b, batch in enumerate(self.labelled_batches(start)):
                 acts = self.activations(batch.indices, None if self.cache is not None else batch.images)
                 masks = batch.masks.to(self.device)
                 if self.mask_log is not None:
                     self.mask_log.add(masks)
                 for name, a in acts.items():
-                    self.tallies[name].add(a, masks)
                     self.top[name].add(a, batch.indices)
-                    if self.mask_log is not None:
-                        self.collect_unit_masks(name, a, masks, int(batch.indices[0]))
-                if self.control_tallies:
-                    deranged = self.all_masks.take(self.o["derangement"][batch.indices]).to(self.device)
-                    for name, a in acts.items():
-                        self.control_tallies[name].add(a, deranged)
+                    self.add_to_tallies(name, a, masks, int(batch.indices[0]))
                 bar.update(len(batch.indices))
                 if every and (b + 1) % every == 0:
                     self.save(2, int(batch.indices[-1]) + 1)
@@ -397,6 +478,16 @@ class _Run:
         self.unit_masks[name].add(act, first_image)
 
 
+def _runs(values: list[int]) -> list[tuple[int, int]]:
+    """(start, stop) positions of each maximal run of consecutive integers in `values`."""
+    runs, start = [], 0
+    for i in range(1, len(values) + 1):
+        if i == len(values) or values[i] != values[i - 1] + 1:
+            runs.append((start, i))
+            start = i
+    return runs if values else []
+
+
 def dissect(model: torch.nn.Module, layers: Sequence[str], dataset, *, quantile: float = 0.005,
             method: str = "linear", iou_threshold: float = 0.04, union: str = "netdissect", batch_size: int = 32,
             num_workers: int = 0, device=None, cache=None, cache_limit: int = 4 << 30, image_size=None,
@@ -405,6 +496,7 @@ def dissect(model: torch.nn.Module, layers: Sequence[str], dataset, *, quantile:
             backend: str = "auto", distributed: bool | None = None, formula_length: int | None = None,
             beam_size: int = 5, search: str = "beam", penalty: float = 1.0, metric: str = "iou", controls=(),
             control_seed: int = 0, control_model: torch.nn.Module | None = None, stop_early: bool = True,
+            passes: int | None = None, memory_limit: int = 2 << 30, spill_dir=None,
             verbose: bool = True) -> Dissection:
     """Dissects `layers` of `model` on a concept data set (see the README for a complete example).
 
@@ -443,6 +535,13 @@ def dissect(model: torch.nn.Module, layers: Sequence[str], dataset, *, quantile:
     `result.random_init`.
     stop_early: end each forward pass once every requested layer has its output (the later layers
     are never run; a module called twice in one forward is then read at its first call).
+    passes: 1 (the default without a cache) runs the model once per image: the thresholds are found
+    while each layer keeps the maps, or the cells of large maps, that can still reach them
+    (fastdissect/retained.py), and the tally reads what was kept; results are identical bit for bit
+    to passes=2, which reads every image twice (thresholds, then tally). Images whose kept maps may
+    miss a value above the final threshold (the data drifted downwards) are run again, only those.
+    The kept maps stay in memory up to `memory_limit` bytes, the rest goes to files in `spill_dir`
+    (default: the checkpoint directory, else a temporary directory), removed when the run ends.
     """
     from .controls import check_controls
 
@@ -453,7 +552,8 @@ def dissect(model: torch.nn.Module, layers: Sequence[str], dataset, *, quantile:
                    views=views, top_k=top_k, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
                    restart=restart, backend=backend, distributed=distributed, formula_length=formula_length,
                    beam_size=beam_size, search=search, penalty=penalty, metric=metric, controls=controls,
-                   control_seed=control_seed, stop_early=stop_early, verbose=verbose)
+                   control_seed=control_seed, stop_early=stop_early, passes=passes, memory_limit=memory_limit,
+                   spill_dir=spill_dir, verbose=verbose)
     result = _dissect(model, layers, dataset, **options)
     if "random_init" in controls:
         from .controls import random_weights
@@ -491,7 +591,7 @@ def _views(layers, transform, views) -> dict:
 def _dissect(model, layers, dataset, *, quantile, method, iou_threshold, union, batch_size, num_workers, device,
              cache, cache_limit, image_size, mean, std, transform, views, top_k, checkpoint, checkpoint_every,
              restart, backend, distributed, formula_length, beam_size, search, penalty, metric, controls,
-             control_seed, stop_early, verbose) -> Dissection:
+             control_seed, stop_early, passes, memory_limit, spill_dir, verbose) -> Dissection:
     from .controls import derangement
     from .results import check_metric
 
@@ -520,6 +620,14 @@ def _dissect(model, layers, dataset, *, quantile, method, iou_threshold, union, 
                          f"got {checkpoint_every!r}")
     if cache not in (None, "memory") and not isinstance(cache, (str, os.PathLike)):
         raise ValueError(f'cache must be None, "memory" or a directory, got {cache!r}')
+    if passes is None:
+        passes = 1 if cache is None else 2
+    if passes not in (1, 2) or isinstance(passes, bool):
+        raise ValueError(f"passes must be 1 or 2 (or None: 1, 2 with a cache), got {passes!r}")
+    if passes == 1 and cache is not None:
+        raise ValueError("cache= keeps activations for a second pass: use it with passes=2 (or leave passes unset)")
+    if not isinstance(memory_limit, int) or isinstance(memory_limit, bool) or memory_limit < 0:
+        raise ValueError(f"memory_limit must be a non-negative number of bytes, got {memory_limit!r}")
     if device is None:
         param = next(model.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
@@ -536,7 +644,7 @@ def _dissect(model, layers, dataset, *, quantile, method, iou_threshold, union, 
                 image_size=tuple(image_size) if image_size is not None else None, mean=mean, std=std,
                 transform=transform, views=view_specs, top_k=top_k, checkpoint=checkpoint,
                 checkpoint_every=checkpoint_every, restart=restart, backend=backend, stop_early=stop_early,
-                verbose=verbose)
+                passes=passes, memory_limit=memory_limit, spill_dir=spill_dir, verbose=verbose)
     identity = dissection_identity(model, list(view_specs), dataset if store is None else store, opts)
     if store is not None:
         identity["dataset"]["images_from"] = dataset_identity(dataset)
@@ -551,13 +659,24 @@ def _dissect(model, layers, dataset, *, quantile, method, iou_threshold, union, 
         try:
             stage, done = run.resume()
             if stage == 1:
-                comm.run(run.thresholds_pass, done)
+                comm.run(run.single_pass if run.single else run.thresholds_pass, done)
+                if run.single:
+                    run.save(1, run.hi)
                 run.merge_quantiles()
                 run.refine_thresholds()
                 run.start_tallies()
-                run.save(2, run.lo)
-                done = run.lo
-            if stage <= 2:
+                if run.single:
+                    if permuted:
+                        run.collect_all_masks()
+                    comm.run(run.tally_kept)
+                    run.combine_tallies()
+                    run.save(3, run.hi)
+                    run.remove_kept_files()
+                    stage = 3
+                else:
+                    run.save(2, run.lo)
+                    done = run.lo
+            if stage == 2 or (stage == 1 and not run.single):
                 if permuted:
                     run.collect_all_masks()
                 comm.run(run.tally_pass, done)
@@ -574,6 +693,7 @@ def _dissect(model, layers, dataset, *, quantile, method, iou_threshold, union, 
                         "run the same command again to resume")
             raise
         finally:
+            run.kept.close(keep_files=run.keep_spill)
             model.train(was_training)
     result = Dissection()
     cats = torch.as_tensor(dataset.primary_category, dtype=torch.int64)
@@ -593,8 +713,10 @@ def _dissect(model, layers, dataset, *, quantile, method, iou_threshold, union, 
 
 def _warn_if_chance_explains(layer: LayerResult, log) -> None:
     """Most units pass the plain rule but few beat their control: the labels are not evidence."""
+    if layer.control is None:
+        return
     s = layer.summary
-    if layer.control is None or s["interpretable"] <= s["units"] // 2:
+    if s["interpretable"] <= s["units"] // 2:
         return
     if s["beyond_chance"] < s["interpretable"] / 4:
         import warnings

@@ -29,7 +29,8 @@ from .quantile import check_method, interpolate, order_statistics
 
 SUB_BITS = 12  # a further pass splits a key range into 2**SUB_BITS sub-ranges
 REFINE_BUDGET = 1 << 16
-COMPACT_MIN_VALUES = 1 << 20  # kept chunks are merged once they hold twice the last merge, and this many
+COMPACT_MIN_VALUES = 1 << 20
+_FLOOR_TABLES: dict = {}  # device -> bin_floor_values, built once  # kept chunks are merged once they hold twice the last merge, and this many
 
 
 class TopQuantile:
@@ -101,6 +102,18 @@ class TopQuantile:
         self._kept.append(chunk)
         if sum(_chunk_size(c) for c in self._kept) > max(2 * self._compacted, COMPACT_MIN_VALUES):
             self._compact()
+
+    def floor_values(self) -> torch.Tensor:
+        """(K,) float64 on the state's device: the least value of each unit's floor bin. A value seen
+        below it is not kept; the floor only rises (the single-pass tally keeps maps by it)."""
+        if self._device is None:
+            raise RuntimeError("no values were added: call add() with activations first")
+        table = _FLOOR_TABLES.get(self._device)
+        if table is None:
+            from .retained import bin_floor_values
+
+            table = _FLOOR_TABLES[self._device] = bin_floor_values(self._device)
+        return table[self._floor.to(torch.int64)]
 
     @property
     def needs_pass(self) -> bool:
