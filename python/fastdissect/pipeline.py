@@ -1,10 +1,12 @@
 """`fd.dissect`: a model, its layers and a concept data set in; labeled units out.
 
-Two streamed passes over the data set, every requested layer read in one forward per batch:
-pass 1 feeds each layer's `TopQuantile` (exact thresholds; rarely a further pass when the data drift),
-pass 2 feeds each layer's `Tally` with the batch's concept masks and keeps, per unit, the top-k
-images by per-image max activation. Accumulators are exact integer sums and exact order statistics,
-so results do not depend on the batch size or the number of workers.
+One forward per batch reads every requested layer. By default (passes=1) each batch feeds the
+layer's `TopQuantile` (exact thresholds), its `TopImages`, and a record of the maps that can still
+exceed the thresholds (retained.py); once the thresholds are known the `Tally` reads the records, and
+the images a downward drift may have cut are run again. With passes=2 a first pass finds the
+thresholds and a second feeds the `Tally`. Either way a rare further pass refines a threshold when
+the data drift. Accumulators are exact integer sums and exact order statistics, so results do not
+depend on the batch size, the number of workers or the number of passes.
 """
 
 from __future__ import annotations
@@ -354,7 +356,6 @@ class _Run:
                 for i, j in _runs(batch.indices.tolist()):
                     for name, a in acts.items():
                         self.add_to_tallies(name, a[i:j], masks[i:j], int(batch.indices[i]))
-        self.forwards_again = len(again)
 
     def add_to_tallies(self, name: str, act: torch.Tensor, masks, first_image: int) -> None:
         """The tallies that depend on the thresholds, for images first_image.. (consecutive)."""
