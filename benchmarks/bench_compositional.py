@@ -14,7 +14,6 @@ import threading
 import time
 
 import pytest
-import torch
 
 import fastdissect as fd
 import workloads

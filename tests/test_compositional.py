@@ -1,7 +1,6 @@
 """fd.compositional against the dense numpy references in tests/reference.py: compexp's beam search
 transcribed, and brute force over every formula of the space."""
 
-import numpy as np
 import pytest
 import torch
 

@@ -235,7 +235,8 @@ def _dissect_options(args, image_size, mean, std, layers=()) -> dict:
     transform = {name: fd.token_grid(tokens) for name in layers} if tokens is not None else None
     return dict(transform=transform,quantile=args.quantile, iou_threshold=args.iou_threshold, union=args.union,
                 batch_size=args.batch_size, num_workers=args.workers, device=args.device, cache=args.cache,
-                passes=getattr(args, "passes", None), spill_dir=getattr(args, "spill_dir", None), image_size=image_size, mean=mean, std=std, checkpoint=args.checkpoint,
+                passes=getattr(args, "passes", None), spill_dir=getattr(args, "spill_dir", None),
+                image_size=image_size, mean=mean, std=std, checkpoint=args.checkpoint,
                 checkpoint_every=args.checkpoint_every, restart=args.restart, formula_length=args.formula_length,
                 beam_size=args.beam_size, search=args.search, metric=args.metric,
                 controls=tuple(c.replace("-", "_") for c in args.control), control_seed=args.control_seed,

@@ -300,7 +300,10 @@ class _Run:
         for batch in loader:
             if self.store is not None:
                 idx, images = batch
-                batch = Batch(images, self.store.masks.take(idx), idx)
+                # Consecutive images share the store's arrays; chosen ones (indices) are gathered.
+                masks = (self.store.masks[int(idx[0]):int(idx[-1]) + 1] if indices is None
+                         else self.store.masks.take(idx))
+                batch = Batch(images, masks, idx)
             yield batch
 
     def single_pass(self, start: int) -> None:
@@ -365,12 +368,6 @@ class _Run:
         if self.control_tallies:
             indices = torch.arange(first_image, first_image + act.shape[0])
             self.control_tallies[name].add(act, self.all_masks.take(self.o["derangement"][indices]).to(self.device))
-
-    def remove_kept_files(self) -> None:
-        path = self.checkpoint_path()
-        if path is not None:
-            for f in path.parent.glob(f"{self.kept.prefix}-*.pt"):
-                f.unlink(missing_ok=True)
 
     def merge_quantiles(self) -> None:
         """Every rank ends with the same TopQuantile per layer: all shards merged in rank order."""
@@ -672,7 +669,8 @@ def _dissect(model, layers, dataset, *, quantile, method, iou_threshold, union, 
                     comm.run(run.tally_kept)
                     run.combine_tallies()
                     run.save(3, run.hi)
-                    run.remove_kept_files()
+                    if run.checkpoint_path() is not None:  # complete: the checkpoint names no record now
+                        run.kept.remove_files(run.checkpoint_path().parent)
                     stage = 3
                 else:
                     run.save(2, run.lo)

@@ -6,12 +6,16 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from ._atomic import make_dirs, write_csv
 from .controls import beyond_chance
 from .scoring import Scores
+
+if TYPE_CHECKING:
+    from .explanations import Explanations
 
 FORMAT_VERSION = 2  # 2: manifest.json names the content-addressed dissection file
 MANIFEST = "manifest.json"
@@ -45,7 +49,7 @@ class LayerResult:
     top_images: torch.Tensor | None = None   # (K, top_k) images with the highest per-image max activation
     top_values: torch.Tensor | None = None   # (K, top_k) those maxima
     top_maps: torch.Tensor | None = None     # (K, top_k, h, w) the unit's maps on those images
-    formulas: "Explanations | None" = None   # each unit's compositional formula (fd.dissect(formula_length=...))
+    formulas: Explanations | None = None   # each unit's compositional formula (fd.dissect(formula_length=...))
     control: Scores | None = None            # the permuted control's scores (fd.dissect(controls=("permuted",)))
     metric: str = "iou"                      # what ranks labels and meets iou_threshold (one of METRICS)
     _units: list | None = field(default=None, repr=False)

@@ -129,23 +129,16 @@ class RetainedStore:
         self._spill: Path | None = None  # created at the first spill
         self.entries: list[dict] = []    # {"record": dict | None, "path": Path | None, "digest": str | None}
         self.in_memory = 0
-        self.peak_in_memory = 0
-        self.spilled_bytes = 0
-        self.kept = {}  # layer -> values kept, summed over batches
 
     def add(self, first: int, count: int, masks, layers: dict) -> None:
         record = {"first": first, "count": count, "masks": _masks_state(masks) if masks is not None else None,
                   "layers": layers}
-        for name, rec in layers.items():
-            self.kept[name] = self.kept.get(name, 0) + kept_values(rec)
         size = self._bytes(record)
         if self.in_memory + size > self.memory_limit:
             self.entries.append(self._write(record, self._spill_dir()))
-            self.spilled_bytes += size
             return
         self.entries.append({"record": record, "path": None, "digest": None, "bytes": size})
         self.in_memory += size
-        self.peak_in_memory = max(self.peak_in_memory, self.in_memory)
 
     def records(self):
         """Yields (first, count, masks, layers) of every batch in order, loading spilled ones."""
@@ -180,9 +173,13 @@ class RetainedStore:
             if self.spill_root is None:
                 shutil.rmtree(self._spill, ignore_errors=True)
             else:
-                for f in self._spill.glob(f"{self.prefix}-*.pt"):
-                    f.unlink(missing_ok=True)
+                self.remove_files(self._spill)
         self.entries, self.in_memory, self._spill = [], 0, None
+
+    def remove_files(self, directory: Path) -> None:
+        """Removes this store's record files from `directory` (a spill or checkpoint directory)."""
+        for f in Path(directory).glob(f"{self.prefix}-*.pt"):
+            f.unlink(missing_ok=True)
 
     # ---- internals
     @staticmethod
