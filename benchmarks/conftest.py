@@ -23,3 +23,18 @@ def pytest_terminal_summary(terminalreporter, config):
                 ratio = other.stats.median / mine.stats.median
                 terminalreporter.write_line(f"{group}: {mine.name} is {ratio:,.1f}x faster than {other.name} "
                                             f"({100 / ratio:.1f}% of its time)")
+
+
+def pytest_configure(config):
+    # Packed label caches (fd.datasets.mask_cache) go to a directory of this run, never the user's.
+    import os
+    import tempfile
+
+    os.environ["FASTDISSECT_CACHE"] = tempfile.mkdtemp(prefix="fastdissect-test-cache-")
+
+
+def pytest_unconfigure(config):
+    import os
+    import shutil
+
+    shutil.rmtree(os.environ.pop("FASTDISSECT_CACHE", ""), ignore_errors=True)

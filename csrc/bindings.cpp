@@ -76,6 +76,7 @@ void check_formula_counts(const fd::FormulaCountsParams& p) {
 }
 
 void check_score_scratch(const fd::ScoreParams& p, const fd::ScoreScratch& s) {
+  FD_ASSERT(s.map_scale && s.taps, "map_scale and taps are required");
   FD_ASSERT(p.union_mode == fd::UnionMode::kGlobal || s.map_area, "map_area is required for this union");
   FD_ASSERT(p.union_mode != fd::UnionMode::kLite || s.hit, "hit is required for the lite union");
   FD_ASSERT(!p.image_hits || (s.entry_hit && s.num_entries >= 0), "entry_hit is required for image_hits");
@@ -198,6 +199,8 @@ void declare_params(py::module_& m) {
       .pointer("map_area", &ScoreScratch::map_area)
       .pointer("hit", &ScoreScratch::hit)
       .pointer("non_finite", &ScoreScratch::non_finite)
+      .pointer("map_scale", &ScoreScratch::map_scale)
+      .pointer("taps", &ScoreScratch::taps)
       .pointer("entry_hit", &ScoreScratch::entry_hit)
       .value("num_entries", &ScoreScratch::num_entries);
 
@@ -231,6 +234,15 @@ void declare_params(py::module_& m) {
       .pointer("concept_area", &UnionIouParams::concept_area)
       .pointer("union_out", &UnionIouParams::union_out)
       .pointer("iou_out", &UnionIouParams::iou_out);
+
+  using fd::PngLabelsParams;
+  FieldTable<PngLabelsParams>(m, "PngLabelsParams")
+      .pointer("raw", &PngLabelsParams::raw)
+      .value("height", &PngLabelsParams::height)
+      .value("width", &PngLabelsParams::width)
+      .value("channels", &PngLabelsParams::channels)
+      .pointer("scratch", &PngLabelsParams::scratch)
+      .pointer("labels", &PngLabelsParams::labels);
 
   using fd::FormulaCountsParams;
   FieldTable<FormulaCountsParams>(m, "FormulaCountsParams")
@@ -287,6 +299,15 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("params"), py::arg("entries"), py::arg("emulate"), py::arg("stream"), py::arg("n_threads"), no_gil);
   m.def("union_iou_cpu", &fd::union_iou_cpu, py::arg("params"), py::arg("n_threads"), no_gil);
+  m.attr("SCREEN_TAP_BYTES") = sizeof(fd::ScreenTap);
+  m.def(
+      "png_labels_cpu",
+      [](const fd::PngLabelsParams& p) {
+        FD_ASSERT(p.raw && p.scratch && p.labels && p.height > 0 && p.width > 0 && (p.channels == 3 || p.channels == 4),
+                  "incomplete PNG label inputs");
+        return fd::png_labels_cpu(p);
+      },
+      py::arg("params"), no_gil);
   m.def("histogram_add", &histogram_add, py::arg("params"), py::arg("n_threads"));
 
   // The CUDA kernels: on the GPU (asynchronous on `stream`) or emulated on the CPU.

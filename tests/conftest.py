@@ -28,3 +28,18 @@ def random_labels(rng, n, planes, h, w, num_concepts, density=0.6):
     lab = rng.integers(1, num_concepts, size=(n, planes, h, w))
     lab[rng.random(lab.shape) > density] = 0
     return torch.from_numpy(lab)
+
+
+def pytest_configure(config):
+    # Packed label caches (fd.datasets.mask_cache) go to a directory of this run, never the user's.
+    import os
+    import tempfile
+
+    os.environ["FASTDISSECT_CACHE"] = tempfile.mkdtemp(prefix="fastdissect-test-cache-")
+
+
+def pytest_unconfigure(config):
+    import os
+    import shutil
+
+    shutil.rmtree(os.environ.pop("FASTDISSECT_CACHE", ""), ignore_errors=True)

@@ -89,6 +89,19 @@ def test_maps_within_rounding_of_threshold(backend, rng, geometry):
     assert 0 < s.unit_area.sum() < 3 * 4 * H * W
 
 
+def test_values_beyond_float_range_and_subnormal_doubles(backend, rng):
+    """The CUDA kernel screens pixels in float: maps beyond float's range must be evaluated in double,
+    and subnormal doubles (0 in float) must not be decided by the screen."""
+    acts = torch.from_numpy(rng.standard_normal((2, 3, 5, 4)))
+    acts[:, 0] *= 1e300
+    acts[:, 1] *= 1e-310
+    acts[:, 2] *= 3e38  # within float's range, near its top
+    dense = torch.from_numpy(rng.random((2, 3, 19, 13)) > 0.5)
+    thr = torch.tensor([0.3e300, 0.2e-310, 1e38], dtype=torch.float64)
+    s = run_case(acts, dense, thr, backend)
+    assert (s.unit_area > 0).all()
+
+
 def test_all_zero_relu_units(backend, rng):
     acts = torch.relu(exact_acts(rng, (3, 4, 7, 7)))
     acts[:, 1] = 0

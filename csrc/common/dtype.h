@@ -25,19 +25,26 @@ FD_HOST_DEVICE FD_INLINE double to_double(double v) { return v; }
 FD_HOST_DEVICE FD_INLINE double to_double(BFloat16 v) {
   return static_cast<double>(bits_to_float(static_cast<uint32_t>(v.bits) << 16));
 }
-FD_HOST_DEVICE FD_INLINE double to_double(Half v) {
+// Every half value is exact in float (a subnormal half is man * 2^-24, a normal float).
+FD_HOST_DEVICE FD_INLINE float half_to_float(Half v) {
   const uint32_t sign = static_cast<uint32_t>(v.bits & 0x8000u) << 16;
   uint32_t exp = (v.bits >> 10) & 0x1fu;
   uint32_t man = v.bits & 0x3ffu;
   if (exp == 0x1fu) return bits_to_float(sign | 0x7f800000u | (man << 13));  // inf / nan
   if (exp == 0) {
     if (man == 0) return bits_to_float(sign);
-    // Subnormal half: value = man * 2^-24, exact in float.
-    const double mag = static_cast<double>(man) * (1.0 / 16777216.0);
+    const float mag = static_cast<float>(man) * (1.0f / 16777216.0f);
     return sign ? -mag : mag;
   }
   return bits_to_float(sign | ((exp + 112u) << 23) | (man << 13));
 }
+FD_HOST_DEVICE FD_INLINE double to_double(Half v) { return static_cast<double>(half_to_float(v)); }
+
+// The same values in float, for the CUDA kernel's float screen (exact for every type but double).
+FD_HOST_DEVICE FD_INLINE float to_float(float v) { return v; }
+FD_HOST_DEVICE FD_INLINE float to_float(double v) { return static_cast<float>(v); }
+FD_HOST_DEVICE FD_INLINE float to_float(BFloat16 v) { return bits_to_float(static_cast<uint32_t>(v.bits) << 16); }
+FD_HOST_DEVICE FD_INLINE float to_float(Half v) { return half_to_float(v); }
 
 }  // namespace fd
 

@@ -88,10 +88,20 @@ struct ScoreParams {
 };
 
 // Device scratch of the GPU score kernels (allocated by the caller, zeroed before each batch).
+// One output coordinate's taps, computed once per call by the CUDA kernels (score_taps_kernel): the
+// exact double weights of linear_tap and their float roundings for the float screen (upsample.h (5)).
+struct ScreenTap {
+  int64_t i0, i1;
+  double l0, l1;
+  float f0, f1;
+};
+
 struct ScoreScratch {
   int64_t* map_area;    // [N, K] mask area of each map ("netdissect" / "lite" unions), else null
   int* hit;             // [N, K, G] map meets a label of category g ("lite" union), else null
   int64_t* non_finite;  // [K] NaN / inf activations seen (accumulated; reported when results are read)
+  double* map_scale;    // [N, K] max |source| of each map that is not cold, -1 for a cold map
+  ScreenTap* taps;      // [H + W] the output rows' taps, then the output columns'
   int* entry_hit = nullptr;  // [K, E] map k meets entry e, with image_hits (zeroed by the caller)
   int64_t num_entries = 0;   // E = offsets[N], known on the host (offsets may live on the device)
 };

@@ -75,6 +75,18 @@ FD_HOST_DEVICE FD_INLINE double lerp_pair(double l0, double a0, double l1, doubl
 //     before the proof are evaluated exactly. Rows whose ends lie within 2 * margin of each other
 //     carry no usable slope and are evaluated pixel by pixel (kRowExact).
 // Max_abs is bounded by max(|least source|, |peak|) of the map, read before the blocks.
+// (5) Float32 screening (the CUDA kernel: consumer GPUs run float64 at 1/64 rate). S32 is the same
+//     expression evaluated in float: sources and weights rounded to float (relative error at most
+//     v = FLT_EPSILON / 2 each; exact for float, half and bfloat16 sources), six float roundings.
+//     With A = max|source| of the map: rounding the weights moves each pass by <= 1.01 v A,
+//     rounding the sources by <= 1.01 v A, the six roundings by <= 6.1 v A + 3 FLT_TRUE_MIN, so
+//     |S32 - R| <= 9.2 v A + 3 FLT_TRUE_MIN and, with (2), |S32 - S| <= 10 v A + 4 FLT_TRUE_MIN.
+//     margin = screen_margin(max(A, |T|)) (16 FLT_EPSILON B + 64 FLT_TRUE_MIN = 32 v B + ...) is at
+//     least three times that: a pixel with S32 > T + margin has S > T, one with S32 <= T - margin
+//     has S <= T, and only pixels between are evaluated in double. The kernel compares S32 in float
+//     against T +- 2 margin rounded to float; the rounding moves them by at most v |T +- 2 margin|,
+//     less than margin, so its tests imply the two above. Maps with max(A, |T|) > kScreenMaxAbs
+//     (float would overflow) are evaluated in double throughout.
 
 // Every source value <= hot_floor(T) implies every bilinear sample <= T, including the rounding of
 // the blend above (each of its ~7 roundings can push a sample at most one unit in the last place
@@ -94,6 +106,12 @@ FD_HOST_DEVICE FD_INLINE double hot_floor(double threshold) {
 // (see (2) above: four times the derived bound, plus subnormal slack).
 FD_HOST_DEVICE FD_INLINE double blend_error_bound(double max_abs) {
   return 16.0 * DBL_EPSILON * max_abs + 64.0 * DBL_TRUE_MIN;
+}
+
+// The margin of bound (5), for max_abs = max(A, |T|).
+constexpr double kScreenMaxAbs = FLT_MAX / 4;
+FD_HOST_DEVICE FD_INLINE double screen_margin(double max_abs) {
+  return 16.0 * static_cast<double>(FLT_EPSILON) * max_abs + 64.0 * static_cast<double>(FLT_TRUE_MIN);
 }
 
 }  // namespace fd

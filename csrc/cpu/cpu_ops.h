@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "../common/params.h"
+#include "../common/png_labels.h"
 #include "../common/quantile_params.h"
 
 namespace fd {
@@ -31,5 +32,9 @@ void union_iou_cpu(const UnionIouParams& p, int n_threads);
 // the batch is not finite.
 bool histogram_cpu(const HistogramParams& p, int n_threads, std::vector<std::vector<double>>& kept,
                    uint8_t* bad_units);
+
+// Labels of one inflated PNG (PngLabelsParams, png_labels.h); returns -1, or the first row whose
+// filter type is unknown (nothing after it is written).
+int64_t png_labels_cpu(const PngLabelsParams& p);
 
 }  // namespace fd

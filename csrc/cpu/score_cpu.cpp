@@ -108,49 +108,6 @@ void load_map(const ScoreParams& p, int64_t n, int64_t k, double* dst) {
     for (int64_t j = 0; j < p.w; ++j) dst[i * p.w + j] = to_double(base[i * p.act_stride[2] + j * p.act_stride[3]]);
 }
 
-// Pillow mode: the whole map resampled as Pillow does for an "F" image, then thresholded.
-template <typename scalar_t>
-void mask_of_map_pillow(const ScoreParams& p, int64_t n, int64_t k, Workspace& ws, int64_t* first_word,
-                        int64_t* last_word) {
-  *first_word = *last_word = 0;
-  const double threshold = p.thresholds[k];
-  if (!(map_peak<scalar_t>(p, n, k) > threshold)) return;  // Lite never resizes such a map
-  load_map<scalar_t>(p, n, k, ws.src.data());
-  for (auto& v : ws.src) v = static_cast<double>(static_cast<float>(v));  // the map as an "F" image
-  for (int64_t y = 0; y < p.h; ++y) {
-    for (int64_t x = 0; x < p.W; ++x) {
-      const double* w = p.pil_x_weights + x * p.pil_x_taps;
-      const int64_t first = p.pil_x_first[x];
-      double acc = 0.0;
-      for (int64_t t = 0; t < p.pil_x_taps && first + t < p.w; ++t) acc += ws.src[y * p.w + first + t] * w[t];
-      ws.pil_rows[y * p.W + x] = static_cast<float>(acc);
-    }
-  }
-  int64_t wfirst = p.words_per_mask, wlast = 0;
-  for (int64_t y = 0; y < p.H; ++y) {
-    const double* w = p.pil_y_weights + y * p.pil_y_taps;
-    const int64_t first = p.pil_y_first[y];
-    for (int64_t x = 0; x < p.W; ++x) {
-      double acc = 0.0;
-      for (int64_t t = 0; t < p.pil_y_taps && first + t < p.h; ++t)
-        acc += static_cast<double>(ws.pil_rows[(first + t) * p.W + x]) * w[t];
-      if (static_cast<double>(static_cast<float>(acc)) > threshold) {
-        const int64_t pixel = y * p.W + x;
-        ws.mask[pixel / kBitsPerWord] |= bit_if(true, pixel);
-        wfirst = std::min(wfirst, pixel / kBitsPerWord);
-        wlast = std::max(wlast, pixel / kBitsPerWord + 1);
-      }
-    }
-  }
-  if (wfirst < wlast) {
-    *first_word = wfirst;
-    *last_word = wlast;
-  }
-}
-
-// ---- The mask of one map. Every shortcut below is exact; csrc/common/upsample.h ("Why the
-// shortcuts are exact") derives the bounds they rest on. `exhaustive` bypasses all of them.
-
 // The set bits of one map's mask and the word span [first, last) they touch.
 struct MaskWriter {
   uint64_t* mask;
@@ -168,6 +125,163 @@ struct MaskWriter {
     last = std::max(last, (y1 * W + x1) / kBitsPerWord + 1);
   }
 };
+
+// Pillow mode (NetDissect-Lite's masks): per source column / row, the span of output columns /
+// rows whose Pillow window holds it (empty when none does), so that only pixels whose window holds
+// a hot source are evaluated.
+struct PillowGeometry {
+  std::vector<int64_t> col_first, col_last;  // [w], empty span = (W, -1)
+  std::vector<int64_t> row_first, row_last;  // [h], empty span = (H, -1)
+
+  explicit PillowGeometry(const ScoreParams& p)
+      : col_first(p.pil_x_first ? p.w : 0, p.W), col_last(p.pil_x_first ? p.w : 0, -1),
+        row_first(p.pil_x_first ? p.h : 0, p.H), row_last(p.pil_x_first ? p.h : 0, -1) {
+    if (!p.pil_x_first) return;
+    spans(p.pil_x_first, p.pil_x_weights, p.W, p.pil_x_taps, p.w, col_first, col_last);
+    spans(p.pil_y_first, p.pil_y_weights, p.H, p.pil_y_taps, p.h, row_first, row_last);
+  }
+  // A tap of weight 0 adds (finite source) * 0 = +-0 to the sum, which changes no comparison: it
+  // does not make its source part of the window.
+  static void spans(const int64_t* first, const double* weights, int64_t out, int64_t taps, int64_t in,
+                    std::vector<int64_t>& lo, std::vector<int64_t>& hi) {
+    for (int64_t x = 0; x < out; ++x)
+      for (int64_t t = 0; t < taps && first[x] + t < in; ++t) {
+        if (weights[x * taps + t] == 0.0) continue;
+        lo[first[x] + t] = std::min(lo[first[x] + t], x);
+        hi[first[x] + t] = std::max(hi[first[x] + t], x);
+      }
+  }
+};
+
+// Pillow's pixel is a convex combination (weights >= 0 summing to 1 within a few ulps) of the
+// window's float32 sources, rounded to float32 after each pass: it exceeds its window's largest
+// source M by less than 2 * 2^-24 * A + 1e-44 (A = the map's largest |source|, the rounding of both
+// passes dominating). So a pixel whose window holds no source above T - (1e-6 * A + 1e-44) is off,
+// with a 4x margin; every other pixel is evaluated exactly as Pillow does.
+FD_INLINE double pillow_cold_cut(double threshold, double max_abs) { return threshold - (1e-6 * max_abs + 1e-44); }
+
+// Horizontal pass of source row y at output columns [x0, x1] into ws.pil_rows (taps in Pillow's
+// order; columns whose three taps lie inside the row take the spelt-out loop).
+void pillow_row_pass(const ScoreParams& p, Workspace& ws, int64_t y, int64_t x0, int64_t x1) {
+  const double* src = ws.src.data() + y * p.w;
+  float* out = ws.pil_rows.data() + y * p.W;
+  for (int64_t x = x0; x <= x1; ++x) {
+    const double* w = p.pil_x_weights + x * p.pil_x_taps;
+    const int64_t first = p.pil_x_first[x];
+    double acc = 0.0;
+    if (p.pil_x_taps == 3 && first + 3 <= p.w) {
+      acc += src[first] * w[0];
+      acc += src[first + 1] * w[1];
+      acc += src[first + 2] * w[2];
+    } else {
+      for (int64_t t = 0; t < p.pil_x_taps && first + t < p.w; ++t) acc += src[first + t] * w[t];
+    }
+    out[x] = static_cast<float>(acc);
+  }
+}
+
+// Vertical pass of output row y at columns [x0, x1], thresholded into the mask. The taps are
+// added in Pillow's order (source rows ascending, from 0.0); with the usual three taps the loop is
+// spelt out so that it vectorises over x, each lane doing the same additions in the same order.
+void pillow_column_pass(const ScoreParams& p, Workspace& ws, int64_t y, int64_t x0, int64_t x1, double threshold,
+                        MaskWriter& out) {
+  const double* w = p.pil_y_weights + y * p.pil_y_taps;
+  const int64_t first = p.pil_y_first[y];
+  const int64_t taps = std::min(p.pil_y_taps, p.h - first);
+  const float* rows = ws.pil_rows.data() + first * p.W;
+  double* acc = ws.h0.data();  // [W] sums first, thresholds after: the sums' loop vectorises
+  if (taps == 3) {
+    const float *r0 = rows, *r1 = rows + p.W, *r2 = rows + 2 * p.W;
+    for (int64_t x = x0; x <= x1; ++x) {
+      double a = 0.0;
+      a += static_cast<double>(r0[x]) * w[0];
+      a += static_cast<double>(r1[x]) * w[1];
+      a += static_cast<double>(r2[x]) * w[2];
+      acc[x] = a;
+    }
+  } else {
+    for (int64_t x = x0; x <= x1; ++x) {
+      double a = 0.0;
+      for (int64_t t = 0; t < taps; ++t) a += static_cast<double>(rows[t * p.W + x]) * w[t];
+      acc[x] = a;
+    }
+  }
+  // Bits gathered a word at a time in a register, each word or-ed into the mask once.
+  bool any = false;
+  int64_t pixel = y * p.W + x0, word_index = pixel / kBitsPerWord;
+  uint64_t word = 0;
+  for (int64_t x = x0; x <= x1; ++x, ++pixel) {
+    word |= static_cast<uint64_t>(static_cast<double>(static_cast<float>(acc[x])) > threshold) << (pixel % kBitsPerWord);
+    if ((pixel + 1) % kBitsPerWord == 0) {
+      out.mask[word_index++] |= word;
+      any |= word != 0;
+      word = 0;
+    }
+  }
+  if (word != 0) {  // a row ending on a word boundary leaves nothing here (word_index may be past the mask)
+    out.mask[word_index] |= word;
+    any = true;
+  }
+  if (any) out.touch(y, x0, y, x1);
+}
+
+// The map resampled as Pillow does for an "F" image, then thresholded; `exhaustive` evaluates
+// every pixel (the reference the cold-window skip is tested against).
+template <typename scalar_t>
+void mask_of_map_pillow(const ScoreParams& p, const PillowGeometry& g, int64_t n, int64_t k, Workspace& ws,
+                        int64_t* first_word, int64_t* last_word) {
+  *first_word = *last_word = 0;
+  const double threshold = p.thresholds[k];
+  if (!(map_peak<scalar_t>(p, n, k) > threshold)) return;  // Lite never resizes such a map
+  load_map<scalar_t>(p, n, k, ws.src.data());
+  double max_abs = 0.0;
+  for (auto& v : ws.src) {
+    v = static_cast<double>(static_cast<float>(v));  // the map as an "F" image
+    max_abs = std::max(max_abs, std::fabs(v));
+  }
+  MaskWriter out{ws.mask.data(), p.W, p.words_per_mask, 0};
+  const bool every_pixel = kExhaustiveBuild || p.exhaustive;
+  const double cut = every_pixel ? -INFINITY : pillow_cold_cut(threshold, max_abs);
+  // Per source row, the output columns whose window holds one of its hot sources (ws.hot_lo /
+  // hot_hi, empty = (W, -1)); their union over rows, and the output rows a hot source reaches.
+  int64_t x_lo = p.W, x_hi = -1, y0 = p.H, y1 = -1;
+  for (int64_t i = 0; i < p.h; ++i) {
+    int64_t lo = p.W, hi = -1;
+    for (int64_t j = 0; j < p.w; ++j)
+      if (ws.src[i * p.w + j] > cut) {
+        lo = std::min(lo, g.col_first[j]);
+        hi = std::max(hi, g.col_last[j]);
+      }
+    ws.hot_lo[i] = lo;
+    ws.hot_hi[i] = hi;
+    if (hi >= lo) {
+      x_lo = std::min(x_lo, lo);
+      x_hi = std::max(x_hi, hi);
+      y0 = std::min(y0, g.row_first[i]);
+      y1 = std::max(y1, g.row_last[i]);
+    }
+  }
+  if (y1 < y0) return;  // every window cold
+  // pil_y_first is non-decreasing: rows y0..y1 read source rows in this range only.
+  const int64_t src_last = std::min(p.h - 1, p.pil_y_first[y1] + p.pil_y_taps - 1);
+  for (int64_t i = p.pil_y_first[y0]; i <= src_last; ++i) pillow_row_pass(p, ws, i, x_lo, x_hi);
+  for (int64_t y = y0; y <= y1; ++y) {
+    int64_t lo = p.W, hi = -1;
+    for (int64_t t = 0; t < p.pil_y_taps && p.pil_y_first[y] + t < p.h; ++t) {
+      if (p.pil_y_weights[y * p.pil_y_taps + t] == 0.0) continue;  // as in PillowGeometry::spans
+      lo = std::min(lo, ws.hot_lo[p.pil_y_first[y] + t]);
+      hi = std::max(hi, ws.hot_hi[p.pil_y_first[y] + t]);
+    }
+    if (hi >= lo) pillow_column_pass(p, ws, y, lo, hi, threshold, out);
+  }
+  if (out.first < out.last) {
+    *first_word = out.first;
+    *last_word = out.last;
+  }
+}
+
+// ---- The mask of one map. Every shortcut below is exact; csrc/common/upsample.h ("Why the
+// shortcuts are exact") derives the bounds they rest on. `exhaustive` bypasses all of them.
 
 // The definition (upsample.h) at every output pixel: the brute reference of the shortcuts.
 void mask_exhaustive(const ScoreParams& p, const Geometry& g, const double* src, double threshold, MaskWriter& out) {
@@ -397,7 +511,8 @@ void add_union_term(const ScoreParams& p, const LabelIndex& labels, const Worksp
 }
 
 template <typename scalar_t, UnionMode U>
-void score_units(const ScoreParams& p, const Geometry& g, const LabelIndex& labels, Workspace& ws,
+void score_units(const ScoreParams& p, const Geometry& g, const PillowGeometry& pg, const LabelIndex& labels,
+                 Workspace& ws,
                  int64_t k_begin, int64_t k_end) {
   // Images in small blocks so that their packed masks stay in cache across these units.
   constexpr int64_t kImageBlock = 8;
@@ -408,7 +523,7 @@ void score_units(const ScoreParams& p, const Geometry& g, const LabelIndex& labe
     for (int64_t n = n0; n < std::min(p.N, n0 + kImageBlock); ++n) {
       int64_t w0, w1;
       if (p.pil_x_first) {
-        mask_of_map_pillow<scalar_t>(p, n, k, ws, &w0, &w1);
+        mask_of_map_pillow<scalar_t>(p, pg, n, k, ws, &w0, &w1);
       } else {
         mask_of_map<scalar_t>(p, g, n, k, ws, &w0, &w1);
       }
@@ -444,7 +559,8 @@ void score_units(const ScoreParams& p, const Geometry& g, const LabelIndex& labe
 }
 
 template <typename scalar_t, UnionMode U>
-void score_all_units(const ScoreParams& p, const Geometry& g, const LabelIndex& labels, int threads) {
+void score_all_units(const ScoreParams& p, const Geometry& g, const PillowGeometry& pg, const LabelIndex& labels,
+                     int threads) {
   // Chunks of units handed out as threads free up: a thread that is slowed down (a busy core, units
   // with more active maps) holds no one up. Each unit's accumulators are written by one thread in
   // image order, so results do not depend on which thread takes which chunk.
@@ -456,7 +572,7 @@ void score_all_units(const ScoreParams& p, const Geometry& g, const LabelIndex& 
     Workspace ws(p);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t c = 0; c < num_chunks; ++c)
-      score_units<scalar_t, U>(p, g, labels, ws, c * chunk, std::min(p.K, (c + 1) * chunk));
+      score_units<scalar_t, U>(p, g, pg, labels, ws, c * chunk, std::min(p.K, (c + 1) * chunk));
     if (ws.counting) {
 #pragma omp critical(fd_branch_counts)
       for (int b = 0; b < kNumScoreBranches; ++b) p.branch_counts[b] += ws.branches[b];
@@ -472,10 +588,11 @@ void score_all_units(const ScoreParams& p, const Geometry& g, const LabelIndex& 
 void score_cpu(const ScoreParams& p, int n_threads) {
   if (p.N == 0 || p.K == 0) return;
   const Geometry g(p.h, p.w, p.H, p.W);
+  const PillowGeometry pg(p);
   const LabelIndex labels(p, n_threads);
   const int threads = threads_for(n_threads, p.K);
   FD_DISPATCH_FLOAT(p.act_dtype, scalar_t, [&] {
-    FD_UNION_SWITCH(p.union_mode, U, [&] { score_all_units<scalar_t, U>(p, g, labels, threads); });
+    FD_UNION_SWITCH(p.union_mode, U, [&] { score_all_units<scalar_t, U>(p, g, pg, labels, threads); });
   });
 }
 

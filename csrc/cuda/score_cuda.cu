@@ -18,11 +18,16 @@ void check_launch(const char* kernel) {
 }
 
 void score_cuda(const ScoreParams& p, const ScoreScratch& s, uintptr_t stream_handle) {
-  const int64_t items = p.N * p.K * p.words_per_mask;
-  if (items == 0) return;
+  if (p.N * p.K == 0) return;
   cudaStream_t stream = reinterpret_cast<cudaStream_t>(stream_handle);
+  score_taps_kernel<<<blocks_for(p.H + p.W), kThreadsPerBlock, 0, stream>>>(p, s);
+  check_launch("score_taps_kernel");
   FD_DISPATCH_FLOAT(p.act_dtype, scalar_t, [&] {
-    score_words_kernel<scalar_t><<<blocks_for(items), kThreadsPerBlock, 0, stream>>>(p, s);
+    score_peaks_kernel<scalar_t><<<blocks_for(p.N * p.K), kThreadsPerBlock, 0, stream>>>(p, s);
+  });
+  check_launch("score_peaks_kernel");
+  FD_DISPATCH_FLOAT(p.act_dtype, scalar_t, [&] {
+    score_words_kernel<scalar_t><<<blocks_for(word_items(p)), kThreadsPerBlock, 0, stream>>>(p, s);
   });
   check_launch("score_words_kernel");
   if (p.union_mode != UnionMode::kGlobal) {

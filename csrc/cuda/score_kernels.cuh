@@ -1,7 +1,9 @@
 // The fused score kernels: bilinear upsampling, threshold, bit packing and popcount against the
-// packed concept masks, one 64-pixel mask word per work item. Integer atomics only, so results are
-// identical to the CPU backend bit for bit, whatever the order. Include after cuda_runtime.h or
-// emu/cuda_emu.h.
+// packed concept masks. A first kernel reads each map once (its peak settles most maps: cold maps
+// cost nothing more); the second evaluates the other maps' words, kWordsPerItem per work item,
+// screening pixels in float and falling back to double only near T. Integer atomics only, so
+// results are identical to the CPU backend bit for bit, whatever the order. Include after
+// cuda_runtime.h or emu/cuda_emu.h. The roofline is in the README (Performance, "On a GPU").
 #pragma once
 
 #include "../common/bitpack.h"
@@ -18,58 +20,162 @@ FD_HOST_DEVICE FD_INLINE double source_value(const ScoreParams& p, int64_t n, in
   return to_double(a[n * p.act_stride[0] + k * p.act_stride[1] + y * p.act_stride[2] + x * p.act_stride[3]]);
 }
 
-// Word `word` of M_k(x_n): bit b is pixel word * 64 + b, set iff its bilinear sample exceeds T_k.
-// The sample is upsample.h's expression in its fixed order, as on the CPU.
+// Work item: one output row's (item < H) or column's taps, for every map of the call.
+__global__ void score_taps_kernel(ScoreParams p, ScoreScratch s) {
+  FD_GRID_STRIDE(item, p.H + p.W) {
+    const LinearTap t = item < p.H ? linear_tap(item, p.h, p.H) : linear_tap(item - p.H, p.w, p.W);
+    s.taps[item] = ScreenTap{t.i0, t.i1, t.l0, t.l1, static_cast<float>(t.l0), static_cast<float>(t.l1)};
+  }
+}
+
+// The sample of a pixel in double: upsample.h's expression in its fixed order, as on the CPU.
 template <typename scalar_t>
-FD_HOST_DEVICE FD_INLINE uint64_t mask_word(const ScoreParams& p, int64_t n, int64_t k, int64_t word) {
+FD_HOST_DEVICE FD_INLINE double sample_f64(const ScoreParams& p, int64_t n, int64_t k, const ScreenTap& ty,
+                                           const ScreenTap& tx) {
+  const double top = lerp_pair(tx.l0, source_value<scalar_t>(p, n, k, ty.i0, tx.i0), tx.l1,
+                               source_value<scalar_t>(p, n, k, ty.i0, tx.i1));
+  const double bottom = lerp_pair(tx.l0, source_value<scalar_t>(p, n, k, ty.i1, tx.i0), tx.l1,
+                                  source_value<scalar_t>(p, n, k, ty.i1, tx.i1));
+  return lerp_pair(ty.l0, top, ty.l1, bottom);
+}
+
+template <typename scalar_t>
+FD_HOST_DEVICE FD_INLINE float source_float(const ScoreParams& p, int64_t n, int64_t k, int64_t y, int64_t x) {
+  const scalar_t* a = static_cast<const scalar_t*>(p.act);
+  return to_float(a[n * p.act_stride[0] + k * p.act_stride[1] + y * p.act_stride[2] + x * p.act_stride[3]]);
+}
+
+// The same expression in float, float operations only: the screen of upsample.h bound (5).
+template <typename scalar_t>
+FD_HOST_DEVICE FD_INLINE float sample_f32(const ScoreParams& p, int64_t n, int64_t k, const ScreenTap& ty,
+                                          const ScreenTap& tx) {
+  const float top = tx.f0 * source_float<scalar_t>(p, n, k, ty.i0, tx.i0) +
+                    tx.f1 * source_float<scalar_t>(p, n, k, ty.i0, tx.i1);
+  const float bottom = tx.f0 * source_float<scalar_t>(p, n, k, ty.i1, tx.i0) +
+                       tx.f1 * source_float<scalar_t>(p, n, k, ty.i1, tx.i1);
+  return ty.f0 * top + ty.f1 * bottom;
+}
+
+// Whether every source a pixel of word `word` reads is <= hot_floor(T) (bound (1): the word is
+// zero). The word's pixels, row segment by row segment, read source rows i0..i1 and the columns
+// from the first pixel's i0 to the last pixel's i1.
+template <typename scalar_t>
+FD_HOST_DEVICE FD_INLINE bool word_is_cold(const ScoreParams& p, const ScoreScratch& s, int64_t n, int64_t k,
+                                           int64_t first, int64_t end, double floor_hot) {
+  for (int64_t pixel = first; pixel < end;) {
+    const int64_t y = pixel / p.W, xa = pixel % p.W;
+    const int64_t xb = (end - 1) / p.W == y ? (end - 1) % p.W : p.W - 1;
+    const ScreenTap& ty = s.taps[y];
+    const int64_t c0 = s.taps[p.H + xa].i0, c1 = s.taps[p.H + xb].i1;
+    for (int64_t i = ty.i0; i <= ty.i1; ++i)
+      for (int64_t j = c0; j <= c1; ++j)
+        if (source_value<scalar_t>(p, n, k, i, j) > floor_hot) return false;
+    pixel = (y + 1) * p.W;
+  }
+  return true;
+}
+
+// Word `word` of M_k(x_n): bit b is pixel word * 64 + b, set iff its bilinear sample exceeds T_k.
+// `scale` is the map's max |source| (score_peaks_kernel). Cold words are zero without a sample;
+// every other pixel is screened in float and evaluated in double only when the screen cannot
+// decide it (upsample.h bound (5)), so the word is the double definition's, bit for bit.
+template <typename scalar_t>
+FD_HOST_DEVICE FD_INLINE uint64_t mask_word(const ScoreParams& p, const ScoreScratch& s, int64_t n, int64_t k,
+                                            int64_t word, double scale) {
   const double threshold = p.thresholds[k];
   const int64_t first = word * kBitsPerWord;
   const int64_t end = first + kBitsPerWord < p.H * p.W ? first + kBitsPerWord : p.H * p.W;
+  if (word_is_cold<scalar_t>(p, s, n, k, first, end, hot_floor(threshold))) return 0;
+  const double bound = scale > (threshold < 0 ? -threshold : threshold) ? scale : (threshold < 0 ? -threshold : threshold);
+  const bool screen = bound <= kScreenMaxAbs;
+  const double margin = screen_margin(bound);
+  const float on_above = static_cast<float>(threshold + 2.0 * margin);
+  const float off_at_most = static_cast<float>(threshold - 2.0 * margin);
   uint64_t bits = 0;
   for (int64_t pixel = first; pixel < end; ++pixel) {
-    const LinearTap ty = linear_tap(pixel / p.W, p.h, p.H);
-    const LinearTap tx = linear_tap(pixel % p.W, p.w, p.W);
-    const double top = lerp_pair(tx.l0, source_value<scalar_t>(p, n, k, ty.i0, tx.i0), tx.l1,
-                                 source_value<scalar_t>(p, n, k, ty.i0, tx.i1));
-    const double bottom = lerp_pair(tx.l0, source_value<scalar_t>(p, n, k, ty.i1, tx.i0), tx.l1,
-                                    source_value<scalar_t>(p, n, k, ty.i1, tx.i1));
-    bits |= bit_if(lerp_pair(ty.l0, top, ty.l1, bottom) > threshold, pixel);
+    const ScreenTap& ty = s.taps[pixel / p.W];
+    const ScreenTap& tx = s.taps[p.H + pixel % p.W];
+    bool on;
+    const float coarse = screen ? sample_f32<scalar_t>(p, n, k, ty, tx) : 0.0f;
+    if (screen && coarse > on_above) {
+      on = true;
+    } else if (screen && coarse <= off_at_most) {
+      on = false;
+    } else {
+      on = sample_f64<scalar_t>(p, n, k, ty, tx) > threshold;
+    }
+    bits |= bit_if(on, pixel);
   }
   return bits;
 }
 
-// Work item (n, k, word). Adds the word's popcounts into unit_area, intersection, and the per-map
-// scratch: map_area[n, k] and, for the "lite" union, hit[n, k, g] when the map meets category g.
-// Word 0 also counts the map's NaN / inf sources, so bad input is reported without a host sync.
+// Work item (n, k): the map's sources read once. Counts its NaN / inf sources (bad input is
+// reported without a host sync) and sets map_scale[n, k] to its max |source| when its peak is
+// above hot_floor(T_k), else to -1: a cold map, off everywhere (bound (1)), which the words
+// kernel skips before any pixel work.
+template <typename scalar_t>
+__global__ void score_peaks_kernel(ScoreParams p, ScoreScratch s) {
+  FD_GRID_STRIDE(item, p.N * p.K) {
+    const int64_t k = item % p.K, n = item / p.K;
+    int64_t bad = 0;
+    double peak = -DBL_MAX, max_abs = 0.0;  // finite starts: a map with NaN / inf is reported, not scored
+    for (int64_t y = 0; y < p.h; ++y)
+      for (int64_t x = 0; x < p.w; ++x) {
+        const double v = source_value<scalar_t>(p, n, k, y, x);
+        bad += !(v - v == 0.0);
+        peak = v > peak ? v : peak;
+        const double magnitude = v < 0.0 ? -v : v;
+        max_abs = magnitude > max_abs ? magnitude : max_abs;
+      }
+    if (bad) atomic_add_i64(s.non_finite + k, bad);
+    s.map_scale[item] = peak > hot_floor(p.thresholds[k]) ? max_abs : -1.0;
+  }
+}
+
+// Words of one map a work item evaluates: their counts are summed in registers, so each entry
+// the item meets costs one global atomic per kWordsPerItem words rather than per word.
+constexpr int64_t kWordsPerItem = 8;
+
+FD_HOST_DEVICE FD_INLINE int64_t word_items(const ScoreParams& p) {
+  return p.N * p.K * ((p.words_per_mask + kWordsPerItem - 1) / kWordsPerItem);
+}
+
+// Work item (n, k, group of kWordsPerItem words) of a map that is not cold. Adds the words'
+// popcounts into unit_area, intersection, and the per-map scratch: map_area[n, k] and, for the
+// "lite" union, hit[n, k, g] when the map meets category g.
 template <typename scalar_t>
 __global__ void score_words_kernel(ScoreParams p, ScoreScratch s) {
   const int64_t words = p.words_per_mask;
-  FD_GRID_STRIDE(item, p.N * p.K * words) {
-    const int64_t word = item % words;
-    const int64_t k = (item / words) % p.K;
-    const int64_t n = item / (words * p.K);
-    if (word == 0) {
-      int64_t bad = 0;
-      for (int64_t y = 0; y < p.h; ++y)
-        for (int64_t x = 0; x < p.w; ++x) {
-          const double v = source_value<scalar_t>(p, n, k, y, x);
-          bad += !(v - v == 0.0);
-        }
-      if (bad) atomic_add_i64(s.non_finite + k, bad);
+  const int64_t groups = (words + kWordsPerItem - 1) / kWordsPerItem;
+  FD_GRID_STRIDE(item, word_items(p)) {
+    const int64_t map = item / groups;  // n * K + k
+    const double scale = s.map_scale[map];
+    if (scale < 0.0) continue;
+    const int64_t k = map % p.K, n = map / p.K;
+    const int64_t w0 = (item % groups) * kWordsPerItem;
+    const int64_t count = words - w0 < kWordsPerItem ? words - w0 : kWordsPerItem;
+    uint64_t m[kWordsPerItem];
+    int64_t area = 0;
+    for (int64_t i = 0; i < count; ++i) {
+      m[i] = mask_word<scalar_t>(p, s, n, k, w0 + i, scale);
+      area += popcount64(m[i]);
     }
-    const uint64_t m = mask_word<scalar_t>(p, n, k, word);
-    if (m == 0) continue;
-    if (p.mask_out) p.mask_out[item] = m;  // item = (n * K + k) * words + word
-    const int64_t area = popcount64(m);
+    if (area == 0) continue;
+    if (p.mask_out)
+      for (int64_t i = 0; i < count; ++i) p.mask_out[map * words + w0 + i] = m[i];
     atomic_add_i64(p.unit_area + k, area);
-    if (s.map_area) atomic_add_i64(s.map_area + n * p.K + k, area);
+    if (s.map_area) atomic_add_i64(s.map_area + map, area);
     for (int64_t e = p.offsets[n]; e < p.offsets[n + 1]; ++e) {
       const int64_t row = p.mask_rows[e];
-      const int64_t inter = row >= 0 ? popcount64(m & p.words[row * words + word]) : area;
+      int64_t inter = area;
+      if (row >= 0) {
+        inter = 0;
+        for (int64_t i = 0; i < count; ++i) inter += popcount64(m[i] & p.words[row * words + w0 + i]);
+      }
       if (inter == 0) continue;
       atomic_add_i64(p.intersection + k * p.C + p.concept_ids[e], inter);
       if (s.entry_hit) atomicOr(s.entry_hit + k * s.num_entries + e, 1);
-      if (s.hit) atomicOr(s.hit + (n * p.K + k) * p.G + p.categories[p.concept_ids[e]], 1);
+      if (s.hit) atomicOr(s.hit + map * p.G + p.categories[p.concept_ids[e]], 1);
     }
   }
 }

@@ -7,10 +7,12 @@
 namespace fd {
 
 void score_cuda_emu(const ScoreParams& p, const ScoreScratch& s, int n_threads) {
-  const int64_t items = p.N * p.K * p.words_per_mask;
-  if (items == 0) return;
+  if (p.N * p.K == 0) return;
+  emu::launch(n_threads, dim3(blocks_for(p.H + p.W)), dim3(kThreadsPerBlock), score_taps_kernel, p, s);
   FD_DISPATCH_FLOAT(p.act_dtype, scalar_t, [&] {
-    emu::launch(n_threads, dim3(blocks_for(items)), dim3(kThreadsPerBlock), score_words_kernel<scalar_t>, p, s);
+    emu::launch(n_threads, dim3(blocks_for(p.N * p.K)), dim3(kThreadsPerBlock), score_peaks_kernel<scalar_t>, p, s);
+    emu::launch(n_threads, dim3(blocks_for(word_items(p))), dim3(kThreadsPerBlock), score_words_kernel<scalar_t>, p,
+                s);
   });
   if (p.union_mode != UnionMode::kGlobal) {
     emu::launch(n_threads, dim3(blocks_for(p.N * p.K)), dim3(kThreadsPerBlock), score_union_kernel, p, s);

@@ -141,7 +141,11 @@ def _score_gpu(C, p, backend: str, act: torch.Tensor, union: str, num_categories
     map_area = torch.zeros(n, k, dtype=torch.int64, device=dev) if union != "global" else None
     hit = torch.zeros(n, k, max(num_categories, 1), dtype=torch.int32, device=dev) if union == "lite" else None
     s = C.ScoreScratch()
+    # Written by the kernels before they are read: each map's scale, each output coordinate's taps.
+    map_scale = torch.empty(n, k, dtype=torch.float64, device=dev)
+    taps = torch.empty((p.H + p.W) * C.SCREEN_TAP_BYTES, dtype=torch.uint8, device=dev)
     s.map_area, s.hit, s.non_finite = _addr(map_area), _addr(hit), _addr(non_finite)
+    s.map_scale, s.taps = _addr(map_scale), _addr(taps)
     entry_hit = None
     if num_entries is not None:  # a flag per (unit, entry): a map's words are counted by many threads
         entry_hit = torch.zeros(k, max(num_entries, 1), dtype=torch.int32, device=dev)
@@ -166,6 +170,24 @@ def union_and_iou(backend: str, intersection: torch.Tensor, unit_term: torch.Ten
     p.concept_area, p.union_out, p.iou_out = _addr(concept_area), _addr(union), _addr(iou)
     C.union_iou_cpu(p, torch.get_num_threads())
     return union, iou
+
+
+# ---- label PNGs: scanline filters undone, R + 256 * G read (datasets/label_png.py parses the file)
+def png_labels(raw: bytes, height: int, width: int, channels: int):
+    """(height, width) int64 labels from a PNG's inflated scanlines (3 or 4 channels of 8 bits)."""
+    from .datasets.label_png import LabelPngError
+
+    source = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
+    scratch = torch.empty(2 * width * channels, dtype=torch.uint8)
+    labels = torch.empty(height, width, dtype=torch.int64)
+    C = _ext.extension()
+    p = C.PngLabelsParams()
+    p.raw, p.height, p.width, p.channels = _addr(source), height, width, channels
+    p.scratch, p.labels = _addr(scratch), _addr(labels)
+    bad_row = C.png_labels_cpu(p)
+    if bad_row >= 0:
+        raise LabelPngError(f"row {bad_row} has filter type {raw[bad_row * (1 + width * channels)]} (PNG has 0-4)")
+    return labels.numpy()
 
 
 # ---- unit masks and formula popcounts: the compositional search (explanations.py)

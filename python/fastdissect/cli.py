@@ -65,6 +65,11 @@ def _add_dissect_options(p: argparse.ArgumentParser) -> None:
                    "activations for pass 2")
     p.add_argument("--spill-dir", default=None, help="where the single pass's kept maps go past 2 GiB "
                    "(default: the checkpoint directory, else a temporary directory)")
+    cache = p.add_mutually_exclusive_group()
+    cache.add_argument("--mask-cache", default=None, metavar="DIR",
+                       help="where a Broden's labels are packed on first use and read by later runs (default: "
+                            "$FASTDISSECT_CACHE, else ~/.cache/fastdissect)")
+    cache.add_argument("--no-mask-cache", action="store_true", help="decode the labels in every run, cache nothing")
     p.add_argument("--checkpoint", default=None, help="directory to checkpoint to and resume from")
     p.add_argument("--checkpoint-every", type=_at_least(0), default=50, metavar="N",
                    help="write the checkpoint every N batches (default 50; 0: only after each pass)")
@@ -227,6 +232,13 @@ def _open_dataset(spec: str, out: Path, images: int = 512):
                             "(fastdissect-masks.json) nor 'builtin'")
 
 
+def _mask_cache(args):
+    """--mask-cache DIR, --no-mask-cache (argparse refuses both), or the default cache."""
+    if getattr(args, "no_mask_cache", False):
+        return False
+    return getattr(args, "mask_cache", None) or True
+
+
 def _dissect_options(args, image_size, mean, std, layers=()) -> dict:
     """fd.dissect's keyword arguments from the options every dissecting command shares."""
     import fastdissect as fd
@@ -236,6 +248,7 @@ def _dissect_options(args, image_size, mean, std, layers=()) -> dict:
     return dict(transform=transform,quantile=args.quantile, iou_threshold=args.iou_threshold, union=args.union,
                 batch_size=args.batch_size, num_workers=args.workers, device=args.device, cache=args.cache,
                 passes=getattr(args, "passes", None), spill_dir=getattr(args, "spill_dir", None),
+                mask_cache=_mask_cache(args),
                 image_size=image_size, mean=mean, std=std, checkpoint=args.checkpoint,
                 checkpoint_every=args.checkpoint_every, restart=args.restart, formula_length=args.formula_length,
                 beam_size=args.beam_size, search=args.search, metric=args.metric,

@@ -25,6 +25,7 @@ import torch
 from . import _atomic, _validate
 from ._lock import locked
 from .datasets.broden import Broden, DatasetError
+from .datasets.mask_cache import broden_store
 from .datasets.packed import PackedMasks
 from .datasets.sample import IMAGENET_MEAN, IMAGENET_STD, Batch, collate, model_input, stack_images
 from .distributed import Comm
@@ -494,7 +495,7 @@ def dissect(model: torch.nn.Module, layers: Sequence[str], dataset, *, quantile:
             backend: str = "auto", distributed: bool | None = None, formula_length: int | None = None,
             beam_size: int = 5, search: str = "beam", penalty: float = 1.0, metric: str = "iou", controls=(),
             control_seed: int = 0, control_model: torch.nn.Module | None = None, stop_early: bool = True,
-            passes: int | None = None, memory_limit: int = 2 << 30, spill_dir=None,
+            passes: int | None = None, memory_limit: int = 2 << 30, spill_dir=None, mask_cache=True,
             verbose: bool = True) -> Dissection:
     """Dissects `layers` of `model` on a concept data set (see the README for a complete example).
 
@@ -540,6 +541,10 @@ def dissect(model: torch.nn.Module, layers: Sequence[str], dataset, *, quantile:
     miss a value above the final threshold (the data drifted downwards) are run again, only those.
     The kept maps stay in memory up to `memory_limit` bytes, the rest goes to files in `spill_dir`
     (default: the checkpoint directory, else a temporary directory), removed when the run ends.
+    mask_cache: a Broden's labels are decoded once, packed into a cache directory on first use and
+    read from there by every later run and layer (fastdissect/datasets/mask_cache.py; True: the
+    default directory, $FASTDISSECT_CACHE or ~/.cache/fastdissect; a path; False: decode every run).
+    Not used under torch.distributed, where every rank decodes its own shard.
     """
     from .controls import check_controls
 
@@ -551,7 +556,7 @@ def dissect(model: torch.nn.Module, layers: Sequence[str], dataset, *, quantile:
                    restart=restart, backend=backend, distributed=distributed, formula_length=formula_length,
                    beam_size=beam_size, search=search, penalty=penalty, metric=metric, controls=controls,
                    control_seed=control_seed, stop_early=stop_early, passes=passes, memory_limit=memory_limit,
-                   spill_dir=spill_dir, verbose=verbose)
+                   spill_dir=spill_dir, mask_cache=mask_cache, verbose=verbose)
     result = _dissect(model, layers, dataset, **options)
     if "random_init" in controls:
         from .controls import random_weights
@@ -589,7 +594,7 @@ def _views(layers, transform, views) -> dict:
 def _dissect(model, layers, dataset, *, quantile, method, iou_threshold, union, batch_size, num_workers, device,
              cache, cache_limit, image_size, mean, std, transform, views, top_k, checkpoint, checkpoint_every,
              restart, backend, distributed, formula_length, beam_size, search, penalty, metric, controls,
-             control_seed, stop_early, passes, memory_limit, spill_dir, verbose) -> Dissection:
+             control_seed, stop_early, passes, memory_limit, spill_dir, mask_cache, verbose) -> Dissection:
     from .controls import derangement
     from .results import check_metric
 
@@ -604,6 +609,13 @@ def _dissect(model, layers, dataset, *, quantile, method, iou_threshold, union, 
         if len(dataset) != len(store):
             raise DatasetError(f"{store.path} holds {len(store)} images but its source {source} has {len(dataset)}")
         store.check_source(dataset)
+    comm = Comm.detect(distributed)
+    if not (isinstance(mask_cache, (bool, str, os.PathLike))):
+        raise ValueError(f"mask_cache must be True, False or a directory, got {mask_cache!r}")
+    cached_masks = store is None and mask_cache is not False and isinstance(dataset, Broden) and comm.world == 1
+    if cached_masks:  # the cache is how labels are read, not what is measured: the identity is the data set's
+        store = broden_store(dataset, None if mask_cache is True else mask_cache, verbose=verbose,
+                             num_workers=num_workers)
     layers = list(layers)
     view_specs = _views(layers, transform, views)
     find_modules(model, list(dict.fromkeys(module for module, _ in view_specs.values())))
@@ -643,13 +655,12 @@ def _dissect(model, layers, dataset, *, quantile, method, iou_threshold, union, 
                 transform=transform, views=view_specs, top_k=top_k, checkpoint=checkpoint,
                 checkpoint_every=checkpoint_every, restart=restart, backend=backend, stop_early=stop_early,
                 passes=passes, memory_limit=memory_limit, spill_dir=spill_dir, verbose=verbose)
-    identity = dissection_identity(model, list(view_specs), dataset if store is None else store, opts)
-    if store is not None:
+    identity = dissection_identity(model, list(view_specs), dataset if store is None or cached_masks else store, opts)
+    if store is not None and not cached_masks:
         identity["dataset"]["images_from"] = dataset_identity(dataset)
     was_training = model.training
     model.eval()
     started = time.perf_counter()
-    comm = Comm.detect(distributed)
     run = _Run(model, list(view_specs), dataset, opts, identity, store, comm)
     hold = locked(checkpoint, "checkpoint directory", f".fastdissect-rank{comm.rank}.lock" if comm.world > 1 else None) \
         if checkpoint else contextlib.nullcontext()

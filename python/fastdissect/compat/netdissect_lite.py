@@ -27,6 +27,7 @@ to a unit's categories (Lite reuses the previous unit's categories there, a bug)
 from __future__ import annotations
 
 import csv
+import os
 import re
 from pathlib import Path
 from typing import Sequence
@@ -37,7 +38,10 @@ import torch
 from .. import _dispatch, _validate
 from .._codes import DTYPE_CODES
 from ..datasets.broden import DatasetError, decode_label_png, read_csv
-from ..masks import MaskBuilder
+from ..datasets.mask_cache import cached_store
+from ..datasets.packed import StoreWriter
+from ..identity import broden_fingerprint
+from ..masks import ConceptMasks, MaskBuilder
 from ..top_quantile import TopQuantile
 from . import pillow
 from .pillow import resize_bilinear
@@ -126,11 +130,18 @@ class LiteData:
 
 
 def tally(features, thresholds, data_directory, categories: Sequence[str] | None = None, output_csv=None,
-          *, progress: bool = True) -> list[dict]:
+          *, progress: bool = True, mask_cache=True) -> list[dict]:
     """NetDissect-Lite's FeatureOperator.tally: the list of row dicts (same keys, values and order) and,
-    with `output_csv`, the same tally.csv. features: (N, K, h, w) array-like (a memmap is streamed)."""
+    with `output_csv`, the same tally.csv. features: (N, K, h, w) array-like (a memmap is streamed).
+
+    mask_cache: the directory's labels are decoded and packed once, on the first call, into a cache
+    directory (True: the default one, see fastdissect/datasets/mask_cache.py; a path; False: decode
+    every call); later calls (another layer, another run) read the packed masks and decode nothing,
+    until a file of the directory changes."""
     from tqdm.auto import tqdm
 
+    if not isinstance(mask_cache, (bool, str, os.PathLike)):
+        raise ValueError(f"mask_cache must be True, False or a directory, got {mask_cache!r}")
     data = LiteData(data_directory, categories)
     features = _as_features(features)
     if features.ndim != 4:
@@ -146,7 +157,9 @@ def tally(features, thresholds, data_directory, categories: Sequence[str] | None
     if _dispatch.has_extension() and len(sizes) == 1:
         sh, sw = next(iter(sizes))
         if features.shape[2] <= sh and features.shape[3] <= sw:  # upsampling: the fused C++ kernel
-            both, units_cat, truth = _tally_kernel(data, features, thresholds, sh, sw, progress)
+            store = _lite_store(data, None if mask_cache is True else mask_cache, progress) \
+                if mask_cache is not False else None
+            both, units_cat, truth = _tally_kernel(data, store, features, thresholds, sh, sw, progress)
             return _rows(data, both, units_cat, truth, output_csv)
     L, G = data.num_labels, len(data.categories)
     both = np.zeros((K, L))
@@ -183,41 +196,27 @@ def tally(features, thresholds, data_directory, categories: Sequence[str] | None
     return _rows(data, both, units_cat, truth, output_csv)
 
 
-def _tally_kernel(data: LiteData, features, thresholds, sh: int, sw: int, progress: bool, chunk: int = 64):
-    """The same tallies with fastdissect's CPU kernel in Pillow mode: one entry per (plane, concept),
-    so a pixel counts once per plane, plus whole-image entries for image-level labels (label 0 too)."""
+def _tally_kernel(data: LiteData, store, features, thresholds, sh: int, sw: int, progress: bool, chunk: int = 64):
+    """The same tallies with fastdissect's CPU kernel in Pillow mode, on masks with one entry per
+    (plane, concept), so a pixel counts once per plane, plus whole-image entries for image-level
+    labels (label 0 too): read from `store` (a packed store of them), else packed chunk by chunk."""
     from tqdm.auto import tqdm
 
     N, K, h, w = features.shape
-    L, G = data.num_labels, len(data.categories)
+    G = len(data.categories)
     x_first, x_weights = pillow.coefficients(w, sw)
     y_first, y_weights = pillow.coefficients(h, sh)
     tables = [torch.from_numpy(np.ascontiguousarray(a)) for a in (x_first, x_weights, y_first, y_weights)]
-    inter = torch.zeros(K, L, dtype=torch.int64)
+    inter = torch.zeros(K, data.num_labels, dtype=torch.int64)
     area = torch.zeros(K, dtype=torch.int64)
     unit_cat = torch.zeros(K, G, dtype=torch.int64)
-    truth = torch.zeros(L, dtype=torch.int64)
+    truth = torch.zeros(data.num_labels, dtype=torch.int64)
     thresholds_t = torch.from_numpy(np.ascontiguousarray(thresholds, dtype=np.float64))
     categories = torch.from_numpy(data.primary)
-    hw = sh * sw
     with tqdm(total=N, desc="lite tally", unit="img", disable=not progress) as bar:
         for start in range(0, N, chunk):
             stop = min(start + chunk, N)
-            builder = MaskBuilder(L, sh, sw)
-            for n in range(start, stop):
-                planes, scalars, _ = data.labels(n)
-                ids, masks = [], []
-                for plane in planes:
-                    present = np.unique(plane)
-                    present = present[present > 0]
-                    ids.append(present)
-                    masks.append(plane.reshape(1, hw) == present[:, None])
-                ids.append(np.asarray(scalars, dtype=np.int64))
-                masks.append(np.ones((len(scalars), hw), dtype=bool))
-                ids_n = np.concatenate(ids)
-                whole = np.concatenate([np.zeros(len(i), bool) for i in ids[:-1]] + [np.ones(len(scalars), bool)])
-                builder.add_images(1, np.zeros(len(ids_n), np.int64), ids_n, np.concatenate(masks), whole)
-            m = builder.build()
+            m = store.masks[start:stop] if store is not None else _lite_masks(data, start, stop)
             truth += m.concept_area()
             act = torch.from_numpy(np.ascontiguousarray(features[start:stop]))
             if act.dtype not in DTYPE_CODES:
@@ -229,6 +228,65 @@ def _tally_kernel(data: LiteData, features, thresholds, sh: int, sw: int, progre
     return inter.double().numpy(), unit_cat.double().numpy(), truth.double().numpy()
 
 
+def _lite_masks(data: LiteData, start: int, stop: int) -> ConceptMasks:
+    """Images start..stop-1 (one label size) as Lite counts them: an entry per (plane, label > 0)
+    present, then a whole-image entry per image-level label. Vectorised over the chunk: each pixel's
+    key (plane, label) is counted in one dense table of planes x labels, whose non-zero cells are the
+    entries in (image, plane, label) order."""
+    L = data.num_labels
+    _, sh, sw, _ = data.rows[start]
+    hw = sh * sw
+    planes, plane_image, scalar_ids, scalar_image = [], [], [], []
+    for n in range(start, stop):
+        p, scalars, _ = data.labels(n)
+        planes.append(p.reshape(p.shape[0], hw))
+        plane_image += [n - start] * p.shape[0]
+        scalar_ids += scalars
+        scalar_image += [n - start] * len(scalars)
+    stacked = np.concatenate(planes) if planes else np.zeros((0, hw), np.int64)
+    plane_of, pixel = np.nonzero(stacked)
+    keys = plane_of * L + stacked[plane_of, pixel]
+    present = np.flatnonzero(np.bincount(keys, minlength=stacked.shape[0] * L))
+    rank = np.full(stacked.shape[0] * L, -1, dtype=np.int64)
+    rank[present] = np.arange(present.size)
+    masks = np.zeros((present.size + len(scalar_ids), hw), dtype=bool)
+    masks[rank[keys], pixel] = True
+    masks[present.size:] = True
+    image = np.concatenate([np.asarray(plane_image, np.int64)[present // L], np.asarray(scalar_image, np.int64)])
+    ids = np.concatenate([present % L, np.asarray(scalar_ids, np.int64)])
+    whole = np.arange(image.size) >= present.size
+    order = np.argsort(image, kind="stable")
+    builder = MaskBuilder(L, sh, sw)
+    builder.add_images(stop - start, image[order], ids[order], masks[order], whole[order])
+    return builder.build()
+
+
+def _lite_store(data: LiteData, cache_dir, progress: bool):
+    """The packed store of `_lite_masks` over every image, from the mask cache (packed on a miss)."""
+    from tqdm.auto import tqdm
+
+    files = sorted({t for _, _, _, cells in data.rows for tokens in cells.values() for t in tokens
+                    if not re.fullmatch(r"\d+", t)})
+    csvs = [data.index, "label.csv", "category.csv"] + [f"c_{c}.csv" for c in data.categories]
+    key = {"reader": "fastdissect.compat.netdissect_lite", "root": str(data.root.resolve()),
+           "categories": list(data.categories), "index": data.index}
+    fingerprint = {**broden_fingerprint(data.root, csvs, files), "categories": list(data.categories)}
+
+    def build(directory):
+        writer = StoreWriter(directory)
+        with writer, tqdm(total=len(data.rows), desc="packing lite labels", unit="img", disable=not progress) as bar:
+            for start in range(0, len(data.rows), 64):
+                stop = min(start + 64, len(data.rows))
+                writer.add(_lite_masks(data, start, stop), start)
+                bar.update(stop - start)
+        writer.finish(num_concepts=data.num_labels, concept_names=list(data.names),
+                      category_names=list(data.categories), primary_category=data.primary.tolist(),
+                      images=[None] * len(data.rows), source=str(data.root.resolve()),
+                      source_fingerprint=fingerprint, cache_key=key)
+
+    return cached_store(key, fingerprint, build, cache_dir)
+
+
 def _rows(data: LiteData, both, units_cat, truth, output_csv):
     units_label = units_cat @ data.labelcat.T
     iou = both / (units_label + truth[None, :] - both + 1e-10)
@@ -238,16 +296,21 @@ def _rows(data: LiteData, both, units_cat, truth, output_csv):
     score = pciou[np.arange(G)[:, None], np.arange(iou.shape[0])[None, :], label]
     bestcat = score.argsort(axis=0)[::-1]                                # numpy's order, ties included
     ordering = score.max(axis=0).argsort()[::-1]
+    # Columns as lists of numpy scalars (the types Lite's rows hold), read per unit below.
+    units = np.arange(iou.shape[0])
+    names = np.asarray(data.names, dtype=object)
+    columns = [col for ci, cat in enumerate(data.categories) for col in (
+        (f"{cat}-label", list(names[label[ci]])), (f"{cat}-truth", list(truth[label[ci]])),
+        (f"{cat}-activation", list(units_label[units, label[ci]])),
+        (f"{cat}-intersect", list(both[units, label[ci]])), (f"{cat}-iou", list(score[ci])))]
+    best = bestcat[0]
     rows = []
     for unit in ordering:
-        c = bestcat[0, unit]
+        c = best[unit]
         row = {"unit": unit + 1, "category": data.categories[c], "label": data.names[label[c, unit]],
                "score": score[c, unit]}
-        for ci, cat in enumerate(data.categories):
-            j = label[ci, unit]
-            row.update({f"{cat}-label": data.names[j], f"{cat}-truth": truth[j],
-                        f"{cat}-activation": units_label[unit, j], f"{cat}-intersect": both[unit, j],
-                        f"{cat}-iou": score[ci, unit]})
+        for key, values in columns:
+            row[key] = values[unit]
         rows.append(row)
     if output_csv:
         fields = ["unit", "category", "label", "score"] + [f"{cat}-{f}" for cat in data.categories

@@ -42,18 +42,29 @@ def read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
 
 
 def decode_label_png(path: Path, where: str) -> np.ndarray:
-    """(h, w) int64 label numbers R + 256 * G (decoded in int64: uint8 arithmetic would wrap)."""
+    """(h, w) int64 label numbers R + 256 * G (decoded in int64: uint8 arithmetic would wrap).
+    Broden's own kind of PNG (8-bit RGB/RGBA) is read by label_png, anything else by Pillow."""
+    import io
+
     from PIL import Image
 
-    if not path.is_file():
-        raise DatasetError(f"{where}: label file {path} not found")
+    from .label_png import LabelPngError, decode
+
     try:
-        with Image.open(path) as im:
+        with open(path, "rb") as f:
+            data = f.read()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        raise DatasetError(f"{where}: label file {path} not found") from None
+    try:
+        labels = decode(data)
+        if labels is not None:
+            return labels
+        with Image.open(io.BytesIO(data)) as im:
             kind = im.format
             if kind == "PNG":
                 im.load()
                 rgb = np.asarray(im.convert("RGB"))
-    except (OSError, SyntaxError, ValueError) as exc:
+    except (OSError, SyntaxError, ValueError, LabelPngError) as exc:
         raise DatasetError(f"{where}: cannot decode label file {path} ({exc})") from None
     if kind != "PNG":  # a lossy format would turn its pixels into made-up label numbers
         raise DatasetError(f"{where}: label file {path} is a {kind or 'non-PNG'} image, not a PNG label image "

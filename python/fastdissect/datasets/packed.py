@@ -38,69 +38,96 @@ ARRAYS = {"offsets": "offsets.i64", "concept_ids": "concept_ids.i64", "mask_rows
           "areas": "areas.i64", "words": "words.u64"}
 
 
-def pack(dataset, path, *, batch_size: int = 64, num_workers: int = 0, verbose: bool = True) -> Path:
+def pack(dataset, path, *, batch_size: int = 64, num_workers: int = 0, verbose: bool = True,
+         extra_meta: dict | None = None) -> Path:
     """Decodes every image's labels once and writes their packed masks to the directory `path`.
 
     dataset: a `Broden`, `SegmentationDataset` or anything with __len__, __getitem__ -> Sample,
-    `num_concepts`, `concept_names`, `category_names` and `primary_category`.
+    `num_concepts`, `concept_names`, `category_names` and `primary_category`. extra_meta: further
+    header fields (JSON values), covered by the header's checksum.
     """
     from tqdm.auto import tqdm
 
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
     if len(dataset) == 0:
         raise DatasetError("cannot pack an empty data set")
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, shuffle=False,
                                          collate_fn=partial(collate, num_concepts=dataset.num_concepts))
-    offsets, n_entries, n_rows, size = [0], 0, 0, None
-    (path / META).unlink(missing_ok=True)  # arrays being rewritten are never read under an old header
-    files = {name: open(path / f, "wb") for name, f in ARRAYS.items() if name != "offsets"}
-    hashes = {name: _hasher() for name in ARRAYS}
-
-    def write(name, array):
-        data = array.astype("<i8").tobytes()
-        files[name].write(data)
-        hashes[name].update(data)
-    try:
-        with tqdm(total=len(dataset), desc="packing masks", unit="img", disable=not verbose) as bar:
-            for batch in loader:
-                m = batch.masks
-                if size is None:
-                    size = (m.height, m.width)
-                elif size != (m.height, m.width):
-                    raise DatasetError(f"image {int(batch.indices[0])}: labels are {m.height}x{m.width}, "
-                                       f"earlier images {size[0]}x{size[1]}")
-                rows = m.mask_rows.numpy()
-                used = np.unique(rows[rows >= 0])  # a batch's words table may hold rows of other batches
-                remap = np.full(m.words.shape[0] + 1, -1, dtype=np.int64)
-                remap[used] = n_rows + np.arange(used.size)
-                write("concept_ids", m.concept_ids.numpy())
-                write("mask_rows", remap[rows])
-                write("areas", m.areas.numpy())
-                write("words", m.words.numpy()[used])
-                offsets.extend((n_entries + m.offsets[1:].numpy()).tolist())
-                n_entries += m.concept_ids.shape[0]
-                n_rows += used.size
-                bar.update(m.num_images)
-    finally:
-        for f in files.values():
-            f.close()
-    offsets_bytes = np.asarray(offsets, dtype="<i8").tobytes()
-    _atomic.write_bytes(path / ARRAYS["offsets"], offsets_bytes)
-    hashes["offsets"].update(offsets_bytes)
+    writer = StoreWriter(path)
+    with writer, tqdm(total=len(dataset), desc="packing masks", unit="img", disable=not verbose) as bar:
+        for batch in loader:
+            writer.add(batch.masks, first_image=int(batch.indices[0]))
+            bar.update(batch.masks.num_images)
     images = [str(dataset.image_path(i).relative_to(dataset.root)) if hasattr(dataset, "image_path") else None
               for i in range(len(dataset))]
-    meta = {"format": FORMAT, "version": VERSION, "num_images": len(dataset), "height": size[0], "width": size[1],
-            "num_concepts": dataset.num_concepts, "words_per_mask": (size[0] * size[1] + 63) // 64,
-            "num_entries": n_entries, "num_rows": n_rows, "concept_names": list(dataset.concept_names),
-            "category_names": list(dataset.category_names),
-            "primary_category": [int(c) for c in dataset.primary_category], "images": images,
-            "source": str(Path(dataset.root).resolve()) if hasattr(dataset, "root") else None,
-            "source_fingerprint": dataset.fingerprint() if hasattr(dataset, "fingerprint") else None,
-            "checksums": {name: h.hexdigest() for name, h in hashes.items()}}
-    meta["header_checksum"] = _header_checksum(meta)
-    _atomic.write_text(path / META, json.dumps(meta))  # last: the arrays are complete when it exists
-    return path
+    return writer.finish(num_concepts=dataset.num_concepts, concept_names=list(dataset.concept_names),
+                         category_names=list(dataset.category_names),
+                         primary_category=[int(c) for c in dataset.primary_category], images=images,
+                         source=str(Path(dataset.root).resolve()) if hasattr(dataset, "root") else None,
+                         source_fingerprint=dataset.fingerprint() if hasattr(dataset, "fingerprint") else None,
+                         **(extra_meta or {}))
+
+
+class StoreWriter:
+    """Writes a store batch by batch: `add` each batch's ConceptMasks in image order, then `finish`
+    with the label metadata. The header is written last, so a store whose writing stopped never opens."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        (self.path / META).unlink(missing_ok=True)  # arrays being rewritten are never read under an old header
+        self.offsets, self.n_entries, self.n_rows, self.size = [0], 0, 0, None
+        self.files = {name: open(self.path / f, "wb") for name, f in ARRAYS.items() if name != "offsets"}
+        self.hashes = {name: _hasher() for name in ARRAYS}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self) -> None:
+        for f in self.files.values():
+            f.close()
+
+    def _write(self, name: str, array: np.ndarray) -> None:
+        data = array.astype("<i8").tobytes()
+        self.files[name].write(data)
+        self.hashes[name].update(data)
+
+    def add(self, m: ConceptMasks, first_image: int) -> None:
+        if self.size is None:
+            self.size = (m.height, m.width)
+        elif self.size != (m.height, m.width):
+            raise DatasetError(f"image {first_image}: labels are {m.height}x{m.width}, earlier images "
+                               f"{self.size[0]}x{self.size[1]}")
+        rows = m.mask_rows.numpy()
+        used = np.unique(rows[rows >= 0])  # a batch's words table may hold rows of other batches
+        remap = np.full(m.words.shape[0] + 1, -1, dtype=np.int64)
+        remap[used] = self.n_rows + np.arange(used.size)
+        self._write("concept_ids", m.concept_ids.numpy())
+        self._write("mask_rows", remap[rows])
+        self._write("areas", m.areas.numpy())
+        self._write("words", m.words.numpy()[used])
+        self.offsets.extend((self.n_entries + m.offsets[1:].numpy()).tolist())
+        self.n_entries += m.concept_ids.shape[0]
+        self.n_rows += used.size
+
+    def finish(self, **labels) -> Path:
+        """labels: num_concepts, concept_names, category_names, primary_category, images (one per
+        image, path relative to `source` or None), source, source_fingerprint."""
+        self.close()
+        if self.size is None:
+            raise DatasetError("cannot pack an empty data set")
+        offsets_bytes = np.asarray(self.offsets, dtype="<i8").tobytes()
+        _atomic.write_bytes(self.path / ARRAYS["offsets"], offsets_bytes)
+        self.hashes["offsets"].update(offsets_bytes)
+        h, w = self.size
+        meta = {"format": FORMAT, "version": VERSION, "num_images": len(self.offsets) - 1, "height": h, "width": w,
+                "words_per_mask": (h * w + 63) // 64, "num_entries": self.n_entries, "num_rows": self.n_rows,
+                **labels, "checksums": {name: hh.hexdigest() for name, hh in self.hashes.items()}}
+        meta["header_checksum"] = _header_checksum(meta)
+        _atomic.write_text(self.path / META, json.dumps(meta))  # last: the arrays are complete when it exists
+        return self.path
 
 
 def _hasher():

@@ -1,0 +1,70 @@
+"""Broden's label PNGs read without an image library: the chunks parsed here, the image data
+inflated by zlib, the scanline filters undone and R + 256 * G read in C++ (csrc/cpu/png_labels_cpu.cpp).
+
+Only what Broden writes takes this path: 8-bit RGB or RGBA, not interlaced. Anything else (palette,
+grey, 16-bit, interlaced) returns None and is read by Pillow; either way the labels are the same
+(tests/test_label_png.py compares them with Pillow on every filter type).
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+import numpy as np
+
+SIGNATURE = b"\x89PNG\r\n\x1a\n"
+RGB, RGBA = 2, 6  # PNG colour types
+
+
+class LabelPngError(ValueError):
+    """A damaged PNG: the message says what is wrong (the caller names the file)."""
+
+
+def _chunks(data: bytes):
+    """(type, payload) of each chunk up to IEND, each checked against its CRC."""
+    pos = len(SIGNATURE)
+    while True:
+        if pos + 8 > len(data):
+            raise LabelPngError("truncated: the file ends before its IEND chunk")
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        end = pos + 8 + length
+        if end + 4 > len(data):
+            raise LabelPngError(f"truncated: chunk {kind.decode('latin-1')!r} runs past the end of the file")
+        payload = data[pos + 8:end]
+        if zlib.crc32(kind + payload) != struct.unpack(">I", data[end:end + 4])[0]:
+            raise LabelPngError(f"chunk {kind.decode('latin-1')!r} fails its CRC check")
+        yield kind, payload
+        if kind == b"IEND":
+            return
+        pos = end + 4
+
+
+def decode(data: bytes) -> np.ndarray | None:
+    """(height, width) int64 labels R + 256 * G of an 8-bit RGB(A) PNG, or None for another kind."""
+    from .. import _dispatch
+
+    if data[:len(SIGNATURE)] != SIGNATURE or not _dispatch.has_extension():
+        return None
+    header, image = None, []
+    for kind, payload in _chunks(data):
+        if kind == b"IHDR":
+            if len(payload) != 13:
+                raise LabelPngError(f"IHDR chunk of {len(payload)} bytes, expected 13")
+            header = struct.unpack(">IIBBBBB", payload)
+        elif kind == b"IDAT":
+            image.append(payload)
+    if header is None:
+        raise LabelPngError("no IHDR chunk")
+    width, height, depth, color, compression, filtering, interlace = header
+    if depth != 8 or color not in (RGB, RGBA) or interlace or compression or filtering:
+        return None
+    channels = 3 if color == RGB else 4
+    try:
+        raw = zlib.decompress(b"".join(image))
+    except zlib.error as exc:
+        raise LabelPngError(f"image data does not inflate ({exc})") from None
+    expected = height * (1 + width * channels)
+    if len(raw) != expected:
+        raise LabelPngError(f"image data inflates to {len(raw)} bytes, {width}x{height} needs {expected}")
+    return _dispatch.png_labels(raw, height, width, channels)
