@@ -190,3 +190,20 @@ def test_mask_cache_argument_and_location(broden, rng, tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert mask_cache.cache_root() == tmp_path / "xdg" / "fastdissect"
     assert mask_cache.cache_root(tmp_path / "mine") == tmp_path / "mine"
+
+
+def test_compexp_reads_the_same_cache_mechanism(broden, rng, tmp_path, monkeypatch):
+    from fastdissect.compat import compexp
+
+    features = np.maximum(rng.standard_normal((5, 4, 3, 3)), 0)
+    t = lite.quantile_threshold(features, 0.2)
+    kwargs = dict(categories=None, length=2, beam_size=3, progress=False)
+    want = compexp.tally(features, t, broden, mask_cache=False, **kwargs)
+    assert compexp.tally(features, t, broden, mask_cache=tmp_path / "c", **kwargs) == want
+    decoded = []
+    real = lite.LiteData.labels
+    monkeypatch.setattr(lite.LiteData, "labels", lambda self, n: decoded.append(n) or real(self, n))
+    assert compexp.tally(features, t, broden, mask_cache=tmp_path / "c", **kwargs) == want
+    assert decoded == []
+    lite.tally(features, t, broden, progress=False, mask_cache=tmp_path / "c")  # Lite's planes: its own store
+    assert len(list((tmp_path / "c" / "masks").iterdir())) == 2

@@ -55,6 +55,7 @@ struct Workspace {
   std::vector<uint64_t> mask;     // [words_per_mask], all zero between uses
   std::vector<char> cat_hit;      // [G]
   std::vector<float> pil_rows;    // [h, W] Pillow mode: the horizontal pass
+  std::vector<float> pil_column;  // [W] Pillow mode: one output row's pixels
   // Testing mode (ScoreParams::branch_counts): branches taken, and whether a map left the scratch
   // mask dirty (checked after every map; debug builds check it always).
   bool counting;
@@ -64,7 +65,7 @@ struct Workspace {
   Workspace(const ScoreParams& p)
       : src(p.h * p.w), hot_lo(p.h), hot_hi(p.h), h0(p.W), h1(p.W),
         mask(p.words_per_mask, 0), cat_hit(std::max<int64_t>(p.G, 1)),
-        pil_rows(p.pil_x_first ? p.h * p.W : 0), counting(p.branch_counts != nullptr) {}
+        pil_rows(p.pil_x_first ? p.h * p.W : 0), pil_column(p.pil_x_first ? p.W : 0), counting(p.branch_counts != nullptr) {}
 
   void count(ScoreBranch b) {
     if (counting) ++branches[b];
@@ -180,16 +181,24 @@ void pillow_row_pass(const ScoreParams& p, Workspace& ws, int64_t y, int64_t x0,
   }
 }
 
-// Vertical pass of output row y at columns [x0, x1], thresholded into the mask. The taps are
-// added in Pillow's order (source rows ascending, from 0.0); with the usual three taps the loop is
-// spelt out so that it vectorises over x, each lane doing the same additions in the same order.
-void pillow_column_pass(const ScoreParams& p, Workspace& ws, int64_t y, int64_t x0, int64_t x1, double threshold,
+// The largest float <= t: for a float x, x > t exactly when x > float_at_most(t) (a float above the
+// largest float <= t is above t), so Pillow's float32 pixel is compared in float.
+inline float float_at_most(double t) {
+  const float f = static_cast<float>(t);
+  return static_cast<double>(f) > t ? std::nextafter(f, -INFINITY) : f;
+}
+
+// Vertical pass of output row y at columns [x0, x1], thresholded (against float_at_most(T)) into
+// the mask. The taps are added in Pillow's order (source rows ascending, from 0.0); with the usual
+// three taps the loop is spelt out so that it vectorises over x, each lane doing the same additions
+// in the same order.
+void pillow_column_pass(const ScoreParams& p, Workspace& ws, int64_t y, int64_t x0, int64_t x1, float threshold,
                         MaskWriter& out) {
   const double* w = p.pil_y_weights + y * p.pil_y_taps;
   const int64_t first = p.pil_y_first[y];
   const int64_t taps = std::min(p.pil_y_taps, p.h - first);
   const float* rows = ws.pil_rows.data() + first * p.W;
-  double* acc = ws.h0.data();  // [W] sums first, thresholds after: the sums' loop vectorises
+  float* value = ws.pil_column.data();  // [W] the pixels first, the bits after: both loops vectorise
   if (taps == 3) {
     const float *r0 = rows, *r1 = rows + p.W, *r2 = rows + 2 * p.W;
     for (int64_t x = x0; x <= x1; ++x) {
@@ -197,13 +206,13 @@ void pillow_column_pass(const ScoreParams& p, Workspace& ws, int64_t y, int64_t 
       a += static_cast<double>(r0[x]) * w[0];
       a += static_cast<double>(r1[x]) * w[1];
       a += static_cast<double>(r2[x]) * w[2];
-      acc[x] = a;
+      value[x] = static_cast<float>(a);
     }
   } else {
     for (int64_t x = x0; x <= x1; ++x) {
       double a = 0.0;
       for (int64_t t = 0; t < taps; ++t) a += static_cast<double>(rows[t * p.W + x]) * w[t];
-      acc[x] = a;
+      value[x] = static_cast<float>(a);
     }
   }
   // Bits gathered a word at a time in a register, each word or-ed into the mask once.
@@ -211,7 +220,7 @@ void pillow_column_pass(const ScoreParams& p, Workspace& ws, int64_t y, int64_t 
   int64_t pixel = y * p.W + x0, word_index = pixel / kBitsPerWord;
   uint64_t word = 0;
   for (int64_t x = x0; x <= x1; ++x, ++pixel) {
-    word |= static_cast<uint64_t>(static_cast<double>(static_cast<float>(acc[x])) > threshold) << (pixel % kBitsPerWord);
+    word |= static_cast<uint64_t>(value[x] > threshold) << (pixel % kBitsPerWord);
     if ((pixel + 1) % kBitsPerWord == 0) {
       out.mask[word_index++] |= word;
       any |= word != 0;
@@ -240,6 +249,7 @@ void mask_of_map_pillow(const ScoreParams& p, const PillowGeometry& g, int64_t n
     max_abs = std::max(max_abs, std::fabs(v));
   }
   MaskWriter out{ws.mask.data(), p.W, p.words_per_mask, 0};
+  const float threshold_f = float_at_most(threshold);
   const bool every_pixel = kExhaustiveBuild || p.exhaustive;
   const double cut = every_pixel ? -INFINITY : pillow_cold_cut(threshold, max_abs);
   // Per source row, the output columns whose window holds one of its hot sources (ws.hot_lo /
@@ -272,7 +282,7 @@ void mask_of_map_pillow(const ScoreParams& p, const PillowGeometry& g, int64_t n
       lo = std::min(lo, ws.hot_lo[p.pil_y_first[y] + t]);
       hi = std::max(hi, ws.hot_hi[p.pil_y_first[y] + t]);
     }
-    if (hi >= lo) pillow_column_pass(p, ws, y, lo, hi, threshold, out);
+    if (hi >= lo) pillow_column_pass(p, ws, y, lo, hi, threshold_f, out);
   }
   if (out.first < out.last) {
     *first_word = out.first;

@@ -94,8 +94,9 @@ def _add_dissect_options(p: argparse.ArgumentParser) -> None:
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True,
-                   help=f"a built-in name ({DEMO_MODEL}), torchvision:<name> (with --weights), or file.py:factory")
-    p.add_argument("--weights", default=None, help="weights file (state dict) for torchvision: or file.py models")
+                   help=f"a built-in name ({DEMO_MODEL}), timm:<name> (weights from --weights or timm's local cache), "
+                        "torchvision:<name> (with --weights), or file.py:factory")
+    p.add_argument("--weights", default=None, help="weights file (state dict) for timm:, torchvision: or file.py models")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the random initialisation of a model built without --weights (default 0)")
     p.add_argument("--dataset", required=True,
@@ -285,10 +286,10 @@ def _model_and_data(args):
     from .datasets.sample import IMAGENET_MEAN, IMAGENET_STD
 
     model = models.load_model(args.model, args.weights, seed=args.seed)
-    defaults = models.BUILTIN.get(args.model)
-    mean = tuple(args.mean) if args.mean else (defaults[2] if defaults else IMAGENET_MEAN)
-    std = tuple(args.std) if args.std else (defaults[3] if defaults else IMAGENET_STD)
-    side = args.image_size or models.INPUT_SIZES.get(args.model)
+    expected_side, expected_mean, expected_std = models.input_settings(args.model, model)
+    mean = tuple(args.mean) if args.mean else (expected_mean or IMAGENET_MEAN)
+    std = tuple(args.std) if args.std else (expected_std or IMAGENET_STD)
+    side = args.image_size or expected_side
     size = (side, side) if side else None
     dataset = _open_dataset(args.dataset, Path(args.out))
     if size:
@@ -454,7 +455,7 @@ def cmd_layers(args) -> None:
     from . import models
 
     model = models.load_model(args.model, args.weights)
-    size = args.image_size or models.INPUT_SIZES.get(args.model, 224)
+    size = args.image_size or models.input_settings(args.model, model)[0] or 224
     rows = models.layer_shapes(model, size)
     if args.maps:
         rows = [r for r in rows if r[2] is not None and len(r[2]) == 4]

@@ -1,4 +1,4 @@
-"""Models the CLI can load by name: built-in names, torchvision:<name>, or path/to/file.py:factory."""
+"""Models the CLI can load by name: built-in names, timm:<name>, torchvision:<name>, or path/to/file.py:factory."""
 
 from __future__ import annotations
 
@@ -70,7 +70,8 @@ def layer_shapes(model: torch.nn.Module, size: int = 224) -> list[tuple[str, str
 
 
 def load_model(spec: str, weights: str | None = None, *, seed: int = 0) -> torch.nn.Module:
-    """A built-in name, `torchvision:<name>` (weights from --weights FILE, never downloaded), or
+    """A built-in name, `timm:<name>` (weights from --weights FILE or timm's local cache),
+    `torchvision:<name>` (weights from --weights FILE; neither is ever downloaded), or
     `path/to/file.py:factory` (a function returning the model). Models are built under
     torch.manual_seed(seed), so one built without weights is the same random model on every run."""
     if spec in BUILTIN:
@@ -80,7 +81,68 @@ def load_model(spec: str, weights: str | None = None, *, seed: int = 0) -> torch
         return _build(spec, weights, seed)
 
 
+def input_settings(spec: str, model: torch.nn.Module) -> tuple[int | None, tuple | None, tuple | None]:
+    """(input side, mean, std) the model expects, where known: a built-in model's, or a timm model's
+    pretrained config; None where unknown (the caller then uses the data set's size, ImageNet's)."""
+    if spec in BUILTIN:
+        return INPUT_SIZES.get(spec), BUILTIN[spec][2], BUILTIN[spec][3]
+    cfg = getattr(model, "pretrained_cfg", None) if spec.startswith("timm:") else None
+    if not isinstance(cfg, dict):
+        return None, None, None
+    size = cfg.get("input_size")
+    side = int(size[-1]) if size and int(size[-1]) == int(size[-2]) else None
+    mean, std = cfg.get("mean"), cfg.get("std")
+    return side, tuple(mean) if mean else None, tuple(std) if std else None
+
+
+def _timm_model(name: str, weights: str | None, seed: int) -> torch.nn.Module:
+    """timm's model `name`: weights from `weights`, else from timm's local cache (the Hugging Face
+    cache timm downloads into), else random with a warning. Nothing is ever downloaded here."""
+    try:
+        import timm
+    except ImportError:
+        raise ModelError("timm is not installed: pip install 'fastdissect[timm]' (timm needs torchvision: install "
+                         "the matching torch and torchvision first, see the README)") from None
+    try:
+        model = timm.create_model(name, pretrained=False)
+    except Exception as exc:
+        raise ModelError(f"timm has no model {name!r} ({type(exc).__name__}: {exc})") from None
+    if weights:
+        _load_weights(model, weights)
+        return model.eval()
+    cached = _timm_cached_weights(getattr(model, "pretrained_cfg", None) or {})
+    if cached is not None:
+        try:
+            return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": cached}).eval()
+        except Exception as exc:
+            raise ModelError(f"timm:{name}: cannot load the cached weights {cached} ({type(exc).__name__}: "
+                             f"{exc})") from None
+    warnings.warn(f"timm:{name} has no --weights and no weights in timm's local cache: its weights are random "
+                  f"(initialised with seed {seed}); fetch them once with timm.create_model({name!r}, "
+                  "pretrained=True) on a machine with internet, or pass --weights FILE", UserWarning, stacklevel=4)
+    return model.eval()
+
+
+def _timm_cached_weights(cfg: dict) -> str | None:
+    """The path of a model's weights in the local Hugging Face cache, without any network access."""
+    repo = cfg.get("hf_hub_id")
+    if not repo:
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    for filename in (cfg.get("hf_hub_filename"), "model.safetensors", "pytorch_model.bin"):
+        if filename:
+            path = try_to_load_from_cache(repo, filename)
+            if isinstance(path, str):  # else None (unknown) or a marker that the file does not exist
+                return path
+    return None
+
+
 def _build(spec: str, weights: str | None, seed: int) -> torch.nn.Module:
+    if spec.startswith("timm:"):
+        return _timm_model(spec.split(":", 1)[1], weights, seed)
     if spec.startswith("torchvision:"):
         name = spec.split(":", 1)[1]
         try:
@@ -118,8 +180,8 @@ def _build(spec: str, weights: str | None, seed: int) -> torch.nn.Module:
         if weights:
             _load_weights(model, weights)
         return model.eval()
-    raise ModelError(f"unknown model {spec!r}: use one of {sorted(BUILTIN)}, torchvision:<name> with --weights "
-                     "FILE, or path/to/file.py:factory")
+    raise ModelError(f"unknown model {spec!r}: use one of {sorted(BUILTIN)}, timm:<name>, torchvision:<name> with "
+                     "--weights FILE, or path/to/file.py:factory")
 
 
 def _load_weights(model: torch.nn.Module, path: str) -> None:

@@ -30,7 +30,7 @@ from ..explanations import SetSource, explain, search_settings
 from ..masks import MaskBuilder
 from ..unit_masks import UnitMasks
 from . import pillow
-from .netdissect_lite import LiteData, _as_features
+from .netdissect_lite import LiteData, _as_features, check_mask_cache, packed_labels
 
 COMPEXP_CATEGORIES = ("object", "part", "scene", "texture", "color")  # compexp's settings.CATEGORIES
 
@@ -59,9 +59,11 @@ def concept_masks(data: LiteData, start: int = 0, stop: int | None = None):
 
 def tally(features, thresholds, data_directory, *, categories: Sequence[str] | None = COMPEXP_CATEGORIES,
           index: str = "index.csv", length: int = 3, beam_size: int = 5, penalty: float = 1.0,
-          search: str = "beam", output_csv=None, progress: bool = True, chunk: int = 64) -> list[dict]:
+          search: str = "beam", output_csv=None, progress: bool = True, chunk: int = 64,
+          mask_cache=True) -> list[dict]:
     """compexp's tally: one row per unit (its best formula and best single label) and, with
-    `output_csv`, the same columns as its tally_<layer>.csv."""
+    `output_csv`, the same columns as its tally_<layer>.csv. mask_cache: as in
+    `netdissect_lite.tally` (the labels packed once per directory, index and categories)."""
     settings = search_settings(length, beam_size, search, penalty)
     data = LiteData(data_directory, list(categories) if categories is not None else None, index=index)
     features = _as_features(features)
@@ -74,7 +76,12 @@ def tally(features, thresholds, data_directory, *, categories: Sequence[str] | N
     thresholds = torch.from_numpy(np.ascontiguousarray(thresholds, dtype=np.float64))
     if thresholds.shape != (K,):
         raise ValueError(f"thresholds must have shape ({K},), got {tuple(thresholds.shape)}")
-    masks = concept_masks(data)
+    check_mask_cache(mask_cache)
+    if mask_cache is False:
+        masks = concept_masks(data)
+    else:
+        masks = packed_labels(data, concept_masks, "fastdissect.compat.compexp",
+                              None if mask_cache is True else mask_cache, progress).masks
     sh, sw = masks.height, masks.width
     if h > sh or w > sw:
         raise ValueError(f"features maps of {h}x{w} are larger than the {sh}x{sw} labels: compexp upsamples maps")

@@ -140,8 +140,7 @@ def tally(features, thresholds, data_directory, categories: Sequence[str] | None
     until a file of the directory changes."""
     from tqdm.auto import tqdm
 
-    if not isinstance(mask_cache, (bool, str, os.PathLike)):
-        raise ValueError(f"mask_cache must be True, False or a directory, got {mask_cache!r}")
+    check_mask_cache(mask_cache)
     data = LiteData(data_directory, categories)
     features = _as_features(features)
     if features.ndim != 4:
@@ -157,7 +156,8 @@ def tally(features, thresholds, data_directory, categories: Sequence[str] | None
     if _dispatch.has_extension() and len(sizes) == 1:
         sh, sw = next(iter(sizes))
         if features.shape[2] <= sh and features.shape[3] <= sw:  # upsampling: the fused C++ kernel
-            store = _lite_store(data, None if mask_cache is True else mask_cache, progress) \
+            store = packed_labels(data, _lite_masks, "fastdissect.compat.netdissect_lite",
+                                  None if mask_cache is True else mask_cache, progress) \
                 if mask_cache is not False else None
             both, units_cat, truth = _tally_kernel(data, store, features, thresholds, sh, sw, progress)
             return _rows(data, both, units_cat, truth, output_csv)
@@ -261,23 +261,24 @@ def _lite_masks(data: LiteData, start: int, stop: int) -> ConceptMasks:
     return builder.build()
 
 
-def _lite_store(data: LiteData, cache_dir, progress: bool):
-    """The packed store of `_lite_masks` over every image, from the mask cache (packed on a miss)."""
+def packed_labels(data: LiteData, masks_of, reader: str, cache_dir, progress: bool):
+    """The packed store of masks_of(data, start, stop) over every image, from the mask cache
+    (packed on a miss); `reader` names the semantics (Lite's planes, compexp's unions) in the key."""
     from tqdm.auto import tqdm
 
     files = sorted({t for _, _, _, cells in data.rows for tokens in cells.values() for t in tokens
                     if not re.fullmatch(r"\d+", t)})
     csvs = [data.index, "label.csv", "category.csv"] + [f"c_{c}.csv" for c in data.categories]
-    key = {"reader": "fastdissect.compat.netdissect_lite", "root": str(data.root.resolve()),
-           "categories": list(data.categories), "index": data.index}
+    key = {"reader": reader, "root": str(data.root.resolve()), "categories": list(data.categories),
+           "index": data.index}
     fingerprint = {**broden_fingerprint(data.root, csvs, files), "categories": list(data.categories)}
 
     def build(directory):
         writer = StoreWriter(directory)
-        with writer, tqdm(total=len(data.rows), desc="packing lite labels", unit="img", disable=not progress) as bar:
+        with writer, tqdm(total=len(data.rows), desc="packing labels", unit="img", disable=not progress) as bar:
             for start in range(0, len(data.rows), 64):
                 stop = min(start + 64, len(data.rows))
-                writer.add(_lite_masks(data, start, stop), start)
+                writer.add(masks_of(data, start, stop), start)
                 bar.update(stop - start)
         writer.finish(num_concepts=data.num_labels, concept_names=list(data.names),
                       category_names=list(data.categories), primary_category=data.primary.tolist(),
@@ -285,6 +286,11 @@ def _lite_store(data: LiteData, cache_dir, progress: bool):
                       source_fingerprint=fingerprint, cache_key=key)
 
     return cached_store(key, fingerprint, build, cache_dir)
+
+
+def check_mask_cache(mask_cache) -> None:
+    if not isinstance(mask_cache, (bool, str, os.PathLike)):
+        raise ValueError(f"mask_cache must be True, False or a directory, got {mask_cache!r}")
 
 
 def _rows(data: LiteData, both, units_cat, truth, output_csv):
