@@ -21,7 +21,7 @@ SETTINGS = dict(quantile=0.05, verbose=False, **PLAIN)
 @pytest.fixture(scope="module")
 def concepts(tmp_path_factory):
     root = tmp_path_factory.mktemp("experiments") / "concepts"
-    return fd.datasets.Broden(fd.datasets.builtin(root, n_images=40, seed=1))
+    return fd.datasets.Broden(fd.datasets.builtin(root, n_images=40, seed=1, max_photo_share=0.1))
 
 
 def read_csv(path):

