@@ -104,3 +104,9 @@ def test_cli_mask_cache_flags(concepts, tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.main([*args, "--out", str(tmp_path / "c"), "--no-mask-cache", "--mask-cache", "x"])
     assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_bad_options_are_refused_before_any_packing(concepts, tmp_path, decodes):
+    with pytest.raises(ValueError, match="batch_size"):
+        fd.dissect(ColorDetectors(), ["pool"], concepts, batch_size=0, verbose=False, mask_cache=tmp_path / "c")
+    assert decodes == [] and not (tmp_path / "c").exists()

@@ -94,13 +94,15 @@ def test_kill_9_during_save_never_leaves_a_torn_result(two_results, tmp_path):
     old.save(out)
     new_dir = new.save(tmp_path / "new")
     script = (f"import fastdissect as fd, sys; sys.path.insert(0, {str(TESTS)!r}); d = fd.load({str(new_dir)!r})\n"
-              f"for _ in range(1000): d.save({str(out)!r})\n")
+              f"print('saving', flush=True)\nfor _ in range(1000): d.save({str(out)!r})\n")
     outcomes = set()
-    for delay in (0.5, 1.0, 1.5, 2.0, 2.5):
-        proc = subprocess.Popen([sys.executable, "-c", script])
+    for delay in (0.05, 0.15, 0.3, 0.5, 0.8):  # after the imports, whose time depends on the machine's load
+        proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "saving"
         time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+        proc.stdout.close()
         loaded = fd.load(out)
         assert same(loaded, old) or same(loaded, new)
         outcomes.add("new" if same(loaded, new) else "old")

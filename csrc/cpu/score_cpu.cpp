@@ -56,6 +56,7 @@ struct Workspace {
   std::vector<char> cat_hit;      // [G]
   std::vector<float> pil_rows;    // [h, W] Pillow mode: the horizontal pass
   std::vector<float> pil_column;  // [W] Pillow mode: one output row's pixels
+  std::vector<float> pil_row_max; // [h] Pillow mode: each source row's largest horizontal value
   // Testing mode (ScoreParams::branch_counts): branches taken, and whether a map left the scratch
   // mask dirty (checked after every map; debug builds check it always).
   bool counting;
@@ -65,7 +66,8 @@ struct Workspace {
   Workspace(const ScoreParams& p)
       : src(p.h * p.w), hot_lo(p.h), hot_hi(p.h), h0(p.W), h1(p.W),
         mask(p.words_per_mask, 0), cat_hit(std::max<int64_t>(p.G, 1)),
-        pil_rows(p.pil_x_first ? p.h * p.W : 0), pil_column(p.pil_x_first ? p.W : 0), counting(p.branch_counts != nullptr) {}
+        pil_rows(p.pil_x_first ? p.h * p.W : 0), pil_column(p.pil_x_first ? p.W : 0),
+        pil_row_max(p.pil_x_first ? p.h : 0), counting(p.branch_counts != nullptr) {}
 
   void count(ScoreBranch b) {
     if (counting) ++branches[b];
@@ -274,15 +276,25 @@ void mask_of_map_pillow(const ScoreParams& p, const PillowGeometry& g, int64_t n
   if (y1 < y0) return;  // every window cold
   // pil_y_first is non-decreasing: rows y0..y1 read source rows in this range only.
   const int64_t src_last = std::min(p.h - 1, p.pil_y_first[y1] + p.pil_y_taps - 1);
-  for (int64_t i = p.pil_y_first[y0]; i <= src_last; ++i) pillow_row_pass(p, ws, i, x_lo, x_hi);
+  for (int64_t i = p.pil_y_first[y0]; i <= src_last; ++i) {
+    pillow_row_pass(p, ws, i, x_lo, x_hi);
+    const float* r = ws.pil_rows.data() + i * p.W;
+    ws.pil_row_max[i] = *std::max_element(r + x_lo, r + x_hi + 1);
+  }
+  // A row's pixels are at most sum_t wy_t * (largest horizontal value of source row t), the rounding
+  // of both passes within 1e-6 * A + 1e-44 of it as for the cold cut: rows below T by that are off.
+  const double row_cut = every_pixel ? -INFINITY : threshold - (1e-6 * max_abs + 1e-44);
   for (int64_t y = y0; y <= y1; ++y) {
     int64_t lo = p.W, hi = -1;
+    double bound = 0.0;
     for (int64_t t = 0; t < p.pil_y_taps && p.pil_y_first[y] + t < p.h; ++t) {
-      if (p.pil_y_weights[y * p.pil_y_taps + t] == 0.0) continue;  // as in PillowGeometry::spans
+      const double weight = p.pil_y_weights[y * p.pil_y_taps + t];
+      if (weight == 0.0) continue;  // as in PillowGeometry::spans
       lo = std::min(lo, ws.hot_lo[p.pil_y_first[y] + t]);
       hi = std::max(hi, ws.hot_hi[p.pil_y_first[y] + t]);
+      bound += weight * static_cast<double>(ws.pil_row_max[p.pil_y_first[y] + t]);
     }
-    if (hi >= lo) pillow_column_pass(p, ws, y, lo, hi, threshold_f, out);
+    if (hi >= lo && !(bound <= row_cut)) pillow_column_pass(p, ws, y, lo, hi, threshold_f, out);
   }
   if (out.first < out.last) {
     *first_word = out.first;

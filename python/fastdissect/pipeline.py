@@ -613,9 +613,6 @@ def _dissect(model, layers, dataset, *, quantile, method, iou_threshold, union, 
     if not (isinstance(mask_cache, (bool, str, os.PathLike))):
         raise ValueError(f"mask_cache must be True, False or a directory, got {mask_cache!r}")
     cached_masks = store is None and mask_cache is not False and isinstance(dataset, Broden) and comm.world == 1
-    if cached_masks:  # the cache is how labels are read, not what is measured: the identity is the data set's
-        store = broden_store(dataset, None if mask_cache is True else mask_cache, verbose=verbose,
-                             num_workers=num_workers)
     layers = list(layers)
     view_specs = _views(layers, transform, views)
     find_modules(model, list(dict.fromkeys(module for module, _ in view_specs.values())))
@@ -646,6 +643,9 @@ def _dissect(model, layers, dataset, *, quantile, method, iou_threshold, union, 
         from .explanations import search_settings
 
         formulas = search_settings(formula_length, beam_size, search, penalty)
+    if cached_masks:  # the cache is how labels are read, not what is measured: the identity is the data set's
+        store = broden_store(dataset, None if mask_cache is True else mask_cache, verbose=verbose,
+                             num_workers=num_workers)
     permuted = "permuted" in controls
     perm = derangement(len(dataset), control_seed) if permuted else None
     opts = dict(formulas=formulas, controls=controls, permuted=permuted, control_seed=control_seed if controls else None,
