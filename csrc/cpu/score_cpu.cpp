@@ -50,7 +50,8 @@ struct Geometry {
 // Per-thread scratch, sized once.
 struct Workspace {
   std::vector<double> src;        // [h, w] the map in double
-  std::vector<int64_t> hot_lo, hot_hi;  // [h] hot column span per source row, empty = (w, -1)
+  std::vector<int64_t> hot_lo, hot_hi;  // [h] per source row: its hot source columns, empty = (w, -1)
+                                        // (Pillow mode: the output columns they reach, empty = (W, -1))
   std::vector<double> h0, h1;     // [W] the horizontal pass of one block's two source rows
   std::vector<uint64_t> mask;     // [words_per_mask], all zero between uses
   std::vector<char> cat_hit;      // [G]

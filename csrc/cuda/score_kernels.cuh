@@ -14,10 +14,22 @@
 namespace fd {
 namespace {  // internal linkage: the CUDA and the emulated build of a kernel live in one library
 
+// Source (y, x) of map (n, k) in its storage type, then widened: exactly (double), or for the float
+// screen (float: exact for every type but double).
+template <typename scalar_t>
+FD_HOST_DEVICE FD_INLINE scalar_t source_at(const ScoreParams& p, int64_t n, int64_t k, int64_t y, int64_t x) {
+  const scalar_t* a = static_cast<const scalar_t*>(p.act);
+  return a[n * p.act_stride[0] + k * p.act_stride[1] + y * p.act_stride[2] + x * p.act_stride[3]];
+}
+
 template <typename scalar_t>
 FD_HOST_DEVICE FD_INLINE double source_value(const ScoreParams& p, int64_t n, int64_t k, int64_t y, int64_t x) {
-  const scalar_t* a = static_cast<const scalar_t*>(p.act);
-  return to_double(a[n * p.act_stride[0] + k * p.act_stride[1] + y * p.act_stride[2] + x * p.act_stride[3]]);
+  return to_double(source_at<scalar_t>(p, n, k, y, x));
+}
+
+template <typename scalar_t>
+FD_HOST_DEVICE FD_INLINE float source_float(const ScoreParams& p, int64_t n, int64_t k, int64_t y, int64_t x) {
+  return to_float(source_at<scalar_t>(p, n, k, y, x));
 }
 
 // Work item: one output row's (item < H) or column's taps, for every map of the call.
@@ -37,12 +49,6 @@ FD_HOST_DEVICE FD_INLINE double sample_f64(const ScoreParams& p, int64_t n, int6
   const double bottom = lerp_pair(tx.l0, source_value<scalar_t>(p, n, k, ty.i1, tx.i0), tx.l1,
                                   source_value<scalar_t>(p, n, k, ty.i1, tx.i1));
   return lerp_pair(ty.l0, top, ty.l1, bottom);
-}
-
-template <typename scalar_t>
-FD_HOST_DEVICE FD_INLINE float source_float(const ScoreParams& p, int64_t n, int64_t k, int64_t y, int64_t x) {
-  const scalar_t* a = static_cast<const scalar_t*>(p.act);
-  return to_float(a[n * p.act_stride[0] + k * p.act_stride[1] + y * p.act_stride[2] + x * p.act_stride[3]]);
 }
 
 // The same expression in float, float operations only: the screen of upsample.h bound (5).
@@ -86,7 +92,8 @@ FD_HOST_DEVICE FD_INLINE uint64_t mask_word(const ScoreParams& p, const ScoreScr
   const int64_t first = word * kBitsPerWord;
   const int64_t end = first + kBitsPerWord < p.H * p.W ? first + kBitsPerWord : p.H * p.W;
   if (word_is_cold<scalar_t>(p, s, n, k, first, end, hot_floor(threshold))) return 0;
-  const double bound = scale > (threshold < 0 ? -threshold : threshold) ? scale : (threshold < 0 ? -threshold : threshold);
+  const double magnitude = threshold < 0 ? -threshold : threshold;
+  const double bound = scale > magnitude ? scale : magnitude;  // max(A, |T|), bound (5)
   const bool screen = bound <= kScreenMaxAbs;
   const double margin = screen_margin(bound);
   const float on_above = static_cast<float>(threshold + 2.0 * margin);

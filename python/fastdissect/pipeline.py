@@ -25,7 +25,7 @@ import torch
 from . import _atomic, _validate
 from ._lock import locked
 from .datasets.broden import Broden, DatasetError
-from .datasets.mask_cache import broden_store
+from .datasets.mask_cache import broden_store, cache_dir_of
 from .datasets.packed import PackedMasks
 from .datasets.sample import IMAGENET_MEAN, IMAGENET_STD, Batch, collate, model_input, stack_images
 from .distributed import Comm
@@ -610,8 +610,7 @@ def _dissect(model, layers, dataset, *, quantile, method, iou_threshold, union, 
             raise DatasetError(f"{store.path} holds {len(store)} images but its source {source} has {len(dataset)}")
         store.check_source(dataset)
     comm = Comm.detect(distributed)
-    if not (isinstance(mask_cache, (bool, str, os.PathLike))):
-        raise ValueError(f"mask_cache must be True, False or a directory, got {mask_cache!r}")
+    cache_dir = cache_dir_of(mask_cache)
     cached_masks = store is None and mask_cache is not False and isinstance(dataset, Broden) and comm.world == 1
     layers = list(layers)
     view_specs = _views(layers, transform, views)
@@ -644,8 +643,7 @@ def _dissect(model, layers, dataset, *, quantile, method, iou_threshold, union, 
 
         formulas = search_settings(formula_length, beam_size, search, penalty)
     if cached_masks:  # the cache is how labels are read, not what is measured: the identity is the data set's
-        store = broden_store(dataset, None if mask_cache is True else mask_cache, verbose=verbose,
-                             num_workers=num_workers)
+        store = broden_store(dataset, cache_dir, verbose=verbose, num_workers=num_workers)
     permuted = "permuted" in controls
     perm = derangement(len(dataset), control_seed) if permuted else None
     opts = dict(formulas=formulas, controls=controls, permuted=permuted, control_seed=control_seed if controls else None,

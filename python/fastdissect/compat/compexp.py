@@ -30,7 +30,8 @@ from ..explanations import SetSource, explain, search_settings
 from ..masks import MaskBuilder
 from ..unit_masks import UnitMasks
 from . import pillow
-from .netdissect_lite import LiteData, _as_features, check_mask_cache, packed_labels
+from ..datasets.mask_cache import cache_dir_of
+from .netdissect_lite import LiteData, _as_features, packed_labels
 
 COMPEXP_CATEGORIES = ("object", "part", "scene", "texture", "color")  # compexp's settings.CATEGORIES
 
@@ -76,12 +77,11 @@ def tally(features, thresholds, data_directory, *, categories: Sequence[str] | N
     thresholds = torch.from_numpy(np.ascontiguousarray(thresholds, dtype=np.float64))
     if thresholds.shape != (K,):
         raise ValueError(f"thresholds must have shape ({K},), got {tuple(thresholds.shape)}")
-    check_mask_cache(mask_cache)
+    cache_dir = cache_dir_of(mask_cache)
     if mask_cache is False:
         masks = concept_masks(data)
     else:
-        masks = packed_labels(data, concept_masks, "fastdissect.compat.compexp",
-                              None if mask_cache is True else mask_cache, progress).masks
+        masks = packed_labels(data, concept_masks, "fastdissect.compat.compexp", cache_dir, progress).masks
     sh, sw = masks.height, masks.width
     if h > sh or w > sw:
         raise ValueError(f"features maps of {h}x{w} are larger than the {sh}x{sw} labels: compexp upsamples maps")

@@ -27,7 +27,6 @@ to a unit's categories (Lite reuses the previous unit's categories there, a bug)
 from __future__ import annotations
 
 import csv
-import os
 import re
 from pathlib import Path
 from typing import Sequence
@@ -38,7 +37,7 @@ import torch
 from .. import _dispatch, _validate
 from .._codes import DTYPE_CODES
 from ..datasets.broden import DatasetError, decode_label_png, read_csv
-from ..datasets.mask_cache import cached_store
+from ..datasets.mask_cache import cache_dir_of, cached_store
 from ..datasets.packed import StoreWriter
 from ..identity import broden_fingerprint
 from ..masks import ConceptMasks, MaskBuilder
@@ -140,7 +139,7 @@ def tally(features, thresholds, data_directory, categories: Sequence[str] | None
     until a file of the directory changes."""
     from tqdm.auto import tqdm
 
-    check_mask_cache(mask_cache)
+    cache_dir = cache_dir_of(mask_cache)
     data = LiteData(data_directory, categories)
     features = _as_features(features)
     if features.ndim != 4:
@@ -156,8 +155,7 @@ def tally(features, thresholds, data_directory, categories: Sequence[str] | None
     if _dispatch.has_extension() and len(sizes) == 1:
         sh, sw = next(iter(sizes))
         if features.shape[2] <= sh and features.shape[3] <= sw:  # upsampling: the fused C++ kernel
-            store = packed_labels(data, _lite_masks, "fastdissect.compat.netdissect_lite",
-                                  None if mask_cache is True else mask_cache, progress) \
+            store = packed_labels(data, _lite_masks, "fastdissect.compat.netdissect_lite", cache_dir, progress) \
                 if mask_cache is not False else None
             both, units_cat, truth = _tally_kernel(data, store, features, thresholds, sh, sw, progress)
             return _rows(data, both, units_cat, truth, output_csv)
@@ -286,11 +284,6 @@ def packed_labels(data: LiteData, masks_of, reader: str, cache_dir, progress: bo
                       source_fingerprint=fingerprint, cache_key=key)
 
     return cached_store(key, fingerprint, build, cache_dir)
-
-
-def check_mask_cache(mask_cache) -> None:
-    if not isinstance(mask_cache, (bool, str, os.PathLike)):
-        raise ValueError(f"mask_cache must be True, False or a directory, got {mask_cache!r}")
 
 
 def _rows(data: LiteData, both, units_cat, truth, output_csv):

@@ -40,6 +40,14 @@ def cache_root(cache_dir=None) -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fastdissect"
 
 
+def cache_dir_of(mask_cache):
+    """The `cache_dir` a `mask_cache=` argument names: None (the default directory) for True, else the
+    directory; False (no cache) is the caller's to handle. Anything else is refused by name."""
+    if not isinstance(mask_cache, (bool, str, os.PathLike)):
+        raise ValueError(f"mask_cache must be True, False or a directory, got {mask_cache!r}")
+    return None if isinstance(mask_cache, bool) else mask_cache
+
+
 def _json(value):
     return json.loads(json.dumps(value))  # tuples become lists: compared as they are stored
 
