@@ -23,6 +23,11 @@ def pytest_terminal_summary(terminalreporter, config):
                 ratio = other.stats.median / mine.stats.median
                 terminalreporter.write_line(f"{group}: {mine.name} is {ratio:,.1f}x faster than {other.name} "
                                             f"({100 / ratio:.1f}% of its time)")
+    for bench in session.benchmarks:  # benchmarks of several pieces of work: the time of one
+        per, count = bench.extra_info.get("per"), bench.extra_info.get("count")
+        if per and count:
+            terminalreporter.write_line(f"{bench.group}: {bench.name} takes {1000 * bench.stats.median / count:,.0f} ms "
+                                        f"per {per} (median of {bench.stats.rounds}, {count} {per}s)")
 
 
 def pytest_configure(config):

@@ -244,6 +244,23 @@ void declare_params(py::module_& m) {
       .pointer("scratch", &PngLabelsParams::scratch)
       .pointer("labels", &PngLabelsParams::labels);
 
+  using fd::TilesParams;
+  FieldTable<TilesParams>(m, "TilesParams")
+      .value("M", &TilesParams::M)
+      .value("height", &TilesParams::height)
+      .value("width", &TilesParams::width)
+      .value("words_per_mask", &TilesParams::words_per_mask)
+      .pointer("masks", &TilesParams::masks)
+      .pointer("second", &TilesParams::second)
+      .pointer("bright", &TilesParams::bright)
+      .pointer("dim", &TilesParams::dim)
+      .pointer("thumbnail", &TilesParams::thumbnail)
+      .pointer("out", &TilesParams::out)
+      .value("out_row", &TilesParams::out_row)
+      .pointer("offset", &TilesParams::offset)
+      .value("outline", &TilesParams::outline)
+      .value("second_outline", &TilesParams::second_outline);
+
   using fd::FormulaCountsParams;
   FieldTable<FormulaCountsParams>(m, "FormulaCountsParams")
       .value("B", &FormulaCountsParams::B)
@@ -308,6 +325,15 @@ PYBIND11_MODULE(_C, m) {
         return fd::png_labels_cpu(p);
       },
       py::arg("params"), no_gil);
+  m.def(
+      "tiles_cpu",
+      [](const fd::TilesParams& p, int n_threads) {
+        FD_ASSERT(p.masks && p.bright && p.dim && p.thumbnail && p.out && p.offset &&
+                      p.M >= 0 && p.height > 0 && p.width > 0 && p.words_per_mask == (p.height * p.width + 63) / 64,
+                  "incomplete tile inputs");
+        fd::tiles_cpu(p, n_threads);
+      },
+      py::arg("params"), py::arg("n_threads"), no_gil);
   m.def("histogram_add", &histogram_add, py::arg("params"), py::arg("n_threads"));
 
   // The CUDA kernels: on the GPU (asynchronous on `stream`) or emulated on the CPU.

@@ -183,6 +183,33 @@ def test_pack_round_trip_and_versioning(broden, tmp_path):
         fd.datasets.open_packed(tmp_path)
 
 
+def test_checksums_are_verified_again_only_after_a_change(broden, tmp_path, monkeypatch):
+    """The first open hashes every array and records the files' stamps; later opens of unchanged
+    files hash nothing; a byte changed in place (same size) is hashed again and refused."""
+    from fastdissect import _atomic
+
+    root, _ = broden
+    path = fd.datasets.pack(fd.datasets.Broden(root), tmp_path / "packed", verbose=False)
+    hashed = []
+    real = _atomic.file_digest
+    monkeypatch.setattr(_atomic, "file_digest", lambda f: hashed.append(Path(f).name) or real(f))
+    fd.datasets.open_packed(path)
+    assert "words.u64" in hashed and (path / "verified.json").is_file()
+    hashed.clear()
+    again = fd.datasets.open_packed(path)
+    assert hashed == [] and int(again.masks.areas.sum()) > 0
+    words = path / "words.u64"
+    data = bytearray(words.read_bytes())
+    data[3] ^= 4
+    words.write_bytes(bytes(data))
+    with pytest.raises(DatasetError, match="words.u64: damaged"):
+        fd.datasets.open_packed(path)
+    assert "words.u64" in hashed
+    (path / "verified.json").write_text("not json")  # an unreadable stamp means: verify
+    with pytest.raises(DatasetError, match="words.u64: damaged"):
+        fd.datasets.open_packed(path)
+
+
 def test_dataloader_workers_give_the_same_batches(broden):
     root, _ = broden
     ds = fd.datasets.Broden(root)

@@ -21,8 +21,7 @@ from test_datasets import CATEGORIES, write_fixture
 def pillow_masks(act: torch.Tensor, thresholds: torch.Tensor, H: int, W: int, exhaustive: bool) -> torch.Tensor:
     """(N, K, H, W) bool masks of the kernel in Pillow mode (read through mask_out)."""
     N, K, h, w = act.shape
-    tables = [torch.from_numpy(np.ascontiguousarray(a)) for a in (*pillow.coefficients(w, W),
-                                                                 *pillow.coefficients(h, H))]
+    tables = [torch.tensor(a) for a in (*pillow.coefficients(w, W), *pillow.coefficients(h, H))]
     masks = fd.pack_masks(labels=torch.ones(N, 1, H, W, dtype=torch.int64), num_concepts=2)
     out = torch.zeros(N, K, (H * W + 63) // 64, dtype=torch.int64)
     inter, area = torch.zeros(K, 2, dtype=torch.int64), torch.zeros(K, dtype=torch.int64)
@@ -136,6 +135,20 @@ def test_second_call_reads_the_cache_and_decodes_nothing(broden, rng, tmp_path, 
     lite.tally(other, t2, broden, progress=False, mask_cache=cache)
     assert decoded == [] and decoded_without_cache == 5
     assert len(list((cache / "masks").iterdir())) == 1  # one store, no leftovers
+
+
+def test_tallies_from_the_store_do_not_depend_on_the_chunk(broden, rng, tmp_path):
+    """From the store a chunk holds as many images as fit chunk_bytes; one image a chunk, two, or
+    all at once give the same counts."""
+    features, t = lite_case(rng, broden)
+    data = lite.LiteData(broden, CATEGORIES)
+    store = lite.packed_labels(data, lite._lite_masks, "fastdissect.compat.netdissect_lite", tmp_path / "c", False)
+    (sh, sw), = {(sh, sw) for _, sh, sw, _ in data.rows}
+    image = features[0].nbytes
+    runs = [lite._tally_kernel(data, store, features, t, sh, sw, False, chunk_bytes=b) for b in (1, 2 * image, 1 << 30)]
+    for counts in runs[1:]:
+        assert all(np.array_equal(a, b) for a, b in zip(runs[0], counts))
+    assert runs[0][0].sum() > 0
 
 
 def test_a_changed_label_file_is_packed_again(broden, rng, tmp_path):

@@ -210,7 +210,7 @@ def test_cli_dissects_and_reports_errors_in_one_line(concepts, tmp_path):
     assert fd.load(out)["pool"].units[0]["label"] == "red"
     assert (out / "report" / "layer_pool.html").is_file()
     r = run_cli("report", "--results", out, "--out", tmp_path / "again")  # from the saved results
-    assert r.returncode == 0 and (tmp_path / "again" / "units_pool" / "unit_0000.jpg").is_file(), r.stderr
+    assert r.returncode == 0 and (tmp_path / "again" / "units_pool" / "strips_0000.jpg").is_file(), r.stderr
     for i, (args, message) in enumerate([
         (("--layers", "pol"), "fastdissect: error: the model has no layer 'pol'; did you mean 'pool'"),
         (("--layers", "pool", "--dataset", tmp_path / "none"), "neither a Broden directory"),

@@ -1,5 +1,6 @@
 """The HTML report: files, content, and a real browser (headless Chromium from Debian's package)."""
 
+import io
 import re
 import shutil
 import subprocess
@@ -28,8 +29,24 @@ def referenced_images(html: Path):
     return re.findall(r'<img[^>]*src="([^"]+)"', html.read_text())
 
 
+def strips_of(page: Path) -> list[dict]:
+    """Each unit's strip on a page: its sheet, where it lies in it and its size."""
+    tags = re.findall(r'<img class="strip"[^>]*>', page.read_text())
+    attr = lambda tag, name: re.search(f'{name}="([^"]+)"', tag).group(1)  # noqa: E731
+    return [{"src": attr(t, "src"), "width": int(attr(t, "width")), "height": int(attr(t, "height")),
+             "y": int(re.search(r"object-position: 0 -(\d+)px", t).group(1))} for t in tags]
+
+
+def unit_section(page: Path, unit: int) -> str:
+    html = page.read_text()
+    start = html.index(f'<section class="unit" id="unit-{unit}">')
+    return html[start:html.index("</section>", start)]
+
+
 def test_report_pages_and_images(report):
-    d, index, _ = report
+    d, index, ds = report
+    from fastdissect.report import strip_image
+
     html = index.read_text()
     assert "<script src=" not in html and "http" not in html.replace("http-equiv", "")  # offline: no CDN
     for name, layer in d.items():
@@ -39,26 +56,39 @@ def test_report_pages_and_images(report):
         srcs = referenced_images(page)
         figures = 2 if layer.summary["interpretable"] else 1  # per category, and per concept when any
         assert len(srcs) == figures + layer.num_units  # the figures + one strip per unit
-        for src in srcs:
+        for src in set(srcs):
             with Image.open(page.parent / src) as im:
                 im.load()
                 assert im.width > 0
-        # a unit's strip shows its top images: 5 tiles of 112 px, each unit's row has an anchor
-        with Image.open(page.parent / srcs[figures]) as strip:
-            assert strip.height == 112 and strip.width == 5 * 112 + 4 * 2
+        # a unit's strip: 5 tiles of 112 px, its rows of a sheet of up to 64 units; it is the strip
+        # strip_image draws (up to JPEG's loss)
+        strips = strips_of(page)
+        assert [(s["width"], s["height"]) for s in strips] == [(5 * 112 + 4 * 2, 112)] * layer.num_units
+        for k in (0, layer.num_units - 1):
+            with Image.open(page.parent / strips[k]["src"]) as sheet:
+                assert sheet.height == 112 * min(64, layer.num_units) and sheet.width == strips[k]["width"]
+                y = strips[k]["y"]
+                shown = np.asarray(sheet.convert("RGB"))[y:y + 112, :strips[k]["width"]].astype(int)
+            alone = io.BytesIO()  # the same strip encoded on its own: JPEG's loss is the same in the sheet
+            strip_image(layer, k, ds).save(alone, "JPEG", quality=85)
+            with Image.open(alone) as im:
+                drawn = np.asarray(im.convert("RGB")).astype(int)
+            assert shown.shape == drawn.shape and np.abs(shown - drawn).mean() < 0.5
         assert 'id="unit-0"' in text and "peaks highest" in text
     assert "red" in (index.parent / "layer_pool.html").read_text()
-    # a page per unit: its strip, its 5 best concepts by IoU as bars, the way back to its row
+    # one page for a layer's units: a section each, its strip, its 5 best concepts by IoU as bars,
+    # the way back to its row; the layer page links each unit to its section
     layer = d["pool"]
-    unit_page = index.parent / "units_pool" / "unit_0000.html"
-    text = unit_page.read_text()
-    assert 'href="units_pool/unit_0000.html"' in (index.parent / "layer_pool.html").read_text()
+    unit_page = index.parent / "units_pool" / "units.html"
+    assert 'href="units_pool/units.html#unit-0"' in (index.parent / "layer_pool.html").read_text()
+    assert unit_page.read_text().count('<section class="unit"') == layer.num_units
+    text = unit_section(unit_page, 0)
     assert text.count("<tr data-concept=") == 5 and 'href="../layer_pool.html#unit-0"' in text
     iou = layer.scores.iou[0].clone()
     iou[0] = -1
     best = [layer.concept_names[int(c)] for c in iou.topk(5).indices]
     assert [m for m in re.findall(r'<tr data-concept="([^"]+)"', text)] == best
-    assert 'src="unit_0000.jpg"' in text and (unit_page.parent / "unit_0000.jpg").is_file()
+    assert strips_of(index.parent / "layer_pool.html")[0]["src"] == "units_pool/" + strips_of(unit_page)[0]["src"]
     for field in ("<dt>run time</dt>", "<dt>map size</dt>", "<dt>concepts</dt>", "<dt>fastdissect</dt>",
                   "<dt>image size</dt>", "<dt>layers</dt>"):  # the header says what was dissected, and how
         assert field in html
@@ -67,20 +97,30 @@ def test_report_pages_and_images(report):
 
 
 def test_strip_masks_are_the_thresholded_upsampled_maps(report):
-    """The overlay keeps pixels inside the unit's mask and dims the rest, at image resolution."""
-    d, index, ds = report
-    from fastdissect.report import _overlay
-    from fastdissect.torch_backend import upsample
+    """Each tile: the image at 112 px, kept inside the unit's mask (its top map upsampled to the tile
+    and thresholded, as the reference computes it) and dimmed outside, the mask outlined in yellow."""
+    import reference
+    from fastdissect.report import strip_image
 
+    d, _, ds = report
     layer = d["pool"]
-    k, j = 0, 0
-    image = ds.image(int(layer.top_images[k, j]))
-    mask = (upsample(layer.top_maps[k, j], *image.shape[:2]) > float(layer.scores.thresholds[k])).numpy()
-    assert mask.any() and not mask.all()
-    out = _overlay(image, mask)
-    inside = mask & np.roll(mask, 1, 0) & np.roll(mask, -1, 0) & np.roll(mask, 1, 1) & np.roll(mask, -1, 1)
-    assert np.array_equal(out[inside], image[inside])
-    assert (out[~mask].astype(int) <= image[~mask].astype(int)).all()
+    k = 0
+    strip = np.asarray(strip_image(layer, k, ds))
+    seen = 0
+    for j, i in enumerate(layer.top_images[k].tolist()):
+        thumb = np.asarray(Image.fromarray(ds.image(i)).resize((112, 112), Image.BILINEAR))
+        tile = strip[:, j * 114:j * 114 + 112]
+        mask = reference.upsample(layer.top_maps[k, j].numpy(), 112, 112) > float(layer.scores.thresholds[k])
+        padded = np.pad(mask, 1)
+        inside = mask & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+        assert np.array_equal(tile[inside], thumb[inside])
+        assert np.array_equal(tile[~mask], (thumb[~mask] * np.float32(0.3)).astype(np.uint8))
+        assert (tile[mask & ~inside] == (255, 212, 59)).all()
+        seen += int(mask.any() and not mask.all())
+    assert seen > 0  # some tile has a mask with an inside and an outside
+    assert (strip[:, 112:114] == 255).all()  # the gap between tiles
+    with pytest.raises(ValueError, match="unit must be in"):
+        strip_image(layer, layer.num_units, ds)
 
 
 def chromium():
@@ -94,11 +134,11 @@ def run_chromium(*args):
     return subprocess.run([chromium(), *flags, *args], capture_output=True, text=True, timeout=120)
 
 
-def render(page: Path, tmp_path: Path, screenshot: Path):
+def render(page: Path, tmp_path: Path, screenshot: Path, fragment: str = ""):
     dom = run_chromium(f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=4000", "--dump-dom",
-                       page.as_uri())
+                       page.as_uri() + fragment)
     shot = run_chromium(f"--user-data-dir={tmp_path / 'profile2'}", "--window-size=1400,1600",
-                        "--hide-scrollbars", f"--screenshot={screenshot}", page.as_uri())
+                        "--hide-scrollbars", f"--screenshot={screenshot}", page.as_uri() + fragment)
     console = [line for line in dom.stderr.splitlines() if "CONSOLE" in line]
     return dom.stdout, console, shot
 
@@ -123,17 +163,19 @@ def assert_renders(page: Path, tmp_path: Path, name: str) -> None:
 def test_report_in_a_real_browser(report, tmp_path):
     d, index, _ = report
     OUTPUT.mkdir(exist_ok=True)
-    unit_page = index.parent / "units_pool" / "unit_0000.html"
+    unit_page = index.parent / "units_pool" / "units.html"
     for page, expected_rows in [(index, len(d)), (index.parent / "layer_pool.html", d["pool"].num_units),
-                                (unit_page, 5)]:
+                                (unit_page, d["pool"].num_units)]:
         shot = OUTPUT / f"report_{page.stem}.png" if page != unit_page else OUTPUT / "report_unit_pool_0.png"
-        dom, console, result = render(page, tmp_path, shot)
+        dom, console, result = render(page, tmp_path, shot, "#unit-0" if page == unit_page else "")
         assert not [line for line in console if "Uncaught" in line or "Error" in line], console
         assert 'data-status="ready"' in dom, "the page's script did not run to the end"
         assert 'data-broken-images="0"' in dom
         rows = len(re.findall(r'<a href="layer_', dom)) if page == index else \
-            dom.count("<tr data-concept=") if page == unit_page else dom.count('<tr id="unit-')
+            dom.count('<section class="unit"') if page == unit_page else dom.count('<tr id="unit-')
         assert rows == expected_rows
+        if page == unit_page:  # the address's unit is the one shown, and its strip decoded
+            assert 'data-shown="unit-0"' in dom and 'data-shown-strip="decoded"' in dom
         assert result.returncode == 0 and shot.is_file()
         with Image.open(shot) as im:
             assert im.size == (1400, 1600) and len(np.unique(np.asarray(im.convert("L")))) > 20  # not blank
@@ -159,3 +201,36 @@ def test_formula_column_and_formula_mask_outline(tmp_path):
                           num_concepts=ds.num_concepts)
     assert np.array_equal(got, f.mask(dense).to_dense()[0, 0].numpy())
     assert formula_mask_of(f, sample, *image.shape[:2]).shape == image.shape[:2]
+
+
+def test_mask_overlay_at_image_resolution():
+    """Explained predictions draw a unit's mask over the whole image as the strips draw tiles."""
+    from fastdissect.report import mask_overlay
+
+    rng = np.random.default_rng(5)
+    image = rng.integers(0, 256, (30, 41, 3), dtype=np.uint8)
+    mask = np.zeros((30, 41), dtype=bool)
+    mask[4:20, 0:25] = True  # reaches the left edge of the frame
+    out = mask_overlay(image, mask)
+    inside = np.zeros_like(mask)
+    inside[5:19, 1:24] = True
+    assert np.array_equal(out[inside], image[inside])
+    assert np.array_equal(out[~mask], (image[~mask] * np.float32(0.3)).astype(np.uint8))
+    assert (out[mask & ~inside] == (255, 212, 59)).all()
+    with pytest.raises(ValueError, match=r"an \(H, W\) mask"):
+        mask_overlay(image, mask[:, :40])
+
+
+def test_the_tile_cache_keeps_earlier_layers_only_within_its_budget(report, monkeypatch):
+    """Tiles stay for later layers while the cache is small; beyond its budget only the current
+    layer's top images are kept (memory bounded by one layer's)."""
+    import fastdissect.report as R
+
+    _, _, ds = report
+    cache: dict = {}
+    R._thumbnails(ds, [0, 1, 2], cache)
+    R._thumbnails(ds, [3], cache)
+    assert sorted(cache) == [0, 1, 2, 3]
+    monkeypatch.setattr(R, "THUMB_CACHE_BYTES", 1)
+    R._thumbnails(ds, [2, 4], cache)
+    assert sorted(cache) == [2, 4]

@@ -7,6 +7,7 @@
 #include "../common/params.h"
 #include "../common/png_labels.h"
 #include "../common/quantile_params.h"
+#include "../common/tiles.h"
 
 namespace fd {
 
@@ -36,5 +37,8 @@ bool histogram_cpu(const HistogramParams& p, int n_threads, std::vector<std::vec
 // Labels of one inflated PNG (PngLabelsParams, png_labels.h); returns -1, or the first row whose
 // filter type is unknown (nothing after it is written).
 int64_t png_labels_cpu(const PngLabelsParams& p);
+
+// Draws the report's tiles (TilesParams, tiles.h) into their strips; tiles never overlap.
+void tiles_cpu(const TilesParams& p, int n_threads);
 
 }  // namespace fd

@@ -20,6 +20,8 @@ import hashlib
 import io
 import os
 import secrets
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Iterator
 
@@ -95,9 +97,7 @@ def save_figure(fig, path, *, durable: bool = False) -> None:
 
 def save_image(image, path, *, durable: bool = False, **options) -> None:
     """A PIL image, atomically (format from the suffix); figures and images are derived files."""
-    buffer = io.BytesIO()
-    image.save(buffer, format={".jpg": "JPEG", ".jpeg": "JPEG"}.get(Path(path).suffix.lower(), "PNG"), **options)
-    write_bytes(path, buffer.getvalue(), durable=durable)
+    write_bytes(path, image_bytes(image, Path(path).suffix, **options), durable=durable)
 
 
 def digest(data: bytes) -> str:
@@ -110,6 +110,55 @@ def file_digest(path) -> str:
         for block in iter(lambda: f.read(1 << 22), b""):
             h.update(block)
     return h.hexdigest()
+
+
+@contextlib.contextmanager
+def directory_in_place(path) -> Iterator[Path]:
+    """A new empty directory beside `path` that replaces `path` (and all it held) when the block ends
+    without an error; on an error it is removed and `path` is left as it was. Files written into it
+    need no rename each (`write_new`): the directory's move publishes them all at once."""
+    path = Path(path)
+    make_dirs(path.parent)
+    try:
+        fresh = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    except OSError as exc:
+        raise describe(exc, path) from None
+    try:
+        yield fresh
+        replace_directory(fresh, path)
+    finally:
+        shutil.rmtree(fresh, ignore_errors=True)
+
+
+def replace_directory(new: Path, path: Path) -> None:
+    """Moves `new` to `path`; an older `path` is moved aside first and removed after."""
+    old = None
+    try:
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", suffix=".tmp", dir=path.parent))
+            os.replace(path, old / path.name)
+        os.replace(new, path)
+    except OSError as exc:
+        raise describe(exc, path) from None
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def write_new(path, data: bytes) -> None:
+    """A file inside a `directory_in_place` directory, written directly."""
+    try:
+        with open(path, "xb") as f:
+            f.write(data)
+    except OSError as exc:
+        raise describe(exc, Path(path)) from None
+
+
+def image_bytes(image, suffix: str, **options) -> bytes:
+    """A PIL image encoded as its suffix says (JPEG or PNG)."""
+    buffer = io.BytesIO()
+    image.save(buffer, format={".jpg": "JPEG", ".jpeg": "JPEG"}.get(suffix.lower(), "PNG"), **options)
+    return buffer.getvalue()
 
 
 def make_dirs(path) -> Path:

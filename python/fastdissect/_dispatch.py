@@ -17,7 +17,7 @@ from ._validate import backend as check_backend
 from .masks import ConceptMasks
 
 __all__ = ["BACKENDS", "GPU_BACKENDS", "resolve_backend", "has_extension", "tally_batch", "union_and_iou",
-           "unit_masks", "formula_counts", "histogram_add_cpu", "histogram_add_gpu", "codes", "emu_shim_selftest"]
+           "unit_masks", "draw_tiles", "formula_counts", "histogram_add_cpu", "histogram_add_gpu", "codes", "emu_shim_selftest"]
 
 
 def has_extension() -> bool:
@@ -213,6 +213,61 @@ def unit_masks(backend: str, act: torch.Tensor, height: int, width: int, thresho
         raise ValueError("activations hold NaN or inf (units "
                          f"{torch.nonzero(non_finite).flatten().tolist()[:10]})")
     return out
+
+
+def draw_tiles(backend: str, masks: torch.Tensor, second: torch.Tensor | None, bright: torch.Tensor,
+               dim: torch.Tensor, thumbnail: torch.Tensor, out: torch.Tensor, corner: torch.Tensor,
+               outline: tuple, second_outline: tuple) -> None:
+    """Draws M report tiles into `out` (S, H', W') int32 RGBX pixels (Pillow's layout for RGB), tile
+    m with its top-left pixel at corner[m] = (s, y, x): thumbnail[m] of `bright` (T, H, W) int32 RGBX
+    inside packed mask m (masks (M, words), as `unit_masks` writes them), of `dim` outside, the
+    mask's outline in the RGB `outline` over the outline of `second`'s mask m (when given) in
+    `second_outline`. Report drawing is host work: every backend but "torch" draws on the CPU."""
+    _check_tiles(masks, second, bright, dim, thumbnail, out, corner)
+    colors = [rgbx(c) for c in (outline, second_outline)]
+    if backend == "torch":
+        return torch_backend.draw_tiles(masks, second, bright, dim, thumbnail, out, corner, *colors)
+    offset = (corner * torch.tensor(out.stride(), dtype=torch.int64)).sum(dim=1).contiguous()
+    C = _ext.extension()
+    p = C.TilesParams()
+    p.M, (p.height, p.width), p.words_per_mask = len(masks), bright.shape[1:], masks.shape[1]
+    p.masks, p.second, p.bright, p.dim = _addr(masks), _addr(second), _addr(bright), _addr(dim)
+    p.thumbnail, p.out, p.out_row, p.offset = _addr(thumbnail), _addr(out), out.stride(1), _addr(offset)
+    p.outline, p.second_outline = (c & 0xFFFFFFFF for c in colors)
+    C.tiles_cpu(p, torch.get_num_threads())
+
+
+def rgbx(color: tuple) -> int:
+    """An (r, g, b) colour as the int32 value of its RGBX pixel (little-endian bytes r, g, b, 255)."""
+    r, g, b = (int(c) for c in color)
+    value = r | g << 8 | b << 16 | 255 << 24
+    return value - (1 << 32) if value >= 1 << 31 else value
+
+
+def _check_tiles(masks, second, bright, dim, thumbnail, out, corner) -> None:
+    """The tiles' inputs, checked so that no tile reads or writes outside its tensors."""
+    need = [(bright, torch.int32, "bright"), (dim, torch.int32, "dim"), (out, torch.int32, "out"),
+            (masks, torch.int64, "masks"), (thumbnail, torch.int64, "thumbnail"), (corner, torch.int64, "corner")]
+    for t, dtype, name in need + ([(second, torch.int64, "second")] if second is not None else []):
+        if t.dtype != dtype or t.device.type != "cpu" or not t.is_contiguous():
+            raise ValueError(f"draw_tiles: {name} must be a contiguous CPU {dtype} tensor, got {t.dtype} "
+                             f"on {t.device}{'' if t.is_contiguous() else ', non-contiguous'}")
+    if bright.dim() != 3 or dim.shape != bright.shape or min(bright.shape[1:]) < 1:
+        raise ValueError(f"draw_tiles: bright and dim must be (T, H, W) of one shape, got "
+                         f"{tuple(bright.shape)} and {tuple(dim.shape)}")
+    m, (h, w) = len(masks), bright.shape[1:]
+    if masks.shape != (m, (h * w + 63) // 64) or (second is not None and second.shape != masks.shape):
+        raise ValueError(f"draw_tiles: masks must be ({m}, {(h * w + 63) // 64}) packed {h}x{w} masks, got "
+                         f"{tuple(masks.shape)}" + (f" and {tuple(second.shape)}" if second is not None else ""))
+    if thumbnail.shape != (m,) or (m and not (0 <= int(thumbnail.min()) and int(thumbnail.max()) < len(bright))):
+        raise ValueError(f"draw_tiles: thumbnail must be ({m},) indices below {len(bright)}")
+    if out.dim() != 3 or corner.shape != (m, 3):
+        raise ValueError(f"draw_tiles: out must be (S, H', W') and corner ({m}, 3), got {tuple(out.shape)} "
+                         f"and {tuple(corner.shape)}")
+    if m and (int(corner.min()) < 0 or int(corner[:, 0].max()) >= out.shape[0] or
+              int(corner[:, 1].max()) + h > out.shape[1] or int(corner[:, 2].max()) + w > out.shape[2]):
+        raise ValueError(f"draw_tiles: a {h}x{w} tile leaves out {tuple(out.shape)} (corners "
+                         f"{corner.tolist()[:4]}...)")
 
 
 def formula_counts(backend: str, formulas, formula_unit_rows: torch.Tensor, unit_words: torch.Tensor,

@@ -174,7 +174,7 @@ def write_page(explanations: list[PredictionExplanation], directory, *, class_na
 
     from . import __version__
     from ._atomic import make_dirs, save_image, write_text
-    from .report import _overlay
+    from .report import mask_overlay
 
     directory = make_dirs(directory)
     name = (lambda c: class_names[c] if class_names and c < len(class_names) else f"class {c}")  # noqa: E731
@@ -185,7 +185,7 @@ def write_page(explanations: list[PredictionExplanation], directory, *, class_na
         units, tiles = [], [e.image, heat_overlay(e.image, e.heatmap)]
         for j, u in enumerate(e.units):
             mask = e.maps[j] > u["threshold"]
-            tiles.append(_overlay(e.image, mask))
+            tiles.append(mask_overlay(e.image, mask))
             save_image(Image.fromarray(tiles[-1]), directory / f"unit_{i}_{j}.png")
             units.append(dict(u, picture=f"unit_{i}_{j}.png", covers=float(mask.mean())))
         save_image(Image.fromarray(np.concatenate(

@@ -2,8 +2,9 @@
 
 index.html (per-layer summary, unique detectors per category across layers) and one page per layer
 (the paper's bar graph, a sortable/filterable unit table, per-unit strips of the top images with the
-unit's thresholded, upsampled mask drawn over each image at image resolution, the best concept of
-each category). Figures are matplotlib PNGs, pages come from jinja2 templates, every asset is local.
+unit's thresholded, upsampled mask drawn over each image at the strip's resolution, the best concept
+of each category) and a page of its units. Figures are matplotlib PNGs, pages come from jinja2
+templates, every asset is local.
 """
 
 from __future__ import annotations
@@ -13,14 +14,16 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from . import __version__
-from ._atomic import make_dirs, save_figure, save_image, write_text
+from . import __version__, _dispatch
+from ._atomic import directory_in_place, image_bytes, make_dirs, save_figure, write_new, write_text
 from .identity import describe
-from .torch_backend import upsample
 
 PALETTE = ["#4263eb", "#e8590c", "#2b8a3e", "#ae3ec9", "#c92a2a", "#1098ad", "#5c940d", "#862e9c", "#d9480f"]
 THUMB = 112  # px, the height of each image in a unit's strip
+STRIP_CHUNK = 64  # units whose strips one thread draws at a time
+THUMB_CACHE_BYTES = 256 << 20  # tiles of earlier layers' top images kept for later layers
 
 
 def _slug(name: str) -> str:
@@ -103,20 +106,8 @@ def _comparison_figure(path: Path, summaries, categories, colors) -> None:
     plt.close(fig)
 
 
-def _edge(mask: np.ndarray) -> np.ndarray:
-    """The outline of a (..., H, W) mask: its pixels with a 4-neighbour outside it."""
-    return mask & ~(np.roll(mask, 1, -2) & np.roll(mask, -1, -2) & np.roll(mask, 1, -1) & np.roll(mask, -1, -1))
-
-
-def _overlay(image: np.ndarray, mask: np.ndarray, formula_mask: np.ndarray | None = None) -> np.ndarray:
-    """The image dimmed outside the mask, the mask's outline in yellow and, when given, the outline of
-    the unit's formula's mask in cyan (all at image resolution; stacks of images and masks too)."""
-    dim = np.where(mask, np.float32(1.0), np.float32(0.3))[..., None]  # a product, not a masked scatter
-    out = image.astype(np.float32) * dim
-    if formula_mask is not None:
-        out[_edge(formula_mask)] = (0, 220, 255)
-    out[_edge(mask)] = (255, 212, 59)
-    return out.astype(np.uint8)
+YELLOW, CYAN = (255, 212, 59), (0, 220, 255)  # the outlines of the unit's mask and of its formula's
+DIM = np.float32(0.3)  # brightness left outside the unit's mask
 
 
 def formula_mask_of(formula, sample, height: int, width: int) -> np.ndarray:
@@ -139,78 +130,194 @@ def formula_mask_of(formula, sample, height: int, width: int) -> np.ndarray:
     return np.asarray(m) > 0
 
 
-def _strips(layer, dataset, directory: Path, images: dict) -> list[str]:
-    """One JPEG strip per unit: its top images, each with the unit's mask; images are read once.
-    Torch runs single-threaded meanwhile: for thousands of small upsamplings, threads cost 30x."""
-    import torch
+def _tile_size(shape) -> tuple[int, int]:
+    """(height, width) of an image's tile in a strip: THUMB high, the image's aspect kept."""
+    return THUMB, max(1, round(THUMB * shape[1] / shape[0]))
 
+
+def _bright_and_dim(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """An (H, W, 3) uint8 image as it shows inside and outside a mask: (H, W) int32 RGBX pixels,
+    draw_tiles' layout."""
+    bright = np.empty((*rgb.shape[:2], 4), dtype=np.uint8)
+    bright[..., :3], bright[..., 3] = rgb, 255
+    dim = bright.copy()
+    dim[..., :3] = (rgb * DIM).astype(np.uint8)
+    return bright.view(np.int32)[..., 0], dim.view(np.int32)[..., 0]
+
+
+def _thumbnail(dataset, i: int) -> tuple[np.ndarray, np.ndarray]:
+    """The (bright, dim) tiles of image i, THUMB px high."""
+    from PIL import Image
+
+    image = np.asarray(dataset.image(i) if hasattr(dataset, "image") else dataset[i].image)
+    th, tw = _tile_size(image.shape)
+    return _bright_and_dim(np.asarray(Image.fromarray(image).resize((tw, th), Image.BILINEAR)))
+
+
+def mask_overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8: the image dimmed outside the (H, W) mask, the mask outlined in yellow, drawn
+    as the report's strips are (for pictures at image resolution, e.g. explained predictions)."""
+    from .torch_backend import pack_bits
+
+    image, mask = np.ascontiguousarray(image, dtype=np.uint8), np.asarray(mask, dtype=bool)
+    if image.ndim != 3 or image.shape[2] != 3 or mask.shape != image.shape[:2]:
+        raise ValueError(f"mask_overlay needs an (H, W, 3) image and an (H, W) mask, got {image.shape} and {mask.shape}")
+    bright, dim = (torch.from_numpy(t)[None] for t in _bright_and_dim(image))
+    out = torch.empty_like(bright)
+    backend = _dispatch.resolve_backend("auto", torch.device("cpu"))
+    _dispatch.draw_tiles(backend, pack_bits(torch.from_numpy(mask.reshape(1, -1))), None, bright, dim,
+                         torch.zeros(1, dtype=torch.int64), out, torch.zeros(1, 3, dtype=torch.int64), YELLOW, CYAN)
+    return np.ascontiguousarray(out[0].numpy().view(np.uint8).reshape(*mask.shape, 4)[..., :3])
+
+
+def _thumbnails(dataset, indices, cache: dict, pool=None) -> None:
+    """cache[i] = _thumbnail(dataset, i) for the indices not in it yet: each image decoded and
+    resized once per report (in `pool`'s threads when given: decoding releases the GIL). Tiles of
+    earlier layers stay for later ones while the cache holds under THUMB_CACHE_BYTES; beyond, only
+    this layer's are kept, so memory is bounded by one layer's top images (about 100 KB each)."""
+    if sum(b.nbytes + d.nbytes for b, d in cache.values()) > THUMB_CACHE_BYTES:
+        for i in set(cache) - set(indices):
+            del cache[i]
+    missing = [i for i in indices if i not in cache]
+    tiles = pool.map(lambda i: _thumbnail(dataset, i), missing) if pool is not None else \
+        (_thumbnail(dataset, i) for i in missing)
+    cache.update(zip(missing, tiles))
+
+
+class _Thumbnails:
+    """The layer's top images' tiles stacked by tile width, as draw_tiles reads them."""
+
+    def __init__(self, cache: dict, indices):
+        by_width: dict[int, list[int]] = {}
+        for i in indices:
+            by_width.setdefault(cache[i][0].shape[1], []).append(i)
+        self.width = {i: cache[i][0].shape[1] for i in indices}
+        self.row = {i: n for members in by_width.values() for n, i in enumerate(members)}
+        self.stacks = {w: tuple(torch.from_numpy(np.stack([cache[i][b] for i in members])) for b in (0, 1))
+                       for w, members in by_width.items()}
+
+
+def _strip_layout(tops: list[list[int]], thumbs: _Thumbnails) -> tuple[list[tuple], list[int]]:
+    """Each tile's (strip, y, x) corner, side by side 2 px apart, and each strip's width."""
+    corners, widths = [], []
+    for c, row in enumerate(tops):
+        x = 0
+        for i in row:
+            corners.append((c, 0, x))
+            x += thumbs.width[i] + 2
+        widths.append(max(0, x - 2))
+    return corners, widths
+
+
+def _draw_strips(layer, units: range, thumbs: _Thumbnails, samples: dict, backend: str):
+    """(len(units), THUMB, W) int32 RGBX strips of `units` (white beyond a strip's width) and their
+    widths; the tiles of each width are drawn from one mask-kernel call."""
+    from .torch_backend import pack_bits
+
+    tops = layer.top_images[units.start:units.stop].tolist()
+    corners, widths = _strip_layout(tops, thumbs)
+    out = torch.full((len(tops), THUMB, max(widths)), _dispatch.rgbx((255, 255, 255)), dtype=torch.int32)
+    slots = [(c, j) for c, row in enumerate(tops) for j in range(len(row))]
+    for width in {thumbs.width[i] for row in tops for i in row}:
+        group = [n for n, (c, j) in enumerate(slots) if thumbs.width[tops[c][j]] == width]
+        ks = torch.tensor([units.start + slots[n][0] for n in group])
+        js = torch.tensor([slots[n][1] for n in group])
+        images = [tops[slots[n][0]][slots[n][1]] for n in group]
+        masks = _dispatch.unit_masks(backend, layer.top_maps[ks, js][None], THUMB, width,
+                                     layer.scores.thresholds[ks])[0]
+        second = None
+        if layer.formulas is not None:
+            second = pack_bits(torch.from_numpy(np.stack([
+                formula_mask_of(layer.formulas.formulas[int(k)], samples[i], THUMB, width).reshape(-1)
+                for k, i in zip(ks, images)])))
+        bright, dim = thumbs.stacks[width]
+        _dispatch.draw_tiles(backend, masks, second, bright, dim, torch.tensor([thumbs.row[i] for i in images]),
+                             out, torch.tensor([corners[n] for n in group], dtype=torch.int64), YELLOW, CYAN)
+    return out, widths
+
+
+def _write_sheet(layer, units: range, thumbs: _Thumbnails, samples: dict, directory: Path, backend: str):
+    """One JPEG of the strips of `units`, one below the other; where each strip lies in it.
+    THUMB is a multiple of JPEG's 16 px blocks, so no strip's compression reads its neighbour's pixels."""
+    from PIL import Image
+
+    out, widths = _draw_strips(layer, units, thumbs, samples, backend)
+    name = f"strips_{units.start // STRIP_CHUNK:04d}.jpg"
+    sheet = Image.frombuffer("RGBX", (out.shape[2], out.shape[0] * THUMB), out.numpy(), "raw", "RGBX", 0, 1)
+    write_new(directory / name, image_bytes(sheet, ".jpg", quality=85))
+    return [{"sheet": name, "y": c * THUMB, "width": w, "height": THUMB} for c, w in enumerate(widths)]
+
+
+def _strips(layer, dataset, directory: Path, cache: dict) -> list:
+    """Each unit's strip (its top images, each with the unit's mask), as {sheet, y, width, height}:
+    where it lies in the JPEG sheets written into `directory` (a `directory_in_place`), a sheet per
+    STRIP_CHUNK units (a file per unit costs more to create than to draw). Masks are drawn at tile
+    resolution by the scoring kernel: bilinear upsampling samples one surface, so at tile size it
+    draws the scored mask's shape, not a resized copy of it. Chunks are drawn in threads (kernels and
+    JPEG encoding release the GIL), each kernel call single-threaded: for many small calls, threads
+    inside a call cost more than they give."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if layer.top_images is None or layer.top_maps is None or layer.top_images.shape[1] == 0:
+        return [None] * layer.num_units
+    backend = _dispatch.resolve_backend("auto", torch.device("cpu"))
+    indices = sorted(set(layer.top_images.flatten().tolist()))
+    samples = {i: dataset[i] for i in indices} if layer.formulas is not None else {}
+    chunks = [range(a, min(a + STRIP_CHUNK, layer.num_units)) for a in range(0, layer.num_units, STRIP_CHUNK)]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _unit_strips(layer, dataset, directory, images)
+        with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+            _thumbnails(dataset, indices, cache, pool)
+            thumbs = _Thumbnails(cache, indices)
+            sheets = pool.map(lambda units: _write_sheet(layer, units, thumbs, samples, directory, backend), chunks)
+            return [s for sheet in sheets for s in sheet]
     finally:
         torch.set_num_threads(threads)
 
 
-def _unit_strips(layer, dataset, directory: Path, images: dict) -> list[str]:
+def strip_image(layer, unit: int, dataset):
+    """Unit `unit`'s strip, as the report shows it, as a PIL image (for a figure or a slide):
+    `strip_image(dissection["layer4"], 120, dataset).save("unit120.png")`."""
     from PIL import Image
 
-    if layer.top_images is None or layer.top_maps is None:
-        return [""] * layer.num_units
-    make_dirs(directory)
-    paths = []
-    thresholds = layer.scores.thresholds
-    samples: dict = {}  # label planes of the top images, read only when a formula needs them
-    for k in range(layer.num_units):
-        formula = layer.formulas.formulas[k] if layer.formulas is not None else None
-        tops = layer.top_images[k].tolist()
-        for index in tops:
-            if index not in images:
-                images[index] = np.asarray(dataset.image(index) if hasattr(dataset, "image") else dataset[index].image)
-            if formula is not None and index not in samples:
-                samples[index] = dataset[index]
-        f_masks = [formula_mask_of(formula, samples[i], *images[i].shape[:2]) if formula is not None else None
-                   for i in tops]
-        sizes = {images[i].shape[:2] for i in tops}
-        if len(sizes) == 1:  # the usual case: all the unit's maps upsampled and overlaid at once
-            masks = (upsample(layer.top_maps[k], *next(iter(sizes))) > float(thresholds[k])).numpy()
-            shown = _overlay(np.stack([images[i] for i in tops]), masks,
-                             np.stack(f_masks) if formula is not None else None)
-        else:
-            shown = [_overlay(images[i], (upsample(layer.top_maps[k, j], *images[i].shape[:2]) >
-                                          float(thresholds[k])).numpy(), f_masks[j]) for j, i in enumerate(tops)]
-        tiles = [Image.fromarray(t).resize((max(1, round(THUMB * t.shape[1] / t.shape[0])), THUMB), Image.BILINEAR)
-                 for t in shown]
-        strip = Image.new("RGB", (sum(t.width for t in tiles) + 2 * (len(tiles) - 1), THUMB), (255, 255, 255))
-        x = 0
-        for t in tiles:
-            strip.paste(t, (x, 0))
-            x += t.width + 2
-        name = f"unit_{k:04d}.jpg"
-        save_image(strip, directory / name, quality=85)
-        paths.append(f"{directory.name}/{name}")
-    return paths
+    if layer.top_images is None or layer.top_maps is None or layer.top_images.shape[1] == 0:
+        raise ValueError(f"layer {layer.layer} kept no top images (dissect it with top_k >= 1)")
+    if not 0 <= unit < layer.num_units:
+        raise ValueError(f"unit must be in [0, {layer.num_units}), got {unit}")
+    cache: dict = {}
+    indices = layer.top_images[unit].tolist()
+    _thumbnails(dataset, indices, cache)
+    samples = {i: dataset[i] for i in indices} if layer.formulas is not None else {}
+    backend = _dispatch.resolve_backend("auto", torch.device("cpu"))
+    out, widths = _draw_strips(layer, range(unit, unit + 1), _Thumbnails(cache, indices), samples, backend)
+    return Image.frombuffer("RGBX", (widths[0], THUMB), np.ascontiguousarray(out[0, :, :widths[0]].numpy()),
+                            "raw", "RGBX", 0, 1).convert("RGB")
 
 
-def _unit_pages(env, layer, units, directory: Path, layer_page: str, colors, top: int = 5) -> list[dict]:
-    """One page per unit: its strip, its `top` concepts by IoU as bars, formula, control, metrics."""
-    make_dirs(directory)
+def _best_concepts(layer, top: int) -> list[list[dict]]:
+    """Each unit's `top` concepts by IoU, with the width of their bar (300 px for the unit's best)."""
     iou = layer.scores.iou.clone()
     iou[:, 0] = -1.0
     values, concepts = iou.topk(min(top, iou.shape[1] - 1), dim=1) if iou.shape[1] > 1 else (iou[:, :0], iou[:, :0])
-    template = env.get_template("unit.html.j2")
+    names, cats, groups = layer.concept_names, layer.category_names, layer.categories.tolist()
     out = []
-    for u in units:
-        k = u["unit"]
-        best = [{"name": layer.concept_names[int(c)], "category": layer.category_names[int(layer.categories[int(c)])],
-                 "iou": max(float(v), 0.0)} for v, c in zip(values[k], concepts[k])]
-        name = f"unit_{k:04d}.html"
-        page = template.render(u=u, layer=layer.layer, layer_page=layer_page,
-                               strip=Path(u["strip"]).name if u["strip"] else "", top=best,
-                               top_iou=max([b["iou"] for b in best] + [0.0]), colors=colors)
-        write_text(directory / name, page, durable=False)
-        out.append({"unit": k, "unit_page": f"{directory.name}/{name}"})
+    for vs, cs in zip(values.clamp(min=0.0).tolist(), concepts.tolist()):
+        high = max(vs + [0.0])
+        out.append([{"name": names[c], "category": cats[groups[c]], "iou": v,
+                     "bar": round(300 * v / high, 1) if high > 0 else 0} for v, c in zip(vs, cs)])
     return out
+
+
+def _unit_page(env, layer, units: list[dict], directory: Path, layer_page: str, colors, top: int = 5) -> str:
+    """The page of the layer's units, written into `directory` (a `directory_in_place`): each unit's
+    strip, its `top` concepts by IoU as bars, formula, control, metrics; the address's #unit-N shows
+    unit N (one page, not a file per unit: files cost more to create than to render)."""
+    shown = [dict(u, top=best) for u, best in zip(units, _best_concepts(layer, top))]
+    page = env.get_template("units.html.j2").render(units=shown, layer=layer.layer, layer_page=layer_page,
+                                                    colors=colors)
+    write_new(directory / "units.html", page.encode("utf-8"))
+    return "units.html"
 
 
 EXPLANATIONS_MARK = "<!-- explanations -->"
@@ -266,7 +373,7 @@ def write_report(dissection, directory, dataset=None, *, verbose: bool = True) -
     first = next(iter(dissection.values()))
     categories = list(first.category_names)
     colors = _colors(categories)
-    images: dict[int, np.ndarray] = {}
+    thumbs: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # the top images' tiles, shared by the layers
     summaries = []
     for name, layer in tqdm(dissection.items(), desc="report", unit="layer", disable=not verbose):
         slug = _slug(name)
@@ -275,16 +382,18 @@ def write_report(dissection, directory, dataset=None, *, verbose: bool = True) -
         figure = f"layer_{slug}_detectors.png"
         _bar_figure(directory / figure, f"{name}: unique detectors per category", categories,
                     [summary["unique_detectors"][c] for c in categories], colors)
-        strips = _strips(layer, dataset, directory / f"units_{slug}", images) if dataset is not None else \
-            [""] * layer.num_units
-        units = [dict(u, strip=s) for u, s in zip(layer.units, strips)]
-        for u in _unit_pages(env, layer, units, directory / f"units_{slug}", summary["page"], colors):
-            units[u["unit"]]["unit_page"] = u["unit_page"]
+        folder = f"units_{slug}"  # the strips and the units' page, published together
+        with directory_in_place(directory / folder) as fresh:
+            strips = _strips(layer, dataset, fresh, thumbs) if dataset is not None else [None] * layer.num_units
+            units = [dict(u, strip=s) for u, s in zip(layer.units, strips)]
+            units_page = _unit_page(env, layer, units, fresh, summary["page"], colors)
+        for u in units:
+            u["unit_page"] = f"{folder}/{units_page}#unit-{u['unit']}"
         concept_figure = f"layer_{slug}_concepts.png"
         if not _concept_figure(directory / concept_figure, layer, colors):
             concept_figure = None
         page = env.get_template("layer.html.j2").render(
-            layer=name, summary=summary, figure=figure, concept_figure=concept_figure, units=units,
+            layer=name, summary=summary, figure=figure, concept_figure=concept_figure, units=units, units_folder=folder,
             categories=categories, colors=colors,
             has_formulas=layer.formulas is not None, has_control=layer.control is not None, metric=layer.metric,
             top_k=layer.top_images.shape[1] if layer.top_images is not None else 0)

@@ -111,6 +111,32 @@ def unit_masks(act: torch.Tensor, height: int, width: int, thresholds: torch.Ten
     return torch.cat(out).reshape(n, k, -1)
 
 
+def unpack_bits(words: torch.Tensor, pixels: int) -> torch.Tensor:
+    """(..., words) int64 -> (..., pixels) bool, the inverse of `pack_bits`."""
+    shifts = torch.arange(8, dtype=torch.uint8, device=words.device)
+    bits = (words.contiguous().view(torch.uint8)[..., None] >> shifts) & 1
+    return bits.flatten(-2)[..., :pixels].bool()
+
+
+def _outline(mask: torch.Tensor) -> torch.Tensor:
+    """(M, H, W) bool: pixels of the mask with a 4-neighbour outside it or beyond the frame."""
+    inner = torch.nn.functional.pad(mask, (1, 1, 1, 1))
+    kept = inner[:, :-2, 1:-1] & inner[:, 2:, 1:-1] & inner[:, 1:-1, :-2] & inner[:, 1:-1, 2:]
+    return mask & ~kept
+
+
+def draw_tiles(masks, second, bright, dim, thumbnail, out, corner, outline: int, second_outline: int) -> None:
+    """The report's tiles (see _dispatch.draw_tiles) in torch; outlines as int32 RGBX values."""
+    h, w = bright.shape[1:]
+    mask = unpack_bits(masks, h * w).reshape(-1, h, w)
+    tiles = torch.where(mask, bright[thumbnail], dim[thumbnail])
+    if second is not None:
+        tiles[_outline(unpack_bits(second, h * w).reshape(-1, h, w))] = second_outline
+    tiles[_outline(mask)] = outline
+    for tile, (s, y, x) in zip(tiles, corner.tolist()):
+        out[s, y:y + h, x:x + w] = tile
+
+
 def formula_counts(formulas, formula_unit_rows: torch.Tensor, unit_words: torch.Tensor, masks: ConceptMasks,
                    fl: torch.Tensor, flu: torch.Tensor) -> None:
     """FormulaCountsParams' popcounts: every (formula entry, concept entry of its image) pair."""

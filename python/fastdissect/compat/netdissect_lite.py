@@ -194,17 +194,21 @@ def tally(features, thresholds, data_directory, categories: Sequence[str] | None
     return _rows(data, both, units_cat, truth, output_csv)
 
 
-def _tally_kernel(data: LiteData, store, features, thresholds, sh: int, sw: int, progress: bool, chunk: int = 64):
+def _tally_kernel(data: LiteData, store, features, thresholds, sh: int, sw: int, progress: bool,
+                  chunk_bytes: int = 32 << 20):
     """The same tallies with fastdissect's CPU kernel in Pillow mode, on masks with one entry per
     (plane, concept), so a pixel counts once per plane, plus whole-image entries for image-level
-    labels (label 0 too): read from `store` (a packed store of them), else packed chunk by chunk."""
+    labels (label 0 too): read from `store` (a packed store of them), else packed chunk by chunk.
+    A chunk holds chunk_bytes of float64 activations (64 images when its masks are packed here:
+    packing memory grows with the chunk; from the store, as many as fit, each call's set-up paid once)."""
     from tqdm.auto import tqdm
 
     N, K, h, w = features.shape
+    chunk = max(1, chunk_bytes // (K * h * w * 8)) if store is not None else 64
     G = len(data.categories)
     x_first, x_weights = pillow.coefficients(w, sw)
     y_first, y_weights = pillow.coefficients(h, sh)
-    tables = [torch.from_numpy(np.ascontiguousarray(a)) for a in (x_first, x_weights, y_first, y_weights)]
+    tables = [torch.tensor(a) for a in (x_first, x_weights, y_first, y_weights)]  # copies of the cached arrays
     inter = torch.zeros(K, data.num_labels, dtype=torch.int64)
     area = torch.zeros(K, dtype=torch.int64)
     unit_cat = torch.zeros(K, G, dtype=torch.int64)
@@ -286,31 +290,44 @@ def packed_labels(data: LiteData, masks_of, reader: str, cache_dir, progress: bo
     return cached_store(key, fingerprint, build, cache_dir)
 
 
+def _best_per_category(data: LiteData, iou):
+    """(G, K) label and score of each unit's best label in each category: Lite's argmax over the row
+    of iou masked to the category's labels (zeros elsewhere), taken over the category's columns
+    only. Equal where the category's best is positive (the other columns are 0, and both argmaxes
+    take the first of equal maxima); where it is 0, the masked row is all zeros and Lite's argmax
+    gives label 0 with score 0 (iou is never negative)."""
+    G, K = len(data.categories), iou.shape[0]
+    label, score = np.zeros((G, K), dtype=np.int64), np.zeros((G, K))
+    units = np.arange(K)
+    for ci in range(G):
+        cols = np.flatnonzero(data.primary == ci)
+        if cols.size == 0:
+            continue
+        at = iou[:, cols].argmax(axis=1)
+        best = iou[units, cols[at]]
+        positive = best > 0
+        label[ci, positive], score[ci, positive] = cols[at[positive]], best[positive]
+    return label, score
+
+
 def _rows(data: LiteData, both, units_cat, truth, output_csv):
     units_label = units_cat @ data.labelcat.T
     iou = both / (units_label + truth[None, :] - both + 1e-10)
-    G = len(data.categories)
-    pciou = np.array([iou * (data.primary[np.arange(iou.shape[1])] == ci)[None, :] for ci in range(G)])
-    label = pciou.argmax(axis=2)                                        # (G, K)
-    score = pciou[np.arange(G)[:, None], np.arange(iou.shape[0])[None, :], label]
+    label, score = _best_per_category(data, iou)                       # (G, K)
     bestcat = score.argsort(axis=0)[::-1]                                # numpy's order, ties included
     ordering = score.max(axis=0).argsort()[::-1]
-    # Columns as lists of numpy scalars (the types Lite's rows hold), read per unit below.
-    units = np.arange(iou.shape[0])
+    # Columns in row order, as lists of numpy scalars (the types Lite's rows hold).
     names = np.asarray(data.names, dtype=object)
-    columns = [col for ci, cat in enumerate(data.categories) for col in (
-        (f"{cat}-label", list(names[label[ci]])), (f"{cat}-truth", list(truth[label[ci]])),
-        (f"{cat}-activation", list(units_label[units, label[ci]])),
-        (f"{cat}-intersect", list(both[units, label[ci]])), (f"{cat}-iou", list(score[ci])))]
-    best = bestcat[0]
-    rows = []
-    for unit in ordering:
-        c = best[unit]
-        row = {"unit": unit + 1, "category": data.categories[c], "label": data.names[label[c, unit]],
-               "score": score[c, unit]}
-        for key, values in columns:
-            row[key] = values[unit]
-        rows.append(row)
+    best = bestcat[0][ordering]
+    keys, columns = ["unit", "category", "label", "score"], [
+        list(ordering + 1), list(np.asarray(data.categories, dtype=object)[best]),
+        list(names[label[best, ordering]]), list(score[best, ordering])]
+    for ci, cat in enumerate(data.categories):
+        labels = label[ci, ordering]
+        keys += [f"{cat}-{f}" for f in ("label", "truth", "activation", "intersect", "iou")]
+        columns += [list(names[labels]), list(truth[labels]), list(units_label[ordering, labels]),
+                    list(both[ordering, labels]), list(score[ci, ordering])]
+    rows = [dict(zip(keys, values)) for values in zip(*columns)]
     if output_csv:
         fields = ["unit", "category", "label", "score"] + [f"{cat}-{f}" for cat in data.categories
                                                             for f in ("label", "truth", "activation", "intersect",

@@ -10,13 +10,22 @@ change is skipped. This is what NetDissect-Lite's `imresize(map, (sh, sw), mode=
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
 
 
+@functools.lru_cache(maxsize=64)
 def coefficients(in_size: int, out_size: int):
-    """(first source index (out,), weights (out, taps)) of one axis, as Pillow computes them."""
+    """(first source index (out,), weights (out, taps)) of one axis, as Pillow computes them
+    (computed once per pair of sizes, in a Python loop; read-only arrays, shared by every call)."""
+    first, weights = _coefficients(in_size, out_size)
+    first.flags.writeable = weights.flags.writeable = False
+    return first, weights
+
+
+def _coefficients(in_size: int, out_size: int):
     scale = in_size / out_size
     filterscale = max(scale, 1.0)
     support = 1.0 * filterscale  # the bilinear (triangle) filter has support 1

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -66,25 +64,9 @@ def cached_store(key: dict, fingerprint: dict, build: Callable[[Path], None], ca
                 return store
         except DatasetError:
             pass  # damaged: packed again below
-    root.mkdir(parents=True, exist_ok=True)
-    fresh = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=root))
-    try:
+    with _atomic.directory_in_place(path) as fresh:
         build(fresh)
-        _replace_directory(fresh, path)
-    finally:
-        shutil.rmtree(fresh, ignore_errors=True)
     return open_packed(path)
-
-
-def _replace_directory(new: Path, path: Path) -> None:
-    """Moves `new` to `path`; an older `path` is moved aside first and removed after."""
-    old = None
-    if path.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
-        os.replace(path, old / "store")
-    os.replace(new, path)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 class _BrodenLabels:

@@ -11,13 +11,18 @@ Format (version 2), a directory:
   mask_rows.i64    (num_entries)    row of words.u64 holding the entry's mask, -1 for a whole image
   areas.i64        (num_entries)    pixels of each entry
   words.u64        (num_rows, words_per_mask) bit-packed masks, pixel y * W + x = bit p % 64 of word p // 64
+  verified.json    written after the checksums were verified: each array's size, inode, mtime and
+                   ctime then (not part of the format: deleting it costs one full verification)
 All arrays are raw little-endian, so any language can memory-map them. Opening a store verifies
-every checksum, the header's fields and types, and each entry's area against height * width; a
-dissection that reads a store's images from its source checks the source's fingerprint.
+the header's fields and types and each entry's area against height * width, and every checksum
+unless no array file changed since they were last verified (hashing a full Broden's gigabytes on
+every open would cost seconds per layer); a dissection that reads a store's images from its source
+checks the source's fingerprint.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import sys
@@ -34,6 +39,7 @@ from .sample import collate
 
 FORMAT, VERSION = "fastdissect-masks", 2  # 2: checksums and the source's fingerprint
 META = "fastdissect-masks.json"
+VERIFIED = "verified.json"
 ARRAYS = {"offsets": "offsets.i64", "concept_ids": "concept_ids.i64", "mask_rows": "mask_rows.i64",
           "areas": "areas.i64", "words": "words.u64"}
 
@@ -186,6 +192,8 @@ class PackedMasks:
         self.meta = meta
         n, e, r, wpm = meta["num_images"], meta["num_entries"], meta["num_rows"], meta["words_per_mask"]
         shapes = {"offsets": (n + 1,), "concept_ids": (e,), "mask_rows": (e,), "areas": (e,), "words": (r, wpm)}
+        stamp = _file_stamps(self.path, meta)
+        verified = _read_json(self.path / VERIFIED) == stamp
         arrays = {}
         for name, shape in shapes.items():
             file = self.path / ARRAYS[name]
@@ -196,13 +204,16 @@ class PackedMasks:
             if expected == 0:
                 arrays[name] = torch.zeros(shape, dtype=torch.int64)
                 continue
-            if _atomic.file_digest(file) != meta["checksums"].get(name):
+            if not verified and _atomic.file_digest(file) != meta["checksums"].get(name):
                 raise DatasetError(f"{file}: damaged (its checksum does not match the one recorded when packing); "
                                    "re-pack the data set with fd.datasets.pack")
             array = np.memmap(file, dtype="<i8", mode="c", shape=shape)
             if sys.byteorder != "little":  # pragma: no cover - torch takes native byte order only
                 array = array.astype(np.int64)
             arrays[name] = torch.from_numpy(array)
+        if not verified:
+            with contextlib.suppress(OSError):  # a read-only store is verified on every open instead
+                _atomic.write_text(self.path / VERIFIED, json.dumps(stamp), durable=False)
         try:
             self.masks = ConceptMasks(meta["num_concepts"], meta["height"], meta["width"], **arrays)
         except (TypeError, ValueError) as exc:
@@ -254,6 +265,26 @@ class PackedMasks:
     def image_path(self, i: int) -> Path | None:
         rel, source = self.meta["images"][i], self.meta["source"]
         return Path(source) / rel if rel is not None and source is not None else None
+
+
+def _file_stamps(path: Path, meta: dict) -> dict:
+    """What verified.json records: the checksums verified and each array file's size, inode, mtime
+    and ctime (ctime changes with every write and cannot be set back)."""
+    stamps = {}
+    for name in ARRAYS.values():
+        try:
+            st = (path / name).stat()
+            stamps[name] = [st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns]
+        except OSError:
+            stamps[name] = None
+    return {"checksums": meta.get("checksums"), "files": stamps}
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 def open_packed(path) -> PackedMasks:
