@@ -151,6 +151,35 @@ def test_tallies_from_the_store_do_not_depend_on_the_chunk(broden, rng, tmp_path
     assert runs[0][0].sum() > 0
 
 
+def test_a_second_call_parses_and_opens_nothing_until_a_file_changes(broden, rng, tmp_path, monkeypatch):
+    """Within a process the directory's CSVs are parsed once and its store opened once; a rewritten
+    CSV (same bytes, new stamp) is parsed again, a changed one gives its new content's rows."""
+    from fastdissect import identity
+    from fastdissect.datasets import mask_cache as mc
+
+    features, t = lite_case(rng, broden)
+    cache = tmp_path / "cache"
+    want = lite.tally(features, t, broden, progress=False, mask_cache=cache)
+    opened = []
+    real_open = mc.open_packed
+    monkeypatch.setattr(mc, "open_packed", lambda path: opened.append(path) or real_open(path))
+    data = lite.lite_data(broden, None)
+    assert lite.tally(features, t, broden, progress=False, mask_cache=cache) == want and opened == []
+    assert lite.lite_data(broden, None) is data
+    label_csv = broden / "label.csv"
+    text = label_csv.read_text()
+    try:
+        label_csv.write_text(text)
+        assert lite.lite_data(broden, None) is not data
+        label_csv.write_text(text.replace(",red,", ",rouge,", 1))
+        assert "rouge" in lite.lite_data(broden, None).names
+        fresh = identity._digest()
+        fresh.update(label_csv.read_bytes())
+        assert identity.file_hash(label_csv) == fresh.hexdigest()
+    finally:
+        label_csv.write_text(text)
+
+
 def test_a_changed_label_file_is_packed_again(broden, rng, tmp_path):
     features, t = lite_case(rng, broden)
     cache = tmp_path / "cache"

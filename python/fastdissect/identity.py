@@ -89,11 +89,32 @@ def files_fingerprint(root: Path, names) -> str:
     return h.hexdigest()
 
 
+def stat_stamp(path) -> tuple | None:
+    """A file's size, inode, mtime and ctime (None if it is missing): every write changes the ctime,
+    which no program can set back, so an unchanged stamp means unchanged bytes."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns
+
+
+_HASHED: dict[str, tuple] = {}  # path -> (stamp, hash): a file is read again only after it changed
+
+
 def file_hash(path: Path) -> str:
+    """The file's BLAKE2b digest (kept for the process while its `stat_stamp` is the same)."""
+    key = os.fspath(path)
+    before = stat_stamp(key)
+    hit = _HASHED.get(key)
+    if hit is not None and before is not None and hit[0] == before:
+        return hit[1]
     h = _digest()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
+    if before is not None and stat_stamp(key) == before:  # not changed while it was read
+        _HASHED[key] = (before, h.hexdigest())
     return h.hexdigest()
 
 

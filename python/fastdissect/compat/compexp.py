@@ -31,7 +31,7 @@ from ..masks import MaskBuilder
 from ..unit_masks import UnitMasks
 from . import pillow
 from ..datasets.mask_cache import cache_dir_of
-from .netdissect_lite import LiteData, _as_features, packed_labels
+from .netdissect_lite import LiteData, _as_features, lite_data, packed_labels
 
 COMPEXP_CATEGORIES = ("object", "part", "scene", "texture", "color")  # compexp's settings.CATEGORIES
 
@@ -66,7 +66,7 @@ def tally(features, thresholds, data_directory, *, categories: Sequence[str] | N
     `output_csv`, the same columns as its tally_<layer>.csv. mask_cache: as in
     `netdissect_lite.tally` (the labels packed once per directory, index and categories)."""
     settings = search_settings(length, beam_size, search, penalty)
-    data = LiteData(data_directory, list(categories) if categories is not None else None, index=index)
+    data = lite_data(data_directory, list(categories) if categories is not None else None, index=index)
     features = _as_features(features)
     if features.ndim != 4:
         raise ValueError(f"features must have shape (N, K, h, w), got {features.shape}")

@@ -27,6 +27,7 @@ to a unit's categories (Lite reuses the previous unit's categories there, a bug)
 from __future__ import annotations
 
 import csv
+import functools
 import re
 from pathlib import Path
 from typing import Sequence
@@ -39,7 +40,7 @@ from .._codes import DTYPE_CODES
 from ..datasets.broden import DatasetError, decode_label_png, read_csv
 from ..datasets.mask_cache import cache_dir_of, cached_store
 from ..datasets.packed import StoreWriter
-from ..identity import broden_fingerprint
+from ..identity import broden_fingerprint, stat_stamp
 from ..masks import ConceptMasks, MaskBuilder
 from ..top_quantile import TopQuantile
 from . import pillow
@@ -103,6 +104,17 @@ class LiteData:
             if any(cells.values()):  # Lite keeps images with data in any selected category
                 self.rows.append((line, int(row[col["sh"]]), int(row[col["sw"]]), cells))
 
+    @functools.cached_property
+    def label_files(self) -> list[str]:
+        """The label PNGs its rows name (under images/), sorted."""
+        return sorted({t for _, _, _, cells in self.rows for tokens in cells.values() for t in tokens
+                       if not re.fullmatch(r"\d+", t)})
+
+    @property
+    def csv_names(self) -> list[str]:
+        """The CSV files it read."""
+        return [self.index, "label.csv", "category.csv"] + [f"c_{c}.csv" for c in self.categories]
+
     def labels(self, n: int):
         """(planes (P, sh, sw) int64, image-level labels) of image n."""
         line, sh, sw, cells = self.rows[n]
@@ -140,7 +152,7 @@ def tally(features, thresholds, data_directory, categories: Sequence[str] | None
     from tqdm.auto import tqdm
 
     cache_dir = cache_dir_of(mask_cache)
-    data = LiteData(data_directory, categories)
+    data = lite_data(data_directory, categories)
     features = _as_features(features)
     if features.ndim != 4:
         raise ValueError(f"features must have shape (N, K, h, w), got {features.shape}")
@@ -263,14 +275,32 @@ def _lite_masks(data: LiteData, start: int, stop: int) -> ConceptMasks:
     return builder.build()
 
 
+_PARSED: dict[tuple, tuple] = {}  # (root, categories, index) -> (CSV stamps, LiteData)
+
+
+def lite_data(directory, categories: Sequence[str] | None = None, index: str = "index.csv") -> LiteData:
+    """LiteData(directory, categories, index), parsed once per process and reused while the CSV
+    files it read keep their stat stamps (a second layer's call parses nothing)."""
+    root = Path(directory)
+    key = (str(root.resolve()), tuple(categories) if categories is not None else None, index)
+    stamps = lambda d: [stat_stamp(root / name) for name in d.csv_names]  # noqa: E731
+    hit = _PARSED.get(key)
+    if hit is not None and hit[0] == stamps(hit[1]):
+        return hit[1]
+    before = [stat_stamp(root / name) for name in (index, "label.csv", "category.csv")]
+    data = LiteData(root, categories, index)
+    now = stamps(data)
+    if now[:3] == before:  # not changed while it was read
+        _PARSED[key] = (now, data)
+    return data
+
+
 def packed_labels(data: LiteData, masks_of, reader: str, cache_dir, progress: bool):
     """The packed store of masks_of(data, start, stop) over every image, from the mask cache
     (packed on a miss); `reader` names the semantics (Lite's planes, compexp's unions) in the key."""
     from tqdm.auto import tqdm
 
-    files = sorted({t for _, _, _, cells in data.rows for tokens in cells.values() for t in tokens
-                    if not re.fullmatch(r"\d+", t)})
-    csvs = [data.index, "label.csv", "category.csv"] + [f"c_{c}.csv" for c in data.categories]
+    files, csvs = data.label_files, data.csv_names
     key = {"reader": reader, "root": str(data.root.resolve()), "categories": list(data.categories),
            "index": data.index}
     fingerprint = {**broden_fingerprint(data.root, csvs, files), "categories": list(data.categories)}

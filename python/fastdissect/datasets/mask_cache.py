@@ -23,7 +23,8 @@ import numpy as np
 
 from .. import _atomic
 from .broden import DatasetError
-from .packed import META, PackedMasks, open_packed, pack
+from ..identity import stat_stamp
+from .packed import ARRAYS, META, PackedMasks, open_packed, pack
 from .sample import Sample
 
 ENV = "FASTDISSECT_CACHE"
@@ -59,14 +60,30 @@ def cached_store(key: dict, fingerprint: dict, build: Callable[[Path], None], ca
     path = root / _atomic.digest(json.dumps(key, sort_keys=True).encode())[:24]
     if (path / META).is_file():
         try:
-            store = open_packed(path)
+            store = _open(path)
             if store.meta.get("cache_key") == key and store.meta.get("source_fingerprint") == fingerprint:
                 return store
         except DatasetError:
             pass  # damaged: packed again below
     with _atomic.directory_in_place(path) as fresh:
         build(fresh)
-    return open_packed(path)
+    return _open(path)
+
+
+_OPENED: dict[str, tuple] = {}  # store path -> (its files' stamps, the opened store)
+
+
+def _open(path: Path) -> PackedMasks:
+    """open_packed(path), once per process while none of the store's files changes (a store replaced
+    by a new packing has new inodes). Stores of the cache are read, never written, by their users."""
+    stamps = [stat_stamp(path / name) for name in (META, *ARRAYS.values())]
+    hit = _OPENED.get(str(path))
+    if hit is not None and hit[0] == stamps:
+        return hit[1]
+    store = open_packed(path)
+    if [stat_stamp(path / name) for name in (META, *ARRAYS.values())] == stamps:
+        _OPENED[str(path)] = (stamps, store)
+    return store
 
 
 class _BrodenLabels:
