@@ -228,9 +228,32 @@ def test_the_tile_cache_keeps_earlier_layers_only_within_its_budget(report, monk
 
     _, _, ds = report
     cache: dict = {}
-    R._thumbnails(ds, [0, 1, 2], cache)
-    R._thumbnails(ds, [3], cache)
-    assert sorted(cache) == [0, 1, 2, 3]
+    R._thumbnails(ds, [0, 1, 2], cache, 112)
+    R._thumbnails(ds, [3], cache, 112)
+    assert sorted(cache) == [(0, 112), (1, 112), (2, 112), (3, 112)]
     monkeypatch.setattr(R, "THUMB_CACHE_BYTES", 1)
-    R._thumbnails(ds, [2, 4], cache)
-    assert sorted(cache) == [2, 4]
+    R._thumbnails(ds, [2, 4], cache, 112)
+    assert sorted(cache) == [(2, 112), (4, 112)]
+
+
+def test_unit_page_shows_labels_finer_than_the_strips_at_their_resolution(tmp_path):
+    """With 128 px labels the layer page keeps 112 px strips and the unit page shows 128 px ones
+    (sheets full_NNNN.jpg, strips every 128 rows: a multiple of JPEG's blocks)."""
+    from fastdissect.report import strip_image
+
+    ds = fd.datasets.Broden(fd.datasets.builtin(tmp_path / "concepts", n_images=12, seed=4, image_size=256,
+                                                label_size=128))
+    d = fd.dissect(ColorDetectors(), ["pool"], ds, quantile=0.05, top_k=3, verbose=False, **PLAIN)
+    index = d.report(tmp_path / "report", verbose=False)
+    layer_strips = strips_of(index.parent / "layer_pool.html")
+    unit_strips = strips_of(index.parent / "units_pool" / "units.html")
+    assert {s["height"] for s in layer_strips} == {112} and {s["height"] for s in unit_strips} == {128}
+    assert [s["y"] for s in unit_strips] == [128 * k for k in range(d["pool"].num_units)]
+    k = d["pool"].num_units - 1
+    with Image.open(index.parent / "units_pool" / unit_strips[k]["src"]) as sheet:
+        assert unit_strips[k]["src"] == "full_0000.jpg" and sheet.height == 128 * d["pool"].num_units
+        shown = np.asarray(sheet.convert("RGB"))[128 * k:128 * (k + 1), :unit_strips[k]["width"]].astype(int)
+    alone = io.BytesIO()
+    strip_image(d["pool"], k, ds, height=128).save(alone, "JPEG", quality=85)
+    with Image.open(alone) as im:
+        assert np.abs(shown - np.asarray(im.convert("RGB")).astype(int)).mean() < 0.5

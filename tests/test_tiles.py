@@ -128,7 +128,7 @@ def test_bad_tile_inputs_are_refused_by_name(backend):
     with pytest.raises(ValueError, match="bright must be a contiguous CPU torch.int32"):
         call(bright=bright.astype(np.int64))
     strided = torch.from_numpy(np.concatenate([out, out], axis=2))[:, :, ::2]
-    with pytest.raises(ValueError, match="out must be a contiguous CPU torch.int32 tensor, got torch.int32 on cpu, non"):
+    with pytest.raises(ValueError, match="out must be a contiguous CPU torch.int32 tensor, got torch.int32 on cpu, n"):
         _dispatch.draw_tiles(backend, pack_bits(torch.from_numpy(masks.reshape(5, -1))), None, torch.from_numpy(bright),
                              torch.from_numpy(dim), torch.from_numpy(thumbnail), strided, torch.from_numpy(corner),
                              YELLOW, CYAN)

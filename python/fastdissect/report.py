@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__, _dispatch
+from . import __version__, _dispatch, _validate
 from ._atomic import directory_in_place, image_bytes, make_dirs, save_figure, write_new, write_text
 from .identity import describe
 
@@ -130,9 +130,9 @@ def formula_mask_of(formula, sample, height: int, width: int) -> np.ndarray:
     return np.asarray(m) > 0
 
 
-def _tile_size(shape) -> tuple[int, int]:
-    """(height, width) of an image's tile in a strip: THUMB high, the image's aspect kept."""
-    return THUMB, max(1, round(THUMB * shape[1] / shape[0]))
+def _tile_size(shape, height: int) -> tuple[int, int]:
+    """(height, width) of an image's tile in a strip: `height` high, the image's aspect kept."""
+    return height, max(1, round(height * shape[1] / shape[0]))
 
 
 def _bright_and_dim(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -145,12 +145,12 @@ def _bright_and_dim(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return bright.view(np.int32)[..., 0], dim.view(np.int32)[..., 0]
 
 
-def _thumbnail(dataset, i: int) -> tuple[np.ndarray, np.ndarray]:
-    """The (bright, dim) tiles of image i, THUMB px high."""
+def _thumbnail(dataset, i: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """The (bright, dim) tiles of image i, `height` px high."""
     from PIL import Image
 
     image = np.asarray(dataset.image(i) if hasattr(dataset, "image") else dataset[i].image)
-    th, tw = _tile_size(image.shape)
+    th, tw = _tile_size(image.shape, height)
     return _bright_and_dim(np.asarray(Image.fromarray(image).resize((tw, th), Image.BILINEAR)))
 
 
@@ -161,7 +161,8 @@ def mask_overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
     image, mask = np.ascontiguousarray(image, dtype=np.uint8), np.asarray(mask, dtype=bool)
     if image.ndim != 3 or image.shape[2] != 3 or mask.shape != image.shape[:2]:
-        raise ValueError(f"mask_overlay needs an (H, W, 3) image and an (H, W) mask, got {image.shape} and {mask.shape}")
+        raise ValueError(f"mask_overlay needs an (H, W, 3) image and an (H, W) mask, got {image.shape} and "
+                         f"{mask.shape}")
     bright, dim = (torch.from_numpy(t)[None] for t in _bright_and_dim(image))
     out = torch.empty_like(bright)
     backend = _dispatch.resolve_backend("auto", torch.device("cpu"))
@@ -170,31 +171,34 @@ def mask_overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(out[0].numpy().view(np.uint8).reshape(*mask.shape, 4)[..., :3])
 
 
-def _thumbnails(dataset, indices, cache: dict, pool=None) -> None:
-    """cache[i] = _thumbnail(dataset, i) for the indices not in it yet: each image decoded and
-    resized once per report (in `pool`'s threads when given: decoding releases the GIL). Tiles of
-    earlier layers stay for later ones while the cache holds under THUMB_CACHE_BYTES; beyond, only
-    this layer's are kept, so memory is bounded by one layer's top images (about 100 KB each)."""
+def _thumbnails(dataset, indices, cache: dict, height: int, pool=None) -> None:
+    """cache[i, height] = _thumbnail(dataset, i, height) for the indices not in it yet: each image
+    decoded and resized once per report and height (in `pool`'s threads when given: decoding
+    releases the GIL). Tiles of earlier layers stay for later ones while the cache holds under
+    THUMB_CACHE_BYTES; beyond, only this layer's are kept, so memory is bounded by one layer's top
+    images (about 100 KB each at 112 px)."""
+    wanted = {(i, height) for i in indices}
     if sum(b.nbytes + d.nbytes for b, d in cache.values()) > THUMB_CACHE_BYTES:
-        for i in set(cache) - set(indices):
-            del cache[i]
-    missing = [i for i in indices if i not in cache]
-    tiles = pool.map(lambda i: _thumbnail(dataset, i), missing) if pool is not None else \
-        (_thumbnail(dataset, i) for i in missing)
-    cache.update(zip(missing, tiles))
+        for key in set(cache) - wanted:
+            del cache[key]
+    missing = [i for i in indices if (i, height) not in cache]
+    tiles = pool.map(lambda i: _thumbnail(dataset, i, height), missing) if pool is not None else \
+        (_thumbnail(dataset, i, height) for i in missing)
+    cache.update(zip(((i, height) for i in missing), tiles))
 
 
 class _Thumbnails:
-    """The layer's top images' tiles stacked by tile width, as draw_tiles reads them."""
+    """The layer's top images' tiles, `height` px high, stacked by tile width as draw_tiles reads them."""
 
-    def __init__(self, cache: dict, indices):
+    def __init__(self, cache: dict, indices, height: int):
         by_width: dict[int, list[int]] = {}
         for i in indices:
-            by_width.setdefault(cache[i][0].shape[1], []).append(i)
-        self.width = {i: cache[i][0].shape[1] for i in indices}
+            by_width.setdefault(cache[i, height][0].shape[1], []).append(i)
+        self.height = height
+        self.width = {i: cache[i, height][0].shape[1] for i in indices}
         self.row = {i: n for members in by_width.values() for n, i in enumerate(members)}
-        self.stacks = {w: tuple(torch.from_numpy(np.stack([cache[i][b] for i in members])) for b in (0, 1))
-                       for w, members in by_width.items()}
+        self.stacks = {w: tuple(torch.from_numpy(np.stack([cache[i, height][b] for i in members]))
+                                for b in (0, 1)) for w, members in by_width.items()}
 
 
 def _strip_layout(tops: list[list[int]], thumbs: _Thumbnails) -> tuple[list[tuple], list[int]]:
@@ -209,26 +213,28 @@ def _strip_layout(tops: list[list[int]], thumbs: _Thumbnails) -> tuple[list[tupl
     return corners, widths
 
 
-def _draw_strips(layer, units: range, thumbs: _Thumbnails, samples: dict, backend: str):
-    """(len(units), THUMB, W) int32 RGBX strips of `units` (white beyond a strip's width) and their
-    widths; the tiles of each width are drawn from one mask-kernel call."""
+def _draw_strips(layer, units: range, thumbs: _Thumbnails, samples: dict, backend: str, pitch: int):
+    """(len(units), pitch, W) int32 RGBX strips of `units`, thumbs.height px high at the top of their
+    `pitch` rows (white elsewhere and beyond a strip's width), and their widths; the tiles of each
+    width are drawn from one mask-kernel call."""
     from .torch_backend import pack_bits
 
+    height = thumbs.height
     tops = layer.top_images[units.start:units.stop].tolist()
     corners, widths = _strip_layout(tops, thumbs)
-    out = torch.full((len(tops), THUMB, max(widths)), _dispatch.rgbx((255, 255, 255)), dtype=torch.int32)
+    out = torch.full((len(tops), pitch, max(widths)), _dispatch.rgbx((255, 255, 255)), dtype=torch.int32)
     slots = [(c, j) for c, row in enumerate(tops) for j in range(len(row))]
     for width in {thumbs.width[i] for row in tops for i in row}:
         group = [n for n, (c, j) in enumerate(slots) if thumbs.width[tops[c][j]] == width]
         ks = torch.tensor([units.start + slots[n][0] for n in group])
         js = torch.tensor([slots[n][1] for n in group])
         images = [tops[slots[n][0]][slots[n][1]] for n in group]
-        masks = _dispatch.unit_masks(backend, layer.top_maps[ks, js][None], THUMB, width,
+        masks = _dispatch.unit_masks(backend, layer.top_maps[ks, js][None], height, width,
                                      layer.scores.thresholds[ks])[0]
         second = None
         if layer.formulas is not None:
             second = pack_bits(torch.from_numpy(np.stack([
-                formula_mask_of(layer.formulas.formulas[int(k)], samples[i], THUMB, width).reshape(-1)
+                formula_mask_of(layer.formulas.formulas[int(k)], samples[i], height, width).reshape(-1)
                 for k, i in zip(ks, images)])))
         bright, dim = thumbs.stacks[width]
         _dispatch.draw_tiles(backend, masks, second, bright, dim, torch.tensor([thumbs.row[i] for i in images]),
@@ -236,26 +242,28 @@ def _draw_strips(layer, units: range, thumbs: _Thumbnails, samples: dict, backen
     return out, widths
 
 
-def _write_sheet(layer, units: range, thumbs: _Thumbnails, samples: dict, directory: Path, backend: str):
-    """One JPEG of the strips of `units`, one below the other; where each strip lies in it.
-    THUMB is a multiple of JPEG's 16 px blocks, so no strip's compression reads its neighbour's pixels."""
+def _write_sheet(layer, units: range, thumbs: _Thumbnails, samples: dict, directory: Path, backend: str,
+                 prefix: str):
+    """One JPEG of the strips of `units`, one below the other; where each strip lies in it. Strips
+    start every multiple of JPEG's 16 px blocks, so no strip's compression reads its neighbour's pixels."""
     from PIL import Image
 
-    out, widths = _draw_strips(layer, units, thumbs, samples, backend)
-    name = f"strips_{units.start // STRIP_CHUNK:04d}.jpg"
-    sheet = Image.frombuffer("RGBX", (out.shape[2], out.shape[0] * THUMB), out.numpy(), "raw", "RGBX", 0, 1)
+    pitch = -(-thumbs.height // 16) * 16
+    out, widths = _draw_strips(layer, units, thumbs, samples, backend, pitch)
+    name = f"{prefix}_{units.start // STRIP_CHUNK:04d}.jpg"
+    sheet = Image.frombuffer("RGBX", (out.shape[2], out.shape[0] * pitch), out.numpy(), "raw", "RGBX", 0, 1)
     write_new(directory / name, image_bytes(sheet, ".jpg", quality=85))
-    return [{"sheet": name, "y": c * THUMB, "width": w, "height": THUMB} for c, w in enumerate(widths)]
+    return [{"sheet": name, "y": c * pitch, "width": w, "height": thumbs.height} for c, w in enumerate(widths)]
 
 
-def _strips(layer, dataset, directory: Path, cache: dict) -> list:
-    """Each unit's strip (its top images, each with the unit's mask), as {sheet, y, width, height}:
-    where it lies in the JPEG sheets written into `directory` (a `directory_in_place`), a sheet per
-    STRIP_CHUNK units (a file per unit costs more to create than to draw). Masks are drawn at tile
-    resolution by the scoring kernel: bilinear upsampling samples one surface, so at tile size it
-    draws the scored mask's shape, not a resized copy of it. Chunks are drawn in threads (kernels and
-    JPEG encoding release the GIL), each kernel call single-threaded: for many small calls, threads
-    inside a call cost more than they give."""
+def _strips(layer, dataset, directory: Path, cache: dict, height: int = THUMB, prefix: str = "strips") -> list:
+    """Each unit's strip (its top images, `height` px high, each with the unit's mask), as {sheet, y,
+    width, height}: where it lies in the JPEG sheets `prefix`_NNNN.jpg written into `directory` (a
+    `directory_in_place`), a sheet per STRIP_CHUNK units (a file per unit costs more to create than
+    to draw). Masks are drawn at tile resolution by the scoring kernel: bilinear upsampling samples
+    one surface, so at tile size it draws the scored mask's shape, not a resized copy of it. Chunks
+    are drawn in threads (kernels and JPEG encoding release the GIL), each kernel call
+    single-threaded: for many small calls, threads inside a call cost more than they give."""
     from concurrent.futures import ThreadPoolExecutor
 
     if layer.top_images is None or layer.top_maps is None or layer.top_images.shape[1] == 0:
@@ -268,31 +276,41 @@ def _strips(layer, dataset, directory: Path, cache: dict) -> list:
     torch.set_num_threads(1)
     try:
         with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-            _thumbnails(dataset, indices, cache, pool)
-            thumbs = _Thumbnails(cache, indices)
-            sheets = pool.map(lambda units: _write_sheet(layer, units, thumbs, samples, directory, backend), chunks)
+            _thumbnails(dataset, indices, cache, height, pool)
+            thumbs = _Thumbnails(cache, indices, height)
+            sheets = pool.map(lambda units: _write_sheet(layer, units, thumbs, samples, directory, backend, prefix),
+                              chunks)
             return [s for sheet in sheets for s in sheet]
     finally:
         torch.set_num_threads(threads)
 
 
-def strip_image(layer, unit: int, dataset):
-    """Unit `unit`'s strip, as the report shows it, as a PIL image (for a figure or a slide):
-    `strip_image(dissection["layer4"], 120, dataset).save("unit120.png")`."""
+def strip_image(layer, unit: int, dataset, height: int = THUMB):
+    """Unit `unit`'s strip, as the report shows it, as a PIL image `height` px high (for a figure or
+    a slide): `strip_image(dissection["layer4"], 120, dataset).save("unit120.png")`."""
     from PIL import Image
 
     if layer.top_images is None or layer.top_maps is None or layer.top_images.shape[1] == 0:
         raise ValueError(f"layer {layer.layer} kept no top images (dissect it with top_k >= 1)")
     if not 0 <= unit < layer.num_units:
         raise ValueError(f"unit must be in [0, {layer.num_units}), got {unit}")
+    _validate.positive_int(height, "height")
     cache: dict = {}
     indices = layer.top_images[unit].tolist()
-    _thumbnails(dataset, indices, cache)
+    _thumbnails(dataset, indices, cache, height)
     samples = {i: dataset[i] for i in indices} if layer.formulas is not None else {}
     backend = _dispatch.resolve_backend("auto", torch.device("cpu"))
-    out, widths = _draw_strips(layer, range(unit, unit + 1), _Thumbnails(cache, indices), samples, backend)
-    return Image.frombuffer("RGBX", (widths[0], THUMB), np.ascontiguousarray(out[0, :, :widths[0]].numpy()),
+    thumbs = _Thumbnails(cache, indices, height)
+    out, widths = _draw_strips(layer, range(unit, unit + 1), thumbs, samples, backend, height)
+    return Image.frombuffer("RGBX", (widths[0], height), np.ascontiguousarray(out[0, :, :widths[0]].numpy()),
                             "raw", "RGBX", 0, 1).convert("RGB")
+
+
+def _label_height(dataset) -> int:
+    """The data set's label height when it has one size (a Broden, COCO): the unit page shows the
+    top images at it when it is finer than the strips' THUMB px; else 0."""
+    size = getattr(dataset, "label_size", None)
+    return int(size[0]) if isinstance(size, (tuple, list)) and len(size) == 2 else 0
 
 
 def _best_concepts(layer, top: int) -> list[list[dict]]:
@@ -386,7 +404,10 @@ def write_report(dissection, directory, dataset=None, *, verbose: bool = True) -
         with directory_in_place(directory / folder) as fresh:
             strips = _strips(layer, dataset, fresh, thumbs) if dataset is not None else [None] * layer.num_units
             units = [dict(u, strip=s) for u, s in zip(layer.units, strips)]
-            units_page = _unit_page(env, layer, units, fresh, summary["page"], colors)
+            label_height = _label_height(dataset)
+            full = strips if label_height <= THUMB else _strips(layer, dataset, fresh, thumbs, label_height, "full")
+            units_page = _unit_page(env, layer, [dict(u, strip=f) for u, f in zip(units, full)], fresh,
+                                    summary["page"], colors)
         for u in units:
             u["unit_page"] = f"{folder}/{units_page}#unit-{u['unit']}"
         concept_figure = f"layer_{slug}_concepts.png"
