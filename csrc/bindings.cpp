@@ -370,4 +370,11 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("items"), py::arg("blocks"), py::arg("threads"), py::arg("n_threads"), py::arg("visits"),
       py::arg("sum"), py::arg("bits"), py::arg("lo_hi"), py::arg("last_index"), no_gil);
+  m.def(
+      "emu_barrier_selftest",
+      [](unsigned blocks, unsigned threads, int n_threads, uintptr_t out, bool barriers) {
+        FD_ASSERT(threads >= 1 && threads <= 1024 && blocks >= 1 && out, "bad barrier selftest arguments");
+        fd::emu_barrier_selftest(blocks, threads, n_threads, reinterpret_cast<int64_t*>(out), barriers);
+      },
+      py::arg("blocks"), py::arg("threads"), py::arg("n_threads"), py::arg("out"), py::arg("barriers"), no_gil);
 }

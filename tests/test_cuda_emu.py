@@ -33,6 +33,19 @@ def test_shims_grid_stride_and_atomics(items, blocks, threads, n_threads):
     assert torch.equal(last, torch.arange(items) % (blocks * threads))
 
 
+@pytest.mark.parametrize("blocks, threads, n_threads", [(1, 1, 1), (3, 64, 2), (5, 37, 2), (2, 256, 1)])
+def test_emulated_barriers_hold_every_thread_of_a_block(blocks, threads, n_threads):
+    """launch_blocks runs a block's threads as fibers: none passes a __syncthreads before all reach
+    it (the kernel reads a neighbour's shared slot between barriers); with emu::launch, whose
+    threads run one after another, __syncthreads is refused."""
+    out = torch.full((blocks * threads,), -1, dtype=torch.int64)
+    _dispatch.emu_barrier_selftest(blocks, threads, n_threads, out)
+    b, t = torch.arange(blocks).repeat_interleave(threads), torch.arange(threads).repeat(blocks)
+    assert torch.equal(out, 2 * (1000 * b + t))
+    with pytest.raises(RuntimeError, match="__syncthreads in a kernel run by emu::launch"):
+        _dispatch.emu_barrier_selftest(blocks, threads, n_threads, out, barriers=False)
+
+
 def test_cuda_backend_without_cuda_tensors_is_a_clear_error():
     with pytest.raises(ValueError, match=r'backend="cuda" needs CUDA tensors, got activations on cpu'):
         fd.score(torch.rand(1, 1, 2, 2), torch.ones(1, 1, 4, 4, dtype=torch.bool), backend="cuda")

@@ -313,3 +313,15 @@ def test_dense_packing_round_trips_across_blocks(rng, monkeypatch, block_bytes):
     assert torch.equal(packed.to_dense(), dense)
     assert packed.offsets.tolist()[2] == packed.offsets.tolist()[3]
     assert torch.equal(packed[3:6].to_dense(), dense[3:6])
+
+
+@pytest.mark.parametrize("union", ["global", "netdissect", "lite"])
+def test_many_concepts_per_image_and_masks_of_many_words(backend, rng, union):
+    """150 concepts in every image and 130 x 130 masks (265 words): the CUDA words kernel counts
+    an image's entries in several rounds through shared memory and a map's words in several passes."""
+    acts = torch.from_numpy(rng.standard_normal((2, 3, 9, 9)))
+    dense = torch.from_numpy(rng.random((2, 150, 130, 130)) > 0.7)
+    thr = torch.tensor([0.3, -0.2, 1.0], dtype=torch.float64)
+    cats = torch.from_numpy(rng.integers(0, 4, 150))
+    s = run_case(acts, dense, thr, backend, union, cats)
+    assert int(s.intersection.sum()) > 0

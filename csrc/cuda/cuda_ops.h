@@ -22,5 +22,8 @@ void formula_counts_cuda_emu(const FormulaCountsParams& p, int64_t entries, int 
 // Runs a kernel that uses every emulated built-in (emu/emu_selftest.cpp), for the shims' own tests.
 void emu_shim_selftest(int64_t items, unsigned blocks, unsigned threads, int n_threads, int64_t* visits,
                        int64_t* sum, int* bits, long long* lo_hi, int64_t* last_index);
+// Checks launch_blocks' barriers (emu/emu_selftest.cpp); barriers=false launches the kernel with
+// emu::launch instead, whose __syncthreads throws.
+void emu_barrier_selftest(unsigned blocks, unsigned threads, int n_threads, int64_t* out, bool barriers);
 
 }  // namespace fd

@@ -3,8 +3,9 @@
 
 #include "../common/macros.h"
 
-// Every kernel is a grid-stride loop over independent work items; blocks cooperate only through
-// global atomics, which the host emulation (emu/cuda_emu.h) reproduces exactly.
+// Kernels are grid-stride loops over independent work items (the score words kernel strides over
+// maps, a block each); blocks cooperate only through global atomics, which the host emulation
+// (emu/cuda_emu.h) reproduces exactly.
 #define FD_GRID_STRIDE(i, n)                                                                           \
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < (n);              \
        i += static_cast<int64_t>(blockDim.x) * gridDim.x)

@@ -27,7 +27,7 @@ void score_cuda(const ScoreParams& p, const ScoreScratch& s, uintptr_t stream_ha
   });
   check_launch("score_peaks_kernel");
   FD_DISPATCH_FLOAT(p.act_dtype, scalar_t, [&] {
-    score_words_kernel<scalar_t><<<blocks_for(word_items(p)), kThreadsPerBlock, 0, stream>>>(p, s);
+    score_words_kernel<scalar_t><<<map_blocks(p), map_threads(p), 0, stream>>>(p, s);
   });
   check_launch("score_words_kernel");
   if (p.union_mode != UnionMode::kGlobal) {

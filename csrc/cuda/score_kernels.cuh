@@ -1,7 +1,8 @@
 // The fused score kernels: bilinear upsampling, threshold, bit packing and popcount against the
 // packed concept masks. A first kernel reads each map once (its peak settles most maps: cold maps
-// cost nothing more); the second evaluates the other maps' words, kWordsPerItem per work item,
-// screening pixels in float and falling back to double only near T. Integer atomics only, so
+// cost nothing more); the second evaluates the other maps' words, a block per map, screening
+// pixels in float and falling back to double only near T, and sums their counts per entry in
+// shared memory before one global atomic per (map, entry). Integer atomics only, so
 // results are identical to the CPU backend bit for bit, whatever the order. Include after
 // cuda_runtime.h or emu/cuda_emu.h. The roofline is in the README (Performance, "On a GPU").
 #pragma once
@@ -139,50 +140,91 @@ __global__ void score_peaks_kernel(ScoreParams p, ScoreScratch s) {
   }
 }
 
-// Words of one map a work item evaluates: their counts are summed in registers, so each entry
-// the item meets costs one global atomic per kWordsPerItem words rather than per word.
-constexpr int64_t kWordsPerItem = 8;
+// Words one thread evaluates per pass over a map: a pass covers blockDim.x * kWordsPerThread words.
+constexpr int64_t kWordsPerThread = 4;
+// Entries of an image counted per round through shared memory; blockDim.x must be at least this.
+constexpr int64_t kEntryTile = 64;
 
-FD_HOST_DEVICE FD_INLINE int64_t word_items(const ScoreParams& p) {
-  return p.N * p.K * ((p.words_per_mask + kWordsPerItem - 1) / kWordsPerItem);
+// Blocks of the words kernel: one map each, the grid-stride loop covering the rest.
+FD_HOST_DEVICE FD_INLINE int64_t map_blocks(const ScoreParams& p) {
+  const int64_t maps = p.N * p.K;
+  return maps < 1 ? 1 : (maps > 65535 ? 65535 : maps);
 }
 
-// Work item (n, k, group of kWordsPerItem words) of a map that is not cold. Adds the words'
-// popcounts into unit_area, intersection, and the per-map scratch: map_area[n, k] and, for the
-// "lite" union, hit[n, k, g] when the map meets category g.
+// Threads of a words-kernel block on a GPU: enough for a map's words in one pass, in whole warps,
+// at least kEntryTile (every counter has its flusher), at most kThreadsPerBlock.
+FD_HOST_DEVICE FD_INLINE unsigned map_threads(const ScoreParams& p) {
+  const int64_t needed = (p.words_per_mask + kWordsPerThread - 1) / kWordsPerThread;
+  const int64_t warps = ((needed + 31) / 32) * 32;
+  return static_cast<unsigned>(warps < kEntryTile ? kEntryTile : (warps > kThreadsPerBlock ? kThreadsPerBlock : warps));
+}
+
+// One block per map that is not cold (a grid-stride loop over maps). Its threads evaluate the map's
+// words, kWordsPerThread each, and add their popcounts per entry into the block's shared counters,
+// which kEntryTile threads then add to intersection: one global atomic per (map, entry) met and one
+// per map for its area, whatever the number of words. Also the per-map scratch: map_area[n, k]
+// and, for the "lite" union, hit[n, k, g] when the map meets category g. Every loop bound and
+// branch around a barrier depends on the map only, so all threads of a block meet the same barriers.
 template <typename scalar_t>
 __global__ void score_words_kernel(ScoreParams p, ScoreScratch s) {
+  __shared__ unsigned long long block_area;
+  __shared__ unsigned long long block_counts[kEntryTile];
   const int64_t words = p.words_per_mask;
-  const int64_t groups = (words + kWordsPerItem - 1) / kWordsPerItem;
-  FD_GRID_STRIDE(item, word_items(p)) {
-    const int64_t map = item / groups;  // n * K + k
+  const int64_t t = threadIdx.x;
+  const int64_t stride = blockDim.x;
+  for (int64_t map = blockIdx.x; map < p.N * p.K; map += gridDim.x) {
     const double scale = s.map_scale[map];
-    if (scale < 0.0) continue;
+    if (scale < 0.0) continue;  // a cold map: off everywhere
     const int64_t k = map % p.K, n = map / p.K;
-    const int64_t w0 = (item % groups) * kWordsPerItem;
-    const int64_t count = words - w0 < kWordsPerItem ? words - w0 : kWordsPerItem;
-    uint64_t m[kWordsPerItem];
-    int64_t area = 0;
-    for (int64_t i = 0; i < count; ++i) {
-      m[i] = mask_word<scalar_t>(p, s, n, k, w0 + i, scale);
-      area += popcount64(m[i]);
-    }
-    if (area == 0) continue;
-    if (p.mask_out)
-      for (int64_t i = 0; i < count; ++i) p.mask_out[map * words + w0 + i] = m[i];
-    atomic_add_i64(p.unit_area + k, area);
-    if (s.map_area) atomic_add_i64(s.map_area + map, area);
-    for (int64_t e = p.offsets[n]; e < p.offsets[n + 1]; ++e) {
-      const int64_t row = p.mask_rows[e];
-      int64_t inter = area;
-      if (row >= 0) {
-        inter = 0;
-        for (int64_t i = 0; i < count; ++i) inter += popcount64(m[i] & p.words[row * words + w0 + i]);
+    for (int64_t base = 0; base < words; base += stride * kWordsPerThread) {
+      uint64_t m[kWordsPerThread];
+      int64_t area = 0;
+      for (int64_t i = 0; i < kWordsPerThread; ++i) {
+        const int64_t w = base + i * stride + t;
+        m[i] = w < words ? mask_word<scalar_t>(p, s, n, k, w, scale) : 0;
+        area += popcount64(m[i]);
+        if (m[i] && p.mask_out) p.mask_out[map * words + w] = m[i];  // mask_out arrives zeroed
       }
-      if (inter == 0) continue;
-      atomic_add_i64(p.intersection + k * p.C + p.concept_ids[e], inter);
-      if (s.entry_hit) atomicOr(s.entry_hit + k * s.num_entries + e, 1);
-      if (s.hit) atomicOr(s.hit + map * p.G + p.categories[p.concept_ids[e]], 1);
+      if (t == 0) block_area = 0;
+      __syncthreads();
+      if (area) atomicAdd(&block_area, static_cast<unsigned long long>(area));
+      __syncthreads();
+      const int64_t total = static_cast<int64_t>(block_area);
+      if (total != 0) {
+        if (t == 0) {
+          atomic_add_i64(p.unit_area + k, total);
+          if (s.map_area) atomic_add_i64(s.map_area + map, total);
+        }
+        for (int64_t e0 = p.offsets[n]; e0 < p.offsets[n + 1]; e0 += kEntryTile) {
+          const int64_t tile = p.offsets[n + 1] - e0 < kEntryTile ? p.offsets[n + 1] - e0 : kEntryTile;
+          if (t < tile) block_counts[t] = 0;
+          __syncthreads();
+          for (int64_t j = 0; j < tile && area; ++j) {
+            const int64_t row = p.mask_rows[e0 + j];
+            int64_t inter = area;
+            if (row >= 0) {
+              inter = 0;
+              for (int64_t i = 0; i < kWordsPerThread; ++i) {
+                const int64_t w = base + i * stride + t;
+                if (w < words) inter += popcount64(m[i] & p.words[row * words + w]);
+              }
+            }
+            if (inter) atomicAdd(block_counts + j, static_cast<unsigned long long>(inter));
+          }
+          __syncthreads();
+          // Thread t flushes counter t, and only thread t zeroes it for the next tile: no barrier
+          // is needed between the two.
+          if (t < tile) {
+            const int64_t inter = static_cast<int64_t>(block_counts[t]), e = e0 + t;
+            if (inter) {
+              atomic_add_i64(p.intersection + k * p.C + p.concept_ids[e], inter);
+              if (s.entry_hit) atomicOr(s.entry_hit + k * s.num_entries + e, 1);
+              if (s.hit) atomicOr(s.hit + map * p.G + p.categories[p.concept_ids[e]], 1);
+            }
+          }
+        }
+      }
+      __syncthreads();  // every thread has read block_area before the next pass zeroes it
     }
   }
 }

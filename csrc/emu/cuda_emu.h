@@ -1,11 +1,15 @@
 // Host emulation of the CUDA built-ins fastdissect's kernels use, so that the very same .cuh kernel
 // source runs on the CPU (backend="cuda_emu"). Include this, then the .cuh, then launch with
-// fd::emu::launch. Kernels may only cooperate through global atomics (no __syncthreads, no warp
-// intrinsics: using one fails to compile here, which keeps the emulation honest). Blocks run in
-// parallel (OpenMP), the threads of a block one after another, so atomics must be real atomics.
+// fd::emu::launch (threads of a block one after another) or, for a kernel that uses __shared__
+// memory and __syncthreads, fd::emu::launch_blocks (the threads of a block as fibers that switch at
+// each barrier: every thread reaches a barrier before any passes it, as on a GPU). No warp
+// intrinsics: using one fails to compile here. Blocks run in parallel (OpenMP), so atomics must be
+// real atomics.
 #pragma once
 
 #include <cstdint>
+#include <exception>
+#include <functional>
 #include <type_traits>
 
 #if defined(__CUDACC__)
@@ -16,6 +20,9 @@
 #define __device__
 #define __host__
 #define __forceinline__ inline
+// A block's fibers run on one OS thread, so per-OS-thread storage is per-block storage.
+#define __shared__ static thread_local
+#define __syncthreads() fd::emu::syncthreads()
 
 struct dim3 {
   unsigned int x, y, z;
@@ -59,24 +66,53 @@ inline long long atomicMax(long long* address, long long v) {
 namespace fd {
 namespace emu {
 
-// Runs kernel(args...) over grid x block, like kernel<<<grid, block>>>(args...).
-template <typename Kernel, typename... Args>
-void launch(int n_threads, dim3 grid, dim3 block, Kernel kernel, Args... args) {
+// The barrier of a block run by launch_blocks: the calling thread's fiber waits until every thread
+// of its block has arrived (or ended). Outside launch_blocks it throws (a kernel launched with
+// `launch` must not synchronise).
+void syncthreads();
+
+// Runs body() once for every thread of `block` (threadIdx set), each thread a fiber of this OS thread.
+void run_block_fibers(dim3 block, const std::function<void()>& body);
+
+// Runs run(block) for every block of `grid` (built-ins set), blocks in parallel; the first
+// exception a block throws is rethrown here (none may leave an OpenMP region).
+template <typename Run>
+void for_each_block(int n_threads, dim3 grid, dim3 block, Run run) {
   const int64_t blocks = static_cast<int64_t>(grid.x) * grid.y * grid.z;
-  (void)n_threads;
+  std::exception_ptr error;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(n_threads)
   for (int64_t b = 0; b < blocks; ++b) {
     gridDim = grid;
     blockDim = block;
     blockIdx = dim3(static_cast<unsigned>(b % grid.x), static_cast<unsigned>((b / grid.x) % grid.y),
                     static_cast<unsigned>(b / (static_cast<int64_t>(grid.x) * grid.y)));
-    for (unsigned z = 0; z < block.z; ++z)
-      for (unsigned y = 0; y < block.y; ++y)
-        for (unsigned x = 0; x < block.x; ++x) {
+    try {
+      run(block);
+    } catch (...) {
+#pragma omp critical(fd_emu_error)
+      if (!error) error = std::current_exception();
+    }
+  }
+  if (error) std::rethrow_exception(error);
+}
+
+// Like launch, for kernels that use __shared__ memory and __syncthreads.
+template <typename Kernel, typename... Args>
+void launch_blocks(int n_threads, dim3 grid, dim3 block, Kernel kernel, Args... args) {
+  for_each_block(n_threads, grid, block, [&](dim3 b) { run_block_fibers(b, [&] { kernel(args...); }); });
+}
+
+// Runs kernel(args...) over grid x block, like kernel<<<grid, block>>>(args...).
+template <typename Kernel, typename... Args>
+void launch(int n_threads, dim3 grid, dim3 block, Kernel kernel, Args... args) {
+  for_each_block(n_threads, grid, block, [&](dim3 b) {
+    for (unsigned z = 0; z < b.z; ++z)
+      for (unsigned y = 0; y < b.y; ++y)
+        for (unsigned x = 0; x < b.x; ++x) {
           threadIdx = dim3(x, y, z);
           kernel(args...);
         }
-  }
+  });
 }
 
 }  // namespace emu

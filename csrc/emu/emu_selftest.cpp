@@ -29,7 +29,30 @@ __global__ void shim_kernel(ShimOutputs out, int64_t items) {
   }
 }
 
+// Each thread writes its slot, then reads its right neighbour's, then (after its neighbours read)
+// overwrites its own with twice that: out[b * T + t] = 2 * (1000 b + t) only if every thread passes
+// each barrier after all threads of its block reached it.
+__global__ void barrier_kernel(int64_t* out) {
+  __shared__ int64_t slots[1024];
+  const int64_t t = threadIdx.x, threads = blockDim.x;
+  slots[t] = static_cast<int64_t>(blockIdx.x) * 1000 + t;
+  __syncthreads();
+  const int64_t right = slots[(t + 1) % threads];
+  __syncthreads();
+  slots[t] = 2 * right;
+  __syncthreads();
+  out[blockIdx.x * threads + t] = slots[(t + threads - 1) % threads];
+}
+
 }  // namespace
+
+void emu_barrier_selftest(unsigned blocks, unsigned threads, int n_threads, int64_t* out, bool barriers) {
+  if (barriers) {
+    emu::launch_blocks(n_threads, dim3(blocks), dim3(threads), barrier_kernel, out);
+  } else {
+    emu::launch(n_threads, dim3(blocks), dim3(threads), barrier_kernel, out);  // must throw
+  }
+}
 
 void emu_shim_selftest(int64_t items, unsigned blocks, unsigned threads, int n_threads, int64_t* visits,
                        int64_t* sum, int* bits, long long* lo_hi, int64_t* last_index) {

@@ -17,7 +17,8 @@ from ._validate import backend as check_backend
 from .masks import ConceptMasks
 
 __all__ = ["BACKENDS", "GPU_BACKENDS", "resolve_backend", "has_extension", "tally_batch", "union_and_iou",
-           "unit_masks", "draw_tiles", "formula_counts", "histogram_add_cpu", "histogram_add_gpu", "codes", "emu_shim_selftest"]
+           "unit_masks", "draw_tiles", "formula_counts", "histogram_add_cpu", "histogram_add_gpu", "codes",
+           "emu_shim_selftest", "emu_barrier_selftest"]
 
 
 def has_extension() -> bool:
@@ -347,3 +348,10 @@ def emu_shim_selftest(items: int, blocks: int, threads: int, n_threads: int, vis
     _ext.extension().emu_shim_selftest(items=items, blocks=blocks, threads=threads, n_threads=n_threads,
                                        visits=_addr(visits), sum=_addr(total), bits=_addr(bits),
                                        lo_hi=_addr(lo_hi), last_index=_addr(last))
+
+
+def emu_barrier_selftest(blocks: int, threads: int, n_threads: int, out: torch.Tensor, barriers: bool = True) -> None:
+    """Runs the kernel that checks the emulation's __syncthreads (csrc/emu/emu_selftest.cpp) into
+    `out` (blocks * threads int64); barriers=False launches it without them, which must raise."""
+    _ext.extension().emu_barrier_selftest(blocks=blocks, threads=threads, n_threads=n_threads, out=_addr(out),
+                                          barriers=barriers)
