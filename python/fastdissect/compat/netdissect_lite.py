@@ -287,10 +287,11 @@ def lite_data(directory, categories: Sequence[str] | None = None, index: str = "
     hit = _PARSED.get(key)
     if hit is not None and hit[0] == stamps(hit[1]):
         return hit[1]
-    before = [stat_stamp(root / name) for name in (index, "label.csv", "category.csv")]
+    names = [index, "label.csv", "category.csv"] + sorted(f.name for f in root.glob("c_*.csv"))
+    before = {name: stat_stamp(root / name) for name in names}
     data = LiteData(root, categories, index)
     now = stamps(data)
-    if now[:3] == before:  # not changed while it was read
+    if [before.get(name) for name in data.csv_names] == now:  # none changed while it was read
         _PARSED[key] = (now, data)
     return data
 
