@@ -21,7 +21,7 @@ from test_datasets import CATEGORIES, write_fixture
 def pillow_masks(act: torch.Tensor, thresholds: torch.Tensor, H: int, W: int, exhaustive: bool) -> torch.Tensor:
     """(N, K, H, W) bool masks of the kernel in Pillow mode (read through mask_out)."""
     N, K, h, w = act.shape
-    tables = [torch.tensor(a) for a in (*pillow.coefficients(w, W), *pillow.coefficients(h, H))]
+    tables = pillow.kernel_tables(h, w, H, W)
     masks = fd.pack_masks(labels=torch.ones(N, 1, H, W, dtype=torch.int64), num_concepts=2)
     out = torch.zeros(N, K, (H * W + 63) // 64, dtype=torch.int64)
     inter, area = torch.zeros(K, 2, dtype=torch.int64), torch.zeros(K, dtype=torch.int64)

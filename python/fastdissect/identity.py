@@ -99,23 +99,32 @@ def stat_stamp(path) -> tuple | None:
     return st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns
 
 
-_HASHED: dict[str, tuple] = {}  # path -> (stamp, hash): a file is read again only after it changed
+def kept_while_unchanged(memo: dict, key, paths, compute):
+    """compute(), kept in memo[key] for the process and returned again while every file of `paths`
+    keeps its `stat_stamp` (none missing); a result whose files changed while it was computed is
+    returned but not kept."""
+    stamps = [stat_stamp(p) for p in paths]
+    hit = memo.get(key)
+    if hit is not None and hit[0] == stamps and None not in stamps:
+        return hit[1]
+    value = compute()
+    if [stat_stamp(p) for p in paths] == stamps:
+        memo[key] = (stamps, value)
+    return value
+
+
+_HASHED: dict = {}  # path -> (stamps, hash): a file is read again only after it changed
 
 
 def file_hash(path: Path) -> str:
     """The file's BLAKE2b digest (kept for the process while its `stat_stamp` is the same)."""
-    key = os.fspath(path)
-    before = stat_stamp(key)
-    hit = _HASHED.get(key)
-    if hit is not None and before is not None and hit[0] == before:
-        return hit[1]
-    h = _digest()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    if before is not None and stat_stamp(key) == before:  # not changed while it was read
-        _HASHED[key] = (before, h.hexdigest())
-    return h.hexdigest()
+    def digest() -> str:
+        h = _digest()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        return h.hexdigest()
+    return kept_while_unchanged(_HASHED, os.fspath(path), [path], digest)
 
 
 def broden_fingerprint(root: Path, csv_names, data_files) -> dict:

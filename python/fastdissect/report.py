@@ -135,6 +135,11 @@ def _tile_size(shape, height: int) -> tuple[int, int]:
     return height, max(1, round(height * shape[1] / shape[0]))
 
 
+def _drawing_backend() -> str:
+    """Where masks and tiles are drawn: the extension's CPU kernels, else the torch backend."""
+    return _dispatch.resolve_backend("auto", torch.device("cpu"))
+
+
 def _bright_and_dim(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """An (H, W, 3) uint8 image as it shows inside and outside a mask: (H, W) int32 RGBX pixels,
     draw_tiles' layout."""
@@ -165,7 +170,7 @@ def mask_overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
                          f"{mask.shape}")
     bright, dim = (torch.from_numpy(t)[None] for t in _bright_and_dim(image))
     out = torch.empty_like(bright)
-    backend = _dispatch.resolve_backend("auto", torch.device("cpu"))
+    backend = _drawing_backend()
     _dispatch.draw_tiles(backend, pack_bits(torch.from_numpy(mask.reshape(1, -1))), None, bright, dim,
                          torch.zeros(1, dtype=torch.int64), out, torch.zeros(1, 3, dtype=torch.int64), YELLOW, CYAN)
     return np.ascontiguousarray(out[0].numpy().view(np.uint8).reshape(*mask.shape, 4)[..., :3])
@@ -268,7 +273,7 @@ def _strips(layer, dataset, directory: Path, cache: dict, height: int = THUMB, p
 
     if layer.top_images is None or layer.top_maps is None or layer.top_images.shape[1] == 0:
         return [None] * layer.num_units
-    backend = _dispatch.resolve_backend("auto", torch.device("cpu"))
+    backend = _drawing_backend()
     indices = sorted(set(layer.top_images.flatten().tolist()))
     samples = {i: dataset[i] for i in indices} if layer.formulas is not None else {}
     chunks = [range(a, min(a + STRIP_CHUNK, layer.num_units)) for a in range(0, layer.num_units, STRIP_CHUNK)]
@@ -299,7 +304,7 @@ def strip_image(layer, unit: int, dataset, height: int = THUMB):
     indices = layer.top_images[unit].tolist()
     _thumbnails(dataset, indices, cache, height)
     samples = {i: dataset[i] for i in indices} if layer.formulas is not None else {}
-    backend = _dispatch.resolve_backend("auto", torch.device("cpu"))
+    backend = _drawing_backend()
     thumbs = _Thumbnails(cache, indices, height)
     out, widths = _draw_strips(layer, range(unit, unit + 1), thumbs, samples, backend, height)
     return Image.frombuffer("RGBX", (widths[0], height), np.ascontiguousarray(out[0, :, :widths[0]].numpy()),

@@ -85,7 +85,7 @@ def tally(features, thresholds, data_directory, *, categories: Sequence[str] | N
     sh, sw = masks.height, masks.width
     if h > sh or w > sw:
         raise ValueError(f"features maps of {h}x{w} are larger than the {sh}x{sw} labels: compexp upsamples maps")
-    tables = [torch.tensor(a) for a in (*pillow.coefficients(w, sw), *pillow.coefficients(h, sh))]  # copies: cached arrays
+    tables = pillow.kernel_tables(h, w, sh, sw)
     acc = UnitMasks(thresholds, sh, sw, backend="cpu", pillow=tables)
     for start in range(0, N, chunk):
         act = torch.from_numpy(np.ascontiguousarray(features[start:start + chunk], dtype=np.float32))

@@ -40,7 +40,7 @@ from .._codes import DTYPE_CODES
 from ..datasets.broden import DatasetError, decode_label_png, read_csv
 from ..datasets.mask_cache import cache_dir_of, cached_store
 from ..datasets.packed import StoreWriter
-from ..identity import broden_fingerprint, stat_stamp
+from ..identity import broden_fingerprint, kept_while_unchanged
 from ..masks import ConceptMasks, MaskBuilder
 from ..top_quantile import TopQuantile
 from . import pillow
@@ -218,9 +218,7 @@ def _tally_kernel(data: LiteData, store, features, thresholds, sh: int, sw: int,
     N, K, h, w = features.shape
     chunk = max(1, chunk_bytes // (K * h * w * 8)) if store is not None else 64
     G = len(data.categories)
-    x_first, x_weights = pillow.coefficients(w, sw)
-    y_first, y_weights = pillow.coefficients(h, sh)
-    tables = [torch.tensor(a) for a in (x_first, x_weights, y_first, y_weights)]  # copies of the cached arrays
+    tables = pillow.kernel_tables(h, w, sh, sw)
     inter = torch.zeros(K, data.num_labels, dtype=torch.int64)
     area = torch.zeros(K, dtype=torch.int64)
     unit_cat = torch.zeros(K, G, dtype=torch.int64)
@@ -275,25 +273,17 @@ def _lite_masks(data: LiteData, start: int, stop: int) -> ConceptMasks:
     return builder.build()
 
 
-_PARSED: dict[tuple, tuple] = {}  # (root, categories, index) -> (CSV stamps, LiteData)
+_PARSED: dict = {}  # (root, categories, index) -> (CSV stamps, LiteData)
 
 
 def lite_data(directory, categories: Sequence[str] | None = None, index: str = "index.csv") -> LiteData:
     """LiteData(directory, categories, index), parsed once per process and reused while the CSV
-    files it read keep their stat stamps (a second layer's call parses nothing)."""
+    files it may read (the index, label.csv, category.csv, every c_*.csv) keep their stat stamps
+    (a second layer's call parses nothing)."""
     root = Path(directory)
     key = (str(root.resolve()), tuple(categories) if categories is not None else None, index)
-    stamps = lambda d: [stat_stamp(root / name) for name in d.csv_names]  # noqa: E731
-    hit = _PARSED.get(key)
-    if hit is not None and hit[0] == stamps(hit[1]):
-        return hit[1]
-    names = [index, "label.csv", "category.csv"] + sorted(f.name for f in root.glob("c_*.csv"))
-    before = {name: stat_stamp(root / name) for name in names}
-    data = LiteData(root, categories, index)
-    now = stamps(data)
-    if [before.get(name) for name in data.csv_names] == now:  # none changed while it was read
-        _PARSED[key] = (now, data)
-    return data
+    csvs = [root / index, root / "label.csv", root / "category.csv"] + sorted(root.glob("c_*.csv"))
+    return kept_while_unchanged(_PARSED, key, csvs, lambda: LiteData(root, categories, index))
 
 
 def packed_labels(data: LiteData, masks_of, reader: str, cache_dir, progress: bool):

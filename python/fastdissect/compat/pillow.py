@@ -25,6 +25,14 @@ def coefficients(in_size: int, out_size: int):
     return first, weights
 
 
+def kernel_tables(h: int, w: int, H: int, W: int) -> list:
+    """The `pillow=` tables of the CPU kernel (x_first, x_weights, y_first, y_weights) for h x w
+    maps resampled to H x W, as torch tensors (copies: the cached arrays stay read-only)."""
+    import torch
+
+    return [torch.tensor(a) for a in (*coefficients(w, W), *coefficients(h, H))]
+
+
 def _coefficients(in_size: int, out_size: int):
     scale = in_size / out_size
     filterscale = max(scale, 1.0)

@@ -23,7 +23,7 @@ import numpy as np
 
 from .. import _atomic
 from .broden import DatasetError
-from ..identity import stat_stamp
+from ..identity import kept_while_unchanged
 from .packed import ARRAYS, META, PackedMasks, open_packed, pack
 from .sample import Sample
 
@@ -76,14 +76,8 @@ _OPENED: dict[str, tuple] = {}  # store path -> (its files' stamps, the opened s
 def _open(path: Path) -> PackedMasks:
     """open_packed(path), once per process while none of the store's files changes (a store replaced
     by a new packing has new inodes). Stores of the cache are read, never written, by their users."""
-    stamps = [stat_stamp(path / name) for name in (META, *ARRAYS.values())]
-    hit = _OPENED.get(str(path))
-    if hit is not None and hit[0] == stamps:
-        return hit[1]
-    store = open_packed(path)
-    if [stat_stamp(path / name) for name in (META, *ARRAYS.values())] == stamps:
-        _OPENED[str(path)] = (stamps, store)
-    return store
+    return kept_while_unchanged(_OPENED, str(path), [path / name for name in (META, *ARRAYS.values())],
+                                lambda: open_packed(path))
 
 
 class _BrodenLabels:

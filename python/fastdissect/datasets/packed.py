@@ -270,14 +270,11 @@ class PackedMasks:
 def _file_stamps(path: Path, meta: dict) -> dict:
     """What verified.json records: the checksums verified and each array file's size, inode, mtime
     and ctime (ctime changes with every write and cannot be set back)."""
-    stamps = {}
-    for name in ARRAYS.values():
-        try:
-            st = (path / name).stat()
-            stamps[name] = [st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns]
-        except OSError:
-            stamps[name] = None
-    return {"checksums": meta.get("checksums"), "files": stamps}
+    from ..identity import stat_stamp
+
+    stamps = {name: stat_stamp(path / name) for name in ARRAYS.values()}
+    return {"checksums": meta.get("checksums"),
+            "files": {name: list(st) if st else None for name, st in stamps.items()}}  # as JSON holds them
 
 
 def _read_json(path: Path):
