@@ -261,6 +261,15 @@ def _write_sheet(layer, units: range, thumbs: _Thumbnails, samples: dict, direct
     return [{"sheet": name, "y": c * pitch, "width": w, "height": thumbs.height} for c, w in enumerate(widths)]
 
 
+def _has_top_images(layer) -> bool:
+    return not (layer.top_images is None or layer.top_maps is None or layer.top_images.shape[1] == 0)
+
+
+def _formula_samples(layer, dataset, indices) -> dict:
+    """The top images' samples (their label planes) when the layer has formulas to outline."""
+    return {i: dataset[i] for i in indices} if layer.formulas is not None else {}
+
+
 def _strips(layer, dataset, directory: Path, cache: dict, height: int = THUMB, prefix: str = "strips") -> list:
     """Each unit's strip (its top images, `height` px high, each with the unit's mask), as {sheet, y,
     width, height}: where it lies in the JPEG sheets `prefix`_NNNN.jpg written into `directory` (a
@@ -271,11 +280,11 @@ def _strips(layer, dataset, directory: Path, cache: dict, height: int = THUMB, p
     single-threaded: for many small calls, threads inside a call cost more than they give."""
     from concurrent.futures import ThreadPoolExecutor
 
-    if layer.top_images is None or layer.top_maps is None or layer.top_images.shape[1] == 0:
+    if not _has_top_images(layer):
         return [None] * layer.num_units
     backend = _drawing_backend()
     indices = sorted(set(layer.top_images.flatten().tolist()))
-    samples = {i: dataset[i] for i in indices} if layer.formulas is not None else {}
+    samples = _formula_samples(layer, dataset, indices)
     chunks = [range(a, min(a + STRIP_CHUNK, layer.num_units)) for a in range(0, layer.num_units, STRIP_CHUNK)]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -295,7 +304,7 @@ def strip_image(layer, unit: int, dataset, height: int = THUMB):
     a slide): `strip_image(dissection["layer4"], 120, dataset).save("unit120.png")`."""
     from PIL import Image
 
-    if layer.top_images is None or layer.top_maps is None or layer.top_images.shape[1] == 0:
+    if not _has_top_images(layer):
         raise ValueError(f"layer {layer.layer} kept no top images (dissect it with top_k >= 1)")
     if not 0 <= unit < layer.num_units:
         raise ValueError(f"unit must be in [0, {layer.num_units}), got {unit}")
@@ -303,7 +312,7 @@ def strip_image(layer, unit: int, dataset, height: int = THUMB):
     cache: dict = {}
     indices = layer.top_images[unit].tolist()
     _thumbnails(dataset, indices, cache, height)
-    samples = {i: dataset[i] for i in indices} if layer.formulas is not None else {}
+    samples = _formula_samples(layer, dataset, indices)
     backend = _drawing_backend()
     thumbs = _Thumbnails(cache, indices, height)
     out, widths = _draw_strips(layer, range(unit, unit + 1), thumbs, samples, backend, height)
