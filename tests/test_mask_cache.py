@@ -20,7 +20,7 @@ def decodes(monkeypatch):
     """Counts label PNGs decoded."""
     calls = []
     real = broden_module.decode_label_png
-    monkeypatch.setattr(broden_module, "decode_label_png", lambda *a: calls.append(a[0]) or real(*a))
+    monkeypatch.setattr(broden_module, "decode_label_png", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
     return calls
 
 

@@ -76,16 +76,15 @@ def transform_identity(transform) -> str | None:
 
 
 def files_fingerprint(root: Path, names) -> str:
-    """Hash of the listed files' sizes and modification times (not their bytes: 63,305 Broden
-    images are stat'ed in about a second, read in minutes)."""
+    """Hash of the listed files' `stat_stamp`s (not their bytes: 63,305 Broden images are stat'ed in
+    about a second, read in minutes). Size and mtime alone would miss a same-size rewrite whose mtime
+    was set back (os.utime, rsync -t, tar -x); the ctime and inode catch it, at the price of a new
+    fingerprint after a copy, a restore or a chmod."""
     h = _digest()
     base = os.fspath(root)
     for name in names:
-        try:
-            st = os.stat(os.path.join(base, name))  # not pathlib: a Broden has 10^5 files
-            h.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-        except OSError:
-            h.update(f"{name}\0missing\n".encode())
+        stamp = stat_stamp(os.path.join(base, name))  # not pathlib: a Broden has 10^5 files
+        h.update(f"{name}\0{'missing' if stamp is None else stamp}\n".encode())
     return h.hexdigest()
 
 
@@ -128,8 +127,8 @@ def file_hash(path: Path) -> str:
 
 
 def broden_fingerprint(root: Path, csv_names, data_files) -> dict:
-    """A Broden-layout directory: the bytes of its CSV files, the sizes and times of the image and
-    label files its index lists."""
+    """A Broden-layout directory: the bytes of its CSV files, the stat stamps (size, inode, mtime,
+    ctime) of the image and label files its index lists."""
     root = Path(root)
     return {"root": str(root.resolve()),
             "csv": {name: file_hash(root / name) for name in csv_names if (root / name).is_file()},

@@ -9,6 +9,7 @@ order). c_<category>.csv: code, number, name, frequency, coverage.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 from pathlib import Path
@@ -21,67 +22,157 @@ from .sample import Sample
 INDEX_COLUMNS = ("image", "split", "ih", "iw", "sh", "sw")
 
 
+# Most pixels a file may have before it is decoded (8192 x 8192: above any camera's photograph, 1,300
+# times Broden's 227 x 227; a label plane this size is 512 MB as int64). Below Pillow's own
+# warning (89,478,485 pixels), so a header claiming 40,000 x 40,000 is refused here, by file and row.
+MAX_PIXELS = 1 << 26
+
+
 class DatasetError(ValueError):
-    """A concept data set on disk is missing, malformed or inconsistent (the message names the file)."""
+    """A concept data set on disk is missing, malformed or inconsistent (the message names the file).
+
+    A DataLoader worker's DatasetError reaches the main process re-created from torch's text
+    "Caught DatasetError in DataLoader worker process N.\nOriginal Traceback ...\n<module>.DatasetError:
+    <message>": the message is the worker's again and torch's text is kept as `worker_traceback`."""
+
+    def __init__(self, message="", *args):
+        message, self.worker_traceback = _unwrap_worker(type(self), message)
+        super().__init__(message, *args)
+        if self.worker_traceback:
+            self.add_note(self.worker_traceback)  # a traceback printed in full still shows the worker's
 
 
-def read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
+def _unwrap_worker(cls, message) -> tuple:
+    """(the worker's message, torch's whole text) of a message torch.utils.data re-raised, else (message, None)."""
+    marker = f"\n{cls.__module__}.{cls.__qualname__}: "
+    if not (isinstance(message, str) and message.startswith(f"Caught {cls.__name__} ") and marker in message):
+        return message, None
+    return message.rsplit(marker, 1)[1].rstrip("\n"), message
+
+
+def check_max_pixels(max_pixels) -> int | None:
+    if max_pixels is not None and (isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1):
+        raise ValueError(f"max_pixels must be a positive int or None (no limit), got {max_pixels!r}")
+    return max_pixels
+
+
+def check_pixels(height: int, width: int, where: str, what: str, max_pixels: int | None) -> None:
+    """Refuses a file whose header (or index.csv) claims more than max_pixels pixels, before any decoding:
+    a few bytes can claim 40,000 x 40,000 pixels and inflate to gigabytes."""
+    if max_pixels is not None and height * width > max_pixels:
+        raise DatasetError(f"{where}: {what} is {height}x{width} = {height * width:,} pixels, more than "
+                           f"max_pixels={max_pixels:,}; refused before decoding (a damaged header or a "
+                           "decompression bomb?); pass a larger max_pixels= to read it")
+
+
+def decode_image(source, where: str, what: str, convert, *, max_pixels: int | None = MAX_PIXELS):
+    """convert(im) of the image at `source` (a path or a seekable file object), its header's size
+    checked first; `what` names it in messages ("image a.jpg"). Every failure is a DatasetError."""
+    from PIL import Image
+
+    try:
+        with contextlib.ExitStack() as stack:
+            f = stack.enter_context(open(source, "rb")) if isinstance(source, (str, os.PathLike)) else source
+            size = _png_size(f)
+            if size is not None:  # before Pillow, whose own limit is larger and would be named instead
+                check_pixels(*size, where, what, max_pixels)
+            im = stack.enter_context(Image.open(f))  # reads the header only
+            check_pixels(im.height, im.width, where, what, max_pixels)
+            return convert(im)
+    except DatasetError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise DatasetError(f"{where}: {what} is refused before decoding: {exc} (Pillow's limit, "
+                           "PIL.Image.MAX_IMAGE_PIXELS)") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise DatasetError(f"{where}: cannot decode {what} ({exc})") from None
+
+
+def _png_size(f) -> tuple[int, int] | None:
+    """(h, w) from a PNG's IHDR (None for another kind of file), the file's position left as it was."""
+    from .label_png import png_size
+
+    start = f.tell()
+    head = f.read(24)
+    f.seek(start)
+    return png_size(head)
+
+
+def read_text(path: Path) -> str:
+    """A UTF-8 text file (a BOM allowed); a missing file or another encoding is named by file and line."""
     if not path.is_file():
         raise DatasetError(f"{path}: file not found")
     data = path.read_bytes()
     try:
-        text = data.decode("utf-8-sig")
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = data[:exc.start].count(b"\n") + 1
         raise DatasetError(f"{path}, line {line}: not UTF-8 text (byte {data[exc.start]:#04x}); save the file as "
                            "UTF-8") from None
-    rows = list(csv.reader(text.splitlines()))
+
+
+def read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
+    rows = list(csv.reader(read_text(path).splitlines()))
     if not rows:
         raise DatasetError(f"{path}: empty file (expected a header row)")
     return rows[0], rows[1:]
 
 
-def decode_label_png(path: Path, where: str) -> np.ndarray:
+def decode_label_png(path: Path, where: str, *, max_pixels: int | None = MAX_PIXELS) -> np.ndarray:
     """(h, w) int64 label numbers R + 256 * G (decoded in int64: uint8 arithmetic would wrap).
-    Broden's own kind of PNG (8-bit RGB/RGBA) is read by label_png, anything else by Pillow."""
+    Broden's own kind of PNG (8-bit RGB/RGBA) is read by label_png, anything else by Pillow; either
+    way the header's size is checked against max_pixels before anything is inflated."""
     import io
 
-    from PIL import Image
+    from .label_png import LabelPngError, decode, png_size
 
-    from .label_png import LabelPngError, decode
-
+    what = f"label file {path}"
     try:
         with open(path, "rb") as f:
             data = f.read()
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-        raise DatasetError(f"{where}: label file {path} not found") from None
+        raise DatasetError(f"{where}: {what} not found") from None
+    size = png_size(data)
+    if size is not None:
+        check_pixels(*size, where, what, max_pixels)
     try:
         labels = decode(data)
-        if labels is not None:
-            return labels
-        with Image.open(io.BytesIO(data)) as im:
-            kind = im.format
-            if kind == "PNG":
-                im.load()
-                rgb = np.asarray(im.convert("RGB"))
-    except (OSError, SyntaxError, ValueError, LabelPngError) as exc:
-        raise DatasetError(f"{where}: cannot decode label file {path} ({exc})") from None
-    if kind != "PNG":  # a lossy format would turn its pixels into made-up label numbers
-        raise DatasetError(f"{where}: label file {path} is a {kind or 'non-PNG'} image, not a PNG label image "
-                           "(labels are R + 256 * G, stored losslessly)")
-    return rgb[..., 0].astype(np.int64) + 256 * rgb[..., 1].astype(np.int64)
+    except (LabelPngError, ValueError, OSError) as exc:
+        raise DatasetError(f"{where}: cannot decode {what} ({exc})") from None
+    if labels is not None:
+        return labels
+
+    def rgb(im):
+        if im.format != "PNG":  # a lossy format would turn its pixels into made-up label numbers
+            raise DatasetError(f"{where}: {what} is a {im.format or 'non-PNG'} image, not a PNG label image "
+                               "(labels are R + 256 * G, stored losslessly)")
+        return np.asarray(im.convert("RGB"))
+
+    pixels = decode_image(io.BytesIO(data), where, what, rgb, max_pixels=max_pixels)
+    return pixels[..., 0].astype(np.int64) + 256 * pixels[..., 1].astype(np.int64)
 
 
-def load_image(path: Path, where: str) -> np.ndarray:
-    from PIL import Image
-
+def load_image(path: Path, where: str, *, max_pixels: int | None = MAX_PIXELS) -> np.ndarray:
     if not path.is_file():
         raise DatasetError(f"{where}: image file {path} not found")
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise DatasetError(f"{where}: cannot decode image {path} ({exc})") from None
+    return decode_image(path, where, f"image {path}", lambda im: np.asarray(im.convert("RGB")),
+                        max_pixels=max_pixels)
+
+
+def check_inside(directory: Path, name: str, where: str, *, follow_symlinks: bool = False,
+                 what: str = "the data set's images/ directory") -> None:
+    """A path a data set's file lists must name a file under `directory`: no absolute path, no '..' out
+    of it, and (unless follow_symlinks) no symlink that leads out. Checked before anything is opened."""
+    base = Path(directory).resolve()
+    target = Path(name)
+    if not name or target.is_absolute():
+        raise DatasetError(f"{where}: {name!r} is not a path inside {what}")
+    lexical = Path(os.path.normpath(base / target))
+    if not lexical.is_relative_to(base):
+        raise DatasetError(f"{where}: {name!r} is outside {what} ({base}); paths must stay inside it")
+    if not follow_symlinks and not (base / target).resolve().is_relative_to(base):
+        raise DatasetError(f"{where}: {name!r} leads out of {what} ({base}); pass follow_symlinks=True to allow "
+                           "symlinks out")
 
 
 def concept_id(names, concept) -> int:
@@ -106,30 +197,51 @@ class Broden:
     categories at the segmentation size (sh x sw), zero-padded to `num_planes` planes; image-level
     labels as ids. Label number 0 is "unlabeled": image-level label 0 is dropped (NetDissect-Lite
     counts it as a concept; fastdissect.compat reproduces that), pixel label 0 is background.
+    max_pixels: the most pixels an image or label file (its header, and index.csv's sizes) may have;
+    larger ones are refused before decoding (default MAX_PIXELS = 2**26, 8192 x 8192; None: no limit).
     Picklable, so it works in DataLoader workers.
     """
 
     def __init__(self, root, categories: Sequence[str] | None = None, split: str | None = None, *,
-                 follow_symlinks: bool = False):
+                 follow_symlinks: bool = False, max_pixels: int | None = MAX_PIXELS):
         self.root = Path(root)
         if not self.root.is_dir():
             raise DatasetError(f"{self.root}: Broden directory not found")
         self.follow_symlinks = follow_symlinks
-        header, rows = read_csv(self.root / "category.csv")
-        self.category_names = [r[0] for r in rows if r]
-        if not self.category_names:
-            raise DatasetError(f"{self.root / 'category.csv'}: no categories (a header and no rows)")
+        self.max_pixels = check_max_pixels(max_pixels)
+        self._read_categories()
         if categories is None:
             categories = list(self.category_names)
         unknown = [c for c in categories if c not in self.category_names]
         if unknown:
             raise DatasetError(f"{self.root / 'category.csv'}: unknown categories {unknown}; it lists "
                                f"{self.category_names}")
+        if len(set(categories)) != len(categories):  # each plane would be read, and counted, twice
+            raise ValueError(f"categories lists a category twice: {list(categories)}")
         self.categories = list(categories)
         self._read_labels()
         self._read_index(split)
 
     # ---- metadata
+    def _read_categories(self) -> None:
+        """category.csv's names in row order, each once and each with its c_<category>.csv (which gives its
+        concepts their primary category: without it they would silently fall to the first category)."""
+        path = self.root / "category.csv"
+        _, rows = read_csv(path)
+        lines: dict[str, int] = {}
+        for line, row in enumerate(rows, start=2):
+            if not row:
+                continue
+            if row[0] in lines:
+                raise DatasetError(f"{path}: category {row[0]!r} is listed twice, rows {lines[row[0]]} and {line}")
+            if not (self.root / f"c_{row[0]}.csv").is_file():
+                raise DatasetError(f"{path}, row {line}: category {row[0]!r} has no {self.root / f'c_{row[0]}.csv'} "
+                                   "(file not found)")
+            lines[row[0]] = line
+        if not lines:
+            raise DatasetError(f"{path}: no categories (a header and no rows)")
+        self.category_names = list(lines)
+
     def _read_labels(self) -> None:
         path = self.root / "label.csv"
         header, rows = read_csv(path)
@@ -159,8 +271,6 @@ class Broden:
         self.primary_category = np.full(self.num_concepts, -1, dtype=np.int64)
         for cat_index, cat in enumerate(self.category_names):
             cpath = self.root / f"c_{cat}.csv"
-            if not cpath.is_file():
-                continue
             _, crows = read_csv(cpath)
             for line, row in enumerate(crows, start=2):
                 if not row:
@@ -187,17 +297,16 @@ class Broden:
             raise DatasetError(f"{path}: no column for categories {absent}")
         self.records = []
         sizes = set()
+        listed: dict[str, int] = {}
         for line, row in enumerate(rows, start=2):
             if not row:
                 continue
             if len(row) != len(header):
                 raise DatasetError(f"{path}, row {line}: {len(row)} columns, the header has {len(header)}")
+            self._check_listed_once(listed, row[col["image"]], line)
             if split is not None and row[col["split"]] != split:
                 continue
-            try:
-                ih, iw, sh, sw = (int(row[col[c]]) for c in ("ih", "iw", "sh", "sw"))
-            except ValueError:
-                raise DatasetError(f"{path}, row {line}: ih, iw, sh, sw must be integers") from None
+            ih, iw, sh, sw = self._sizes(row, col, line)
             files, image_labels, plane_categories, image_label_categories = [], [], [], []
             for cat in self.categories:
                 for token in filter(None, row[col[cat]].split(";")):
@@ -231,20 +340,28 @@ class Broden:
         self.num_planes = max(1, max(len(r["files"]) for r in self.records))
         self.primary_category[self.primary_category < 0] = 0  # label 0 and concepts no c_<cat>.csv lists
 
+    def _check_listed_once(self, listed: dict, image: str, line: int) -> None:
+        """An image listed twice would be counted twice (in every split it is listed in)."""
+        key = os.path.normpath(image)
+        if key in listed:
+            raise DatasetError(f"{self.root / 'index.csv'}: image {image!r} is listed twice, rows {listed[key]} "
+                               f"and {line}")
+        listed[key] = line
+
+    def _sizes(self, row, col, line: int) -> tuple[int, int, int, int]:
+        where = f"{self.root / 'index.csv'}, row {line}"
+        try:
+            ih, iw, sh, sw = (int(row[col[c]]) for c in ("ih", "iw", "sh", "sw"))
+        except ValueError:
+            raise DatasetError(f"{where}: ih, iw, sh, sw must be integers") from None
+        if min(ih, iw, sh, sw) < 1:
+            raise DatasetError(f"{where}: ih, iw, sh, sw must be positive, got {ih}, {iw}, {sh}, {sw}")
+        check_pixels(ih, iw, where, "the image (ih x iw)", self.max_pixels)
+        check_pixels(sh, sw, where, "the segmentation (sh x sw)", self.max_pixels)
+        return ih, iw, sh, sw
+
     def _check_inside(self, name: str, where: str) -> None:
-        """A path of index.csv must name a file under images/: no absolute path, no '..' out of it,
-        and (unless follow_symlinks=True) no symlink that leads out. Checked before anything is opened."""
-        images = (self.root / "images").resolve()
-        target = Path(name)
-        if target.is_absolute() or not name:
-            raise DatasetError(f"{where}: {name!r} is not a path inside the data set's images/ directory")
-        lexical = Path(os.path.normpath(images / target))
-        resolved = (images / target).resolve()
-        if not lexical.is_relative_to(images) or (not self.follow_symlinks and not resolved.is_relative_to(images)):
-            how = "leads out of" if lexical.is_relative_to(images) else "is outside"
-            raise DatasetError(f"{where}: {name!r} {how} the data set's images/ directory ({images}); "
-                               + ("pass follow_symlinks=True to allow symlinks out" if lexical.is_relative_to(images)
-                                  else "paths must stay inside it"))
+        check_inside(self.root / "images", name, where, follow_symlinks=self.follow_symlinks)
 
     # ---- access
     def __len__(self) -> int:
@@ -261,7 +378,7 @@ class Broden:
         """(ih, iw, 3) uint8 image i, without decoding its labels."""
         r = self.records[i]
         where = f"{self.root / 'index.csv'}, row {r['line']}"
-        image = load_image(self.root / "images" / r["image"], where)
+        image = load_image(self.root / "images" / r["image"], where, max_pixels=self.max_pixels)
         if image.shape[:2] != (r["ih"], r["iw"]):
             raise DatasetError(f"{where}: image {r['image']} is {image.shape[0]}x{image.shape[1]}, index.csv says "
                                f"{r['ih']}x{r['iw']}")
@@ -274,7 +391,7 @@ class Broden:
         sh, sw = self.label_size
         labels = np.zeros((self.num_planes, sh, sw), dtype=np.int64)
         for p, name in enumerate(r["files"]):
-            plane = decode_label_png(self.root / "images" / name, where)
+            plane = decode_label_png(self.root / "images" / name, where, max_pixels=self.max_pixels)
             if plane.shape != (sh, sw):
                 raise DatasetError(f"{where}: label file {name} is {plane.shape[0]}x{plane.shape[1]}, "
                                    f"index.csv says {sh}x{sw}")

@@ -7,7 +7,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .broden import DatasetError
+from .broden import MAX_PIXELS, DatasetError, check_max_pixels, decode_image, read_text
 from .sample import Sample
 
 
@@ -82,38 +82,38 @@ class SegmentationDataset:
 class _PairFiles:
     """(image, label map) pairs read from disk on access (a lazy sequence for SegmentationDataset)."""
 
-    def __init__(self, pairs: list[tuple[Path, Path]]):
-        self.pairs = pairs
+    def __init__(self, pairs: list[tuple[Path, Path]], max_pixels: int | None = MAX_PIXELS):
+        self.pairs, self.max_pixels = pairs, max_pixels
 
     def __len__(self) -> int:
         return len(self.pairs)
 
     def __getitem__(self, i: int):
-        from PIL import Image
-
         image_path, label_path = self.pairs[i]
-        try:
-            with Image.open(image_path) as im:
-                image = np.asarray(im.convert("RGB"))
-            with Image.open(label_path) as lab:
-                if lab.format != "PNG":
-                    raise DatasetError(f"{label_path}: a {lab.format} image, not a PNG label map")
-                labels = np.asarray(lab if lab.mode in ("P", "L", "I", "I;16") else lab.convert("L")).astype(np.int64)
-        except OSError as exc:
-            raise DatasetError(f"pair {i} ({image_path.name}): cannot read it ({exc})") from None
-        return image, labels
+        where = f"pair {i}"
+
+        def label_map(lab):
+            if lab.format != "PNG":
+                raise DatasetError(f"{where}: {label_path} is a {lab.format} image, not a PNG label map")
+            return np.asarray(lab if lab.mode in ("P", "L", "I", "I;16") else lab.convert("L")).astype(np.int64)
+
+        image = decode_image(image_path, where, f"image {image_path}", lambda im: np.asarray(im.convert("RGB")),
+                             max_pixels=self.max_pixels)
+        return image, decode_image(label_path, where, f"label map {label_path}", label_map, max_pixels=self.max_pixels)
 
 
-def from_label_pngs(images, labels, names) -> SegmentationDataset:
+def from_label_pngs(images, labels, names, *, max_pixels: int | None = MAX_PIXELS) -> SegmentationDataset:
     """A concept data set from a directory of images and a directory of label PNGs with the same
     file stems (`images/0001.jpg` + `labels/0001.png`), each label pixel a class index (palette, 8- or
     16-bit grey; 0 = unlabeled), and a names file: one line per class id from 1, `name` or
-    `name,category` (default category "object"), as VOC-, ADE- or Cityscapes-style exports come."""
+    `name,category` (default category "object"), as VOC-, ADE- or Cityscapes-style exports come.
+    max_pixels: the most pixels an image or label map may have; larger ones are refused before
+    decoding (default 2**26; None: no limit)."""
     images, labels, names = Path(images), Path(labels), Path(names)
     for path in (images, labels):
         if not path.is_dir():
             raise DatasetError(f"{path}: directory not found")
-    lines = [line.strip() for line in names.read_text(encoding="utf-8").splitlines()]
+    lines = [line.strip() for line in read_text(names).splitlines()]
     entries = [line.split(",", 1) for line in lines if line]
     concept_names = ["-"] + [e[0].strip() for e in entries]
     categories = [""] + [(e[1].strip() if len(e) > 1 else "object") for e in entries]
@@ -125,4 +125,4 @@ def from_label_pngs(images, labels, names) -> SegmentationDataset:
         pairs.append((image, label_files[image.stem]))
     if not pairs:
         raise DatasetError(f"{images}: no .jpg or .png images")
-    return SegmentationDataset(_PairFiles(pairs), concept_names, categories)
+    return SegmentationDataset(_PairFiles(pairs, check_max_pixels(max_pixels)), concept_names, categories)

@@ -3,7 +3,10 @@
 The archive is downloaded to `<out>.part` beside the destination (a second call continues it with
 an HTTP Range request; a server that ignores ranges restarts it), checked against `sha256` when one
 is given, unpacked into a temporary directory, opened with `Broden` and counted (`expected_images`;
-every row of its index.csv otherwise), and only then renamed to `out`.
+every row of its index.csv otherwise), every image and label PNG its index.csv lists present, and
+only then renamed to `out`. A complete download that is no readable archive is removed (and the
+message says so): it would otherwise be "complete" (HTTP 416) and unreadable on every later call.
+Link members (symbolic or hard) are refused by name before anything is unpacked.
 """
 
 from __future__ import annotations
@@ -12,11 +15,13 @@ import hashlib
 import http.client
 import os
 import shutil
+import stat
 import tarfile
 import tempfile
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from pathlib import Path
 
 from .broden import Broden, DatasetError
@@ -59,22 +64,28 @@ def download_broden(out, *, url: str | None = None, resolution: int = 224, sha25
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         root = _unpack(part, tmp, url)
-        try:
-            ds = Broden(root)
-        except DatasetError as exc:
-            raise DownloadError(f"{url}: the archive is not a Broden data set ({exc})") from None
-        want = expected_images if expected_images is not None else _index_rows(root)
-        if len(ds) != want:
-            raise DownloadError(f"{url}: the archive holds {len(ds)} images, expected {want}")
-        missing = [ds.image_path(i) for i in range(len(ds)) if not ds.image_path(i).is_file()]
-        if missing:
-            raise DownloadError(f"{url}: {len(missing)} images index.csv lists are missing from the archive, "
-                                f"e.g. {missing[0].name}")
+        _check_contents(root, url, expected_images)
         os.replace(root, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     part.unlink()
     return out
+
+
+def _check_contents(root: Path, url: str, expected_images: int | None) -> None:
+    """A Broden data set of the expected size, holding every file its index.csv lists."""
+    try:
+        ds = Broden(root)
+    except DatasetError as exc:
+        raise DownloadError(f"{url}: the archive is not a Broden data set ({exc})") from None
+    want = expected_images if expected_images is not None else _index_rows(root)
+    if len(ds) != want:
+        raise DownloadError(f"{url}: the archive holds {len(ds)} images, expected {want}")
+    missing = [name for r in ds.records for name in [r["image"], *r["files"]]
+               if not (ds.root / "images" / name).is_file()]
+    if missing:
+        raise DownloadError(f"{url}: {len(missing)} files index.csv lists (images and label PNGs) are missing "
+                            f"from the archive, e.g. {missing[0]}")
 
 
 def _fetch(url: str, part: Path, timeout: float, verbose: bool) -> None:
@@ -85,7 +96,7 @@ def _fetch(url: str, part: Path, timeout: float, verbose: bool) -> None:
     try:
         response = urllib.request.urlopen(request, timeout=timeout)
     except urllib.error.HTTPError as exc:
-        if exc.code == 416 and have:  # the part file is already complete
+        if exc.code == 416 and have:  # complete (or longer than the remote file): _unpack verifies it
             return
         raise DownloadError(f"{url}: the server answered {exc.code} {exc.reason}") from None
     except (urllib.error.URLError, OSError) as exc:
@@ -121,25 +132,63 @@ def _sha256(path: Path) -> str:
 
 
 def _unpack(archive: Path, into: Path, url: str) -> Path:
-    """Unpacks a zip or tar archive (members must stay inside `into`); returns the directory that
-    holds index.csv (the archive's top folder, or `into` itself)."""
+    """Unpacks a zip or tar archive (members must be plain files or directories inside `into`); returns
+    the directory that holds index.csv (the archive's top folder, or `into` itself). An archive that
+    cannot be read is removed: downloading it again is the remedy."""
     try:
-        if zipfile.is_zipfile(archive):
+        if _kind(archive, url) == "zip":
             with zipfile.ZipFile(archive) as z:
-                for member in z.namelist():
-                    _check_member(into, member, url)
-                z.extractall(into)
-        elif tarfile.is_tarfile(archive):
-            with tarfile.open(archive) as t:
-                t.extractall(into, filter="data")
+                _extract(into, url, [(i.filename, not stat.S_ISLNK(i.external_attr >> 16), i) for i in z.infolist()],
+                         z.extract)
         else:
-            raise DownloadError(f"{url}: the download is neither a zip nor a tar archive")
-    except (zipfile.BadZipFile, tarfile.TarError, EOFError) as exc:
-        raise DownloadError(f"{url}: the archive is damaged ({exc}); delete {archive} and run again") from None
+            with tarfile.open(archive) as t:
+                _extract(into, url, [(m.name, m.isfile() or m.isdir(), m) for m in t.getmembers()],
+                         lambda m, to: t.extract(m, to, filter="data"))
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error) as exc:
+        raise _discarded(archive, url, f"the archive is damaged ({exc})") from None
     candidates = [p.parent for p in into.rglob("index.csv")]
     if not candidates:
         raise DownloadError(f"{url}: the archive holds no index.csv: not a Broden data set")
     return min(candidates, key=lambda p: len(p.parts))
+
+
+def _kind(archive: Path, url: str) -> str:
+    """"zip" or "tar"; a file that begins as one but cannot be opened as one is truncated or damaged."""
+    if zipfile.is_zipfile(archive):
+        return "zip"
+    if tarfile.is_tarfile(archive):
+        return "tar"
+    with open(archive, "rb") as f:
+        head = f.read(512)
+    if head.startswith(b"PK\x03\x04"):  # a zip's directory is at its end: a cut-off zip has none
+        raise _discarded(archive, url, "the download is a zip archive that is truncated or damaged (its central "
+                                       "directory, at the end, is missing)")
+    if head.startswith((b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")) or head[257:262] == b"ustar":
+        raise _discarded(archive, url, "the download is a tar archive that is truncated or damaged")
+    raise _discarded(archive, url, f"the download is neither a zip nor a tar archive (it begins {head[:16]!r})")
+
+
+def _discarded(archive: Path, url: str, what: str) -> DownloadError:
+    archive.unlink(missing_ok=True)
+    return DownloadError(f"{url}: {what}; the download {archive} was removed: run the same command again to "
+                         "download it afresh")
+
+
+def _extract(into: Path, url: str, members, extract) -> None:
+    """extract(member, into) for each (name, plain, member), once every member was checked: a link
+    could lead a later member out of `into` (and zipfile writes a symlink as a file holding its
+    target, on which a member beneath it fails with a bare NotADirectoryError)."""
+    for name, plain, _ in members:
+        if not plain:
+            raise DownloadError(f"{url}: the archive's member {name!r} is a link or a special file, not a plain file "
+                                "or directory; refused before unpacking anything")
+        _check_member(into, name, url)
+    for name, _, member in members:
+        try:
+            extract(member, into)
+        except OSError as exc:
+            raise DownloadError(f"{url}: cannot unpack the archive's member {name!r} into {into} "
+                                f"({exc.strerror or exc})") from None
 
 
 def _check_member(into: Path, member: str, url: str) -> None:

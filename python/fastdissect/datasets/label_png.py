@@ -40,6 +40,15 @@ def _chunks(data: bytes):
         pos = end + 4
 
 
+def png_size(data: bytes) -> tuple[int, int] | None:
+    """(height, width) from a PNG's IHDR, which the format puts first (None if `data` starts otherwise):
+    read before anything is inflated, so a claimed 40,000 x 40,000 can be refused unread."""
+    if data[:len(SIGNATURE)] != SIGNATURE or data[12:16] != b"IHDR" or len(data) < 24:
+        return None
+    width, height = struct.unpack(">II", data[16:24])
+    return height, width
+
+
 def decode(data: bytes) -> np.ndarray | None:
     """(height, width) int64 labels R + 256 * G of an 8-bit RGB(A) PNG, or None for another kind."""
     from .. import _dispatch
@@ -47,24 +56,29 @@ def decode(data: bytes) -> np.ndarray | None:
     if data[:len(SIGNATURE)] != SIGNATURE or not _dispatch.has_extension():
         return None
     header, image = None, []
-    for kind, payload in _chunks(data):
+    for n, (kind, payload) in enumerate(_chunks(data)):
+        if (kind == b"IHDR") != (n == 0):  # the size was checked from the first chunk (png_size)
+            raise LabelPngError("IHDR is not the first chunk, or not the only one")
         if kind == b"IHDR":
             if len(payload) != 13:
                 raise LabelPngError(f"IHDR chunk of {len(payload)} bytes, expected 13")
             header = struct.unpack(">IIBBBBB", payload)
         elif kind == b"IDAT":
             image.append(payload)
-    if header is None:
-        raise LabelPngError("no IHDR chunk")
     width, height, depth, color, compression, filtering, interlace = header
     if depth != 8 or color not in (RGB, RGBA) or interlace or compression or filtering:
         return None
     channels = 3 if color == RGB else 4
-    try:
-        raw = zlib.decompress(b"".join(image))
+    expected = height * (1 + width * channels)
+    inflate = zlib.decompressobj()
+    try:  # never beyond what the header promises: a small stream may inflate to gigabytes
+        raw = inflate.decompress(b"".join(image), expected + 1)
     except zlib.error as exc:
         raise LabelPngError(f"image data does not inflate ({exc})") from None
-    expected = height * (1 + width * channels)
+    if len(raw) > expected:
+        raise LabelPngError(f"image data inflates to more than the {expected} bytes {width}x{height} needs")
+    if not inflate.eof:
+        raise LabelPngError("image data does not inflate (incomplete or truncated stream)")
     if len(raw) != expected:
         raise LabelPngError(f"image data inflates to {len(raw)} bytes, {width}x{height} needs {expected}")
     return _dispatch.png_labels(raw, height, width, channels)

@@ -2,8 +2,9 @@
 directory and reused by every later layer and run.
 
 A store is found by what was read (the reader, the directory, the categories, the images selected)
-and is valid only while the directory's fingerprint (CSV bytes, the sizes and times of the files its
-index lists) is the one recorded when it was packed; otherwise it is packed again. A store is
+and is valid only while the directory's fingerprint (CSV bytes, the sizes, inodes, mtimes and ctimes
+of the files its index lists: a same-size rewrite whose mtime was set back still changes the ctime)
+is the one recorded when it was packed; otherwise it is packed again. A store is
 written into a temporary directory and moved into place complete, so an interrupted packing never
 leaves one that opens.
 

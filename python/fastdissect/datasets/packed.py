@@ -75,29 +75,49 @@ def pack(dataset, path, *, batch_size: int = 64, num_workers: int = 0, verbose: 
 
 class StoreWriter:
     """Writes a store batch by batch: `add` each batch's ConceptMasks in image order, then `finish`
-    with the label metadata. The header is written last, so a store whose writing stopped never opens."""
+    with the label metadata. The header is written last, so a store whose writing stopped never opens.
+    Arrays are streamed into their files (each is written once, in order, and no header names them
+    until the end, so they need no atomic rename); a full disk is reported by path and cause
+    (_atomic.describe), never as a bare [Errno 28]."""
 
     def __init__(self, path):
-        self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
-        (self.path / META).unlink(missing_ok=True)  # arrays being rewritten are never read under an old header
+        self.path = _atomic.make_dirs(path)
+        try:
+            (self.path / META).unlink(missing_ok=True)  # arrays being rewritten are never read under an old header
+        except OSError as exc:
+            raise _atomic.describe(exc, self.path / META) from None
         self.offsets, self.n_entries, self.n_rows, self.size = [0], 0, 0, None
-        self.files = {name: open(self.path / f, "wb") for name, f in ARRAYS.items() if name != "offsets"}
+        self.files = {}
+        for name in ARRAYS:
+            if name != "offsets":
+                self.files[name] = self._io(name, lambda path: open(path, "wb"))
         self.hashes = {name: _hasher() for name in ARRAYS}
 
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        self.close()
+    def __exit__(self, exc_type, *_):
+        if exc_type is None:
+            self.close()
+            return
+        for f in self.files.values():  # the error on its way names the first failure, not a later one
+            with contextlib.suppress(OSError):
+                f.close()
 
     def close(self) -> None:
-        for f in self.files.values():
-            f.close()
+        for name, f in self.files.items():
+            self._io(name, lambda path: f.close())  # closing flushes: a full disk may surface here
+
+    def _io(self, name: str, operation):
+        path = self.path / ARRAYS[name]
+        try:
+            return operation(path)
+        except OSError as exc:
+            raise _atomic.describe(exc, path) from None
 
     def _write(self, name: str, array: np.ndarray) -> None:
         data = array.astype("<i8").tobytes()
-        self.files[name].write(data)
+        self._io(name, lambda path: self.files[name].write(data))
         self.hashes[name].update(data)
 
     def add(self, m: ConceptMasks, first_image: int) -> None:

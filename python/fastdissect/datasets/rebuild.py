@@ -16,17 +16,18 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .broden import Broden, DatasetError
+from .broden import MAX_PIXELS, Broden, DatasetError, decode_image
 
 
-def rebuild(source, size: int, out, *, verbose: bool = True) -> Path:
-    """Writes the Broden data set at `source` with square images of `size` px into `out`."""
+def rebuild(source, size: int, out, *, verbose: bool = True, max_pixels: int | None = MAX_PIXELS) -> Path:
+    """Writes the Broden data set at `source` with square images of `size` px into `out`.
+    max_pixels: as Broden's (files of more pixels are refused before decoding)."""
     from PIL import Image
     from tqdm.auto import tqdm
 
     if isinstance(size, bool) or not isinstance(size, int) or size < 8:
         raise ValueError(f"size must be an int >= 8, got {size!r}")
-    ds = Broden(source)
+    ds = Broden(source, max_pixels=max_pixels)
     out = Path(out)
     if out.exists():
         raise FileExistsError(f"{out} already exists: rebuild writes a new directory")
@@ -46,18 +47,20 @@ def rebuild(source, size: int, out, *, verbose: bool = True) -> Path:
             if line not in by_line:
                 continue
             r = ds.records[by_line[line]]
-            with Image.open(ds.image_path(by_line[line])) as im:
-                _save(im.convert("RGB").resize((size, size), Image.BICUBIC), tmp / "images" / r["image"])
-            for name in r["files"]:
-                with Image.open(ds.root / "images" / name) as lab:
-                    _save(lab.convert("RGB").resize((label_side, label_side), Image.NEAREST), tmp / "images" / name)
+            where = f"{ds.root / 'index.csv'}, row {line}"
+            for name, side, how in [(r["image"], size, Image.BICUBIC),
+                                    *((name, label_side, Image.NEAREST) for name in r["files"])]:
+                what = f"{'image' if name == r['image'] else 'label file'} {ds.root / 'images' / name}"
+                small = decode_image(ds.root / "images" / name, where, what,
+                                     lambda im: im.convert("RGB").resize((side, side), how), max_pixels=max_pixels)
+                _save(small, tmp / "images" / name)
             row[col["ih"]], row[col["iw"]] = str(size), str(size)
             row[col["sh"]], row[col["sw"]] = str(label_side), str(label_side)
         with open(tmp / "index.csv", "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)
             w.writerow(header)
             w.writerows(row for line, row in enumerate(rows, start=2) if line in by_line)
-        Broden(tmp)  # it must open before it takes the name
+        Broden(tmp, max_pixels=max_pixels)  # it must open before it takes the name
         os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
