@@ -115,7 +115,7 @@ def test_an_interrupted_run_resumes_with_identical_results(concepts, tmp_path, p
     for key in ("intersection", "union", "thresholds"):
         assert torch.equal(getattr(whole["pool"].scores, key), getattr(resumed["pool"].scores, key))
     assert torch.equal(whole["pool"].top_images, resumed["pool"].top_images)
-    assert not list(tmp_path.glob("kept-*.pt"))  # the kept maps are gone once the run is complete
+    assert not list(tmp_path.glob("kept-*.safetensors"))  # the kept maps are gone once the run is complete
 
 
 class Float16Maps(ColorDetectors):
@@ -242,7 +242,7 @@ def test_cli_dissects_and_reports_errors_in_one_line(concepts, tmp_path):
     r = run_cli("dissect", "--model", f"{model_file}:colors", "--layers", "pool", "--dataset", concepts.root,
                 "--out", out, "--quiet", "--overwrite", "--quantile", 0.05, "--mean", 0, 0, 0, "--std", 1, 1, 1)
     assert r.returncode == 0, r.stderr
-    assert len(list(out.glob("dissection-*.pt"))) == 1 and fd.load(out)["pool"].units[0]["label"] == "red"
+    assert len(list(out.glob("dissection-*.safetensors"))) == 1 and fd.load(out)["pool"].units[0]["label"] == "red"
 
 
 def test_cli_help_is_complete():

@@ -123,7 +123,7 @@ def test_full_and_read_only_disks_name_the_path_and_keep_the_old_result(two_resu
         with pytest.raises(OSError, match=f"{cause} while writing {tmp_path / 'csv'}"):
             new.to_csv(tmp_path / "csv")
         # the single pass's kept maps are the first file a checkpoint writes
-        with pytest.raises(OSError, match=f"{cause} while writing {tmp_path / 'ckpt'}/(checkpoint|kept-rank0-\\d+)\\.pt"):
+        with pytest.raises(OSError, match=f"{cause} while writing {tmp_path / 'ckpt'}/(checkpoint|kept-rank0-\\d+)\\.safetensors"):
             fd.dissect(ColorDetectors(), ["pool"], new.dataset, checkpoint=tmp_path / "ckpt", **SETTINGS)
         monkeypatch.undo()
         assert same(fd.load(out), old)
@@ -191,12 +191,12 @@ def test_damaged_truncated_and_foreign_checkpoints_are_refused_by_path(source, t
     ds = fd.datasets.Broden(source)
     ckpt = tmp_path / "ckpt"
     good = fd.dissect(ColorDetectors(), ["pool"], ds, checkpoint=ckpt, **SETTINGS)
-    path = ckpt / "checkpoint.pt"
+    path = ckpt / "checkpoint.safetensors"
     raw = path.read_bytes()
     flipped = bytearray(raw)
     flipped[-100] ^= 0x10  # one bit of a tally counter (the payload's tail holds the tensors)
     for damage, needle in [(bytes(flipped), "damaged"), (raw[: len(raw) // 2], "damaged"),
-                           (raw[:20], "not a fastdissect checkpoint"), (b"garbage" * 10, "not a fastdissect checkpoint")]:
+                           (raw[:20], "not a fastdissect file"), (b"garbage" * 10, "not a fastdissect file")]:
         path.write_bytes(damage)
         with pytest.raises(CheckpointMismatch, match=rf"{path}: .*{needle}.*--restart"):
             fd.dissect(ColorDetectors(), ["pool"], ds, checkpoint=ckpt, **SETTINGS)

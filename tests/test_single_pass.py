@@ -73,7 +73,7 @@ def test_spilled_kept_maps_give_identical_results(concepts, tmp_path):
     spilled = fd.dissect(ColorDetectors(), ["conv", "pool"], concepts, batch_size=8, verbose=False, memory_limit=0,
                          spill_dir=tmp_path / "spill", **PLAIN)
     assert_same(plain, spilled, ["conv", "pool"])
-    assert not list((tmp_path / "spill").glob("*.pt"))  # removed when the run ends
+    assert not list((tmp_path / "spill").glob("*.safetensors"))  # removed when the run ends
 
 
 def test_formulas_and_permuted_control_match_two_passes(concepts):
@@ -131,12 +131,12 @@ def test_resume_from_kept_maps_spilled_into_the_checkpoint(concepts, tmp_path):
     opts = dict(batch_size=8, verbose=False, checkpoint=tmp_path, checkpoint_every=1, memory_limit=0, **PLAIN)
     with pytest.raises(KeyboardInterrupt):
         fd.dissect(Interrupting(3), ["conv", "pool"], concepts, **opts)
-    assert len(list(tmp_path.glob("kept-rank0-*.pt"))) == 3  # one file per batch done, named by the checkpoint
+    assert len(list(tmp_path.glob("kept-rank0-*.safetensors"))) == 3  # one file per batch done, named by the checkpoint
     model = ColorDetectors()
     resumed = fd.dissect(model, ["conv", "pool"], concepts, **opts)
     assert model.forwards == 2
     assert_same(whole, resumed, ["conv", "pool"])
-    assert not list(tmp_path.glob("kept-*.pt"))
+    assert not list(tmp_path.glob("kept-*.safetensors"))
 
 
 def test_the_demo_model_gives_the_two_pass_numbers(tmp_path):

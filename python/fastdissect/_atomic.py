@@ -19,11 +19,12 @@ import errno
 import hashlib
 import io
 import os
+import re
 import secrets
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 CAUSES = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
           errno.EROFS: "read-only file system", errno.EACCES: "permission denied", errno.EPERM: "permission denied"}
@@ -43,6 +44,77 @@ def temporary_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
 
 
+_TEMPORARY_FILE = re.compile(r"\..+\.(\d+)\.[0-9a-f]{8}\.tmp")  # temporary_name's
+_TEMPORARY_DIRECTORY = re.compile(r"\..+\.[A-Za-z0-9_]{8}\.tmp")  # mkdtemp's in directory_in_place, replace_directory
+
+
+def is_temporary(name: str) -> bool:
+    """Whether `name` is one of the hidden temporaries this module writes before a rename."""
+    return bool(_TEMPORARY_FILE.fullmatch(name) or _TEMPORARY_DIRECTORY.fullmatch(name))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    except OverflowError:  # not a pid this system can have
+        return False
+    return True
+
+
+def remove_stale_temporaries(directory, *, owned: bool = False) -> list[Path]:
+    """Removes the temporaries a killed process left in `directory` (kill -9 runs no cleanup):
+    files of `temporary_name` whose process no longer exists, and, when `owned` (the caller holds
+    the directory's lock, so no run is writing there), the mkdtemp directories of
+    `directory_in_place` and `replace_directory`, whose names carry no pid. Returns what it removed."""
+    removed = []
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _TEMPORARY_FILE.fullmatch(entry.name)
+        try:
+            if match and not entry.is_dir(follow_symlinks=False):
+                if _alive(int(match.group(1))):
+                    continue
+                os.unlink(entry.path)
+            elif owned and _TEMPORARY_DIRECTORY.fullmatch(entry.name) and entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                continue
+        except OSError:
+            continue  # gone already, or not ours to remove: never a reason to fail a run
+        removed.append(Path(entry.path))
+    return removed
+
+
+_watchers: list[Callable[[Path], None]] = []
+
+
+@contextlib.contextmanager
+def watching(callback: Callable[[Path], None]) -> Iterator[None]:
+    """Calls callback(path) before this module publishes any output `path` (renames a file or a
+    directory into place, creates a directory), for the block: whoever must know what was written
+    learns it before it exists, so even a killed writer leaves a complete account. An error of
+    the callback stops the write."""
+    _watchers.append(callback)
+    try:
+        yield
+    finally:
+        _watchers.remove(callback)
+
+
+def announce(path) -> None:
+    """Tells the watchers that `path` is about to be written (also for outputs written without
+    this module, or kept by a run without being rewritten)."""
+    for callback in list(_watchers):
+        callback(Path(path))
+
+
 @contextlib.contextmanager
 def atomic_file(path, mode: str = "wb", *, durable: bool = True, **open_options) -> Iterator:
     """A file object whose content replaces `path` only when the block ends without an error.
@@ -56,6 +128,7 @@ def atomic_file(path, mode: str = "wb", *, durable: bool = True, **open_options)
             f.flush()
             if durable:
                 os.fsync(f.fileno())
+        announce(path)
         os.replace(tmp, path)
     except OSError as exc:
         _remove(tmp)
@@ -77,16 +150,6 @@ def write_bytes(path, data: bytes, *, durable: bool = True) -> None:
 
 def write_text(path, text: str, *, durable: bool = True) -> None:
     write_bytes(path, text.encode("utf-8"), durable=durable)
-
-
-def torch_bytes(obj) -> bytes:
-    """torch.save into memory: a full disk then surfaces as an OSError of the write, not as a torn zip
-    archive and torch's "unexpected pos" error."""
-    import torch
-
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    return buffer.getvalue()
 
 
 def save_figure(fig, path, *, durable: bool = False) -> None:
@@ -133,6 +196,7 @@ def directory_in_place(path) -> Iterator[Path]:
 def replace_directory(new: Path, path: Path) -> None:
     """Moves `new` to `path`; an older `path` is moved aside first and removed after."""
     old = None
+    announce(path)  # before the older one is moved aside: a refusal leaves it in place
     try:
         if path.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", suffix=".tmp", dir=path.parent))
@@ -165,6 +229,8 @@ def make_dirs(path) -> Path:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise WriteError(errno.ENOTDIR, f"{path} is a file, not a directory: choose another output directory")
+    if not path.is_dir():
+        announce(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -5,6 +5,10 @@ however it exits (kill -9 included), so a stale lock never blocks a later run. T
 holder (pid, host, start time, command) for the message a second run gets. Within one process the
 lock is re-entrant: the CLI holds its output directory for the whole run, and the saves inside it
 take the same lock again.
+
+Taking the lock also removes the hidden temporaries killed runs left in the directory
+(`_atomic.remove_stale_temporaries`): results, checkpoints and --out directories are all written
+under it, so this one place keeps them all clean.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from ._atomic import make_dirs
+from ._atomic import make_dirs, remove_stale_temporaries
 
 LOCK_NAME = ".fastdissect.lock"
 _held: dict[str, list] = {}  # resolved directory -> [open lock file, depth]
@@ -67,6 +71,9 @@ def locked(directory, what: str = "directory", name: str | None = None) -> Itera
     f.flush()
     _held[key] = [f, 1]
     try:
+        # A rank's own lock (name given) leaves the other ranks writing beside it: their temporary
+        # directories, which carry no pid, are only removed under the directory's one lock.
+        remove_stale_temporaries(directory, owned=name == LOCK_NAME)
         yield directory
     finally:
         if _held[key][1] == 1:

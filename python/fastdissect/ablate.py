@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import _validate
 from . import analysis_inputs as inputs
 from .datasets.sample import IMAGENET_MEAN, IMAGENET_STD
 from .hooks import find_modules
@@ -99,13 +100,16 @@ def _unit_means(model, layer, dataset, settings, batch_size, device, verbose) ->
 def ablate(model: torch.nn.Module, layer: str, units, dataset, *, mode: str = "zero", batch_size: int = 32,
            mean=IMAGENET_MEAN, std=IMAGENET_STD, image_size=None, verbose: bool = True) -> Ablation:
     """Runs the model over `dataset` with and without `units` of `layer`; see the module docstring."""
-    if mode not in ("zero", "mean"):
-        raise ValueError(f'mode must be "zero" or "mean", got {mode!r}')
+    _validate.module(model, "model")
+    _validate.layer_name(layer)
+    units = sorted(set(_validate.int_list(units, "units")))
+    _validate.image_dataset(dataset)
+    _validate.choice(mode, "mode", ("zero", "mean"))
+    batch_size = _validate.positive_int(batch_size, "batch_size")
+    settings = {"mean": _validate.channel_stats(mean, "mean"),
+                "std": _validate.channel_stats(std, "std", positive=True), "image_size": _validate.image_size(image_size)}
+    _validate.boolean(verbose, "verbose")
     find_modules(model, [layer])
-    units = sorted({int(u) for u in units})
-    if not units or units[0] < 0:
-        raise ValueError(f"units: give one or more unit numbers >= 0, got {units}")
-    settings = {"mean": tuple(mean), "std": tuple(std), "image_size": tuple(image_size) if image_size else None}
     device = inputs.model_device(model)
     from tqdm.auto import tqdm
 
@@ -143,6 +147,10 @@ def ablate(model: torch.nn.Module, layer: str, units, dataset, *, mode: str = "z
 def concept_ablation(model: torch.nn.Module, dissection, layer: str, concept: str, dataset=None, **options) -> Ablation:
     """Ablates every detector of `concept` in `layer` (fed as the dissection fed its data) over
     `dataset` (default: the dissection's data set); `rows()` ranks the classes that lose most."""
+    _validate.module(model, "model")
+    _validate.dissection(dissection)
+    _validate.layer_name(layer)
+    _validate.name_string(concept, "concept", "a concept name")
     result = inputs.layer_of(dissection, layer, model)
     units = [u["unit"] for u in result.units if u["detector"] and u["label"] == concept]
     if not units:

@@ -7,10 +7,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
+import os
 import re
+import shutil
+import socket
 import sys
+import threading
 import time
 from pathlib import Path
+
+from ._atomic import announce, is_temporary, remove_stale_temporaries, watching, write_text
 
 DEMO_MODEL = "efficientnet-lite0"
 
@@ -89,7 +96,9 @@ def _add_dissect_options(p: argparse.ArgumentParser) -> None:
                    help="what ranks each unit's labels and meets --iou-threshold (default iou, NetDissect's)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace an earlier result in --out (removes what fastdissect wrote there before)")
+                   help="replace an earlier (or interrupted) result in --out: it stays loadable until this run's "
+                        "replaces it, and what fastdissect wrote there before and this run did not rewrite is "
+                        "removed once the run succeeds")
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
@@ -151,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dataset", default=None,
                    help="the concept data set for the top images (default: the one recorded in the results)")
     r.add_argument("--out", required=True, help="directory to write the report to")
+    r.add_argument("--allow-changed-dataset", action="store_true",
+                   help="draw the top images from a data set that differs from the one the results were computed "
+                        "on (refused by default: its images would stand beside another data set's numbers)")
 
     c = sub.add_parser("compare", help="compare saved dissections (models, layers, checkpoints)",
                        description="One HTML page with figures and CSVs comparing saved dissections: unique "
@@ -328,7 +340,9 @@ def _dissect_checkpoints(args, layers) -> None:
     _, dataset, _, _, _ = _model_and_data(argparse.Namespace(**{**vars(args), "weights": str(files[0])}))
     if not isinstance(dataset, fd.datasets.PackedMasks):
         store = out / "masks"
-        if not (store / "fastdissect-masks.json").is_file():
+        if _packed_from(store, dataset):
+            announce(store)  # this run's input as well as an earlier one's: not stale, kept by --overwrite
+        else:
             print(f"fastdissect: {len(files)} checkpoints: packing the data set's masks once into {store}")
             fd.datasets.pack(dataset, store, verbose=not args.quiet)
         args = argparse.Namespace(**{**vars(args), "dataset": str(store)})
@@ -340,6 +354,17 @@ def _dissect_checkpoints(args, layers) -> None:
         model, dataset, size, mean, std = _model_and_data(run)
         results[f.stem] = _run_dissection(run, model, layers, dataset, size, mean, std)
     fd.compare(results, series=True).write(out / "compare")
+
+
+def _packed_from(store: Path, dataset) -> bool:
+    """Whether `store` holds the masks of `dataset` as it is now (an --overwrite run over another
+    data set, or over this one changed, packs them again)."""
+    try:
+        meta = json.loads((store / "fastdissect-masks.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    now = json.loads(json.dumps(dataset.fingerprint())) if hasattr(dataset, "fingerprint") else None
+    return now is not None and meta.get("source_fingerprint") == now
 
 
 def cmd_rotate(args) -> None:
@@ -386,11 +411,16 @@ def cmd_builtin(args) -> None:
 def cmd_report(args) -> None:
     import fastdissect as fd
 
+    from .report import check_dataset
+
     result = fd.load(args.results)
     source = args.dataset or result.dataset_root
     dataset = _open_dataset(source, Path(args.out)) if source else None
     if dataset is None:
         print("fastdissect: no data set given or recorded: the report has no top images")
+    else:
+        where = f"--dataset {source}" if args.dataset else f"the data set of --results {args.results} ({source})"
+        check_dataset(result, dataset, where, allow_changed=args.allow_changed_dataset)
     print(f"report: {result.report(args.out, dataset)}")
 
 
@@ -502,38 +532,137 @@ OUTPUTS_RECORD = ".fastdissect-outputs.json"
 KEPT = {"concepts", ".fastdissect.lock", OUTPUTS_RECORD}  # the built-in set's cache and bookkeeping
 
 
+class _Outputs:
+    """What fastdissect wrote into --out, in OUTPUTS_RECORD: paths relative to it ("report/index.html").
+    Each path is recorded before it is written (`_atomic.watching`), with the run marked as running,
+    so a run killed at any point leaves a record of all it may have written and that it never ended."""
+
+    def __init__(self, out: Path):
+        self.out = out
+        self.root = os.path.realpath(out)
+        self.path = out / OUTPUTS_RECORD
+        self.earlier, self.interrupted = self._read()
+        self.written: set[str] = set()
+        self.run: dict | None = None
+        self.lock = threading.Lock()
+
+    def _read(self) -> tuple[set, dict | None]:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return set(), None  # no record (or an unreadable one): nothing here counts as fastdissect's
+        if isinstance(data, list):  # before version 2: the top-level names, written when a run ended
+            return {str(name) for name in data}, None
+        return set(data.get("written", ())), data.get("running")
+
+    def _save(self) -> None:
+        write_text(self.path, json.dumps({"format": "fastdissect-outputs", "version": 2,
+                                          "written": sorted(self.earlier | self.written), "running": self.run},
+                                         indent=1))
+
+    def top_level(self) -> set[str]:
+        return {name.split("/", 1)[0] for name in self.earlier}
+
+    def directories(self) -> set[Path]:
+        """Out and the directories earlier runs wrote into (temporaries of killed writers lie there)."""
+        return {self.out} | {self.out / parent for parent in (os.path.dirname(name) for name in self.earlier) if parent}
+
+    def key(self, path: Path) -> str | None:
+        rel = os.path.relpath(os.path.join(os.path.realpath(path.parent), path.name), self.root)
+        parts = Path(rel).parts
+        if not parts or parts[0] in (os.curdir, os.pardir) or parts[0] in KEPT:
+            return None
+        return Path(rel).as_posix()
+
+    def about_to_write(self, path: Path) -> None:
+        key = self.key(path)  # before the lock: the record's own write comes back here
+        if key is None or key in self.written:
+            return
+        with self.lock:
+            if key not in self.written:
+                self.written.add(key)
+                self._save()
+
+    def begin(self) -> None:
+        self.run = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
+                    "command": " ".join(sys.argv)[:200]}
+        self._save()
+
+    def _rewritten(self, name: str) -> bool:
+        return any(w == name or w.startswith(name + "/") or name.startswith(w + "/") for w in self.written)
+
+    def finish(self, succeeded: bool) -> None:
+        """Once the run's outputs are complete, removes the earlier ones it did not rewrite (another
+        layer's CSV, a replaced report's pages); a failed run removes nothing."""
+        if succeeded:
+            stale = {name for name in self.earlier if not self._rewritten(name)}
+            for name in sorted(stale, reverse=True):
+                path = self.out / name
+                with contextlib.suppress(OSError):  # what stays is still recorded, for the next --overwrite
+                    shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+        self.earlier = {name for name in self.earlier | self.written if os.path.lexists(self.out / name)}
+        self.written, self.run = set(), None
+        self._save()
+
+
+def _list(names, most: int = 5) -> str:
+    names = sorted(names)
+    return ", ".join(names[:most]) + (" ..." if len(names) > most else "")
+
+
 @contextlib.contextmanager
 def _owned_output(args):
     """--out, locked for the run. A directory holding an earlier result is refused unless --overwrite,
-    which first removes what fastdissect recorded writing there (never anything else); what this run
-    writes is recorded for the next one."""
-    import json
-    import shutil
-
-    from ._atomic import write_text
+    which replaces what fastdissect recorded writing there (never anything else): the earlier
+    result stays in place, and loadable, until this run's replaces it, and what this run did not
+    rewrite is removed only once it has succeeded."""
     from ._lock import locked
 
     with locked(args.out, "--out directory") as out:
-        record = out / OUTPUTS_RECORD
-        written = set(json.loads(record.read_text())) if record.is_file() else set()
-        present = {p.name for p in out.iterdir()} - KEPT
-        if present:
-            if not args.overwrite:
-                raise FileExistsError(f"--out {out} already holds {', '.join(sorted(present)[:5])}"
-                                      f"{' ...' if len(present) > 5 else ''}: pass --overwrite to replace an earlier "
-                                      "result, or choose another directory")
-            foreign = present - written
-            if foreign:
-                raise FileExistsError(f"--out {out} holds files fastdissect did not write ({', '.join(sorted(foreign)[:5])})"
-                                      ": --overwrite removes only its own; choose another directory")
-            for name in present:
-                path = out / name
-                shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+        outputs = _Outputs(out)
+        for directory in outputs.directories() - {out}:  # `locked` cleaned out itself
+            remove_stale_temporaries(directory, owned=True)  # all of out is this run's while it holds the lock
+        present = {p.name for p in out.iterdir() if not is_temporary(p.name)} - KEPT
+        if present and not args.overwrite:
+            run = outputs.interrupted
+            if run is not None:
+                since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run.get("started", 0)))
+                raise FileExistsError(f"--out {out} holds an interrupted run ({_list(present)}; pid "
+                                      f"{run.get('pid', '?')} on {run.get('host', '?')}, started {since}: "
+                                      f"{run.get('command', '?')}): pass --overwrite to replace it, or choose another "
+                                      "directory")
+            raise FileExistsError(f"--out {out} already holds {_list(present)}: pass --overwrite to replace an "
+                                  "earlier result, or choose another directory")
+        foreign = present - outputs.top_level()
+        if foreign:
+            raise FileExistsError(f"--out {out} holds files fastdissect did not write ({_list(foreign)})"
+                                  ": --overwrite replaces only its own; choose another directory")
+        outputs.begin()
+        succeeded = False
         try:
-            yield out
+            with watching(outputs.about_to_write):
+                yield out
+            succeeded = True
         finally:
-            now = {p.name for p in out.iterdir()} - KEPT
-            write_text(record, json.dumps(sorted(now)))
+            outputs.finish(succeeded)
+
+
+def _one_line(exc: BaseException) -> str:
+    """The first line of the error's message. An error torch re-raised from a DataLoader worker
+    carries the worker's whole traceback, its first line "Caught ValueError in DataLoader worker
+    process 0.": the worker's own message is the last "<module>.ValueError: <message>" line."""
+    text = str(exc)
+    lines = text.splitlines()
+    if not lines:
+        return type(exc).__name__
+    caught = re.fullmatch(r"Caught (\w+) in (.+)\.", lines[0])
+    if caught and len(lines) > 1 and lines[1].startswith("Original Traceback"):
+        name = re.escape(caught.group(1))
+        for line in reversed(lines[2:]):
+            found = re.fullmatch(rf"(?:[\w.]+\.)?{name}(?:: (.*))?", line)
+            if found:
+                return found.group(1) or caught.group(1)
+    return lines[0]
 
 
 def _one_line_warnings() -> None:
@@ -559,8 +688,7 @@ def main(argv=None) -> int:
     except Exception as exc:
         if args.debug:
             raise
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        print(f"fastdissect: error: {message}", file=sys.stderr)
+        print(f"fastdissect: error: {_one_line(exc)}", file=sys.stderr)
         return 1
 
 

@@ -14,10 +14,12 @@ name (or their positions).
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Mapping
 
+from . import _validate
 from ._atomic import make_dirs, save_figure, write_csv, write_text
 from .results import Dissection, load
 
@@ -195,7 +197,17 @@ def _series_figure(path: Path, comparison: Comparison, colors) -> None:
 def compare(dissections: Mapping, *, series: bool = False) -> Comparison:
     """A `Comparison` of dissections ({name: Dissection or a directory `fd.load` reads}), in order."""
     if not isinstance(dissections, Mapping):
-        raise ValueError("compare takes {name: dissection or results directory}, in the order to show them")
+        raise _validate.ArgumentTypeError(f"dissections must be a dict {{name: dissection or results directory}}, "
+                                          f"in the order to show them, got {type(dissections).__name__}")
+    _validate.boolean(series, "series")
+    names = [str(name) for name in dissections]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:  # {1: a, "1": b} would keep one of them silently
+        raise ValueError(f"dissections: the names {twice} are the same once written as text")
+    for name, d in dissections.items():
+        if not isinstance(d, (Dissection, str, os.PathLike)):
+            raise _validate.ArgumentTypeError(f"dissections[{name!r}] must be a Dissection or a results directory "
+                                              f"(str or os.PathLike), got {type(d).__name__}")
     loaded = {str(name): d if isinstance(d, Dissection) else load(d) for name, d in dissections.items()}
     return Comparison(loaded, series)
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import _validate
 from . import analysis_inputs as inputs
 from .torch_backend import upsample
 
@@ -95,14 +96,18 @@ def explain_prediction(model: torch.nn.Module, images, dissection, layer: str, *
     its data (mean, std, image size from its identity; image_size overrides the size). units:
     "detectors" ranks only the layer's detector units, "all" every unit.
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if units not in ("detectors", "all"):
-        raise ValueError(f'units must be "detectors" or "all", got {units!r}')
+    _validate.module(model, "model")
+    _validate.dissection(dissection)
+    _validate.layer_name(layer)
+    target = _validate.targets(target)
+    _validate.choice(method, "method", METHODS)
+    top = _validate.positive_int(top, "top")
+    _validate.choice(units, "units", ("detectors", "all"))
+    image_size = _validate.image_size(image_size)
     result = inputs.layer_of(dissection, layer, model)
     settings = inputs.input_settings(dissection)
     if image_size is not None:
-        settings["image_size"] = tuple(image_size)
+        settings["image_size"] = image_size
     pictures = inputs.as_images(images)
     x = inputs.model_batch(pictures, settings, inputs.model_device(model))
     was_training = model.training

@@ -92,24 +92,27 @@ def compositional(x, masks, *, thresholds=None, quantile: float = 0.005, length:
     units: an optional list of unit ids to explain (the others get None), e.g. for sampling.
     """
     settings = search_settings(length, beam_size, search, penalty)
+    _validate.quantile_level(quantile)  # even with thresholds given: a bad value is a mistake either way
+    _validate.backend(backend)
+    _validate.boolean(progress, "progress")
+    if units is not None:
+        units = _validate.int_list(units, "units")
     m = as_concept_masks(masks)
     source = _UnitSource(x, m, thresholds, quantile, backend)
     used_quantile = quantile if thresholds is None and not source.is_mask else None
     return explain(source, settings, used_quantile, units, progress)
 
 
-def search_settings(length, beam_size, search, penalty) -> dict:
-    """The validated search options (also the pipeline's)."""
-    length = _validate.positive_int(length, "length")
+def search_settings(length, beam_size, search, penalty, length_name: str = "length") -> dict:
+    """The validated search options (also the pipeline's, whose length is formula_length)."""
+    length = _validate.positive_int(length, length_name)
     beam_size = _validate.positive_int(beam_size, "beam_size")
-    if search not in SEARCHES:
-        raise ValueError(f"search must be one of {SEARCHES}, got {search!r}")
+    _validate.choice(search, "search", SEARCHES)
     if search == "optimal" and length > 3:
-        raise ValueError(f'search="optimal" proves formulas of length <= 3, got length={length}; '
+        raise ValueError(f'search="optimal" proves formulas of length <= 3, got {length_name}={length}; '
                          'use search="beam" for longer formulas')
-    if isinstance(penalty, bool) or not isinstance(penalty, (int, float)) or not 0.0 < penalty <= 1.0:
-        raise ValueError(f"penalty must be a number in (0, 1], got {penalty!r}")
-    return dict(length=length, beam_size=beam_size, search=search, penalty=float(penalty))
+    penalty = _validate.number(penalty, "penalty", 0.0, 1.0, low_open=True)
+    return dict(length=length, beam_size=beam_size, search=search, penalty=penalty)
 
 
 def explain(source, settings: dict, quantile, units=None, progress: bool = False) -> Explanations:

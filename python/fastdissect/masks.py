@@ -255,6 +255,7 @@ def pack_masks(masks=None, *, labels=None, image_labels=None, num_concepts: int 
 
 def _pack_dense(masks, num_concepts) -> ConceptMasks:
     masks = _validate.as_tensor(masks, "masks")
+    num_concepts = _validate.optional_positive_int(num_concepts, "num_concepts")
     if masks.dim() != 4:
         raise ValueError(f"masks must have shape [N, C, H, W], got {tuple(masks.shape)}")
     if masks.dtype not in (torch.bool, torch.uint8):
@@ -284,6 +285,9 @@ def _pack_dense(masks, num_concepts) -> ConceptMasks:
 def _image_label_lists(image_labels, n: int) -> list[np.ndarray]:
     if image_labels is None:
         return [np.zeros(0, dtype=np.int64)] * n
+    if isinstance(image_labels, (str, bytes)) or not isinstance(image_labels, (torch.Tensor, np.ndarray, Iterable)):
+        raise _validate.ArgumentTypeError(f"image_labels must be a sequence of image-level concept ids per image "
+                                          f"or an (N, Q) integer array, got {type(image_labels).__name__}")
     if isinstance(image_labels, (torch.Tensor, np.ndarray)):
         arr = np.asarray(image_labels.cpu() if isinstance(image_labels, torch.Tensor) else image_labels)
         if arr.ndim != 2 or arr.shape[0] != n or not np.issubdtype(arr.dtype, np.integer):

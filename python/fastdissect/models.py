@@ -188,7 +188,12 @@ def _load_weights(model: torch.nn.Module, path: str) -> None:
     if not Path(path).is_file():
         raise ModelError(f"{path}: weights file not found")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        if Path(path).suffix == ".safetensors":
+            from ._tensorfile import read_tensors
+
+            state = read_tensors(path)
+        else:  # torch's restricted unpickler: tensors and containers only, never a callable
+            state = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
     except Exception as exc:
         raise ModelError(f"{path}: cannot load these weights into the model ({type(exc).__name__}: {exc})") from None

@@ -12,7 +12,6 @@ depend on the batch size, the number of workers or the number of passes.
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import time
 from functools import partial
@@ -22,7 +21,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from . import _atomic, _validate
+from . import _atomic, _tensorfile, _validate
 from ._lock import locked
 from .datasets.broden import Broden, DatasetError
 from .datasets.mask_cache import broden_store, cache_dir_of
@@ -45,23 +44,26 @@ class CheckpointMismatch(ValueError):
     """A checkpoint written by a dissection of another identity (the message lists what differs)."""
 
 
-CHECKPOINT_MAGIC = b"fastdissect-checkpoint\n"
+CHECKPOINT_KIND = "checkpoint"
+CHECKPOINT_FIELDS = ("identity", "stage", "images_done", "quantiles", "tallies", "top", "unit_masks",
+                     "control_tallies", "mask_log", "kept")
+_RESTART = "remove it, or pass restart=True (--restart) to start afresh"
 
 
 def read_checkpoint(path: Path) -> dict:
-    """A checkpoint's state after its checksum is verified (CheckpointMismatch names the path if not)."""
-    fix = "remove it, or pass restart=True (--restart) to start afresh"
-    data = path.read_bytes()
-    header = len(CHECKPOINT_MAGIC)
-    if not data.startswith(CHECKPOINT_MAGIC) or data[header + 64:header + 65] != b"\n":
-        raise CheckpointMismatch(f"{path}: not a fastdissect checkpoint (truncated, or another kind of file); {fix}")
-    digest, payload = data[header:header + 64].decode("ascii", "replace"), data[header + 65:]
-    if _atomic.digest(payload) != digest:
-        raise CheckpointMismatch(f"{path}: the checkpoint is damaged (its checksum does not match); {fix}")
+    """A checkpoint's state after its checksum is verified; nothing in it can run code when read
+    (CheckpointMismatch names the path if it is not a checkpoint this version wrote)."""
     try:
-        return torch.load(io.BytesIO(payload), weights_only=False)
-    except Exception as exc:
-        raise CheckpointMismatch(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc}); {fix}") from None
+        state = _tensorfile.read(path, kind=CHECKPOINT_KIND)
+        return _tensorfile.check_fields(state, path, required=CHECKPOINT_FIELDS)
+    except _tensorfile.UnsafeFileError as exc:
+        raise CheckpointMismatch(f"{exc}; {_RESTART}") from None
+
+
+def legacy_checkpoint(directory: Path) -> Path | None:
+    """A checkpoint of fastdissect before checkpoints were safetensors files: a pickle, never read."""
+    old = [p for p in Path(directory).glob("checkpoint*.pt") if p.is_file()]
+    return old[0] if old else None
 
 
 class _Images(torch.utils.data.Dataset):
@@ -191,8 +193,8 @@ class _Run:
     def checkpoint_path(self) -> Path | None:
         if not self.o["checkpoint"]:
             return None
-        name = "checkpoint.pt" if self.comm.world == 1 else f"checkpoint-rank{self.comm.rank}.pt"
-        return Path(self.o["checkpoint"]) / name
+        name = "checkpoint" if self.comm.world == 1 else f"checkpoint-rank{self.comm.rank}"
+        return Path(self.o["checkpoint"]) / f"{name}{_tensorfile.SUFFIX}"
 
     def identity(self) -> dict:
         return {**self.run_identity, "shard": [self.lo, self.hi], "world": self.comm.world,
@@ -211,9 +213,8 @@ class _Run:
                  "control_tallies": {k: t.state_dict() for k, t in self.control_tallies.items()},
                  "mask_log": self.mask_log.state_dict() if self.mask_log is not None else None,
                  "kept": self.kept.persist(path.parent) if stage == 1 and self.single else []}
-        payload = _atomic.torch_bytes(state)
-        # A checksum over the payload: a flipped bit in a counter must not resume as a wrong count.
-        _atomic.write_bytes(path, CHECKPOINT_MAGIC + _atomic.digest(payload).encode() + b"\n" + payload)
+        # The file's checksum: a flipped bit in a counter must not resume as a wrong count.
+        _atomic.write_bytes(path, _tensorfile.dumps(state, kind=CHECKPOINT_KIND))
         self.saved = (stage, images_done)
 
     def describe_progress(self, stage: int, images_done: int) -> str:
@@ -223,6 +224,12 @@ class _Run:
 
     def resume(self):
         path = self.checkpoint_path()
+        old = legacy_checkpoint(path.parent) if path is not None and not path.is_file() else None
+        if old is not None:
+            if not self.o["restart"]:
+                raise CheckpointMismatch(f"{old}: a checkpoint of an older fastdissect, a pickle (reading one can "
+                                         f"run code), which this version never reads; {_RESTART}")
+            self.log(f"{old} is a checkpoint of an older fastdissect, never read: starting afresh")
         if path is None or not path.is_file():
             return 1, self.lo
         try:
@@ -232,8 +239,8 @@ class _Run:
                 raise
             self.log(f"{exc.args[0].split(':')[0]} is unreadable: starting afresh")
             return 1, self.lo
-        recorded = state.get("identity", {}) if isinstance(state, dict) else {}
-        diff = differences(recorded, self.identity())
+        recorded = state["identity"] if isinstance(state["identity"], dict) else {}
+        diff = differences(recorded, _tensorfile.as_stored(self.identity()))
         if diff:
             if self.o["restart"]:
                 self.log(f"{path} belongs to another dissection ({diff[0]}): starting afresh")
@@ -248,14 +255,14 @@ class _Run:
             self.tallies[k] = self.tally_from_state(s)
         for k, s in state["top"].items():
             self.top[k].load_state_dict(s, self.device)
-        for k, s in state.get("control_tallies", {}).items():
+        for k, s in state["control_tallies"].items():
             self.control_tallies[k] = self.tally_from_state(s)
-        for k, s in state.get("unit_masks", {}).items():
+        for k, s in state["unit_masks"].items():
             self.unit_masks[k] = UnitMasks(s["thresholds"], s["height"], s["width"], backend=self.o["backend"],
                                            device=self.device)
             self.unit_masks[k].load_state_dict(s)
-        self.kept.load_refs(path.parent, state.get("kept", []))
-        if self.mask_log is not None and state.get("mask_log") is not None:
+        self.kept.load_refs(path.parent, state["kept"])
+        if self.mask_log is not None and state["mask_log"] is not None:
             self.mask_log.load_state_dict(state["mask_log"], self.device)
         if state["stage"] > 1 or state["images_done"] > self.lo:
             self.cache_off = True  # the cache of the interrupted run is incomplete: re-run the model
@@ -548,7 +555,12 @@ def dissect(model: torch.nn.Module, layers: Sequence[str], dataset, *, quantile:
     """
     from .controls import check_controls
 
+    if isinstance(controls, str):  # a str would be read as its letters, none of them a control
+        raise _validate.ArgumentTypeError(f"controls must be a tuple of control names, not a str: did you mean "
+                                          f"controls=({controls!r},)?")
     controls = check_controls(controls)
+    if control_model is not None:
+        _validate.module(control_model, "control_model")
     options = dict(quantile=quantile, method=method, iou_threshold=iou_threshold, union=union,
                    batch_size=batch_size, num_workers=num_workers, device=device, cache=cache,
                    cache_limit=cache_limit, image_size=image_size, mean=mean, std=std, transform=transform,
@@ -596,8 +608,39 @@ def _dissect(model, layers, dataset, *, quantile, method, iou_threshold, union, 
              restart, backend, distributed, formula_length, beam_size, search, penalty, metric, controls,
              control_seed, stop_early, passes, memory_limit, spill_dir, mask_cache, verbose) -> Dissection:
     from .controls import derangement
+    from .explanations import search_settings
+    from .quantile import check_method
     from .results import check_metric
 
+    # Every option is checked before a data set is read or packed, and each error names its argument.
+    _validate.module(model, "model")
+    layers = _validate.layer_names(layers)
+    quantile = _validate.quantile_level(quantile)
+    check_method(method)
+    iou_threshold = _validate.number(iou_threshold, "iou_threshold", 0.0, 1.0)
+    _validate.union_mode(union)
+    batch_size = _validate.positive_int(batch_size, "batch_size")  # numpy ints become ints, as DataLoader needs
+    num_workers = _validate.integer(num_workers, "num_workers", low=0)
+    device = _validate.device(device)
+    cache_limit = _validate.integer(cache_limit, "cache_limit", low=0, what="bytes")
+    image_size = _validate.image_size(image_size)
+    mean = _validate.channel_stats(mean, "mean")
+    std = _validate.channel_stats(std, "std", positive=True)
+    transform = _validate.callable_map(transform, "transform")
+    _validate.mapping(views, "views", "{name: (layer, callable)}")
+    top_k = _validate.positive_int(top_k, "top_k")
+    _validate.optional_path(checkpoint, "checkpoint")
+    _validate.boolean(restart, "restart")
+    _validate.backend(backend)
+    _validate.optional_boolean(distributed, "distributed")
+    # The search options are checked even without formula_length: a typo must not wait for the run that uses it.
+    searched = search_settings(1 if formula_length is None else formula_length, beam_size, search, penalty,
+                               "formula_length")
+    check_metric(metric)
+    control_seed = _validate.integer(control_seed, "control_seed")
+    _validate.boolean(stop_early, "stop_early")
+    _validate.optional_path(spill_dir, "spill_dir")
+    _validate.boolean(verbose, "verbose")
     store = None
     if isinstance(dataset, PackedMasks):  # masks from the store, images from the data set it was packed from
         store = dataset
@@ -612,15 +655,9 @@ def _dissect(model, layers, dataset, *, quantile, method, iou_threshold, union, 
     comm = Comm.detect(distributed)
     cache_dir = cache_dir_of(mask_cache)
     cached_masks = store is None and mask_cache is not False and isinstance(dataset, Broden) and comm.world == 1
-    layers = list(layers)
     view_specs = _views(layers, transform, views)
     find_modules(model, list(dict.fromkeys(module for module, _ in view_specs.values())))
-    if len(dataset) == 0:
-        raise ValueError("the data set is empty")
-    _validate.quantile_level(quantile)
-    _validate.positive_int(batch_size, "batch_size")
-    _validate.positive_int(top_k, "top_k")
-    check_metric(metric)
+    _validate.concept_dataset(dataset)
     if not isinstance(checkpoint_every, int) or isinstance(checkpoint_every, bool) or checkpoint_every < 0:
         raise ValueError(f"checkpoint_every must be a non-negative int (0: only after each pass), "
                          f"got {checkpoint_every!r}")
@@ -637,11 +674,7 @@ def _dissect(model, layers, dataset, *, quantile, method, iou_threshold, union, 
     if device is None:
         param = next(model.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
-    formulas = None
-    if formula_length is not None:
-        from .explanations import search_settings
-
-        formulas = search_settings(formula_length, beam_size, search, penalty)
+    formulas = searched if formula_length is not None else None
     if cached_masks:  # the cache is how labels are read, not what is measured: the identity is the data set's
         store = broden_store(dataset, cache_dir, verbose=verbose, num_workers=num_workers)
     permuted = "permuted" in controls
@@ -649,7 +682,7 @@ def _dissect(model, layers, dataset, *, quantile, method, iou_threshold, union, 
     opts = dict(formulas=formulas, controls=controls, permuted=permuted, control_seed=control_seed if controls else None,
                 derangement=perm, quantile=quantile, method=method, union=union, batch_size=batch_size,
                 num_workers=num_workers, device=torch.device(device), cache=cache, cache_limit=cache_limit,
-                image_size=tuple(image_size) if image_size is not None else None, mean=mean, std=std,
+                image_size=image_size, mean=mean, std=std,
                 transform=transform, views=view_specs, top_k=top_k, checkpoint=checkpoint,
                 checkpoint_every=checkpoint_every, restart=restart, backend=backend, stop_early=stop_early,
                 passes=passes, memory_limit=memory_limit, spill_dir=spill_dir, verbose=verbose)

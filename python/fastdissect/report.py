@@ -370,6 +370,71 @@ def link_explanations(index: Path, page: Path, count: int) -> None:
     write_text(index, html.replace(EXPLANATIONS_MARK, f"{link}\n{EXPLANATIONS_MARK}"))
 
 
+LOCATION = ("root", "store")  # where a data set lies, not what it holds: a moved copy is the same data set
+_WHAT = {"files": "its image and label files differ (sizes or times)", "concepts": "its concept names differ",
+         "categories": "its categories differ", "content": "its content differs",
+         "arrays": "its packed arrays differ", "header": "its packed header differs",
+         "source": "it was packed from another data set"}
+
+
+def _recorded_dataset(dissection, kind: str) -> dict:
+    """The identity of the data set whose images the dissection's numbers belong to: a dissection
+    of a packed store records the store's, and its images' data set under "images_from"."""
+    recorded = dict((getattr(dissection, "identity", None) or {}).get("dataset") or {})
+    images_from = recorded.pop("images_from", None)
+    return images_from if images_from is not None and recorded.get("kind") != kind else recorded
+
+
+def dataset_differences(dissection, dataset, where: str = "this data set") -> list[str]:
+    """What differs between `dataset` and the data set the dissection was computed on, as recorded
+    in its identity (nothing when the dissection recorded none); its location is left out."""
+    from .identity import _flatten, dataset_identity
+
+    now = dataset_identity(dataset)
+    recorded = _recorded_dataset(dissection, now["kind"])
+    if not recorded:
+        return []
+    a = _flatten({k: v for k, v in recorded.items() if k not in LOCATION})
+    b = _flatten({k: v for k, v in now.items() if k not in LOCATION})
+    changed = [key for key in sorted(set(a) | set(b)) if a.get(key) != b.get(key)]
+    lines = []
+    if "images" in changed:  # first: the count and the kind say the most
+        lines.append(f"{a.get('images', '?')} images in the results, {b.get('images', '?')} in {where}")
+    if "kind" in changed:
+        lines.append(f"the results were computed on a {a.get('kind', '?')}, {where} is a {b.get('kind', '?')}")
+    csvs = [key[4:] for key in changed if key.startswith("csv.")]
+    if csvs:
+        names = ", ".join(csvs[:4]) + (" ..." if len(csvs) > 4 else "")
+        lines.append(f"its {names} differ{'s' if len(csvs) == 1 else ''}")
+    lines += [_WHAT.get(key, f"{key} differs") for key in changed
+              if key not in ("images", "kind") and not key.startswith("csv.")]
+    return lines
+
+
+def _images_needed(dissection) -> int:
+    """How many images the report reads: one past the highest top image of any layer."""
+    return max((int(layer.top_images.max()) + 1 for layer in dissection.values()
+                if layer.top_images is not None and layer.top_images.numel()), default=0)
+
+
+def check_dataset(dissection, dataset, where: str = "the data set", *, allow_changed: bool = False) -> None:
+    """Refuses (DatasetError, naming what differs) a data set that is not the one the dissection
+    was computed on: its images would be drawn beside another data set's numbers. allow_changed:
+    accept a changed one anyway, if it still holds every top image."""
+    from .datasets import DatasetError
+
+    differences = dataset_differences(dissection, dataset, where)
+    needed, held = _images_needed(dissection), len(dataset)
+    if held < needed:
+        differences = differences or [f"the dissection's top images go up to image {needed - 1}, {where} holds {held}"]
+        raise DatasetError(f"{where} is not the data set the results were computed on ({'; '.join(differences)}): "
+                           "pass the data set the dissection ran on")
+    if differences and not allow_changed:
+        raise DatasetError(f"{where} is not the data set the results were computed on ({'; '.join(differences)}): "
+                           "pass the data set the dissection ran on (--dataset), or --allow-changed-dataset to draw "
+                           "this one's images beside the results anyway")
+
+
 def _about(dissection) -> dict:
     """The index's header: what was dissected, on what, how, and how long it took."""
     about = describe(getattr(dissection, "identity", {}))
@@ -394,11 +459,16 @@ def write_report(dissection, directory, dataset=None, *, verbose: bool = True) -
     """Writes the report for `dissection` into `directory`; returns the path of index.html.
 
     dataset: the concept data set the dissection ran on (for the top images); without it the unit
-    strips are left out.
+    strips are left out. One with fewer images than the top images name is refused (DatasetError).
     """
     from jinja2 import Environment, PackageLoader, select_autoescape
     from tqdm.auto import tqdm
 
+    if dataset is not None and len(dataset) < _images_needed(dissection):
+        from .datasets import DatasetError
+
+        raise DatasetError(f"the data set holds {len(dataset)} images, the dissection's top images go up to image "
+                           f"{_images_needed(dissection) - 1}: it is not the data set the dissection ran on")
     directory = Path(directory)
     make_dirs(directory)
     env = Environment(loader=PackageLoader("fastdissect", "templates"), autoescape=select_autoescape(["j2"]))

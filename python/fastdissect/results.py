@@ -10,15 +10,21 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from . import _tensorfile
 from ._atomic import make_dirs, write_csv
+from ._tensorfile import UnsafeFileError, check_fields
 from .controls import beyond_chance
 from .scoring import Scores
 
 if TYPE_CHECKING:
     from .explanations import Explanations
 
-FORMAT_VERSION = 2  # 2: manifest.json names the content-addressed dissection file
+FORMAT_VERSION = 3  # 3: a safetensors file (2, a pickle, is refused: reading one could run its code)
 MANIFEST = "manifest.json"
+SUFFIX = ".safetensors"
+RESULTS_KIND = "dissection"
+RECREATE = ("re-create it with this fastdissect: run the dissection again (fd.dissect(...).save(dir), or "
+            "fastdissect dissect ... --out DIR --overwrite)")
 METRICS = ("iou", "f1", "precision", "recall", "coverage")
 
 
@@ -214,7 +220,8 @@ class Dissection(dict):
     def save(self, directory) -> Path:
         """Writes the results to `directory`, replacing an earlier result there as a whole.
 
-        The layers (and the random-init control's) go to dissection-<digest>.pt, a new name, then
+        The layers (and the random-init control's) go to dissection-<digest>.safetensors (tensors and
+        JSON, nothing that runs when read: see _tensorfile.py), a new name, then
         summary.json, then manifest.json, which names that file and its BLAKE2 digest and is what
         `fd.load` reads first. Each file is written to a temporary name and renamed into place, and
         the older result's file is removed only once the new manifest is in place: an interruption at
@@ -225,23 +232,24 @@ class Dissection(dict):
         with locked(directory, "output directory") as directory:
             root = getattr(self.dataset, "root", None)
             control = self.random_init
-            payload = _atomic.torch_bytes({
-                "format": "fastdissect-dissection", "version": FORMAT_VERSION, "layers": _layers_state(self),
+            payload = _tensorfile.dumps({
+                "layers": _layers_state(self),
                 "random_init": _layers_state(control) if control is not None else None,
                 "random_init_identity": control.identity if control is not None else None,
                 "dataset_root": str(Path(root).resolve()) if root is not None else None,
                 # relative too: a results directory moved with its data set (OUT/concepts) still finds it
                 "dataset_root_relative": os.path.relpath(Path(root).resolve(), directory.resolve())
-                if root is not None else None, "identity": self.identity, "run_seconds": self.run_seconds})
+                if root is not None else None, "identity": self.identity, "run_seconds": self.run_seconds},
+                kind=RESULTS_KIND)
             digest = _atomic.digest(payload)
-            name = f"dissection-{digest[:16]}.pt"
+            name = f"dissection-{digest[:16]}{SUFFIX}"
             _atomic.write_bytes(directory / name, payload)
             _atomic.write_text(directory / "summary.json", json.dumps(self.summaries(), indent=1))
             _atomic.write_text(directory / MANIFEST, json.dumps({
                 "format": "fastdissect-results", "version": FORMAT_VERSION, "dissection": name, "blake2b": digest,
                 "bytes": len(payload)}, indent=1))
-            for old in directory.glob("dissection*.pt"):  # the replaced result's file, and a legacy one
-                if old.name != name:
+            for old in directory.glob("dissection*.*"):  # the replaced result's file, and legacy ones
+                if old.name != name and old.suffix in (SUFFIX, ".pt"):
                     old.unlink(missing_ok=True)
         return directory
 
@@ -265,22 +273,39 @@ def _layers_state(dissection: Dissection) -> dict:
     return layers
 
 
-def _layers_from_state(layers: dict) -> Dissection:
+_LAYER_FIELDS = ("scores", "union_mode", "num_images", "concept_names", "category_names", "categories",
+                 "iou_threshold", "metric", "top_images", "top_values", "top_maps", "formulas", "control")
+
+
+def _layers_from_state(layers, path) -> Dissection:
+    """The layers of a results file; every field is one this version writes, of the kind it writes."""
+    if not isinstance(layers, dict):
+        raise UnsafeFileError(f"{path}: \"layers\" is not a mapping of layer names")
     out = Dissection()
     for name, d in layers.items():
-        scores = Scores(**d["scores"], union_mode=d["union_mode"], num_images=d["num_images"])
+        where = f"{path}, layer {name!r}"
+        d = check_fields(d, where, required=_LAYER_FIELDS, tensors=("categories",),
+                   optional_tensors=("top_images", "top_values", "top_maps"))
+        scores = _scores_from_state({**d["scores"], "union_mode": d["union_mode"], "num_images": d["num_images"]},
+                                    where)
         out[name] = LayerResult(name, scores, d["concept_names"], d["category_names"], d["categories"],
-                                d["iou_threshold"], d["top_images"], d["top_values"], d.get("top_maps"),
-                                _formulas_from_state(d.get("formulas")), _scores_from_state(d.get("control")),
-                                d.get("metric", "iou"))
+                                d["iou_threshold"], d["top_images"], d["top_values"], d["top_maps"],
+                                _formulas_from_state(d["formulas"], where), _scores_from_state(d["control"], where),
+                                d["metric"])
     return out
 
 
 def load(directory) -> Dissection:
     """Reads what `Dissection.save` wrote, after checking the file against the manifest's digest.
-    `DIR/random_init` names the random-init control of the result in DIR."""
+    `DIR/random_init` names the random-init control of the result in DIR. Nothing in the directory
+    can run code when read (a result of fastdissect before results were safetensors files is refused
+    with a message saying how to write it again)."""
     from . import _atomic
+    from ._validate import ArgumentTypeError
 
+    if not isinstance(directory, (str, os.PathLike)):
+        raise ArgumentTypeError(f"directory must be a results directory (str or os.PathLike), got "
+                                f"{type(directory).__name__}")
     directory = Path(directory)
     manifest_path = directory / MANIFEST
     if not manifest_path.is_file():
@@ -294,31 +319,52 @@ def load(directory) -> Dissection:
             if (directory / "dissection.pt").is_file() else ""
         raise FileNotFoundError(f"{manifest_path}: no complete saved dissection here{legacy}; write one with "
                                 "d.save(dir)")
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        name, digest = manifest["dissection"], manifest["blake2b"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"{manifest_path}: not a fastdissect manifest ({type(exc).__name__}: {exc})") from None
-    if manifest.get("format") != "fastdissect-results" or manifest.get("version") != FORMAT_VERSION:
-        raise ValueError(f"{manifest_path}: not a fastdissect result of version {FORMAT_VERSION}")
-    path = directory / name
-    if Path(name).name != name or not path.is_file():
+    manifest = _read_manifest(manifest_path)
+    path = directory / manifest["dissection"]
+    if not path.is_file():
         raise FileNotFoundError(f"{path}: the file {manifest_path} names is missing")
-    if _atomic.file_digest(path) != digest:
+    if _atomic.file_digest(path) != manifest["blake2b"]:
         raise ValueError(f"{path} does not match the digest in {manifest_path}: the file is damaged")
-    data = torch.load(path, weights_only=False)
-    out = _layers_from_state(data["layers"])
-    out.dataset_root = data.get("dataset_root")
-    relative = data.get("dataset_root_relative")
-    if relative is not None and (directory / relative).is_dir():
+    data = check_fields(_tensorfile.read(path, kind=RESULTS_KIND), path, required=_RESULT_FIELDS)
+    out = _layers_from_state(data["layers"], path)
+    out.dataset_root = data["dataset_root"]
+    relative = data["dataset_root_relative"]
+    if isinstance(relative, str) and (directory / relative).is_dir():
         out.dataset_root = str((directory / relative).resolve())
-    out.identity = data.get("identity") or {}
-    out.run_seconds = data.get("run_seconds")
-    if data.get("random_init") is not None:
-        out.random_init = _layers_from_state(data["random_init"])
-        out.random_init.identity = data.get("random_init_identity") or {}
+    out.identity = data["identity"] or {}
+    out.run_seconds = data["run_seconds"]
+    if data["random_init"] is not None:
+        out.random_init = _layers_from_state(data["random_init"], path)
+        out.random_init.identity = data["random_init_identity"] or {}
         out.random_init.dataset_root = out.dataset_root
     return out
+
+
+_RESULT_FIELDS = ("layers", "random_init", "random_init_identity", "dataset_root", "dataset_root_relative",
+                  "identity", "run_seconds")
+
+
+def _read_manifest(path: Path) -> dict:
+    """The manifest's fields, each of the type it must have; an older format is refused by name."""
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not a fastdissect manifest ({type(exc).__name__}: {exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != "fastdissect-results":
+        raise ValueError(f"{path}: not a fastdissect results manifest")
+    version = manifest.get("version")
+    if version in (1, 2):
+        raise UnsafeFileError(f"{path}: a result written by an older fastdissect as a pickle, a format whose "
+                              f"reading can run code: fastdissect no longer reads it; {RECREATE}")
+    if version != FORMAT_VERSION:
+        raise ValueError(f"{path}: a fastdissect result of version {version!r}; this fastdissect reads version "
+                         f"{FORMAT_VERSION}")
+    name, digest = manifest.get("dissection"), manifest.get("blake2b")
+    if not isinstance(name, str) or Path(name).name != name or not name.endswith(SUFFIX):
+        raise ValueError(f"{path}: \"dissection\" must name a {SUFFIX} file in this directory, got {name!r}")
+    if not isinstance(digest, str):
+        raise ValueError(f"{path}: \"blake2b\" must be a hex digest, got {digest!r}")
+    return manifest
 
 
 _FORMULA_TENSORS = ("iou", "intersection", "formula_area", "unit_area", "single_iou", "evaluated", "thresholds")
@@ -333,12 +379,14 @@ def _formulas_state(ex):
             **{k: getattr(ex, k) for k in _FORMULA_TENSORS}}
 
 
-def _formulas_from_state(state):
+def _formulas_from_state(state, where):
     if state is None:
         return None
     from .explanations import Explanations
     from .formula import Formula
 
+    state = check_fields(state, f"{where}, formulas", required=("formulas", "single", "settings", *_FORMULA_TENSORS),
+                   tensors=_FORMULA_TENSORS)
     parse = lambda fs: [Formula.parse(f) if f is not None else None for f in fs]  # noqa: E731
     return Explanations(parse(state["formulas"]), state["iou"], state["intersection"], state["formula_area"],
                         state["unit_area"], parse(state["single"]), state["single_iou"], state["evaluated"],
@@ -355,5 +403,9 @@ def _scores_state(s: Scores | None):
     return {**{k: getattr(s, k) for k in _SCORE_TENSORS}, "union_mode": s.union_mode, "num_images": s.num_images}
 
 
-def _scores_from_state(state) -> Scores | None:
-    return Scores(**state) if state is not None else None
+def _scores_from_state(state, where) -> Scores | None:
+    if state is None:
+        return None
+    state = check_fields(state, f"{where}, scores", required=(*_SCORE_TENSORS, "union_mode", "num_images"),
+                   tensors=_SCORE_TENSORS[:6], optional_tensors=_SCORE_TENSORS[6:])
+    return Scores(**state)

@@ -35,11 +35,12 @@ from pathlib import Path
 
 import torch
 
-from . import _atomic
+from . import _atomic, _tensorfile
 from .histogram_keys import HIST_BINS, bins, key_of, values_of
 from .unit_masks import _masks_from_state, _masks_state
 
 DENSE_MAX_PIXELS = 64  # maps up to 8x8 are kept whole: positions would cost more than the values
+KEPT_KIND = "kept maps"
 NOTHING_LOST = 0       # below every histogram bin (bins start at 1)
 
 
@@ -178,7 +179,7 @@ class RetainedStore:
 
     def remove_files(self, directory: Path) -> None:
         """Removes this store's record files from `directory` (a spill or checkpoint directory)."""
-        for f in Path(directory).glob(f"{self.prefix}-*.pt"):
+        for f in Path(directory).glob(f"{self.prefix}-*{_tensorfile.SUFFIX}"):
             f.unlink(missing_ok=True)
 
     # ---- internals
@@ -199,17 +200,20 @@ class RetainedStore:
 
     def _write(self, record: dict, directory: Path, durable: bool = False) -> dict:
         _atomic.make_dirs(directory)
-        path = directory / f"{self.prefix}-{record['first']:010d}.pt"
-        payload = _atomic.torch_bytes(record)
+        path = directory / f"{self.prefix}-{record['first']:010d}{_tensorfile.SUFFIX}"
+        payload = _tensorfile.dumps(record, kind=KEPT_KIND)
         _atomic.write_bytes(path, payload, durable=durable)
         return {"record": None, "path": path, "digest": _atomic.digest(payload), "bytes": self._bytes(record)}
 
 
 def _read(path: Path, digest: str) -> dict:
+    """A spilled record, checked against the digest its reference holds; nothing in it runs when read."""
     payload = path.read_bytes()
     if _atomic.digest(payload) != digest:
         raise ValueError(f"{path}: a kept-maps file is damaged (its checksum does not match); rerun with "
                          "restart=True (--restart)")
-    import io
-
-    return torch.load(io.BytesIO(payload), weights_only=False)
+    try:
+        record = _tensorfile.loads(payload, kind=KEPT_KIND, where=path)
+        return _tensorfile.check_fields(record, path, required=("first", "count", "masks", "layers"))
+    except _tensorfile.UnsafeFileError as exc:
+        raise ValueError(f"{exc}; rerun with restart=True (--restart)") from None

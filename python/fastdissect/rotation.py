@@ -66,11 +66,8 @@ class RandomRotation:
 
     def __init__(self, num_units: int, seed: int = 0, power: float = 1.0):
         self.num_units = _validate.positive_int(num_units, "num_units")
-        if isinstance(power, bool) or not isinstance(power, (int, float)) or not 0.0 <= power <= 1.0:
-            raise ValueError(f"power must be a number in [0, 1], got {power!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError(f"seed must be an int, got {seed!r}")
-        self.seed, self.power = seed, float(power)
+        self.power = _validate.number(power, "power", 0.0, 1.0)
+        self.seed = _validate.integer(seed, "seed")
         if self.power == 0.0:
             self.matrix = torch.eye(self.num_units, dtype=torch.float64)
         elif self.power == 1.0:
@@ -164,8 +161,13 @@ class RotationExperiment:
 
 
 def _check_powers(powers) -> list[float]:
-    powers = [float(p) for p in powers]
-    if not powers or any(not 0.0 <= p <= 1.0 for p in powers) or len(set(powers)) != len(powers):
+    if isinstance(powers, (str, bytes)) or not isinstance(powers, (list, tuple, range)):
+        raise _validate.ArgumentTypeError(f"powers must be a list of distinct numbers in [0, 1], got "
+                                          f"{type(powers).__name__} {powers!r}"
+                                          + (f": did you mean powers=[{powers!r}]?" if isinstance(powers, (int, float))
+                                             else ""))
+    powers = [_validate.number(p, f"powers[{i}]", 0.0, 1.0) for i, p in enumerate(powers)]
+    if not powers or len(set(powers)) != len(powers):
         raise ValueError(f"powers must be distinct numbers in [0, 1], got {powers}")
     return powers
 
@@ -198,7 +200,18 @@ def rotation_experiment(model, layer: str, dataset, *, powers=DEFAULT_POWERS, se
     power adds a pair of accumulators. Other options go to `fd.dissect`."""
     from .pipeline import dissect
 
+    # What the width probe below reads is checked first; fd.dissect checks the other options.
+    _validate.module(model, "model")
+    _validate.layer_name(layer)
+    _validate.concept_dataset(dataset)
     powers = _check_powers(powers)
+    _validate.integer(seed, "seed")
+    for key, check in (("image_size", _validate.image_size), ("mean", lambda v: _validate.channel_stats(v, "mean")),
+                       ("std", lambda v: _validate.channel_stats(v, "std", positive=True)),
+                       ("transform", lambda v: _validate.callable_map(v, "transform")),
+                       ("device", _validate.device)):
+        if dissect_options.get(key) is not None:
+            dissect_options[key] = check(dissect_options[key])
     opts = {k: dissect_options[k] for k in ("image_size", "mean", "std", "transform", "device")
             if dissect_options.get(k) is not None}
     width = layer_width(model, layer, dataset, **opts)

@@ -94,7 +94,7 @@ class Tally:
         self.union, self.categories, self.num_categories = _validate.union_and_categories(
             union, categories, num_concepts)
         self.backend = _validate.backend(backend)
-        self.device = torch.device(device) if device is not None else None
+        self.device = _validate.device(device)
         self.num_images = 0
         self._state: dict[str, torch.Tensor] | None = None
         self._backend: str | None = None  # resolved once, at the first batch
@@ -243,6 +243,10 @@ def score(activations, masks, *, thresholds=None, quantile: float = 0.005, union
     backend: "auto", "cpu" (C++ kernels), "cuda" (CUDA kernels, CUDA tensors), "cuda_emu" (the CUDA
     kernels emulated on the CPU, for testing) or "torch" (plain torch, any device).
     """
+    # The options first, and quantile even with thresholds given: a bad value is a mistake either way.
+    _validate.quantile_level(quantile)
+    _validate.union_mode(union)
+    _validate.backend(backend)
     act = _validate.activations(activations, check_finite=False)
     m = as_concept_masks(masks)
     _validate.same_images(act.shape[0], m.num_images)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from . import _validate
 from . import analysis_inputs as inputs
 from .torch_backend import upsample
 
@@ -69,6 +70,12 @@ def segment(model: torch.nn.Module, images, dissection, layer: str, *, top: int 
     """Label maps of `images` ((H, W, 3) uint8 arrays, at image resolution) or, given a concept data
     set, its scores against the data set's masks (at label resolution). top: only the `top` detectors
     by IoU (default: every detector)."""
+    _validate.module(model, "model")
+    _validate.dissection(dissection)
+    _validate.layer_name(layer)
+    top = _validate.optional_positive_int(top, "top")
+    batch_size = _validate.positive_int(batch_size, "batch_size")
+    _validate.boolean(verbose, "verbose")
     result = inputs.layer_of(dissection, layer, model)
     units, concepts = _chosen_units(result, top)
     settings = inputs.input_settings(dissection)

@@ -372,9 +372,10 @@ def thresholds(activations, quantile: float = 0.005, method: str = "linear", *,
     >>> fd.thresholds(a, quantile=0.005).item()
     994.005
     """
-    x = _validate.as_tensor(activations, "activations")
-    if x.dim() not in (2, 4):
-        raise ValueError(f"activations must have shape [N, K, h, w] or [M, K], got {tuple(x.shape)}")
+    _validate.quantile_level(quantile)
+    check_method(method)
+    _validate.backend(backend)
+    x = _as_values(activations, None)
     q = TopQuantile(x.shape[1], quantile, method, backend=backend)
     q.add(x)
     return q.finish(lambda: [x])
@@ -498,7 +499,7 @@ class _Refinement:
         return _Refinement(self.owner, self.next_targets, (values, done))
 
 
-def _as_values(activations, num_units: int) -> torch.Tensor:
+def _as_values(activations, num_units: int | None) -> torch.Tensor:
     x = _validate.as_tensor(activations, "activations")
     if x.dim() not in (2, 4):
         raise ValueError(f"activations must have shape [N, K, h, w] or [M, K], got {tuple(x.shape)}")
@@ -506,7 +507,7 @@ def _as_values(activations, num_units: int) -> torch.Tensor:
         raise TypeError(f"activations must be float32, float64, float16 or bfloat16, got {x.dtype}")
     if x.numel() == 0:
         raise ValueError(f"activations must be non-empty, got shape {tuple(x.shape)}")
-    if x.shape[1] != num_units:
+    if num_units is not None and x.shape[1] != num_units:
         raise ValueError(f"activations must have {num_units} units (dim 1), got shape {tuple(x.shape)}")
     return x
 
