@@ -17,7 +17,7 @@ import pytest
 
 import fastdissect as fd
 import workloads
-from fastdissect import torch_backend
+from fastdissect.kernels import torch_backend
 
 PEER = dict(n=2000, size=56, concepts=300, units=4)
 SCALE = dict(n=22000, size=112, concepts=1200, units=512, timed_units=32, optimal_units=2)

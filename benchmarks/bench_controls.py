@@ -7,7 +7,7 @@ masks gathered, then a second tally) in the same call, on ResNet-18 layer4 shape
 import pytest
 
 import fastdissect as fd
-from fastdissect.controls import derangement
+from fastdissect.engine.controls import derangement
 from workloads import layer4_workload
 
 N_IMAGES, UNITS, MAP, LABEL, CONCEPTS = 64, 512, 7, 112, 150
@@ -47,7 +47,7 @@ POWERS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 @pytest.fixture(scope="module")
 def rotation_setup(tmp_path_factory):
     pytest.importorskip("efficientnet_lite_pytorch", reason="needs the demo extra")
-    from fastdissect import models
+    from fastdissect.pipeline import models
 
     ds = fd.datasets.Broden(fd.datasets.builtin(tmp_path_factory.mktemp("rot") / "set", n_images=16))
     _, layers, mean, std = models.BUILTIN["efficientnet-lite0"]
@@ -58,7 +58,7 @@ def rotation_setup(tmp_path_factory):
 def test_rotation_powers_dissected_one_by_one(benchmark, rotation_setup):
     model, layer, ds, options = rotation_setup
     benchmark.group = ROTATION_GROUP
-    width = fd.rotation.layer_width(model, layer, ds, image_size=options["image_size"], mean=options["mean"],
+    width = fd.analyses.rotation.layer_width(model, layer, ds, image_size=options["image_size"], mean=options["mean"],
                                     std=options["std"])
 
     def one_by_one():

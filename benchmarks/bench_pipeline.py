@@ -15,7 +15,7 @@ import torch
 import fastdissect as fd
 
 pytest.importorskip("efficientnet_lite_pytorch", reason="needs the demo extra")
-from fastdissect import models  # noqa: E402
+from fastdissect.pipeline import models  # noqa: E402
 
 BATCH = 32
 GROUP = "pipeline: EfficientNet-Lite0 demo, 32 images, 5 layers"
@@ -69,7 +69,7 @@ EARLY_GROUP = "forward for an early layer (_blocks.1) of EfficientNet-Lite0, 32 
 
 def early_forward(model, x, stop):
     with torch.no_grad(), fd.trace(model, ["_blocks.1"], stop=stop):
-        fd.hooks.run_until_traced(model, x)
+        fd.pipeline.hooks.run_until_traced(model, x)
 
 
 def test_forward_to_the_end(benchmark, setup):

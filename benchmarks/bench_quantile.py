@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import fastdissect as fd
-from fastdissect.quantile import interpolate, order_statistics
+from fastdissect.core.quantile import interpolate, order_statistics
 from workloads import layer_activations
 
 N_IMAGES, UNITS, MAP, BATCH = 4096, 512, 7, 128

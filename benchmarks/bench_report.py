@@ -21,8 +21,8 @@ import torch
 from PIL import Image
 
 import fastdissect as fd
-from fastdissect.report import THUMB, _strips, write_report
-from fastdissect.torch_backend import _taps
+from fastdissect.report.pages import THUMB, _strips, write_report
+from fastdissect.kernels.torch_backend import _taps
 
 UNITS, TOP, MAP = 1280, 8, 7
 GROUP = f"report strips: {UNITS} units, top {TOP} images, {MAP}x{MAP} maps"

@@ -10,7 +10,7 @@ import tempfile
 import torch
 
 import fastdissect as fd
-from fastdissect.retained import kept_values, record_bytes, retain
+from fastdissect.pipeline.retained import kept_values, record_bytes, retain
 
 
 def measure(batches, q=0.005):
@@ -38,7 +38,7 @@ def main():
     torch.manual_seed(0)
     print("7x7:  ", measure([relu_maps(128, 512, 7) for _ in range(16)]))
     print("56x56:", measure([relu_maps(64, 64, 56) for _ in range(16)]))
-    from fastdissect import models
+    from fastdissect.pipeline import models
 
     ds = fd.datasets.Broden(fd.datasets.builtin(tempfile.mkdtemp() + "/set", n_images=96))
     model = models.efficientnet_lite0()

@@ -61,7 +61,7 @@ def broden_like_masks(n: int, size: int, num_concepts: int, per_image: int = 17,
     (parts) and 2 image-level labels (scenes). Returns (masks, pooled) where pooled[i, e] is the
     7 x 7 average of entry e's mask (for `units_from_masks`), with the entry ids (n, per_image).
     """
-    from fastdissect.masks import MaskBuilder
+    from fastdissect.core.masks import MaskBuilder
 
     rng = np.random.default_rng(seed)
     weight = 1.0 / np.arange(1, num_concepts) ** 0.8  # concept 0 stays unlabeled, as in Broden

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 import fastdissect as fd
-from fastdissect import cli
+from fastdissect.cli import main as cli
 from test_pipeline import PLAIN, ColorDetectors
 from test_report import assert_renders
 
@@ -180,7 +180,7 @@ def test_segmentation_labels_the_red_region_red_and_scores_itself():
     # by the definition: the unit exceeding its threshold by the largest factor, where > 1
     with torch.no_grad(), fd.trace(model, ["pool"]) as acts:
         model(torch.from_numpy(image)[None].permute(0, 3, 1, 2).float() / 255)
-    ratio = fd.torch_backend.upsample(acts["pool"][0], 128, 128) / d["pool"].scores.thresholds[:, None, None]
+    ratio = fd.kernels.torch_backend.upsample(acts["pool"][0], 128, 128) / d["pool"].scores.thresholds[:, None, None]
     ids = torch.tensor([ds.concept_names.index(n) for n in ("red", "blue", "white")])
     want = torch.where(ratio.max(0).values > 1, ids[ratio.argmax(0)], 0)
     assert torch.equal(seg.labels[0], want)
@@ -227,7 +227,7 @@ def test_concept_ablation_ablates_every_detector_of_the_concept(concepts, dissec
 def test_explain_command_writes_a_page_linked_from_the_report(concepts, dissected, tmp_path, capsys):
     model, d = dissected
     results = d.save(tmp_path / "results")
-    d.report(results / "report", verbose=False)
+    fd.write_report(d, results / "report", verbose=False)
     model_file = tmp_path / "head.py"
     model_file.write_text("from test_analyses import PooledHead\n\ndef make():\n    return PooledHead()\n")
     photo = tmp_path / "photo.png"

@@ -6,9 +6,9 @@ import torch
 
 import fastdissect as fd
 import reference as ref
-from fastdissect import _dispatch
-from fastdissect.explanations import _UnitSource
-from fastdissect.formula_masks import AND, AND_NOT, OR, combine, concept_set, unit_rows
+from fastdissect.kernels import dispatch
+from fastdissect.engine.compositional import _UnitSource
+from fastdissect.core.formula_masks import AND, AND_NOT, OR, combine, concept_set, unit_rows
 
 BACKENDS = ["cpu", "cuda_emu", "torch"]
 
@@ -156,17 +156,17 @@ def test_formula_mask_and_text():
     assert fd.Formula.parse(str(f)) == f
     assert fd.Formula.parse("((1 AND (NOT 2)) OR 0)") == (fd.Leaf(1) & ~fd.Leaf(2)) | fd.Leaf(0)
     assert f.to_str(lambda c: f"c{c}") == "((c0 OR c2) AND (NOT c3))"
-    dense = f.mask(masks).to_dense()[:, 0]
+    dense = fd.formula_mask(f, masks).to_dense()[:, 0]
     want = (masks[:, 0] | masks[:, 2]) & ~masks[:, 3]
     assert torch.equal(dense, want)
-    packed = f.mask(fd.pack_masks(masks))
+    packed = fd.formula_mask(f, fd.pack_masks(masks))
     assert packed.offsets.diff().tolist() == want.flatten(1).any(1).long().tolist()  # empty images hold no entry
-    assert torch.equal((~fd.Leaf(1)).mask(masks).to_dense()[:, 0], ~masks[:, 1])
+    assert torch.equal(fd.formula_mask((~fd.Leaf(1)), masks).to_dense()[:, 0], ~masks[:, 1])
     for bad in ("(1 AND", "(1 XOR 2)", "1 2", "(NOT)", "((1 OR 2) AND 3"):
         with pytest.raises(ValueError, match="formula"):
             fd.Formula.parse(bad)
     with pytest.raises(ValueError, match="concept 9"):
-        fd.Leaf(9).mask(masks)
+        fd.formula_mask(fd.Leaf(9), masks)
 
 
 def test_formula_counts_kernel_against_dense():
@@ -190,7 +190,7 @@ def test_formula_counts_kernel_against_dense():
         want_flu = torch.einsum("nfp,ncp->fc", fu.flatten(2).long(), masks.flatten(2).long())
         assert torch.equal(formulas.areas(), dense_f.flatten(2).sum((0, 2)))
         for backend in BACKENDS:
-            fl, flu = _dispatch.formula_counts(backend, formulas, rows, unit_set.words, cm)
+            fl, flu = dispatch.formula_counts(backend, formulas, rows, unit_set.words, cm)
             assert torch.equal(fl, want_fl), backend
             assert torch.equal(flu, want_flu), backend
 

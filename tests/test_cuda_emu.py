@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import fastdissect as fd
-from fastdissect import _dispatch
+from fastdissect.kernels import dispatch
 
 
 @pytest.mark.parametrize("items, blocks, threads, n_threads", [
@@ -20,7 +20,7 @@ def test_shims_grid_stride_and_atomics(items, blocks, threads, n_threads):
     bits = torch.zeros(items // 32 + 1, dtype=torch.int32)
     lo_hi = torch.tensor([2 ** 62, -2 ** 62], dtype=torch.int64)
     last = torch.full((items,), -1, dtype=torch.int64)
-    _dispatch.emu_shim_selftest(items, blocks, threads, n_threads, visits, total, bits, lo_hi, last)
+    dispatch.emu_shim_selftest(items, blocks, threads, n_threads, visits, total, bits, lo_hi, last)
     assert bool((visits == 1).all()), "every grid-stride item is visited exactly once"
     assert int(total) == items * (items - 1) // 2
     want_bits = np.zeros(items // 32 + 1, dtype=np.int64)
@@ -39,11 +39,11 @@ def test_emulated_barriers_hold_every_thread_of_a_block(blocks, threads, n_threa
     it (the kernel reads a neighbour's shared slot between barriers); with emu::launch, whose
     threads run one after another, __syncthreads is refused."""
     out = torch.full((blocks * threads,), -1, dtype=torch.int64)
-    _dispatch.emu_barrier_selftest(blocks, threads, n_threads, out)
+    dispatch.emu_barrier_selftest(blocks, threads, n_threads, out)
     b, t = torch.arange(blocks).repeat_interleave(threads), torch.arange(threads).repeat(blocks)
     assert torch.equal(out, 2 * (1000 * b + t))
     with pytest.raises(RuntimeError, match="__syncthreads in a kernel run by emu::launch"):
-        _dispatch.emu_barrier_selftest(blocks, threads, n_threads, out, barriers=False)
+        dispatch.emu_barrier_selftest(blocks, threads, n_threads, out, barriers=False)
 
 
 def test_cuda_backend_without_cuda_tensors_is_a_clear_error():
@@ -66,7 +66,7 @@ def test_overflowing_kept_values_fall_back_to_an_exact_further_pass(rng):
 
 
 def test_selftest_passes_on_the_emulated_kernels_and_fails_loudly(capsys, monkeypatch):
-    from fastdissect import selftest
+    from fastdissect.engine import selftest
 
     assert selftest.main(["--backend", "cuda_emu"]) == 0
     out = capsys.readouterr().out

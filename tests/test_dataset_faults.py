@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 import fastdissect as fd
-from fastdissect import _atomic
+from fastdissect.files import atomic
 from fastdissect.datasets import DatasetError, DownloadError, label_png, mask_cache, packed
 from fastdissect.datasets.broden import MAX_PIXELS
 from test_datasets import write_fixture, write_label_png
@@ -113,10 +113,10 @@ def test_a_full_disk_while_packing_the_mask_cache_names_the_path(root, tmp_path,
     monkeypatch.setattr(packed, "open", lambda path, mode="r", *a, **k: FullDisk(builtins.open(path, mode, *a, **k)),
                         raising=False)
     cache = tmp_path / "cache"
-    with pytest.raises(_atomic.WriteError, match=rf"no space left on device while writing {cache}/masks/.*\.i64"):
+    with pytest.raises(atomic.WriteError, match=rf"no space left on device while writing {cache}/masks/.*\.i64"):
         mask_cache.broden_store(fd.datasets.Broden(root), cache, verbose=False)
     assert not list((cache / "masks").iterdir())  # no half store left behind
-    with pytest.raises(_atomic.WriteError, match=rf"no space left on device while writing {tmp_path}/store/"):
+    with pytest.raises(atomic.WriteError, match=rf"no space left on device while writing {tmp_path}/store/"):
         fd.datasets.pack(fd.datasets.Broden(root), tmp_path / "store", verbose=False)
 
 

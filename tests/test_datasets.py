@@ -186,13 +186,13 @@ def test_pack_round_trip_and_versioning(broden, tmp_path):
 def test_checksums_are_verified_again_only_after_a_change(broden, tmp_path, monkeypatch):
     """The first open hashes every array and records the files' stamps; later opens of unchanged
     files hash nothing; a byte changed in place (same size) is hashed again and refused."""
-    from fastdissect import _atomic
+    from fastdissect.files import atomic
 
     root, _ = broden
     path = fd.datasets.pack(fd.datasets.Broden(root), tmp_path / "packed", verbose=False)
     hashed = []
-    real = _atomic.file_digest
-    monkeypatch.setattr(_atomic, "file_digest", lambda f: hashed.append(Path(f).name) or real(f))
+    real = atomic.file_digest
+    monkeypatch.setattr(atomic, "file_digest", lambda f: hashed.append(Path(f).name) or real(f))
     fd.datasets.open_packed(path)
     assert "words.u64" in hashed and (path / "verified.json").is_file()
     hashed.clear()

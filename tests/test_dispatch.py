@@ -7,26 +7,27 @@ from pathlib import Path
 import torch
 
 import fastdissect as fd
-from fastdissect import _codes, _dispatch
-from fastdissect.accumulator import Accumulator
+from fastdissect.core import codes
+from fastdissect.kernels import dispatch
+from fastdissect.engine.accumulator import Accumulator
 
 PACKAGE = Path(fd.__file__).resolve().parent
 
 
 def test_enumerations_agree_with_the_kernels():
-    c = _dispatch.codes()
-    assert dict(c["union"]) == _codes.UNION_CODES
-    assert {getattr(torch, name): code for name, code in c["dtype"].items()} == _codes.DTYPE_CODES
-    assert c["score_branches"] == len(_codes.SCORE_BRANCHES)
+    c = dispatch.codes()
+    assert dict(c["union"]) == codes.UNION_CODES
+    assert {getattr(torch, name): code for name, code in c["dtype"].items()} == codes.DTYPE_CODES
+    assert c["score_branches"] == len(codes.SCORE_BRANCHES)
 
 
 def test_only_the_dispatch_layer_calls_the_extension():
     offenders = []
     for path in PACKAGE.rglob("*.py"):
-        if path.name in ("_dispatch.py", "_ext.py"):
+        if path.name in ("dispatch.py", "ext.py"):
             continue
         text = path.read_text()
-        if re.search(r"\b_ext\.|\.extension\(\)|\b_C\b", text):
+        if re.search(r"\bext\.extension\b|\.extension\(\)|\b_C\b", text):
             offenders.append(path.name)
     assert offenders == []
 
@@ -40,7 +41,7 @@ def test_no_module_reads_another_modules_private_attributes():
         own = set(re.findall(r"self\.(_[a-z]\w*)\s*[:=]", text)) | set(re.findall(r"def (_[a-z]\w*)", text))
         for line in text.splitlines():
             for m in access.finditer(line.split("#")[0]):
-                if m.group(2) not in own and not (path.name == "_dispatch.py" and m.group(1) == "_ext"):
+                if m.group(2) not in own:
                     found.append(f"{path.name}: {m.group(0)}")
     assert found == []
 
@@ -52,8 +53,8 @@ def test_accumulators_follow_one_protocol():
 
 def test_backend_is_resolved_once_per_accumulator(monkeypatch):
     calls = []
-    original = _dispatch.resolve_backend
-    monkeypatch.setattr(_dispatch, "resolve_backend", lambda b, d: calls.append(b) or original(b, d))
+    original = dispatch.resolve_backend
+    monkeypatch.setattr(dispatch, "resolve_backend", lambda b, d: calls.append(b) or original(b, d))
     t = fd.Tally(2, 3, [0.5, 0.5])
     q = fd.TopQuantile(2)
     masks = torch.zeros(2, 3, 4, 4, dtype=torch.bool)

@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 
 import fastdissect as fd
-from fastdissect import cli
-from fastdissect.controls import random_weights
+from fastdissect.cli import main as cli
+from fastdissect.engine.controls import random_weights
 from test_pipeline import PLAIN, ColorDetectors
 from test_report import assert_renders
 
@@ -84,7 +84,7 @@ def test_random_init_control_is_saved_written_and_reported(concepts, tmp_path):
     d.to_csv(tmp_path / "csv")
     assert [r["label"] for r in read_csv(tmp_path / "csv" / "random_init" / "pool.csv")] == \
         [u["label"] for u in control.units]
-    index = loaded.report(tmp_path / "report", verbose=False).read_text()
+    index = fd.write_report(loaded, tmp_path / "report", verbose=False).read_text()
     assert f"random weights: {control.summary['interpretable']}" in index
     assert "random weights" in d.summary_text()
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import fastdissect as fd
-from fastdissect import cli
+from fastdissect.cli import main as cli
 from fastdissect.datasets import DownloadError
 from test_pipeline import PLAIN, ColorDetectors
 

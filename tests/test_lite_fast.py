@@ -8,12 +8,12 @@ import pytest
 import torch
 
 import fastdissect as fd
-from fastdissect import _dispatch
+from fastdissect.kernels import dispatch
 from fastdissect.compat import netdissect_lite as lite
 from fastdissect.compat import pillow
 from fastdissect.compat.pillow import resize_bilinear
 from fastdissect.datasets import mask_cache
-from fastdissect.masks import MaskBuilder
+from fastdissect.core.masks import MaskBuilder
 from test_compat import reference_tally
 from test_datasets import CATEGORIES, write_fixture
 
@@ -25,7 +25,7 @@ def pillow_masks(act: torch.Tensor, thresholds: torch.Tensor, H: int, W: int, ex
     masks = fd.pack_masks(labels=torch.ones(N, 1, H, W, dtype=torch.int64), num_concepts=2)
     out = torch.zeros(N, K, (H * W + 63) // 64, dtype=torch.int64)
     inter, area = torch.zeros(K, 2, dtype=torch.int64), torch.zeros(K, dtype=torch.int64)
-    _dispatch.tally_batch("cpu", act, masks, thresholds.double(), "global", None, 0, inter, area, None,
+    dispatch.tally_batch("cpu", act, masks, thresholds.double(), "global", None, 0, inter, area, None,
                           pillow=tables, exhaustive=exhaustive, mask_out=out)
     bits = np.unpackbits(out.numpy().view(np.uint8), axis=-1, bitorder="little")[..., :H * W]
     return torch.from_numpy(bits.reshape(N, K, H, W).astype(bool))
@@ -154,7 +154,7 @@ def test_tallies_from_the_store_do_not_depend_on_the_chunk(broden, rng, tmp_path
 def test_a_second_call_parses_and_opens_nothing_until_a_file_changes(broden, rng, tmp_path, monkeypatch):
     """Within a process the directory's CSVs are parsed once and its store opened once; a rewritten
     CSV (same bytes, new stamp) is parsed again, a changed one gives its new content's rows."""
-    from fastdissect import identity
+    from fastdissect.files import identity
     from fastdissect.datasets import mask_cache as mc
 
     features, t = lite_case(rng, broden)

@@ -91,7 +91,7 @@ def test_default_location_is_the_environment_cache(concepts, tmp_path, monkeypat
 
 
 def test_cli_mask_cache_flags(concepts, tmp_path, capsys):
-    from fastdissect import cli
+    from fastdissect.cli import main as cli
     from test_getting_started import MODELS
 
     toys = tmp_path / "toys.py"

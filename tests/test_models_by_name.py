@@ -8,7 +8,8 @@ import types
 import pytest
 import torch
 
-from fastdissect import cli, models
+from fastdissect.cli import main as cli
+from fastdissect.pipeline import models
 
 
 class Toy(torch.nn.Module):

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import fastdissect as fd
-from fastdissect import cli
+from fastdissect.cli import main as cli
 from test_pipeline import ColorDetectors
 from test_reliability import SETTINGS, TESTS, same
 
@@ -159,7 +159,7 @@ def test_temporaries_of_dead_processes_are_removed_and_live_ones_kept(models, so
     assert not [p for p in stale + folders if p.exists()]
     assert all(p.is_file() for p in kept)
     # a rank's own lock does not own the directory: another rank's temporary directories stay
-    from fastdissect._lock import locked
+    from fastdissect.files.lock import locked
 
     folder = ckpt / ".y.abcdefgh.tmp"
     folder.mkdir()
@@ -230,7 +230,7 @@ def test_report_refuses_a_data_set_regenerated_in_place(models, source, tmp_path
         assert f"--dataset {concepts} is not the data set the results were computed on (12 images in the results, " \
                f"8 in --dataset {concepts}" in err and "IndexError" not in err
     with pytest.raises(fd.datasets.DatasetError, match="holds 8 images, the dissection's top images go up to image"):
-        fd.load(out).report(tmp_path / "r4", fd.datasets.Broden(concepts), verbose=False)
+        fd.write_report(fd.load(out), tmp_path / "r4", fd.datasets.Broden(concepts), verbose=False)
 
 
 # ---- 6. a DataLoader worker's error, by its own message

@@ -10,7 +10,7 @@ import torch
 
 import fastdissect as fd
 import reference
-from fastdissect import cli
+from fastdissect.cli import main as cli
 
 PLAIN = dict(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))  # model input = image / 255
 
@@ -194,7 +194,7 @@ def broken():
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "fastdissect.cli", *map(str, args)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "fastdissect.cli.main", *map(str, args)], capture_output=True, text=True,
                           cwd=Path(__file__).parent)
 
 
@@ -311,7 +311,7 @@ def test_a_checkpoint_of_another_dissection_is_refused_naming_the_difference(con
         options["quantile"] = 0.01
     else:
         options["transform"] = {"pool": lambda a: a * 2}
-    with pytest.raises(fd.pipeline.CheckpointMismatch, match=named) as err:
+    with pytest.raises(fd.pipeline.dissect.CheckpointMismatch, match=named) as err:
         fd.dissect(model, ["pool"], dataset, batch_size=8, verbose=False, checkpoint=tmp_path / "ck", **options)
     assert "another dissection" in str(err.value) and "--restart" in str(err.value)
     # restart=True discards it: the same numbers as a run without any checkpoint
@@ -343,7 +343,7 @@ def test_results_carry_their_identity(concepts, tmp_path):
     d.save(tmp_path)
     assert fd.load(tmp_path).identity == ident
     assert "ColorDetectors" in d.summary_text().splitlines()[0]
-    index = d.report(tmp_path / "report", verbose=False).read_text()
+    index = fd.write_report(d, tmp_path / "report", verbose=False).read_text()
     assert 'id="identity"' in index and ident["model"]["parameters"][:12] in index
 
 
@@ -380,7 +380,7 @@ def test_cli_refuses_a_checkpoint_of_other_weights_and_restarts_on_request(conce
 def test_torchvision_models_without_weights_are_seeded_and_said_to_be_random(monkeypatch):
     import types
 
-    from fastdissect import models
+    from fastdissect.pipeline import models
 
     fake = types.ModuleType("torchvision")
     fake.models = types.SimpleNamespace(get_model=lambda name, weights=None: torch.nn.Conv2d(3, 4, 3))
@@ -431,7 +431,7 @@ def test_formulas_in_the_pipeline_equal_fd_compositional(concepts, tmp_path):
                        beam_size=4, checkpoint=ck, **PLAIN)
     assert [str(f) for f in again["pool"].formulas.formulas] == [str(f) for f in want.formulas]
     # another formula length is another dissection: the checkpoint is refused
-    with pytest.raises(fd.pipeline.CheckpointMismatch, match="formulas"):
+    with pytest.raises(fd.pipeline.dissect.CheckpointMismatch, match="formulas"):
         fd.dissect(model, ["pool"], concepts, quantile=0.05, batch_size=8, verbose=False, formula_length=2,
                    checkpoint=ck, **PLAIN)
 

@@ -17,10 +17,11 @@ import torch
 from PIL import Image
 
 import fastdissect as fd
-from fastdissect import _atomic, cli
-from fastdissect._lock import DirectoryBusy, locked
+from fastdissect.files import atomic
+from fastdissect.cli import main as cli
+from fastdissect.files.lock import DirectoryBusy, locked
 from fastdissect.datasets import DatasetError
-from fastdissect.pipeline import CheckpointMismatch
+from fastdissect.pipeline.dissect import CheckpointMismatch
 from test_pipeline import PLAIN, ColorDetectors
 
 SETTINGS = dict(quantile=0.05, verbose=False, **PLAIN)
@@ -60,7 +61,7 @@ def test_an_interrupted_save_leaves_the_old_or_the_new_result(two_results, tmp_p
     out = old.save(tmp_path / "out")
     real_replace, real_unlink = os.replace, Path.unlink
     steps = []
-    monkeypatch.setattr(_atomic.os, "replace", lambda *a: (steps.append("replace"), real_replace(*a)))
+    monkeypatch.setattr(atomic.os, "replace", lambda *a: (steps.append("replace"), real_replace(*a)))
     new.save(tmp_path / "probe")
     monkeypatch.undo()
     assert len(steps) >= 3  # the dissection file, summary.json, manifest.json
@@ -78,7 +79,7 @@ def test_an_interrupted_save_leaves_the_old_or_the_new_result(two_results, tmp_p
             if self.name.startswith("dissection-") and crash_at == len(steps):
                 raise KeyboardInterrupt("simulated crash while removing the old file")
             return real_unlink(self, *args, **kwargs)
-        monkeypatch.setattr(_atomic.os, "replace", replace)
+        monkeypatch.setattr(atomic.os, "replace", replace)
         monkeypatch.setattr(Path, "unlink", unlink)
         with pytest.raises(KeyboardInterrupt):
             new.save(out)
@@ -117,7 +118,7 @@ def test_full_and_read_only_disks_name_the_path_and_keep_the_old_result(two_resu
                         (errno.EACCES, "permission denied")]:
         def fail(fd_, code=code):
             raise OSError(code, os.strerror(code))
-        monkeypatch.setattr(_atomic.os, "fsync", fail)
+        monkeypatch.setattr(atomic.os, "fsync", fail)
         with pytest.raises(OSError, match=f"{cause} while writing {out}/dissection-"):
             new.save(out)
         with pytest.raises(OSError, match=f"{cause} while writing {tmp_path / 'csv'}"):
@@ -148,7 +149,7 @@ def test_load_requires_the_manifest_and_checks_the_digest(two_results, tmp_path)
 # ---- locks
 
 def hold_lock(directory: Path) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom fastdissect._lock import locked\n"
+    proc = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom fastdissect.files.lock import locked\n"
                              f"with locked({str(directory)!r}):\n    print('held', flush=True)\n    time.sleep(60)\n"],
                             stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "held"

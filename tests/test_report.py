@@ -22,7 +22,7 @@ def report(tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
     ds = fd.datasets.Broden(fd.datasets.builtin(root / "concepts", n_images=40, seed=2))
     d = fd.dissect(ColorDetectors(), ["conv", "pool"], ds, quantile=0.05, top_k=5, verbose=False, **PLAIN)
-    return d, d.report(root / "report", verbose=False), ds
+    return d, fd.write_report(d, root / "report", verbose=False), ds
 
 
 def referenced_images(html: Path):
@@ -45,7 +45,7 @@ def unit_section(page: Path, unit: int) -> str:
 
 def test_report_pages_and_images(report):
     d, index, ds = report
-    from fastdissect.report import strip_image
+    from fastdissect.report.pages import strip_image
 
     html = index.read_text()
     assert "<script src=" not in html and "http" not in html.replace("http-equiv", "")  # offline: no CDN
@@ -100,7 +100,7 @@ def test_strip_masks_are_the_thresholded_upsampled_maps(report):
     """Each tile: the image at 112 px, kept inside the unit's mask (its top map upsampled to the tile
     and thresholded, as the reference computes it) and dimmed outside, the mask outlined in yellow."""
     import reference
-    from fastdissect.report import strip_image
+    from fastdissect.report.pages import strip_image
 
     d, _, ds = report
     layer = d["pool"]
@@ -185,13 +185,13 @@ def test_report_in_a_real_browser(report, tmp_path):
 def test_formula_column_and_formula_mask_outline(tmp_path):
     ds = fd.datasets.Broden(fd.datasets.builtin(tmp_path / "concepts", n_images=24, seed=3))
     d = fd.dissect(ColorDetectors(), ["pool"], ds, quantile=0.05, top_k=3, verbose=False, formula_length=2, **PLAIN)
-    index = d.report(tmp_path / "report", verbose=False)
+    index = fd.write_report(d, tmp_path / "report", verbose=False)
     page = (index.parent / "layer_pool.html").read_text()
     layer = d["pool"]
     f = layer.formulas.formulas[0]
     assert "formula (IoU)" in page and f.to_str(ds.concept_names) in page and "outlined in cyan" in page
     # the formula's mask on a top image is the formula evaluated on its label planes (nearest upsampled)
-    from fastdissect.report import formula_mask_of
+    from fastdissect.report.draw import formula_mask_of
 
     i = int(layer.top_images[0, 0])
     sample = ds[i]
@@ -199,13 +199,13 @@ def test_formula_column_and_formula_mask_outline(tmp_path):
     got = formula_mask_of(f, sample, sample.labels.shape[1], sample.labels.shape[2])
     dense = fd.pack_masks(labels=torch.from_numpy(sample.labels[None]), image_labels=[sample.image_labels],
                           num_concepts=ds.num_concepts)
-    assert np.array_equal(got, f.mask(dense).to_dense()[0, 0].numpy())
+    assert np.array_equal(got, fd.formula_mask(f, dense).to_dense()[0, 0].numpy())
     assert formula_mask_of(f, sample, *image.shape[:2]).shape == image.shape[:2]
 
 
 def test_mask_overlay_at_image_resolution():
     """Explained predictions draw a unit's mask over the whole image as the strips draw tiles."""
-    from fastdissect.report import mask_overlay
+    from fastdissect.report.draw import mask_overlay
 
     rng = np.random.default_rng(5)
     image = rng.integers(0, 256, (30, 41, 3), dtype=np.uint8)
@@ -224,7 +224,7 @@ def test_mask_overlay_at_image_resolution():
 def test_the_tile_cache_keeps_earlier_layers_only_within_its_budget(report, monkeypatch):
     """Tiles stay for later layers while the cache is small; beyond its budget only the current
     layer's top images are kept (memory bounded by one layer's)."""
-    import fastdissect.report as R
+    import fastdissect.report.pages as R
 
     _, _, ds = report
     cache: dict = {}
@@ -239,12 +239,12 @@ def test_the_tile_cache_keeps_earlier_layers_only_within_its_budget(report, monk
 def test_unit_page_shows_labels_finer_than_the_strips_at_their_resolution(tmp_path):
     """With 128 px labels the layer page keeps 112 px strips and the unit page shows 128 px ones
     (sheets full_NNNN.jpg, strips every 128 rows: a multiple of JPEG's blocks)."""
-    from fastdissect.report import strip_image
+    from fastdissect.report.pages import strip_image
 
     ds = fd.datasets.Broden(fd.datasets.builtin(tmp_path / "concepts", n_images=12, seed=4, image_size=256,
                                                 label_size=128))
     d = fd.dissect(ColorDetectors(), ["pool"], ds, quantile=0.05, top_k=3, verbose=False, **PLAIN)
-    index = d.report(tmp_path / "report", verbose=False)
+    index = fd.write_report(d, tmp_path / "report", verbose=False)
     layer_strips = strips_of(index.parent / "layer_pool.html")
     unit_strips = strips_of(index.parent / "units_pool" / "units.html")
     assert {s["height"] for s in layer_strips} == {112} and {s["height"] for s in unit_strips} == {128}

@@ -24,7 +24,7 @@ def test_power_zero_is_the_identity_and_power_one_is_q():
     r0 = fd.random_rotation(6, power=0)
     assert r0(x) is x
     r1 = fd.random_rotation(6, seed=1, power=1.0)
-    assert torch.equal(r1.matrix, fd.rotation.haar_orthogonal(6, 1))
+    assert torch.equal(r1.matrix, fd.analyses.rotation.haar_orthogonal(6, 1))
     want = np.einsum("kj,njhw->nkhw", r1.matrix.numpy(), x.double().numpy()).astype(np.float32)
     np.testing.assert_array_equal(r1(x).numpy(), want)
     assert r1(x.half()).dtype == torch.half and r1(torch.rand(3, 6)).shape == (3, 6)
@@ -71,7 +71,7 @@ def test_precision_recall_f1_are_the_counts_ratios():
 
 
 def test_derangement_has_no_fixed_point():
-    from fastdissect.controls import derangement
+    from fastdissect.engine.controls import derangement
 
     for n in (2, 3, 10, 257):
         for seed in range(5):
@@ -107,7 +107,7 @@ def test_permuted_control_separates_detectors_from_chance(tmp_path):
     d = fd.dissect(ColorDetectors(), ["pool"], ds, quantile=0.05, verbose=False, controls=("permuted",), **PLAIN)
     layer = d["pool"]
     # the control is the plain tally of each image's activations against its deranged image's masks
-    from fastdissect.controls import derangement
+    from fastdissect.engine.controls import derangement
 
     perm = derangement(len(ds), 0)
     masks = fd.pack_masks(labels=torch.from_numpy(np.stack([ds[i].labels for i in range(len(ds))])),
@@ -127,7 +127,7 @@ def test_permuted_control_separates_detectors_from_chance(tmp_path):
     assert torch.equal(fd.load(tmp_path / "out")["pool"].control.iou, layer.control.iou)
     d.to_csv(tmp_path / "csv")
     assert "control_best_iou" in (tmp_path / "csv" / "pool.csv").read_text().splitlines()[0]
-    index = d.report(tmp_path / "report", verbose=False)
+    index = fd.write_report(d, tmp_path / "report", verbose=False)
     assert "beyond chance" in index.read_text() and "control IoU" in (index.parent / "layer_pool.html").read_text()
     # units of noise: their labels score no better than their control
     noise = fd.dissect(NoiseUnits(), ["pool"], ds, quantile=0.05, verbose=False, controls=("permuted",),
@@ -147,7 +147,7 @@ def _scores(iou_rows):
 
 
 def test_warning_when_chance_explains_the_labels():
-    from fastdissect.pipeline import _warn_if_chance_explains
+    from fastdissect.pipeline.dissect import _warn_if_chance_explains
 
     plain = _scores([[0.0, 0.10, 0.02]] * 4)          # every unit passes 0.04 ...
     control = _scores([[0.0, 0.02, 0.30]] * 4)        # ... but chance scores higher still

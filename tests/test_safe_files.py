@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import fastdissect as fd
-from fastdissect import _atomic, _tensorfile
-from fastdissect.pipeline import CheckpointMismatch
+from fastdissect.files import atomic, tensorfile
+from fastdissect.pipeline.dissect import CheckpointMismatch
 from test_pipeline import PLAIN, ColorDetectors, Interrupting
 
 SETTINGS = dict(quantile=0.05, verbose=False, **PLAIN)
@@ -63,7 +63,7 @@ def plant_result(results: Path, tmp_path: Path, *, version=3) -> tuple[Path, Pat
     marker = tmp_path / "ran"
     manifest = json.loads((out / "manifest.json").read_text())
     (out / manifest["dissection"]).write_bytes(planted_pickle(marker))
-    manifest.update(version=version, blake2b=_atomic.file_digest(out / manifest["dissection"]))
+    manifest.update(version=version, blake2b=atomic.file_digest(out / manifest["dissection"]))
     if version == 2:  # the old layout: a .pt beside its manifest
         (out / manifest["dissection"]).rename(out / "dissection-0123456789abcdef.pt")
         manifest["dissection"] = "dissection-0123456789abcdef.pt"
@@ -72,7 +72,7 @@ def plant_result(results: Path, tmp_path: Path, *, version=3) -> tuple[Path, Pat
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "fastdissect.cli", *map(str, args)], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "fastdissect.cli.main", *map(str, args)], capture_output=True,
                           text=True, timeout=600)
 
 
@@ -135,13 +135,13 @@ def test_a_results_file_with_fields_this_version_does_not_write_is_refused(saved
     out = Path(shutil.copytree(saved[1], tmp_path / "edited"))
     manifest = json.loads((out / "manifest.json").read_text())
     path = out / manifest["dissection"]
-    tree = _tensorfile.read(path, kind="dissection")
+    tree = tensorfile.read(path, kind="dissection")
     if field == "extra":
         tree["extra"] = "?"
     else:
         del tree[field]
-    path.write_bytes(_tensorfile.dumps(tree, kind="dissection"))
-    manifest["blake2b"] = _atomic.file_digest(path)
+    path.write_bytes(tensorfile.dumps(tree, kind="dissection"))
+    manifest["blake2b"] = atomic.file_digest(path)
     (out / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match=where):
         fd.load(out)
@@ -167,8 +167,8 @@ def test_every_flipped_byte_of_a_results_file_is_refused(saved, tmp_path):
     for i in range(0, len(raw), max(1, len(raw) // 97)):
         damaged = bytearray(raw)
         damaged[i] ^= 0x20
-        with pytest.raises(_tensorfile.UnsafeFileError):
-            _tensorfile.loads(bytes(damaged), kind="dissection", where=path)
+        with pytest.raises(tensorfile.UnsafeFileError):
+            tensorfile.loads(bytes(damaged), kind="dissection", where=path)
 
 
 def _interrupted_checkpoint(ds, ckpt: Path):
@@ -189,7 +189,7 @@ def test_a_planted_pickle_as_checkpoint_never_runs(saved, tmp_path):
     # An old checkpoint.pt, with the old format's magic and checksum, is never opened either.
     (ckpt / "checkpoint.safetensors").unlink()
     payload = planted_pickle(marker)
-    (ckpt / "checkpoint.pt").write_bytes(b"fastdissect-checkpoint\n" + _atomic.digest(payload).encode() + b"\n" + payload)
+    (ckpt / "checkpoint.pt").write_bytes(b"fastdissect-checkpoint\n" + atomic.digest(payload).encode() + b"\n" + payload)
     with pytest.raises(CheckpointMismatch, match=r"checkpoint\.pt: a checkpoint of an older fastdissect, a pickle"):
         fd.dissect(ColorDetectors(), ["conv", "pool"], ds, **opts)
     from test_pipeline import MODEL_FILE
@@ -213,11 +213,11 @@ def test_a_planted_pickle_as_kept_maps_never_runs(saved, tmp_path):
     kept[0].write_bytes(planted_pickle(marker))
     # The checkpoint's reference to that file carries the pickle's digest, and its own checksum is redone.
     path = ckpt / "checkpoint.safetensors"
-    state = _tensorfile.read(path, kind="checkpoint")
+    state = tensorfile.read(path, kind="checkpoint")
     for ref in state["kept"]:
         if ref["file"] == kept[0].name:
-            ref["digest"] = _atomic.digest(kept[0].read_bytes())
-    path.write_bytes(_tensorfile.dumps(state, kind="checkpoint"))
+            ref["digest"] = atomic.digest(kept[0].read_bytes())
+    path.write_bytes(tensorfile.dumps(state, kind="checkpoint"))
     with pytest.raises(ValueError, match=rf"{kept[0].name}: .*not a fastdissect file.*--restart"):
         fd.dissect(ColorDetectors(), ["conv", "pool"], ds, **opts)
     assert not marker.exists()
@@ -225,14 +225,14 @@ def test_a_planted_pickle_as_kept_maps_never_runs(saved, tmp_path):
 
 def test_tensor_files_refuse_what_they_cannot_hold_and_malformed_entries(tmp_path):
     with pytest.raises(TypeError, match="a object cannot be stored"):
-        _tensorfile.dumps({"x": object()}, kind="t")
+        tensorfile.dumps({"x": object()}, kind="t")
     with pytest.raises(TypeError, match="dict keys must be str"):
-        _tensorfile.dumps({1: 2}, kind="t")
+        tensorfile.dumps({1: 2}, kind="t")
     with pytest.raises(TypeError, match="complex"):
-        _tensorfile.dumps({"x": torch.zeros(2, dtype=torch.complex64)}, kind="t")
-    good = _tensorfile.dumps({"x": torch.arange(6).view(2, 3)}, kind="t")
-    with pytest.raises(_tensorfile.UnsafeFileError, match="holds a fastdissect 't', not a 'u'"):
-        _tensorfile.loads(good, kind="u", where="f")
+        tensorfile.dumps({"x": torch.zeros(2, dtype=torch.complex64)}, kind="t")
+    good = tensorfile.dumps({"x": torch.arange(6).view(2, 3)}, kind="t")
+    with pytest.raises(tensorfile.UnsafeFileError, match="holds a fastdissect 't', not a 'u'"):
+        tensorfile.loads(good, kind="u", where="f")
     # Offsets that point outside the file, and a shape that lies about the bytes, each named.
     n = int.from_bytes(good[:8], "little")
     header = json.loads(good[8:8 + n])
@@ -240,8 +240,8 @@ def test_tensor_files_refuse_what_they_cannot_hold_and_malformed_entries(tmp_pat
                           ({"dtype": "OBJECT"}, "malformed entry")]:
         h = {**header, "x": {**header["x"], **entry}}
         raw = json.dumps(h).encode()
-        with pytest.raises(_tensorfile.UnsafeFileError, match=needle):
-            _tensorfile.loads(len(raw).to_bytes(8, "little") + raw + good[8 + n:], kind="t", where="f")
+        with pytest.raises(tensorfile.UnsafeFileError, match=needle):
+            tensorfile.loads(len(raw).to_bytes(8, "little") + raw + good[8 + n:], kind="t", where="f")
 
 
 def test_tensor_files_keep_every_dtype_shape_and_value(rng=None):
@@ -250,7 +250,7 @@ def test_tensor_files_keep_every_dtype_shape_and_value(rng=None):
               "bf16": torch.tensor([0.25], dtype=torch.bfloat16), "i64": torch.tensor([-(2**62)]),
               "empty": torch.zeros(0, 3), "strided": torch.arange(12.0).view(3, 4).t(), "scalar": torch.tensor(3.0),
               "nested": [{"f": float("-inf"), "t": (1, 2)}, None, "text"], "dt": torch.int16}
-    back = _tensorfile.loads(_tensorfile.dumps(values, kind="t"), kind="t", where="m")
+    back = tensorfile.loads(tensorfile.dumps(values, kind="t"), kind="t", where="m")
     for k, v in values.items():
         if isinstance(v, torch.Tensor):
             assert back[k].dtype == v.dtype and back[k].shape == v.shape
@@ -262,7 +262,7 @@ def test_tensor_files_keep_every_dtype_shape_and_value(rng=None):
 def test_model_weights_from_a_safetensors_file(tmp_path):
     """--weights x.safetensors is read as plain tensors, written by any safetensors writer."""
     safetensors = pytest.importorskip("safetensors.torch")
-    from fastdissect import models
+    from fastdissect.pipeline import models
 
     model, other = ColorDetectors(), ColorDetectors()
     with torch.no_grad():

@@ -303,7 +303,7 @@ def test_every_half_precision_value_converts_exactly(backend, dtype):
 
 @pytest.mark.parametrize("block_bytes", [1, 3 * 5 * 9 * 7 * 2, 1 << 30])
 def test_dense_packing_round_trips_across_blocks(rng, monkeypatch, block_bytes):
-    import fastdissect.masks as masks_module
+    import fastdissect.core.masks as masks_module
 
     monkeypatch.setattr(masks_module, "PACK_BLOCK_BYTES", block_bytes)
     dense = torch.from_numpy(rng.random((7, 3, 5, 9)) > 0.7)

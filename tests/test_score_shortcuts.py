@@ -6,9 +6,10 @@ import pytest
 import torch
 
 import fastdissect as fd
-from fastdissect import _codes, _dispatch
+from fastdissect.core import codes
+from fastdissect.kernels import dispatch
 
-pytestmark = pytest.mark.skipif(not _dispatch.has_extension(), reason="needs the compiled extension")
+pytestmark = pytest.mark.skipif(not dispatch.has_extension(), reason="needs the compiled extension")
 
 GEOMETRIES = [(7, 7, 112, 112), (1, 1, 5, 3), (2, 3, 17, 29), (5, 4, 5, 4), (3, 8, 64, 24), (13, 13, 56, 56),
               (4, 4, 3, 2), (6, 1, 33, 7)]
@@ -37,13 +38,13 @@ def _tally(act, masks, thresholds, exhaustive, counts=None):
     area = torch.zeros(k, dtype=torch.int64)
     cats = torch.arange(c, dtype=torch.int64) % 2
     unit_cat = torch.zeros(k, 2, dtype=torch.int64)
-    _dispatch.tally_batch("cpu", act, masks, thresholds, "lite", cats, 2, inter, area, unit_cat,
+    dispatch.tally_batch("cpu", act, masks, thresholds, "lite", cats, 2, inter, area, unit_cat,
                           exhaustive=exhaustive, branch_counts=counts)
     return inter, area, unit_cat
 
 
 def test_shortcuts_equal_the_brute_evaluation_and_every_branch_is_taken():
-    counts = torch.zeros(len(_codes.SCORE_BRANCHES), dtype=torch.int64)
+    counts = torch.zeros(len(codes.SCORE_BRANCHES), dtype=torch.int64)
     brute_counts = torch.zeros_like(counts)
     rng = np.random.default_rng(0)
     for seed in range(48):
@@ -61,9 +62,9 @@ def test_shortcuts_equal_the_brute_evaluation_and_every_branch_is_taken():
         brute = _tally(act, masks, thresholds, True, brute_counts)
         for a, b in zip(fast, brute):
             assert torch.equal(a, b), f"seed {seed}, geometry {(h, w, H, W)}"
-    taken = dict(zip(_codes.SCORE_BRANCHES, counts.tolist()))
+    taken = dict(zip(codes.SCORE_BRANCHES, counts.tolist()))
     assert all(n > 0 for name, n in taken.items() if name != "exhaustive_map"), taken
-    assert taken["exhaustive_map"] == 0 and int(brute_counts[_codes.SCORE_BRANCHES.index("exhaustive_map")]) > 0
+    assert taken["exhaustive_map"] == 0 and int(brute_counts[codes.SCORE_BRANCHES.index("exhaustive_map")]) > 0
 
 
 def test_brute_evaluation_matches_the_torch_reference():
@@ -81,8 +82,8 @@ def test_testing_switches_are_refused_where_they_do_not_exist():
     masks = fd.pack_masks(torch.ones(1, 1, 4, 4, dtype=torch.bool))
     z = torch.zeros(1, 1, dtype=torch.int64)
     with pytest.raises(ValueError, match="torch backend"):
-        _dispatch.tally_batch("torch", act, masks, torch.tensor([0.5], dtype=torch.float64), "global", None, 0,
+        dispatch.tally_batch("torch", act, masks, torch.tensor([0.5], dtype=torch.float64), "global", None, 0,
                               z, torch.zeros(1, dtype=torch.int64), None, exhaustive=True)
     with pytest.raises(ValueError, match="branch_counts"):
-        _dispatch.tally_batch("cpu", act, masks, torch.tensor([0.5], dtype=torch.float64), "global", None, 0,
+        dispatch.tally_batch("cpu", act, masks, torch.tensor([0.5], dtype=torch.float64), "global", None, 0,
                               z, torch.zeros(1, dtype=torch.int64), None, branch_counts=torch.zeros(3))

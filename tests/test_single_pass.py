@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import fastdissect as fd
-from fastdissect.retained import DENSE_MAX_PIXELS, hot_floor, rebuild, retain
-from fastdissect.scoring import Tally
+from fastdissect.pipeline.retained import DENSE_MAX_PIXELS, hot_floor, rebuild, retain
+from fastdissect.engine.scoring import Tally
 from test_pipeline import PLAIN, ColorDetectors, reference_maxima
 
 
@@ -142,7 +142,7 @@ def test_resume_from_kept_maps_spilled_into_the_checkpoint(concepts, tmp_path):
 def test_the_demo_model_gives_the_two_pass_numbers(tmp_path):
     """EfficientNet-Lite0 at 224 px, its five demo layers (56x56 down to 7x7 maps)."""
     pytest.importorskip("efficientnet_lite_pytorch")
-    from fastdissect import models
+    from fastdissect.pipeline import models
 
     model = models.efficientnet_lite0()
     _, layers, mean, std = models.BUILTIN["efficientnet-lite0"]

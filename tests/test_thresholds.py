@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import fastdissect as fd
-from fastdissect.quantile import METHODS
+from fastdissect.core.quantile import METHODS
 
 
 @pytest.mark.parametrize("method", METHODS)

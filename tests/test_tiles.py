@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from fastdissect import _dispatch
-from fastdissect.torch_backend import pack_bits
+from fastdissect.kernels import dispatch
+from fastdissect.kernels.torch_backend import pack_bits
 
 YELLOW, CYAN = (255, 212, 59), (0, 220, 255)
 BACKENDS = ["cpu", "torch"]
@@ -57,7 +57,7 @@ def pattern(kind: str, rng, m: int, h: int, w: int) -> np.ndarray:
 def run(backend, masks, second, bright, dim, thumbnail, out, corner):
     packed = lambda b: pack_bits(torch.from_numpy(b.reshape(len(b), -1)))  # noqa: E731
     got = torch.from_numpy(out.copy())
-    _dispatch.draw_tiles(backend, packed(masks), packed(second) if second is not None else None,
+    dispatch.draw_tiles(backend, packed(masks), packed(second) if second is not None else None,
                          torch.from_numpy(bright), torch.from_numpy(dim), torch.from_numpy(thumbnail), got,
                          torch.from_numpy(corner), YELLOW, CYAN)
     return got.numpy()
@@ -101,7 +101,7 @@ def test_a_112_px_tile_strip_matches_the_torch_backend():
 
 
 def test_rgbx_is_pillows_byte_order():
-    value = _dispatch.rgbx((255, 212, 59))
+    value = dispatch.rgbx((255, 212, 59))
     assert np.array([value], dtype=np.int32).view(np.uint8).tolist() == [255, 212, 59, 255]
 
 
@@ -129,6 +129,6 @@ def test_bad_tile_inputs_are_refused_by_name(backend):
         call(bright=bright.astype(np.int64))
     strided = torch.from_numpy(np.concatenate([out, out], axis=2))[:, :, ::2]
     with pytest.raises(ValueError, match="out must be a contiguous CPU torch.int32 tensor, got torch.int32 on cpu, n"):
-        _dispatch.draw_tiles(backend, pack_bits(torch.from_numpy(masks.reshape(5, -1))), None, torch.from_numpy(bright),
+        dispatch.draw_tiles(backend, pack_bits(torch.from_numpy(masks.reshape(5, -1))), None, torch.from_numpy(bright),
                              torch.from_numpy(dim), torch.from_numpy(thumbnail), strided, torch.from_numpy(corner),
                              YELLOW, CYAN)

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import fastdissect as fd
-from fastdissect import histogram_keys
-from fastdissect.quantile import METHODS
+from fastdissect.core import histogram_keys
+from fastdissect.core.quantile import METHODS
 
 
 def numpy_thresholds(values: np.ndarray, quantile: float, method: str) -> np.ndarray:

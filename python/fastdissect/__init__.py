@@ -8,25 +8,29 @@
 torch.Size([8, 5])
 """
 
-from . import datasets, identity
-from ._ext import build_info
-from .ablate import Ablation, ablate, concept_ablation
-from .compare import Comparison, compare
-from .explain import PredictionExplanation, explain_prediction
-from .explanations import Explanations, compositional
-from .formula import And, Formula, Leaf, Not, Or
-from .hooks import token_grid, trace
-from .masks import ConceptMasks, pack_masks
-from .pipeline import dissect
-from .quantile import NETDISSECT_QUANTILE
-from .results import Dissection, LayerResult, load
-from .rotation import random_rotation, rotation_experiment
-from .scoring import Scores, Tally, score
-from .segment import Segmentation, segment
-from .top_images import TopImages
-from .top_quantile import TopQuantile, thresholds
+from . import datasets
+from .core.version import __version__
+from .files import identity
+from .kernels.ext import build_info
+from .analyses.ablate import Ablation, ablate, concept_ablation
+from .analyses.compare import Comparison, compare
+from .analyses.prediction import PredictionExplanation, explain_prediction
+from .engine.compositional import Explanations, compositional
+from .core.formula import And, Formula, Leaf, Not, Or
+from .core.formula_masks import formula_mask
+from .pipeline.hooks import token_grid, trace
+from .core.masks import ConceptMasks, pack_masks
+from .pipeline.dissect import dissect
+from .core.quantile import NETDISSECT_QUANTILE
+from .pipeline.results import Dissection, LayerResult, load
+from .report.pages import write_report
+from .analyses.rotation import random_rotation, rotation_experiment
+from .engine.scoring import Scores, Tally, score
+from .analyses.segment import Segmentation, segment
+from .engine.top_images import TopImages
+from .engine.top_quantile import TopQuantile, thresholds
+from .compat import deprecated as _deprecated  # noqa: F401  (old names, for one release)
 
-__version__ = "0.1.0"
 
-__all__ = ["Ablation", "PredictionExplanation", "Segmentation", "ablate", "concept_ablation", "explain_prediction", "segment", "And", "ConceptMasks", "Dissection", "Explanations", "Formula", "Leaf", "Not", "Or", "compositional", "LayerResult", "NETDISSECT_QUANTILE", "Scores", "Tally", "TopImages", "TopQuantile",
-           "build_info", "Comparison", "compare", "datasets", "dissect", "identity", "load", "pack_masks", "random_rotation", "rotation_experiment", "score", "thresholds", "token_grid", "trace"]
+__all__ = ["Ablation", "PredictionExplanation", "Segmentation", "ablate", "concept_ablation", "explain_prediction", "segment", "And", "ConceptMasks", "Dissection", "Explanations", "Formula", "formula_mask", "Leaf", "Not", "Or", "compositional", "LayerResult", "NETDISSECT_QUANTILE", "Scores", "Tally", "TopImages", "TopQuantile",
+           "build_info", "Comparison", "compare", "datasets", "dissect", "identity", "load", "pack_masks", "random_rotation", "rotation_experiment", "score", "thresholds", "token_grid", "trace", "write_report"]

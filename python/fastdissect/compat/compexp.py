@@ -26,12 +26,12 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..explanations import SetSource, explain, search_settings
-from ..masks import MaskBuilder
-from ..unit_masks import UnitMasks
+from ..engine.compositional import SetSource, explain, search_settings
+from ..core.masks import MaskBuilder
+from ..engine.unit_masks import UnitMasks
 from . import pillow
 from ..datasets.mask_cache import cache_dir_of
-from .netdissect_lite import LiteData, _as_features, lite_data, packed_labels
+from .netdissect_lite import LiteData, as_features, lite_data, packed_labels
 
 COMPEXP_CATEGORIES = ("object", "part", "scene", "texture", "color")  # compexp's settings.CATEGORIES
 
@@ -67,7 +67,7 @@ def tally(features, thresholds, data_directory, *, categories: Sequence[str] | N
     `netdissect_lite.tally` (the labels packed once per directory, index and categories)."""
     settings = search_settings(length, beam_size, search, penalty)
     data = lite_data(data_directory, list(categories) if categories is not None else None, index=index)
-    features = _as_features(features)
+    features = as_features(features)
     if features.ndim != 4:
         raise ValueError(f"features must have shape (N, K, h, w), got {features.shape}")
     N, K, h, w = features.shape

@@ -26,9 +26,9 @@ from typing import Callable, Iterable
 
 import torch
 
-from ..masks import pack_masks
-from ..scoring import Tally
-from ..top_quantile import TopQuantile
+from ..core.masks import pack_masks
+from ..engine.scoring import Tally
+from ..engine.top_quantile import TopQuantile
 
 
 def upsampler(target_shape, data_shape) -> Callable[[torch.Tensor], torch.Tensor]:

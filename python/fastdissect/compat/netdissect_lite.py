@@ -35,14 +35,15 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .. import _dispatch, _validate
-from .._codes import DTYPE_CODES
+from ..kernels import dispatch
+from ..core import validate
+from ..core.codes import DTYPE_CODES
 from ..datasets.broden import DatasetError, decode_label_png, read_csv
 from ..datasets.mask_cache import cache_dir_of, cached_store
 from ..datasets.packed import StoreWriter
-from ..identity import broden_fingerprint, kept_while_unchanged
-from ..masks import ConceptMasks, MaskBuilder
-from ..top_quantile import TopQuantile
+from ..files.identity import broden_fingerprint, kept_while_unchanged
+from ..core.masks import ConceptMasks, MaskBuilder
+from ..engine.top_quantile import TopQuantile
 from . import pillow
 from .pillow import resize_bilinear
 
@@ -51,7 +52,7 @@ def quantile_threshold(features, quantile: float = 0.005, *, chunk: int = 256) -
     """(K,) the threshold NetDissect-Lite reads: level (int(1000 * (1 - quantile)) - 1) / 999 (994/999
     for 0.005), numpy's "hazen" method, computed exactly over (N, K, h, w) or (N, K) features, streamed
     `chunk` images at a time (a memmap larger than memory is fine)."""
-    features = _as_features(features)
+    features = as_features(features)
     level = (int(1000 * (1 - quantile) - 1)) / 999
     q = TopQuantile(features.shape[1], 1 - level, "hazen")
 
@@ -153,7 +154,7 @@ def tally(features, thresholds, data_directory, categories: Sequence[str] | None
 
     cache_dir = cache_dir_of(mask_cache)
     data = lite_data(data_directory, categories)
-    features = _as_features(features)
+    features = as_features(features)
     if features.ndim != 4:
         raise ValueError(f"features must have shape (N, K, h, w), got {features.shape}")
     N, K = features.shape[:2]
@@ -164,7 +165,7 @@ def tally(features, thresholds, data_directory, categories: Sequence[str] | None
     if thresholds.shape != (K,):
         raise ValueError(f"thresholds must have shape ({K},), got {thresholds.shape}")
     sizes = {(sh, sw) for _, sh, sw, _ in data.rows}
-    if _dispatch.has_extension() and len(sizes) == 1:
+    if dispatch.has_extension() and len(sizes) == 1:
         sh, sw = next(iter(sizes))
         if features.shape[2] <= sh and features.shape[3] <= sw:  # upsampling: the fused C++ kernel
             store = packed_labels(data, _lite_masks, "fastdissect.compat.netdissect_lite", cache_dir, progress) \
@@ -233,8 +234,8 @@ def _tally_kernel(data: LiteData, store, features, thresholds, sh: int, sw: int,
             act = torch.from_numpy(np.ascontiguousarray(features[start:stop]))
             if act.dtype not in DTYPE_CODES:
                 act = act.double()
-            _validate.finite(act, "features")
-            _dispatch.tally_batch("cpu", act, m, thresholds_t, "lite", categories, G, inter, area, unit_cat,
+            validate.finite(act, "features")
+            dispatch.tally_batch("cpu", act, m, thresholds_t, "lite", categories, G, inter, area, unit_cat,
                                   pillow=tables)
             bar.update(stop - start)
     return inter.double().numpy(), unit_cat.double().numpy(), truth.double().numpy()
@@ -360,7 +361,7 @@ def _rows(data: LiteData, both, units_cat, truth, output_csv):
     return rows
 
 
-def _as_features(features) -> np.ndarray:
+def as_features(features) -> np.ndarray:
     if isinstance(features, torch.Tensor):
         features = features.detach().cpu().numpy()
     features = np.asarray(features) if not isinstance(features, np.ndarray) else features

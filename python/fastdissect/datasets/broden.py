@@ -435,7 +435,7 @@ class Broden:
     def fingerprint(self) -> dict:
         """The content identity of what this object reads (for checkpoints and results)."""
         if getattr(self, "_fingerprint", None) is None:
-            from ..identity import broden_fingerprint
+            from ..files.identity import broden_fingerprint
 
             csvs = ["index.csv", "label.csv", "category.csv"] + [f"c_{c}.csv" for c in self.category_names]
             files = [name for r in self.records for name in [r["image"], *r["files"]]]

@@ -46,7 +46,7 @@ class SegmentationDataset:
 
     def fingerprint(self) -> dict:
         """A hash of every sample's image and labels (computed on each call: the samples may change)."""
-        from ..identity import samples_fingerprint
+        from ..files.identity import samples_fingerprint
 
         return {"content": samples_fingerprint(self)}
 

@@ -13,6 +13,8 @@ import zlib
 
 import numpy as np
 
+from ..kernels import dispatch
+
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
 RGB, RGBA = 2, 6  # PNG colour types
 
@@ -51,9 +53,7 @@ def png_size(data: bytes) -> tuple[int, int] | None:
 
 def decode(data: bytes) -> np.ndarray | None:
     """(height, width) int64 labels R + 256 * G of an 8-bit RGB(A) PNG, or None for another kind."""
-    from .. import _dispatch
-
-    if data[:len(SIGNATURE)] != SIGNATURE or not _dispatch.has_extension():
+    if data[:len(SIGNATURE)] != SIGNATURE or not dispatch.has_extension():
         return None
     header, image = None, []
     for n, (kind, payload) in enumerate(_chunks(data)):
@@ -81,4 +81,7 @@ def decode(data: bytes) -> np.ndarray | None:
         raise LabelPngError("image data does not inflate (incomplete or truncated stream)")
     if len(raw) != expected:
         raise LabelPngError(f"image data inflates to {len(raw)} bytes, {width}x{height} needs {expected}")
-    return _dispatch.png_labels(raw, height, width, channels)
+    labels, bad_row = dispatch.png_labels(raw, height, width, channels)
+    if bad_row >= 0:
+        raise LabelPngError(f"row {bad_row} has filter type {raw[bad_row * (1 + width * channels)]} (PNG has 0-4)")
+    return labels

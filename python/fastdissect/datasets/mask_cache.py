@@ -22,9 +22,9 @@ from typing import Callable
 
 import numpy as np
 
-from .. import _atomic
+from ..files import atomic
 from .broden import DatasetError
-from ..identity import kept_while_unchanged
+from ..files.identity import kept_while_unchanged
 from .packed import ARRAYS, META, PackedMasks, open_packed, pack
 from .sample import Sample
 
@@ -58,7 +58,7 @@ def cached_store(key: dict, fingerprint: dict, build: Callable[[Path], None], ca
     `source_fingerprint` = fingerprint."""
     key, fingerprint = _json(key), _json(fingerprint)
     root = cache_root(cache_dir) / "masks"
-    path = root / _atomic.digest(json.dumps(key, sort_keys=True).encode())[:24]
+    path = root / atomic.digest(json.dumps(key, sort_keys=True).encode())[:24]
     if (path / META).is_file():
         try:
             store = _open(path)
@@ -66,7 +66,7 @@ def cached_store(key: dict, fingerprint: dict, build: Callable[[Path], None], ca
                 return store
         except DatasetError:
             pass  # damaged: packed again below
-    with _atomic.directory_in_place(path) as fresh:
+    with atomic.directory_in_place(path) as fresh:
         build(fresh)
     return _open(path)
 
@@ -102,7 +102,7 @@ class _BrodenLabels:
 
 def broden_store(dataset, cache_dir=None, *, verbose: bool = True, num_workers: int = 0) -> PackedMasks:
     """The packed masks of a `fd.datasets.Broden`, decoded on first use and cached."""
-    images = _atomic.digest("\0".join(r["image"] for r in dataset.records).encode())
+    images = atomic.digest("\0".join(r["image"] for r in dataset.records).encode())
     key = {"reader": "fastdissect.Broden", "root": str(Path(dataset.root).resolve()),
            "categories": list(dataset.categories), "images": images}
     fingerprint = dataset.fingerprint()

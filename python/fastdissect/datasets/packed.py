@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import _atomic
-from ..masks import ConceptMasks
+from ..files import atomic
+from ..core.masks import ConceptMasks
 from .broden import DatasetError
 from .sample import collate
 
@@ -78,14 +78,14 @@ class StoreWriter:
     with the label metadata. The header is written last, so a store whose writing stopped never opens.
     Arrays are streamed into their files (each is written once, in order, and no header names them
     until the end, so they need no atomic rename); a full disk is reported by path and cause
-    (_atomic.describe), never as a bare [Errno 28]."""
+    (atomic.describe), never as a bare [Errno 28]."""
 
     def __init__(self, path):
-        self.path = _atomic.make_dirs(path)
+        self.path = atomic.make_dirs(path)
         try:
             (self.path / META).unlink(missing_ok=True)  # arrays being rewritten are never read under an old header
         except OSError as exc:
-            raise _atomic.describe(exc, self.path / META) from None
+            raise atomic.describe(exc, self.path / META) from None
         self.offsets, self.n_entries, self.n_rows, self.size = [0], 0, 0, None
         self.files = {}
         for name in ARRAYS:
@@ -113,7 +113,7 @@ class StoreWriter:
         try:
             return operation(path)
         except OSError as exc:
-            raise _atomic.describe(exc, path) from None
+            raise atomic.describe(exc, path) from None
 
     def _write(self, name: str, array: np.ndarray) -> None:
         data = array.astype("<i8").tobytes()
@@ -145,14 +145,14 @@ class StoreWriter:
         if self.size is None:
             raise DatasetError("cannot pack an empty data set")
         offsets_bytes = np.asarray(self.offsets, dtype="<i8").tobytes()
-        _atomic.write_bytes(self.path / ARRAYS["offsets"], offsets_bytes)
+        atomic.write_bytes(self.path / ARRAYS["offsets"], offsets_bytes)
         self.hashes["offsets"].update(offsets_bytes)
         h, w = self.size
         meta = {"format": FORMAT, "version": VERSION, "num_images": len(self.offsets) - 1, "height": h, "width": w,
                 "words_per_mask": (h * w + 63) // 64, "num_entries": self.n_entries, "num_rows": self.n_rows,
                 **labels, "checksums": {name: hh.hexdigest() for name, hh in self.hashes.items()}}
         meta["header_checksum"] = _header_checksum(meta)
-        _atomic.write_text(self.path / META, json.dumps(meta))  # last: the arrays are complete when it exists
+        atomic.write_text(self.path / META, json.dumps(meta))  # last: the arrays are complete when it exists
         return self.path
 
 
@@ -162,7 +162,7 @@ def _hasher():
 
 def _header_checksum(meta: dict) -> str:
     fields = {k: v for k, v in meta.items() if k != "header_checksum"}
-    return _atomic.digest(json.dumps(fields, sort_keys=True).encode())
+    return atomic.digest(json.dumps(fields, sort_keys=True).encode())
 
 
 # The header's fields and their types: a field that is missing or of another type is named.
@@ -224,7 +224,7 @@ class PackedMasks:
             if expected == 0:
                 arrays[name] = torch.zeros(shape, dtype=torch.int64)
                 continue
-            if not verified and _atomic.file_digest(file) != meta["checksums"].get(name):
+            if not verified and atomic.file_digest(file) != meta["checksums"].get(name):
                 raise DatasetError(f"{file}: damaged (its checksum does not match the one recorded when packing); "
                                    "re-pack the data set with fd.datasets.pack")
             array = np.memmap(file, dtype="<i8", mode="c", shape=shape)
@@ -233,7 +233,7 @@ class PackedMasks:
             arrays[name] = torch.from_numpy(array)
         if not verified:
             with contextlib.suppress(OSError):  # a read-only store is verified on every open instead
-                _atomic.write_text(self.path / VERIFIED, json.dumps(stamp), durable=False)
+                atomic.write_text(self.path / VERIFIED, json.dumps(stamp), durable=False)
         try:
             self.masks = ConceptMasks(meta["num_concepts"], meta["height"], meta["width"], **arrays)
         except (TypeError, ValueError) as exc:
@@ -252,7 +252,7 @@ class PackedMasks:
 
     def fingerprint(self) -> dict:
         """The store's header and array sizes/times, and its source's path."""
-        from ..identity import file_hash, files_fingerprint
+        from ..files.identity import file_hash, files_fingerprint
 
         return {"store": str(self.path.resolve()), "header": file_hash(self.path / META),
                 "arrays": files_fingerprint(self.path, sorted(ARRAYS.values())), "source": self.meta.get("source")}
@@ -290,7 +290,7 @@ class PackedMasks:
 def _file_stamps(path: Path, meta: dict) -> dict:
     """What verified.json records: the checksums verified and each array file's size, inode, mtime
     and ctime (ctime changes with every write and cannot be set back)."""
-    from ..identity import stat_stamp
+    from ..files.identity import stat_stamp
 
     stamps = {name: stat_stamp(path / name) for name in ARRAYS.values()}
     return {"checksums": meta.get("checksums"),

@@ -1,0 +1,1 @@
+"""What is asked of a dissection: explanations, segmentation, ablation, rotation, comparisons."""

@@ -1,0 +1,216 @@
+"""Explaining one prediction by the labeled units that made it (Network Dissection, TPAMI extension).
+
+For image x, class t with logit y_t and the layer's maps A_k (k = 1..K, h x w), each method gives
+every unit a weight a_k and a contribution c_k:
+  "gradcam"   a_k = mean over positions of dy_t / dA_k;    c_k = a_k * mean A_k;
+              heatmap = ReLU(sum_k a_k A_k)  (Selvaraju et al.)
+  "cam"       a_k = W[t, k] of the linear head that follows a global average pool of this layer;
+              c_k = a_k * mean A_k, exactly the unit's share of y_t - b_t;  heatmap = ReLU(sum_k a_k A_k)
+  "gradient x activation"  a_k = mean dy_t / dA_k;  c_k = sum over positions of dy_t/dA_k * A_k
+              (first-order Taylor: the logit's change if the unit were switched off)
+Units are ranked by c_k; `labeled_share` is the detectors' part of sum_k c_k (over the units with a
+positive contribution: what pushed the class up).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..core import validate
+from . import inputs
+from ..kernels.torch_backend import upsample
+
+METHODS = ("gradcam", "cam", "gradient x activation")
+
+
+@dataclass
+class PredictionExplanation:
+    """One image's explanation: the class, its score, the heatmap and the ranked units."""
+
+    image: np.ndarray               # (H, W, 3) uint8 as given
+    target: int                     # the class explained (predicted unless given)
+    predicted: int                  # the model's top-1 class
+    score: float                    # the target's logit
+    probability: float              # its softmax probability
+    heatmap: np.ndarray             # (H, W) float64 in [0, 1] at image resolution
+    units: list[dict]               # ranked: unit, label, category, iou, formula, detector, weight, contribution
+    labeled_share: float            # share of the positive contributions carried by detector units
+    method: str
+    layer: str
+    maps: np.ndarray = field(repr=False, default=None)  # (len(units), H, W) their maps upsampled to the image
+
+
+def _linear_head(model: torch.nn.Module, num_units: int) -> torch.nn.Linear:
+    heads = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.in_features == num_units]
+    if not heads:
+        raise ValueError(f'method="cam" needs a linear head on the {num_units} pooled units (global average pool + '
+                         'nn.Linear); this model has none: use method="gradcam"')
+    return heads[-1]
+
+
+def _forward(model, layer: str, x: torch.Tensor):
+    """(logits, A) with A the layer's output kept in the graph; the hook is removed however it ends."""
+    held = {}
+
+    def hook(module, args, output):
+        held["a"] = output[0] if isinstance(output, (tuple, list)) else output
+    handle = dict(model.named_modules())[layer].register_forward_hook(hook)
+    try:
+        logits = model(x)
+    finally:
+        handle.remove()
+    if "a" not in held:
+        raise RuntimeError(f"layer {layer!r} was not called by the model's forward pass")
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+        raise ValueError(f"the model must return (N, classes) logits, got "
+                         f"{tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__}")
+    return logits, held["a"]
+
+
+def _targets(target, logits: torch.Tensor) -> torch.Tensor:
+    n, classes = logits.shape
+    predicted = logits.argmax(dim=1)
+    if target is None:
+        return predicted
+    t = torch.as_tensor(target, dtype=torch.int64).flatten().to(logits.device)
+    if t.numel() == 1:
+        t = t.expand(n)
+    if t.numel() != n:
+        raise ValueError(f"target must be one class or one per image ({n}), got {t.numel()}")
+    bad = [int(v) for v in t if not 0 <= int(v) < classes]
+    if bad:
+        raise ValueError(f"target {bad[0]} is outside the model's {classes} classes")
+    return t
+
+
+def explain_prediction(model: torch.nn.Module, images, dissection, layer: str, *, target=None,
+                       method: str = "gradcam", top: int = 5, units: str = "detectors",
+                       image_size=None) -> list[PredictionExplanation]:
+    """Explains the model's prediction (or class `target`) on each image by the units of `layer`.
+
+    images: (H, W, 3) uint8 arrays (one, a list, a stack, or image paths), fed as the dissection fed
+    its data (mean, std, image size from its identity; image_size overrides the size). units:
+    "detectors" ranks only the layer's detector units, "all" every unit.
+    """
+    validate.module(model, "model")
+    inputs.dissection(dissection)
+    validate.layer_name(layer)
+    target = validate.targets(target)
+    validate.choice(method, "method", METHODS)
+    top = validate.positive_int(top, "top")
+    validate.choice(units, "units", ("detectors", "all"))
+    image_size = validate.image_size(image_size)
+    result = inputs.layer_of(dissection, layer, model)
+    settings = inputs.input_settings(dissection)
+    if image_size is not None:
+        settings["image_size"] = image_size
+    pictures = inputs.as_images(images)
+    x = inputs.model_batch(pictures, settings, inputs.model_device(model))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad():
+            x.requires_grad_(True)  # gradients reach the layer even when the weights are frozen
+            logits, act = _forward(model, layer, x)
+            inputs.check_map_size(result, act, layer)
+            if act.shape[1] != result.num_units:
+                raise ValueError(f"layer {layer!r} has {act.shape[1]} units here, the dissection {result.num_units}")
+            t = _targets(target, logits)
+            grads = None
+            if method != "cam":
+                if not act.requires_grad:
+                    raise ValueError(f'method="{method}" needs gradients through layer {layer!r}, and the model '
+                                     'computes it without (torch.no_grad or detached): use method="cam"')
+                chosen = logits.gather(1, t[:, None]).sum()
+                grads = torch.autograd.grad(chosen, act)[0].detach().double()
+    finally:
+        model.train(was_training)
+    act, logits = act.detach().double(), logits.detach()
+    weights, contributions = _weights(method, model, act, grads, t)
+    probs = torch.softmax(logits.double(), dim=1)
+    return [_explanation(pictures[i], result, act[i], weights[i], contributions[i], int(t[i]),
+                         int(logits[i].argmax()), float(logits[i, t[i]]), float(probs[i, t[i]]), method, layer, top,
+                         units) for i in range(len(pictures))]
+
+
+def _weights(method: str, model, act: torch.Tensor, grads, t: torch.Tensor):
+    """(N, K) weights a_k and contributions c_k (float64)."""
+    mean_act = act.mean(dim=(2, 3))
+    if method == "cam":
+        head = _linear_head(model, act.shape[1])
+        weights = head.weight.detach().double()[t]
+        return weights, weights * mean_act
+    weights = grads.mean(dim=(2, 3))
+    if method == "gradcam":
+        return weights, weights * mean_act
+    return weights, (grads * act).sum(dim=(2, 3))
+
+
+def _explanation(image, result, act, weights, contributions, target, predicted, score, probability, method, layer,
+                 top, which) -> PredictionExplanation:
+    H, W = image.shape[:2]
+    heat = torch.relu((weights[:, None, None] * act).sum(dim=0))
+    heat = upsample(heat, H, W).clamp(min=0)
+    heat = (heat / heat.max()).numpy() if float(heat.max()) > 0 else heat.numpy()
+    rows = result.units
+    detector = torch.tensor([u["detector"] for u in rows])
+    candidates = torch.nonzero(detector).flatten() if which == "detectors" else torch.arange(len(rows))
+    order = candidates[torch.argsort(-contributions[candidates], stable=True)][:top]
+    positive = contributions.clamp(min=0)
+    share = float(positive[detector].sum() / positive.sum()) if float(positive.sum()) > 0 else 0.0
+    units = [{"unit": int(k), "label": rows[k]["label"], "category": rows[k]["category"], "iou": rows[k]["iou"],
+              "formula": rows[k].get("formula", ""), "detector": rows[k]["detector"],
+              "threshold": rows[k]["threshold"], "weight": float(weights[k]), "contribution": float(contributions[k])}
+             for k in order.tolist()]
+    maps = upsample(act[order], H, W).numpy() if len(units) else np.zeros((0, H, W))
+    return PredictionExplanation(image, target, predicted, score, probability, heat, units, share, method, layer, maps)
+
+
+def write_page(explanations: list[PredictionExplanation], directory, *, class_names=None, title: str = "") -> Path:
+    """One HTML page: per image, the image, the prediction, the heatmap and the top units with their
+    labels and their masks (the map above the unit's threshold) over the image; and per image one
+    PNG of all of them side by side (explained_<i>.png, for slides and READMEs)."""
+    from jinja2 import Environment, PackageLoader, select_autoescape
+    from PIL import Image
+
+    from ..core.version import __version__
+    from ..files.atomic import make_dirs, save_image, write_text
+    from ..report.draw import mask_overlay
+
+    directory = make_dirs(directory)
+    name = (lambda c: class_names[c] if class_names and c < len(class_names) else f"class {c}")  # noqa: E731
+    pages = []
+    for i, e in enumerate(explanations):
+        save_image(Image.fromarray(e.image), directory / f"image_{i}.png")
+        save_image(Image.fromarray(heat_overlay(e.image, e.heatmap)), directory / f"heatmap_{i}.png")
+        units, tiles = [], [e.image, heat_overlay(e.image, e.heatmap)]
+        for j, u in enumerate(e.units):
+            mask = e.maps[j] > u["threshold"]
+            tiles.append(mask_overlay(e.image, mask))
+            save_image(Image.fromarray(tiles[-1]), directory / f"unit_{i}_{j}.png")
+            units.append(dict(u, picture=f"unit_{i}_{j}.png", covers=float(mask.mean())))
+        save_image(Image.fromarray(np.concatenate(
+            [np.pad(t, ((0, 0), (0, 4), (0, 0)), constant_values=255) for t in tiles], axis=1)),
+            directory / f"explained_{i}.png")
+        pages.append({"index": i, "target": name(e.target), "predicted": name(e.predicted),
+                      "is_predicted": e.target == e.predicted, "score": e.score, "probability": e.probability,
+                      "share": e.labeled_share, "units": units, "method": e.method, "layer": e.layer})
+    env = Environment(loader=PackageLoader("fastdissect.report", "templates"), autoescape=select_autoescape(["j2"]))
+    html = env.get_template("explain.html.j2").render(pages=pages, title=title, version=__version__)
+    write_text(directory / "index.html", html)
+    return directory / "index.html"
+
+
+def heat_overlay(image: np.ndarray, heat: np.ndarray) -> np.ndarray:
+    """The image blended with a colour map of the heatmap (red: where the class's evidence is)."""
+    import matplotlib
+
+    colored = matplotlib.colormaps["jet"](heat)[..., :3] * 255
+    return (0.55 * image + 0.45 * colored).clip(0, 255).astype(np.uint8)
+
+
+__all__ = ["METHODS", "PredictionExplanation", "explain_prediction", "write_page"]

@@ -1,0 +1,1 @@
+"""The data types: concept masks, formulas, quantile math, histogram keys, codes, argument checks."""

@@ -1,0 +1,1 @@
+"""Streaming accumulators (tallies, thresholds, top images, unit masks), controls, formula search."""

@@ -1,0 +1,77 @@
+"""Chance baselines for dissection labels.
+
+The "permuted" control tallies every unit against the concept masks of another image: image i is
+paired with image perm[i] of a fixed, seeded derangement. Each unit keeps its activation statistics
+and each concept its frequency; only their pairing is broken. A unit's control IoU with a concept is
+then what its label would score by chance.
+
+The "random_init" control dissects the same architecture with random weights (`random_weights`),
+with the same settings: what the architecture and the data give without any training.
+
+Rule: a detector is *beyond chance* when its label's IoU exceeds iou_threshold and also exceeds the
+unit's highest control IoU over every concept. The maximum, not the label's own control IoU, because
+the label itself was chosen as a maximum over concepts: chance gets the same choice.
+
+>>> from fastdissect.engine.controls import derangement
+>>> p = derangement(6, seed=0)
+>>> sorted(p.tolist()) == list(range(6)) and all(p[i] != i for i in range(6))
+True
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+CONTROLS = ("permuted", "random_init")
+
+
+def derangement(n: int, seed: int = 0) -> torch.Tensor:
+    """(n,) int64 permutation without fixed points: Sattolo's algorithm draws a uniformly random
+    cyclic permutation (one cycle through every image), seeded."""
+    if n < 2:
+        raise ValueError(f"a permuted control needs at least 2 images, got {n}")
+    rng = np.random.default_rng(seed)
+    perm = np.arange(n)
+    for i in range(n - 1, 0, -1):
+        j = int(rng.integers(0, i))  # j < i: never the element itself
+        perm[i], perm[j] = perm[j], perm[i]
+    return torch.from_numpy(perm)
+
+
+def check_controls(controls) -> tuple:
+    controls = tuple(controls or ())
+    unknown = [c for c in controls if c not in CONTROLS]
+    if unknown:
+        raise ValueError(f"controls must be drawn from {CONTROLS}, got {unknown}")
+    return controls
+
+
+def random_weights(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """A copy of `model` with every module's `reset_parameters()` called under a seeded generator
+    (PyTorch's own initialisation; batch-norm statistics reset too). The global RNG is untouched.
+    A module that holds parameters but cannot re-initialise them is refused by name: a copy that
+    kept trained weights would not be a control."""
+    import copy
+
+    clone = copy.deepcopy(model)
+    stuck = [name or "<root>" for name, m in clone.named_modules()
+             if not hasattr(m, "reset_parameters") and not hasattr(m, "_reset_parameters")
+             and any(True for _ in m.parameters(recurse=False))]
+    if stuck:
+        raise ValueError(f"random_init control: modules {stuck[:5]} hold parameters but have no reset_parameters(); "
+                         "pass control_model= (the same architecture with random weights) instead")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for m in clone.modules():
+            reset = getattr(m, "reset_parameters", None) or getattr(m, "_reset_parameters", None)
+            if callable(reset):
+                reset()
+    return clone
+
+
+def beyond_chance(iou: float, control_best: float, iou_threshold: float) -> bool:
+    return iou > iou_threshold and iou > control_best
+
+
+__all__ = ["CONTROLS", "derangement", "check_controls", "random_weights", "beyond_chance"]

@@ -1,0 +1,1 @@
+"""fd.dissect: a model, its layers and a data set in, labeled units out; results, checkpoints."""

@@ -1,0 +1,1 @@
+"""The static HTML report and the drawing it shares (palette, overlays, templates)."""

@@ -1,0 +1,73 @@
+"""Drawing shared by the report and the analyses: the category palette, images dimmed outside a
+mask with its outline drawn over, and the mask of a formula on one sample."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..core.formula import And, Leaf, Not
+from ..kernels import dispatch
+from ..kernels.torch_backend import pack_bits
+
+PALETTE = ["#4263eb", "#e8590c", "#2b8a3e", "#ae3ec9", "#c92a2a", "#1098ad", "#5c940d", "#862e9c", "#d9480f"]
+YELLOW, CYAN = (255, 212, 59), (0, 220, 255)  # the outlines of the unit's mask and of its formula's
+DIM = np.float32(0.3)  # brightness left outside the unit's mask
+
+
+def category_colors(categories) -> dict:
+    """{category: colour}: the same colour for a category on every page and figure."""
+    return {c: PALETTE[i % len(PALETTE)] for i, c in enumerate(categories)}
+
+
+def formula_mask_of(formula, sample, height: int, width: int) -> np.ndarray:
+    """The formula's mask on one image (labels of a `Sample`), nearest-resized to height x width."""
+    from PIL import Image
+
+    def mask(f):
+        if isinstance(f, Leaf):
+            whole = f.concept in set(int(c) for c in sample.image_labels)
+            planes = (sample.labels == f.concept).any(axis=0) if len(sample.labels) else \
+                np.zeros(sample.labels.shape[1:], dtype=bool)
+            return planes | whole
+        if isinstance(f, Not):
+            return ~mask(f.operand)
+        left, right = mask(f.left), mask(f.right)
+        return left & right if isinstance(f, And) else left | right
+    m = Image.fromarray(mask(formula).astype(np.uint8) * 255).resize((width, height), Image.NEAREST)
+    return np.asarray(m) > 0
+
+
+def tile_size(shape, height: int) -> tuple[int, int]:
+    """(height, width) of an image's tile in a strip: `height` high, the image's aspect kept."""
+    return height, max(1, round(height * shape[1] / shape[0]))
+
+
+def drawing_backend() -> str:
+    """Where masks and tiles are drawn: the extension's CPU kernels, else the torch backend."""
+    return dispatch.resolve_backend("auto", torch.device("cpu"))
+
+
+def bright_and_dim(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """An (H, W, 3) uint8 image as it shows inside and outside a mask: (H, W) int32 RGBX pixels,
+    draw_tiles' layout."""
+    bright = np.empty((*rgb.shape[:2], 4), dtype=np.uint8)
+    bright[..., :3], bright[..., 3] = rgb, 255
+    dim = bright.copy()
+    dim[..., :3] = (rgb * DIM).astype(np.uint8)
+    return bright.view(np.int32)[..., 0], dim.view(np.int32)[..., 0]
+
+
+def mask_overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8: the image dimmed outside the (H, W) mask, the mask outlined in yellow, drawn
+    as the report's strips are (for pictures at image resolution, e.g. explained predictions)."""
+    image, mask = np.ascontiguousarray(image, dtype=np.uint8), np.asarray(mask, dtype=bool)
+    if image.ndim != 3 or image.shape[2] != 3 or mask.shape != image.shape[:2]:
+        raise ValueError(f"mask_overlay needs an (H, W, 3) image and an (H, W) mask, got {image.shape} and "
+                         f"{mask.shape}")
+    bright, dim = (torch.from_numpy(t)[None] for t in bright_and_dim(image))
+    out = torch.empty_like(bright)
+    backend = drawing_backend()
+    dispatch.draw_tiles(backend, pack_bits(torch.from_numpy(mask.reshape(1, -1))), None, bright, dim,
+                         torch.zeros(1, dtype=torch.int64), out, torch.zeros(1, 3, dtype=torch.int64), YELLOW, CYAN)
+    return np.ascontiguousarray(out[0].numpy().view(np.uint8).reshape(*mask.shape, 4)[..., :3])
