@@ -40,9 +40,10 @@ from pathlib import Path
 
 import pytest
 
-MODULES = ["fastdissect", "fastdissect.scoring", "fastdissect.masks", "fastdissect.quantile",
-           "fastdissect.top_quantile", "fastdissect.top_images", "fastdissect.identity", "fastdissect._ext", "fastdissect.datasets.custom",
-           "fastdissect.datasets.builtin", "fastdissect.explanations", "fastdissect.formula", "fastdissect.unit_masks", "fastdissect.rotation", "fastdissect._atomic"]
+MODULES = ["fastdissect", "fastdissect.engine.scoring", "fastdissect.core.masks", "fastdissect.core.quantile",
+           "fastdissect.engine.top_quantile", "fastdissect.engine.top_images", "fastdissect.files.identity", "fastdissect.kernels.ext", "fastdissect.datasets.custom",
+           "fastdissect.datasets.builtin", "fastdissect.engine.compositional", "fastdissect.core.formula", "fastdissect.engine.unit_masks", "fastdissect.analyses.rotation", "fastdissect.files.atomic",
+           "fastdissect.core.formula_masks", "fastdissect.core.deprecation", "fastdissect.files.tensorfile"]
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 PAGES = [README] + sorted((ROOT / "docs").glob("*.md"))

@@ -38,7 +38,7 @@ FLAGS = ["--quiet", "--quantile", "0.05", "--mean", "0", "0", "0", "--std", "1",
 # and sends itself SIGKILL right after the N-th: a kill -9 at a known point, after all imports.
 KILL_AFTER = """
 import os, signal, sys
-from fastdissect import cli
+from fastdissect.cli import main as cli
 real, count = os.replace, [0]
 def replace(a, b):
     real(a, b)
