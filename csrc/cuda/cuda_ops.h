@@ -1,8 +1,9 @@
 // Entry points of the CUDA kernels and of their host emulation (same kernels, emu/cuda_emu.h).
 #pragma once
 
-#include "../common/params.h"
-#include "../common/quantile_params.h"
+#include "../common/formula_counts.h"
+#include "../common/histogram.h"
+#include "../common/score.h"
 
 namespace fd {
 

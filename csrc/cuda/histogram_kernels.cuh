@@ -4,7 +4,7 @@
 #pragma once
 
 #include "../common/histogram_key.h"
-#include "../common/quantile_params.h"
+#include "../common/histogram.h"
 #include "launch.cuh"
 
 namespace fd {

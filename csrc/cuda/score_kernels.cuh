@@ -8,7 +8,7 @@
 #pragma once
 
 #include "../common/bitpack.h"
-#include "../common/params.h"
+#include "../common/score.h"
 #include "../common/upsample.h"
 #include "launch.cuh"
 

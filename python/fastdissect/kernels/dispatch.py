@@ -90,7 +90,7 @@ def tally_batch(backend: str, act: torch.Tensor, masks: ConceptMasks, thresholds
 
     pillow: (x_first, x_weights, y_first, y_weights) tensors: resample as Pillow's BILINEAR does
     (NetDissect-Lite's masks; CPU kernel only). exhaustive / branch_counts: the CPU kernel's testing
-    switches (ScoreParams in csrc/common/params.h). mask_out: a zeroed (N, K, words per mask) int64
+    switches (ScoreParams in csrc/common/score.h). mask_out: a zeroed (N, K, words per mask) int64
     tensor that receives every map's packed mask (not with the torch backend: see `unit_masks`).
     image_hits: (K, C) int64, += the entries whose concept mask the unit's mask meets.
     """
@@ -271,7 +271,7 @@ def formula_counts(backend: str, formulas, formula_unit_rows: torch.Tensor, unit
                    masks: ConceptMasks) -> tuple[torch.Tensor, torch.Tensor]:
     """(S, C) int64 |F & L| and |F & U & L| for each mask F of the MaskSet `formulas` and each concept
     L of `masks`; formula_unit_rows aligns each entry of `formulas` with its unit's row of
-    `unit_words` (-1: the unit is off there). FormulaCountsParams in csrc/common/params.h."""
+    `unit_words` (-1: the unit is off there). FormulaCountsParams in csrc/common/formula_counts.h."""
     S, C = len(formulas), masks.num_concepts
     dev = formulas.device
     fl = torch.zeros(S, C, dtype=torch.int64, device=dev)
