@@ -23,7 +23,7 @@ enum class UnionMode : int { kGlobal = 0, kNetDissect = 1, kLite = 2 };
     FD_ASSERT(false, "unknown union mode");                                                    \
   }()
 
-// Branches of the CPU score kernel's mask construction (cpu/score_cpu.cpp), counted when
+// Branches of the CPU score kernel's mask construction (cpu/score_bilinear.cpp), counted when
 // ScoreParams::branch_counts is set so that a test can show every shortcut was exercised.
 enum ScoreBranch : int {
   kColdMap = 0,      // the map's peak is at most hot_floor(T): no pixel can be on
