@@ -1,12 +1,14 @@
 // The only pybind11 file. Each Params struct is declared to Python once, as a field table below:
-// pointers travel as plain integers (data_ptr()), sizes as ints. python/fastdissect/_dispatch.py
-// fills them from validated tensors; `check_*` re-asserts the invariants the kernels index by.
+// pointers travel as plain integers (data_ptr()), sizes as ints. python/fastdissect/kernels/dispatch.py
+// fills them from validated tensors. Every op is bound as `<op>_cpu` and, with CUDA kernels,
+// `<op>_gpu`, each running the op's `check_<op>` (checks.h, also bound) before any kernel.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
 #include <array>
 
+#include "checks.h"
 #include "common/bitpack.h"
 #include "cpu/cpu_ops.h"
 #include "cuda/cuda_ops.h"
@@ -59,29 +61,6 @@ struct FieldTable {
     return *this;
   }
 };
-
-void check_score(const fd::ScoreParams& p) {
-  FD_ASSERT(p.act && p.thresholds && p.offsets && p.intersection && p.unit_area, "missing score inputs");
-  FD_ASSERT(p.union_mode == fd::UnionMode::kGlobal || (p.categories && p.unit_category_area && p.G > 0),
-            "categories and unit_category_area are required for this union");
-  FD_ASSERT(p.words_per_mask == fd::words_for_pixels(p.H * p.W), "words_per_mask does not match H * W");
-  FD_ASSERT(!p.pil_x_first || (p.pil_x_weights && p.pil_y_first && p.pil_y_weights && p.pil_x_taps > 0 &&
-                               p.pil_y_taps > 0),
-            "incomplete Pillow resampling tables");
-}
-
-void check_formula_counts(const fd::FormulaCountsParams& p) {
-  FD_ASSERT(p.f_offsets && p.offsets && p.fl && p.flu && p.B >= 0 && p.C > 0, "missing formula-count inputs");
-  FD_ASSERT(p.words_per_mask == fd::words_for_pixels(p.hw), "words_per_mask does not match hw");
-}
-
-void check_score_scratch(const fd::ScoreParams& p, const fd::ScoreScratch& s) {
-  FD_ASSERT(s.map_scale && s.taps, "map_scale and taps are required");
-  FD_ASSERT(p.union_mode == fd::UnionMode::kGlobal || s.map_area, "map_area is required for this union");
-  FD_ASSERT(p.union_mode != fd::UnionMode::kLite || s.hit, "hit is required for the lite union");
-  FD_ASSERT(!p.image_hits || (s.entry_hit && s.num_entries >= 0), "entry_hit is required for image_hits");
-  FD_ASSERT(!p.pil_x_first && !p.exhaustive && !p.branch_counts, "the CUDA kernels have no Pillow or testing mode");
-}
 
 // The CUDA kernels run on the GPU ("cuda", asynchronous on its stream) or emulated on the CPU
 // ("cuda_emu"); a build without CUDA has only the emulation (Python never asks it for "cuda").
@@ -140,7 +119,8 @@ py::dict codes() {
 
 // Returns (kept values of all units, unit by unit, as float64; number kept per unit), or None and
 // the units holding NaN/inf (as a uint8 flag per unit) when the batch is not finite.
-py::tuple histogram_add(const fd::HistogramParams& p, int n_threads) {
+py::tuple histogram_cpu(const fd::HistogramParams& p, int n_threads) {
+  fd::check_histogram(p);
   std::vector<std::vector<double>> kept;
   py::array_t<uint8_t> bad(static_cast<py::ssize_t>(p.K));
   bool finite;
@@ -281,67 +261,67 @@ void declare_params(py::module_& m) {
       .pointer("flu", &FormulaCountsParams::flu);
 }
 
-}  // namespace
 
-PYBIND11_MODULE(_C, m) {
-  m.doc() = "fastdissect kernels (internal; use the fastdissect package)";
-  m.def("build_info", &build_info);
-  m.def("codes", &codes);
-  declare_params(m);
-  const auto no_gil = py::call_guard<py::gil_scoped_release>();
+void declare_checks(py::module_& m) {
+  m.def("check_score", &fd::check_score, py::arg("params"));
+  m.def("check_score_scratch", &fd::check_score_scratch, py::arg("params"), py::arg("scratch"));
+  m.def("check_histogram", &fd::check_histogram, py::arg("params"));
+  m.def("check_histogram_scratch", &fd::check_histogram_scratch, py::arg("params"), py::arg("scratch"));
+  m.def("check_formula_counts", &fd::check_formula_counts, py::arg("params"));
+  m.def("check_union_iou", &fd::check_union_iou, py::arg("params"));
+  m.def("check_png_labels", &fd::check_png_labels, py::arg("params"));
+  m.def("check_tiles", &fd::check_tiles, py::arg("params"));
+}
 
+template <typename Guard>
+void declare_cpu_ops(py::module_& m, const Guard& no_gil) {
   m.def(
       "score_cpu",
       [](const fd::ScoreParams& p, int n_threads) {
-        check_score(p);
+        fd::check_score(p);
         fd::score_cpu(p, n_threads);
       },
       py::arg("params"), py::arg("n_threads"), no_gil);
+  m.def("histogram_cpu", &histogram_cpu, py::arg("params"), py::arg("n_threads"));
   m.def(
       "formula_counts_cpu",
       [](const fd::FormulaCountsParams& p, int n_threads) {
-        check_formula_counts(p);
+        fd::check_formula_counts(p);
         fd::formula_counts_cpu(p, n_threads);
       },
       py::arg("params"), py::arg("n_threads"), no_gil);
   m.def(
-      "formula_counts_gpu",
-      [](const fd::FormulaCountsParams& p, int64_t entries, bool emulate, uintptr_t stream, int n_threads) {
-        check_formula_counts(p);
-        if (emulate) {
-          fd::formula_counts_cuda_emu(p, entries, n_threads);
-        } else {
-          FD_CUDA_CALL(fd::formula_counts_cuda(p, entries, stream));
-        }
+      "union_iou_cpu",
+      [](const fd::UnionIouParams& p, int n_threads) {
+        fd::check_union_iou(p);
+        fd::union_iou_cpu(p, n_threads);
       },
-      py::arg("params"), py::arg("entries"), py::arg("emulate"), py::arg("stream"), py::arg("n_threads"), no_gil);
-  m.def("union_iou_cpu", &fd::union_iou_cpu, py::arg("params"), py::arg("n_threads"), no_gil);
-  m.attr("SCREEN_TAP_BYTES") = sizeof(fd::ScreenTap);
+      py::arg("params"), py::arg("n_threads"), no_gil);
   m.def(
       "png_labels_cpu",
       [](const fd::PngLabelsParams& p) {
-        FD_ASSERT(p.raw && p.scratch && p.labels && p.height > 0 && p.width > 0 && (p.channels == 3 || p.channels == 4),
-                  "incomplete PNG label inputs");
+        fd::check_png_labels(p);
         return fd::png_labels_cpu(p);
       },
       py::arg("params"), no_gil);
   m.def(
       "tiles_cpu",
       [](const fd::TilesParams& p, int n_threads) {
-        FD_ASSERT(p.masks && p.bright && p.dim && p.thumbnail && p.out && p.offset &&
-                      p.M >= 0 && p.height > 0 && p.width > 0 && p.words_per_mask == (p.height * p.width + 63) / 64,
-                  "incomplete tile inputs");
+        fd::check_tiles(p);
         fd::tiles_cpu(p, n_threads);
       },
       py::arg("params"), py::arg("n_threads"), no_gil);
-  m.def("histogram_add", &histogram_add, py::arg("params"), py::arg("n_threads"));
+}
 
-  // The CUDA kernels: on the GPU (asynchronous on `stream`) or emulated on the CPU.
+// The CUDA kernels: on the GPU (emulate false: asynchronous on `stream`) or emulated on the CPU.
+template <typename Guard>
+void declare_gpu_ops(py::module_& m, const Guard& no_gil) {
+  m.attr("SCREEN_TAP_BYTES") = sizeof(fd::ScreenTap);
   m.def(
       "score_gpu",
       [](const fd::ScoreParams& p, const fd::ScoreScratch& s, bool emulate, uintptr_t stream, int n_threads) {
-        check_score(p);
-        check_score_scratch(p, s);
+        fd::check_score(p);
+        fd::check_score_scratch(p, s);
         if (emulate) {
           fd::score_cuda_emu(p, s, n_threads);
         } else {
@@ -353,6 +333,8 @@ PYBIND11_MODULE(_C, m) {
       "histogram_gpu",
       [](const fd::HistogramParams& p, const fd::HistogramScratch& s, bool emulate, uintptr_t stream,
          int n_threads) {
+        fd::check_histogram(p);
+        fd::check_histogram_scratch(p, s);
         if (emulate) {
           fd::histogram_cuda_emu(p, s, n_threads);
         } else {
@@ -360,6 +342,44 @@ PYBIND11_MODULE(_C, m) {
         }
       },
       py::arg("params"), py::arg("scratch"), py::arg("emulate"), py::arg("stream"), py::arg("n_threads"), no_gil);
+  m.def(
+      "formula_counts_gpu",
+      [](const fd::FormulaCountsParams& p, int64_t entries, bool emulate, uintptr_t stream, int n_threads) {
+        fd::check_formula_counts(p);
+        if (entries < 0) throw std::invalid_argument("formula_counts: entries must be >= 0");
+        if (emulate) {
+          fd::formula_counts_cuda_emu(p, entries, n_threads);
+        } else {
+          FD_CUDA_CALL(fd::formula_counts_cuda(p, entries, stream));
+        }
+      },
+      py::arg("params"), py::arg("entries"), py::arg("emulate"), py::arg("stream"), py::arg("n_threads"), no_gil);
+}
+
+py::list launch_records(const std::vector<fd::EmuLaunchRecord>& records) {
+  py::list out;
+  for (const auto& r : records) {
+    py::dict d;
+    d["kernel"] = r.kernel;
+    d["grid"] = r.grid;
+    d["block"] = r.block;
+    d["shared_bytes"] = r.shared_bytes;
+    out.append(d);
+  }
+  return out;
+}
+
+// The emulation's own tests: its built-ins, its barriers, and the launches of its last op call.
+template <typename Guard>
+void declare_emu_tests(py::module_& m, const Guard& no_gil) {
+  m.def("emu_last_launches", [] {
+    std::vector<fd::EmuLaunchRecord> planned, launched;
+    fd::emu_last_launches(&planned, &launched);
+    py::dict out;
+    out["planned"] = launch_records(planned);
+    out["launched"] = launch_records(launched);
+    return out;
+  });
   m.def(
       "emu_shim_selftest",
       [](int64_t items, unsigned blocks, unsigned threads, int n_threads, uintptr_t visits, uintptr_t sum,
@@ -377,4 +397,18 @@ PYBIND11_MODULE(_C, m) {
         fd::emu_barrier_selftest(blocks, threads, n_threads, reinterpret_cast<int64_t*>(out), barriers);
       },
       py::arg("blocks"), py::arg("threads"), py::arg("n_threads"), py::arg("out"), py::arg("barriers"), no_gil);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "fastdissect kernels (internal; use the fastdissect package)";
+  m.def("build_info", &build_info);
+  m.def("codes", &codes);
+  declare_params(m);
+  const auto no_gil = py::call_guard<py::gil_scoped_release>();
+  declare_checks(m);
+  declare_cpu_ops(m, no_gil);
+  declare_gpu_ops(m, no_gil);
+  declare_emu_tests(m, no_gil);
 }

@@ -4,6 +4,9 @@ The kernels themselves run under it in every test parametrized by the `backend` 
 ("cuda_emu") and must match the cpu backend and the reference exactly.
 """
 
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -77,3 +80,69 @@ def test_selftest_passes_on_the_emulated_kernels_and_fails_loudly(capsys, monkey
                         lambda *a: (lambda r: (r[0] + 1, r[1], r[2]))(real(*a)))
     assert selftest.main(["--backend", "cuda_emu"]) == 1
     assert "FAIL  score: random 7x7" in capsys.readouterr().out
+
+
+# ---- launch geometry: the emulator runs every kernel with its plan's grid and block, the GPU's
+def _grid_stride(kernel, items):
+    """The geometry of a grid-stride kernel over `items` (csrc/cuda/launch.cuh), computed here anew."""
+    return {"kernel": kernel, "grid": max(1, min(65535, -(-items // 256))), "block": 256, "shared_bytes": 0}
+
+
+def _words_block(words_per_mask):
+    """Threads of a score words block on a GPU: a pass of 4 words a thread in whole warps, 64 to 256."""
+    warps = -(-(-(-words_per_mask // 4)) // 32) * 32
+    return min(256, max(64, warps))
+
+
+def _launches():
+    log = dispatch.emu_last_launches()
+    assert log["launched"] == log["planned"], "an emulated launcher strays from its op's launch plan"
+    return log["launched"]
+
+
+@pytest.mark.parametrize("n, k, size, union", [(3, 2, 7, "global"), (2, 3, 112, "lite"), (1, 2, 224, "netdissect"),
+                                               (2, 1, 300, "global")])
+def test_emulated_score_launches_follow_the_gpu_plan(n, k, size, union):
+    acts = torch.randn(n, k, 5, 5)
+    masks = torch.rand(n, 4, size, size) > 0.5
+    cats = None if union == "global" else torch.tensor([0, 1, 1, 0])
+    fd.score(acts, masks, union=union, categories=cats, backend="cuda_emu")
+    words = -(-size * size // 64)
+    want = [_grid_stride("score_taps_kernel", 2 * size), _grid_stride("score_peaks_kernel", n * k),
+            {"kernel": "score_words_kernel", "grid": n * k, "block": _words_block(words), "shared_bytes": 0}]
+    if union != "global":
+        want.append(_grid_stride("score_union_kernel", n * k))
+    want.append(_grid_stride("score_image_hits_kernel", k * int(fd.pack_masks(masks).offsets[-1])))
+    assert _launches() == want
+
+
+def test_emulated_launches_of_every_op_follow_their_plans():
+    fd.thresholds(torch.randn(70, 3, 4, 4), backend="cuda_emu")
+    items = 70 * 3 * 16
+    assert _launches() == [_grid_stride("histogram_count_kernel", items), _grid_stride("histogram_floor_kernel", 3),
+                           _grid_stride("histogram_keep_kernel", items)]
+    m = fd.pack_masks(torch.rand(4, 3, 9, 9) > 0.5)
+    inter, area = torch.zeros(2, 3, dtype=torch.int64), torch.zeros(2, dtype=torch.int64)
+    hits = torch.zeros(2, 3, dtype=torch.int64)
+    dispatch.tally_batch("cuda_emu", torch.randn(4, 2, 3, 3), m, torch.zeros(2, dtype=torch.float64), "global",
+                         None, 0, inter, area, None, torch.zeros(2, dtype=torch.int64), image_hits=hits)
+    assert _launches()[-1] == _grid_stride("score_image_hits_kernel", 2 * int(m.offsets[-1]))
+    fd.compositional(torch.randn(4, 2, 3, 3), torch.rand(4, 3, 9, 9) > 0.5, length=2, beam_size=2, backend="cuda_emu")
+    (launch,) = _launches()
+    assert launch["kernel"] == "formula_counts_kernel" and launch["block"] == 256
+
+
+def test_cuda_launchers_take_their_geometry_from_the_plans():
+    """The GPU cannot run here, so its launchers are held to the plans in their source: the one
+    `<<<...>>>` of the CUDA build is CudaLauncher's, with a plan's geometry, and every .cu and
+    emulated op runs its op's one launch sequence (launch_<op>)."""
+    csrc = Path(__file__).resolve().parents[1] / "csrc"
+    launches = {p.name: re.findall(r"<<<([^>]*)>>>", p.read_text()) for p in (csrc / "cuda").glob("*.cu*")}
+    assert {name: found for name, found in launches.items() if found} == {
+        "launch.cuh": ["l.grid, l.block, l.shared_bytes, stream"]}
+    for op in ("score", "histogram", "formula_counts"):
+        cu = (csrc / "cuda" / f"{op}_cuda.cu").read_text()
+        emu = (csrc / "emu" / f"{op}_emu.cpp").read_text()
+        assert f"launch_{op}(" in cu and "CudaLauncher{" in cu
+        assert f"launch_{op}(" in emu and "emu::Launcher{" in emu and f"{op}_plan(" in emu
+        assert not re.search(r"emu::launch(_blocks)?\(", emu), f"{op}_emu.cpp launches outside its plan"

@@ -4,11 +4,12 @@ agree with the compiled kernels, and accumulators that follow one protocol."""
 import re
 from pathlib import Path
 
+import pytest
 import torch
 
 import fastdissect as fd
 from fastdissect.core import codes
-from fastdissect.kernels import dispatch
+from fastdissect.kernels import dispatch, ext
 from fastdissect.engine.accumulator import Accumulator
 
 PACKAGE = Path(fd.__file__).resolve().parent
@@ -87,3 +88,101 @@ def test_concept_masks_moved_between_devices_are_not_verified_again(monkeypatch)
     monkeypatch.setattr(fd.ConceptMasks, "_verify_values", lambda self, nnz: (_ for _ in ()).throw(AssertionError))
     m.to("cpu")
     m[1:2]
+
+
+# ---- the extension's entry points: <op>_cpu / <op>_gpu, each behind its check_<op>
+OPS = {"score": ("cpu", "gpu"), "histogram": ("cpu", "gpu"), "formula_counts": ("cpu", "gpu"),
+       "union_iou": ("cpu",), "png_labels": ("cpu",), "tiles": ("cpu",)}
+
+
+def test_every_op_has_a_check_and_one_name_per_backend():
+    C = ext.extension()
+    for op, backends in OPS.items():
+        assert callable(getattr(C, f"check_{op}")), op
+        for backend in backends:
+            assert callable(getattr(C, f"{op}_{backend}")), f"{op}_{backend}"
+    assert not hasattr(C, "histogram_add")
+
+
+def _default_calls(C):
+    """Each entry point called with default (all-zero) Params: refused, never run."""
+    score, hist, fc = C.ScoreParams(), C.HistogramParams(), C.FormulaCountsParams()
+    return {
+        "score_cpu": lambda: C.score_cpu(score, 1),
+        "score_gpu": lambda: C.score_gpu(score, C.ScoreScratch(), True, 0, 1),
+        "histogram_cpu": lambda: C.histogram_cpu(hist, 1),
+        "histogram_gpu": lambda: C.histogram_gpu(hist, C.HistogramScratch(), True, 0, 1),
+        "formula_counts_cpu": lambda: C.formula_counts_cpu(fc, 1),
+        "formula_counts_gpu": lambda: C.formula_counts_gpu(fc, 0, True, 0, 1),
+        "union_iou_cpu": lambda: C.union_iou_cpu(_null_union_iou(C), 1),
+        "png_labels_cpu": lambda: C.png_labels_cpu(C.PngLabelsParams()),
+        "tiles_cpu": lambda: C.tiles_cpu(C.TilesParams(), 1),
+    }
+
+
+def _null_union_iou(C):
+    p = C.UnionIouParams()
+    p.K, p.C = 2, 3
+    return p
+
+
+def test_entry_points_refuse_default_params_with_a_value_error():
+    C = ext.extension()
+    calls = _default_calls(C)
+    assert set(calls) == {f"{op}_{b}" for op, backends in OPS.items() for b in backends}
+    for name, call in calls.items():
+        with pytest.raises(ValueError, match=r"params\.\w+"):
+            call()
+
+
+def _score_params(C, keep):
+    """A valid ScoreParams of one 2x2 map against three 4x4 masks (tensors kept alive in `keep`)."""
+    act, thr = torch.rand(1, 1, 2, 2), torch.zeros(1, dtype=torch.float64)
+    m = fd.pack_masks(torch.rand(1, 3, 4, 4) > 0.5)
+    inter, area = torch.zeros(1, 3, dtype=torch.int64), torch.zeros(1, dtype=torch.int64)
+    keep += [act, thr, m, inter, area]
+    p = C.ScoreParams()
+    p.set_activations(act.data_ptr(), codes.DTYPE_CODES[act.dtype], list(act.shape), list(act.stride()))
+    p.thresholds, p.H, p.W, p.C, p.words_per_mask = thr.data_ptr(), 4, 4, 3, m.words_per_mask
+    p.offsets, p.concept_ids, p.mask_rows = m.offsets.data_ptr(), m.concept_ids.data_ptr(), m.mask_rows.data_ptr()
+    p.words, p.intersection, p.unit_area = m.words.data_ptr(), inter.data_ptr(), area.data_ptr()
+    return p
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("words_per_mask", 2, r"score: params\.words_per_mask must be ceil\(pixels / 64\) = 1, got 2"),
+    ("thresholds", 0, r"score: params\.thresholds is required"),
+    ("union_mode", 2, r"score: params\.categories is required"),
+    ("union_mode", 7, r"score: params\.union_mode is not a union code: 7"),
+    ("H", 0, r"score: params\.H and params\.W"),
+    ("pil_x_first", 8, r"score: params\.pil_x_weights is required"),
+])
+def test_score_check_names_the_bad_field(field, value, message):
+    C, keep = ext.extension(), []
+    p = _score_params(C, keep)
+    C.check_score(p)  # valid as built
+    setattr(p, field, value)
+    with pytest.raises(ValueError, match=message):
+        C.check_score(p)
+
+
+def test_checks_name_bad_dtypes_strides_and_channels():
+    C = ext.extension()
+    h = C.HistogramParams()
+    h.set_activations(8, 9, [1, 1, 1, 1], [1, 1, 1, 1])
+    with pytest.raises(ValueError, match=r"histogram: params\.act_dtype is not a dtype code: 9"):
+        C.check_histogram(h)
+    h.set_activations(8, 0, [1, 1, 1, 1], [1, -1, 1, 1])
+    with pytest.raises(ValueError, match=r"histogram: params\.act_stride must be >= 0 .* in dimension 1"):
+        C.check_histogram(h)
+    png = C.PngLabelsParams()
+    png.raw, png.scratch, png.labels, png.height, png.width, png.channels = 8, 8, 8, 1, 1, 2
+    with pytest.raises(ValueError, match=r"png_labels: params\.channels must be 3 \(RGB\) or 4 \(RGBA\), got 2"):
+        C.check_png_labels(png)
+    keep = []
+    s = C.ScoreScratch()
+    s.map_scale, s.taps = 8, 8
+    p = _score_params(C, keep)
+    p.exhaustive = True
+    with pytest.raises(ValueError, match=r"the CUDA kernels have no Pillow resampling"):
+        C.score_gpu(p, s, True, 0, 1)

@@ -1,13 +1,37 @@
 // The two popcounts behind every candidate of the compositional search. For a formula F, a concept
 // L and the unit's mask U, the candidates F OR L, F AND L and F AND NOT L follow exactly from
 // |F|, |L|, |F & U|, |L & U| (known) and |F & L|, |F & U & L| (counted here, only on the images
-// where both F and L are present): python/fastdissect/explanations.py has the algebra.
+// where both F and L are present): python/fastdissect/engine/compositional.py has the algebra.
 #pragma once
 
 #include "bitpack.h"
-#include "params.h"
 
 namespace fd {
+
+// Popcounts of B formula masks against every concept mask (the compositional search,
+// python/fastdissect/engine/compositional.py). Formula b's mask is a CSR list over the images where it is
+// non-empty, in increasing image order: a row of f_words (or -1: the whole image) and, aligned, the
+// row of b's unit mask in u_words for that image (or -1: the unit is off there).
+struct FormulaCountsParams {
+  int64_t B;                    // formulas
+  int64_t hw;                   // pixels per image, H * W
+  int64_t words_per_mask;       // ceil(hw / 64)
+  const int64_t* f_offsets;     // [B + 1]
+  const int64_t* f_images;      // [nnz]
+  const int64_t* f_rows;        // [nnz]
+  const int64_t* f_unit_rows;   // [nnz]
+  const uint64_t* f_words;      // [rows, words_per_mask]
+  const uint64_t* u_words;      // [unit rows, words_per_mask]
+  // The concept masks: a ConceptMasks (ScoreParams has the same fields).
+  int64_t C;
+  const int64_t* offsets;
+  const int64_t* concept_ids;
+  const int64_t* mask_rows;
+  const uint64_t* words;
+  // Accumulated in place (+=).
+  int64_t* fl;                  // [B, C] sum_x |F_b(x) & L_c(x)|
+  int64_t* flu;                 // [B, C] sum_x |F_b(x) & U_b(x) & L_c(x)|
+};
 
 // Word i of a whole-image mask: every pixel on, the last word's bits past hw off.
 FD_HOST_DEVICE FD_INLINE uint64_t whole_word(int64_t i, int64_t words, int64_t hw) {

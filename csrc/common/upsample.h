@@ -38,7 +38,7 @@ FD_HOST_DEVICE FD_INLINE double lerp_pair(double l0, double a0, double l1, doubl
 }
 
 // ---- Why the shortcuts are exact
-// The CPU score kernel (cpu/score_cpu.cpp) decides most pixels without evaluating them. Each
+// The CPU score kernel (cpu/score_bilinear.cpp) decides most pixels without evaluating them. Each
 // decision rests on one of the bounds below; `ScoreParams::exhaustive` (or the build option
 // FASTDISSECT_EXHAUSTIVE) turns every shortcut off, and tests/test_score_shortcuts.py compares the
 // two over many seeds and geometries, checking that every branch was taken.

@@ -4,10 +4,12 @@
 #include <cstdint>
 #include <vector>
 
-#include "../common/params.h"
+#include "../common/formula_counts.h"
+#include "../common/histogram.h"
 #include "../common/png_labels.h"
-#include "../common/quantile_params.h"
+#include "../common/score.h"
 #include "../common/tiles.h"
+#include "../common/union_iou.h"
 
 namespace fd {
 
@@ -20,11 +22,11 @@ inline int threads_for(int n_threads, int64_t items) {
 // Deterministic: every output row (unit) is owned by one thread.
 void score_cpu(const ScoreParams& p, int n_threads);
 
-// Adds |F_b & L_c| and |F_b & U_b & L_c| of FormulaCountsParams (params.h) into p.fl / p.flu.
+// Adds |F_b & L_c| and |F_b & U_b & L_c| of FormulaCountsParams (formula_counts.h) into p.fl / p.flu.
 // Deterministic: every formula's rows are owned by one thread.
 void formula_counts_cpu(const FormulaCountsParams& p, int n_threads);
 
-// The union and IoU tables of UnionIouParams (params.h).
+// The union and IoU tables of UnionIouParams (union_iou.h).
 void union_iou_cpu(const UnionIouParams& p, int n_threads);
 
 // Adds one batch into the per-unit histograms and returns the values each unit keeps exactly:

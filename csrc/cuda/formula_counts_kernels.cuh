@@ -34,5 +34,19 @@ __global__ void formula_counts_kernel(FormulaCountsParams p) {
   }
 }
 
+// The launch plan of one formula-count call; `entries` = p.f_offsets[p.B], read by the caller.
+struct FormulaCountsPlan {
+  Launch counts;
+};
+
+inline FormulaCountsPlan formula_counts_plan(const FormulaCountsParams&, int64_t entries) {
+  return FormulaCountsPlan{grid_stride_launch("formula_counts_kernel", entries)};
+}
+
+template <typename Launcher>
+void launch_formula_counts(const FormulaCountsParams& p, int64_t entries, const Launcher& launch) {
+  launch(formula_counts_plan(p, entries).counts, formula_counts_kernel, p);
+}
+
 }  // namespace
 }  // namespace fd

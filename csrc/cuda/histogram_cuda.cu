@@ -1,4 +1,5 @@
-// Launchers only: the kernels are in histogram_kernels.cuh (also run by emu/histogram_emu.cpp).
+// Launcher only: the kernels and their launch plan are in histogram_kernels.cuh (also run by
+// emu/histogram_emu.cpp).
 #include <cuda_runtime.h>
 
 #include "cuda_ops.h"
@@ -6,21 +7,8 @@
 
 namespace fd {
 
-
 void histogram_cuda(const HistogramParams& p, const HistogramScratch& s, uintptr_t stream_handle) {
-  const int64_t items = p.K * p.N * p.h * p.w;
-  if (items == 0) return;
-  cudaStream_t stream = reinterpret_cast<cudaStream_t>(stream_handle);
-  FD_DISPATCH_FLOAT(p.act_dtype, scalar_t, [&] {
-    histogram_count_kernel<scalar_t><<<blocks_for(items), kThreadsPerBlock, 0, stream>>>(p, s);
-  });
-  check_launch("histogram_count_kernel");
-  histogram_floor_kernel<<<blocks_for(p.K), kThreadsPerBlock, 0, stream>>>(p, s);
-  check_launch("histogram_floor_kernel");
-  FD_DISPATCH_FLOAT(p.act_dtype, scalar_t, [&] {
-    histogram_keep_kernel<scalar_t><<<blocks_for(items), kThreadsPerBlock, 0, stream>>>(p, s);
-  });
-  check_launch("histogram_keep_kernel");
+  launch_histogram(p, s, CudaLauncher{reinterpret_cast<cudaStream_t>(stream_handle)});
 }
 
 }  // namespace fd

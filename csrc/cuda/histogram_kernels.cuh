@@ -4,7 +4,7 @@
 #pragma once
 
 #include "../common/histogram_key.h"
-#include "../common/quantile_params.h"
+#include "../common/histogram.h"
 #include "launch.cuh"
 
 namespace fd {
@@ -66,6 +66,29 @@ __global__ void histogram_keep_kernel(HistogramParams p, HistogramScratch s) {
       atomicOr(s.overflow + k, 1);
     }
   }
+}
+
+// The launch plan of one histogram update: the GPU's geometry of every kernel, also the emulator's.
+struct HistogramPlan {
+  Launch count, floor, keep;
+};
+
+inline HistogramPlan histogram_plan(const HistogramParams& p) {
+  const int64_t items = p.K * p.N * p.h * p.w;
+  HistogramPlan plan;
+  plan.count = grid_stride_launch("histogram_count_kernel", items);
+  plan.floor = grid_stride_launch("histogram_floor_kernel", items > 0 ? p.K : 0);
+  plan.keep = grid_stride_launch("histogram_keep_kernel", items);
+  return plan;
+}
+
+// The update's kernels in order, each launched by `launch` with its plan's geometry.
+template <typename Launcher>
+void launch_histogram(const HistogramParams& p, const HistogramScratch& s, const Launcher& launch) {
+  const HistogramPlan plan = histogram_plan(p);
+  FD_DISPATCH_FLOAT(p.act_dtype, scalar_t, [&] { launch(plan.count, histogram_count_kernel<scalar_t>, p, s); });
+  launch(plan.floor, histogram_floor_kernel, p, s);
+  FD_DISPATCH_FLOAT(p.act_dtype, scalar_t, [&] { launch(plan.keep, histogram_keep_kernel<scalar_t>, p, s); });
 }
 
 }  // namespace

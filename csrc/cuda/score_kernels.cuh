@@ -8,7 +8,7 @@
 #pragma once
 
 #include "../common/bitpack.h"
-#include "../common/params.h"
+#include "../common/score.h"
 #include "../common/upsample.h"
 #include "launch.cuh"
 
@@ -148,11 +148,11 @@ constexpr int64_t kEntryTile = 64;
 // Blocks of the words kernel: one map each, the grid-stride loop covering the rest.
 FD_HOST_DEVICE FD_INLINE int64_t map_blocks(const ScoreParams& p) {
   const int64_t maps = p.N * p.K;
-  return maps < 1 ? 1 : (maps > 65535 ? 65535 : maps);
+  return maps < 1 ? 1 : (maps > kMaxGridBlocks ? kMaxGridBlocks : maps);
 }
 
-// Threads of a words-kernel block on a GPU: enough for a map's words in one pass, in whole warps,
-// at least kEntryTile (every counter has its flusher), at most kThreadsPerBlock.
+// Threads of a words-kernel block: enough for a map's words in one pass, in whole warps, at least
+// kEntryTile (every counter has its flusher), at most kThreadsPerBlock.
 FD_HOST_DEVICE FD_INLINE unsigned map_threads(const ScoreParams& p) {
   const int64_t needed = (p.words_per_mask + kWordsPerThread - 1) / kWordsPerThread;
   const int64_t warps = ((needed + 31) / 32) * 32;
@@ -256,6 +256,40 @@ __global__ void score_image_hits_kernel(ScoreParams p, ScoreScratch s) {
   FD_GRID_STRIDE(item, p.K * entries) {
     if (s.entry_hit[item]) atomic_add_i64(p.image_hits + (item / entries) * p.C + p.concept_ids[item % entries], 1);
   }
+}
+
+// The launch plan of one score call: the GPU's geometry of every kernel, also the emulator's.
+struct ScorePlan {
+  Launch taps, peaks, words, unions, image_hits;
+};
+
+inline ScorePlan score_plan(const ScoreParams& p, const ScoreScratch& s) {
+  const int64_t maps = p.N * p.K;
+  ScorePlan plan;
+  plan.taps = grid_stride_launch("score_taps_kernel", maps > 0 ? p.H + p.W : 0);
+  plan.peaks = grid_stride_launch("score_peaks_kernel", maps);
+  plan.words.kernel = "score_words_kernel";
+  plan.words.grid = static_cast<unsigned>(map_blocks(p));
+  plan.words.block = map_threads(p);
+  plan.words.barriers = true;
+  plan.words.run = maps > 0;
+  plan.unions = grid_stride_launch("score_union_kernel", p.union_mode != UnionMode::kGlobal ? maps : 0);
+  plan.image_hits = grid_stride_launch("score_image_hits_kernel", maps > 0 && p.image_hits ? p.K * s.num_entries : 0);
+  return plan;
+}
+
+// The score call's kernels in order, each launched by `launch` (CudaLauncher or emu::Launcher) with
+// its plan's geometry: the one sequence both builds run.
+template <typename Launcher>
+void launch_score(const ScoreParams& p, const ScoreScratch& s, const Launcher& launch) {
+  const ScorePlan plan = score_plan(p, s);
+  launch(plan.taps, score_taps_kernel, p, s);
+  FD_DISPATCH_FLOAT(p.act_dtype, scalar_t, [&] {
+    launch(plan.peaks, score_peaks_kernel<scalar_t>, p, s);
+    launch(plan.words, score_words_kernel<scalar_t>, p, s);
+  });
+  launch(plan.unions, score_union_kernel, p, s);
+  launch(plan.image_hits, score_image_hits_kernel, p, s);
 }
 
 }  // namespace

@@ -9,6 +9,7 @@
 #include <ucontext.h>
 
 #include <exception>
+#include <mutex>
 #include <stdexcept>
 #include <vector>
 
@@ -18,6 +19,9 @@ thread_local dim3 threadIdx, blockIdx;
 thread_local dim3 blockDim, gridDim;
 
 namespace {
+
+std::mutex g_log_mutex;
+std::vector<LaunchRecord> g_planned, g_launched;  // the last emulated op call's (begin_op)
 
 constexpr size_t kFiberStack = 64 << 10;  // bytes: kernels keep a few words and counters on theirs
 
@@ -46,6 +50,17 @@ void fiber_main() {
 }
 
 }  // namespace
+
+void begin_op(std::vector<LaunchRecord> planned) {
+  std::lock_guard<std::mutex> lock(g_log_mutex);
+  g_planned = std::move(planned);
+  g_launched.clear();
+}
+
+void record_launch(LaunchRecord launched) {
+  std::lock_guard<std::mutex> lock(g_log_mutex);
+  g_launched.push_back(std::move(launched));
+}
 
 void syncthreads() {
   if (!t_in_block) throw std::logic_error("fastdissect internal error: __syncthreads in a kernel run by emu::launch");
@@ -92,4 +107,11 @@ void run_block_fibers(dim3 block, const std::function<void()>& body) {
 }
 
 }  // namespace emu
+
+void emu_last_launches(std::vector<EmuLaunchRecord>* planned, std::vector<EmuLaunchRecord>* launched) {
+  std::lock_guard<std::mutex> lock(emu::g_log_mutex);
+  *planned = emu::g_planned;
+  *launched = emu::g_launched;
+}
+
 }  // namespace fd

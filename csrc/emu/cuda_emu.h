@@ -1,16 +1,20 @@
 // Host emulation of the CUDA built-ins fastdissect's kernels use, so that the very same .cuh kernel
-// source runs on the CPU (backend="cuda_emu"). Include this, then the .cuh, then launch with
-// fd::emu::launch (threads of a block one after another) or, for a kernel that uses __shared__
-// memory and __syncthreads, fd::emu::launch_blocks (the threads of a block as fibers that switch at
+// source runs on the CPU (backend="cuda_emu"). Include this, then the .cuh, then run the op's launch
+// sequence with fd::emu::Launcher: each kernel with its plan's geometry (the GPU's), by
+// fd::emu::launch (threads of a block one after another) or, for a kernel that synchronises its
+// block (Launch::barriers), fd::emu::launch_blocks (the threads of a block as fibers that switch at
 // each barrier: every thread reaches a barrier before any passes it, as on a GPU). No warp
 // intrinsics: using one fails to compile here. Blocks run in parallel (OpenMP), so atomics must be
-// real atomics.
+// real atomics. Every launch is recorded (LaunchLog) so that a test can compare it with the plan.
 #pragma once
 
 #include <cstdint>
 #include <exception>
 #include <functional>
+#include <initializer_list>
+#include <string>
 #include <type_traits>
+#include <vector>
 
 #if defined(__CUDACC__)
 #error "cuda_emu.h is for host compilers only"
@@ -63,8 +67,26 @@ inline long long atomicMax(long long* address, long long v) {
   return old;
 }
 
+#include "../cuda/cuda_ops.h"
+#include "../cuda/launch.cuh"
+
 namespace fd {
 namespace emu {
+
+using LaunchRecord = EmuLaunchRecord;
+
+// The launches of the last emulated op call (fd::emu_last_launches): its plan, set before the op's
+// first launch, and what the emulation then ran, recorded by launch / launch_blocks themselves.
+void begin_op(std::vector<LaunchRecord> planned);
+void record_launch(LaunchRecord launched);
+
+// The plan's launches that run, as records.
+inline std::vector<LaunchRecord> planned_launches(std::initializer_list<Launch> launches) {
+  std::vector<LaunchRecord> out;
+  for (const Launch& l : launches)
+    if (l.run) out.push_back(LaunchRecord{l.kernel, l.grid, l.block, l.shared_bytes});
+  return out;
+}
 
 // The barrier of a block run by launch_blocks: the calling thread's fiber waits until every thread
 // of its block has arrived (or ended). Outside launch_blocks it throws (a kernel launched with
@@ -77,7 +99,8 @@ void run_block_fibers(dim3 block, const std::function<void()>& body);
 // Runs run(block) for every block of `grid` (built-ins set), blocks in parallel; the first
 // exception a block throws is rethrown here (none may leave an OpenMP region).
 template <typename Run>
-void for_each_block(int n_threads, dim3 grid, dim3 block, Run run) {
+void for_each_block(int n_threads, const char* kernel, dim3 grid, dim3 block, Run run) {
+  record_launch(LaunchRecord{kernel, grid.x * grid.y * grid.z, block.x * block.y * block.z, 0});
   const int64_t blocks = static_cast<int64_t>(grid.x) * grid.y * grid.z;
   std::exception_ptr error;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(n_threads)
@@ -98,14 +121,14 @@ void for_each_block(int n_threads, dim3 grid, dim3 block, Run run) {
 
 // Like launch, for kernels that use __shared__ memory and __syncthreads.
 template <typename Kernel, typename... Args>
-void launch_blocks(int n_threads, dim3 grid, dim3 block, Kernel kernel, Args... args) {
-  for_each_block(n_threads, grid, block, [&](dim3 b) { run_block_fibers(b, [&] { kernel(args...); }); });
+void launch_blocks(int n_threads, const char* name, dim3 grid, dim3 block, Kernel kernel, Args... args) {
+  for_each_block(n_threads, name, grid, block, [&](dim3 b) { run_block_fibers(b, [&] { kernel(args...); }); });
 }
 
 // Runs kernel(args...) over grid x block, like kernel<<<grid, block>>>(args...).
 template <typename Kernel, typename... Args>
-void launch(int n_threads, dim3 grid, dim3 block, Kernel kernel, Args... args) {
-  for_each_block(n_threads, grid, block, [&](dim3 b) {
+void launch(int n_threads, const char* name, dim3 grid, dim3 block, Kernel kernel, Args... args) {
+  for_each_block(n_threads, name, grid, block, [&](dim3 b) {
     for (unsigned z = 0; z < b.z; ++z)
       for (unsigned y = 0; y < b.y; ++y)
         for (unsigned x = 0; x < b.x; ++x) {
@@ -114,6 +137,23 @@ void launch(int n_threads, dim3 grid, dim3 block, Kernel kernel, Args... args) {
         }
   });
 }
+
+// The emulated counterpart of CudaLauncher (cuda/launch.cuh): the op's launch sequence calls it
+// with each kernel's plan, whose geometry it runs unchanged.
+struct Launcher {
+  int n_threads;
+
+  template <typename Kernel, typename... Args>
+  void operator()(const Launch& l, Kernel kernel, const Args&... args) const {
+    if (!l.run) return;
+    FD_ASSERT(l.shared_bytes == 0, "the emulation has no dynamic shared memory");
+    if (l.barriers) {
+      launch_blocks(n_threads, l.kernel, dim3(l.grid), dim3(l.block), kernel, args...);
+    } else {
+      launch(n_threads, l.kernel, dim3(l.grid), dim3(l.block), kernel, args...);
+    }
+  }
+};
 
 }  // namespace emu
 }  // namespace fd

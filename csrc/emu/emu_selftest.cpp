@@ -2,9 +2,6 @@
 // checked on their own, not only through the kernels that use them.
 #include "cuda_emu.h"
 
-#include <vector>
-
-#include "../cuda/launch.cuh"
 
 namespace fd {
 namespace {
@@ -48,15 +45,15 @@ __global__ void barrier_kernel(int64_t* out) {
 
 void emu_barrier_selftest(unsigned blocks, unsigned threads, int n_threads, int64_t* out, bool barriers) {
   if (barriers) {
-    emu::launch_blocks(n_threads, dim3(blocks), dim3(threads), barrier_kernel, out);
+    emu::launch_blocks(n_threads, "barrier_kernel", dim3(blocks), dim3(threads), barrier_kernel, out);
   } else {
-    emu::launch(n_threads, dim3(blocks), dim3(threads), barrier_kernel, out);  // must throw
+    emu::launch(n_threads, "barrier_kernel", dim3(blocks), dim3(threads), barrier_kernel, out);  // must throw
   }
 }
 
 void emu_shim_selftest(int64_t items, unsigned blocks, unsigned threads, int n_threads, int64_t* visits,
                        int64_t* sum, int* bits, long long* lo_hi, int64_t* last_index) {
-  emu::launch(n_threads, dim3(blocks), dim3(threads), shim_kernel, ShimOutputs{visits, sum, bits, lo_hi, last_index},
+  emu::launch(n_threads, "shim_kernel", dim3(blocks), dim3(threads), shim_kernel, ShimOutputs{visits, sum, bits, lo_hi, last_index},
               items);
 }
 

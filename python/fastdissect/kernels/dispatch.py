@@ -19,7 +19,7 @@ from ..core.masks import ConceptMasks
 
 __all__ = ["BACKENDS", "GPU_BACKENDS", "resolve_backend", "has_extension", "tally_batch", "union_and_iou",
            "unit_masks", "draw_tiles", "formula_counts", "histogram_add_cpu", "histogram_add_gpu", "codes",
-           "emu_shim_selftest", "emu_barrier_selftest"]
+           "emu_shim_selftest", "emu_barrier_selftest", "emu_last_launches"]
 
 
 def has_extension() -> bool:
@@ -91,7 +91,7 @@ def tally_batch(backend: str, act: torch.Tensor, masks: ConceptMasks, thresholds
 
     pillow: (x_first, x_weights, y_first, y_weights) tensors: resample as Pillow's BILINEAR does
     (NetDissect-Lite's masks; CPU kernel only). exhaustive / branch_counts: the CPU kernel's testing
-    switches (ScoreParams in csrc/common/params.h). mask_out: a zeroed (N, K, words per mask) int64
+    switches (ScoreParams in csrc/common/score.h). mask_out: a zeroed (N, K, words per mask) int64
     tensor that receives every map's packed mask (not with the torch backend: see `unit_masks`).
     image_hits: (K, C) int64, += the entries whose concept mask the unit's mask meets.
     """
@@ -271,7 +271,7 @@ def formula_counts(backend: str, formulas, formula_unit_rows: torch.Tensor, unit
                    masks: ConceptMasks) -> tuple[torch.Tensor, torch.Tensor]:
     """(S, C) int64 |F & L| and |F & U & L| for each mask F of the MaskSet `formulas` and each concept
     L of `masks`; formula_unit_rows aligns each entry of `formulas` with its unit's row of
-    `unit_words` (-1: the unit is off there). FormulaCountsParams in csrc/common/params.h."""
+    `unit_words` (-1: the unit is off there). FormulaCountsParams in csrc/common/formula_counts.h."""
     S, C = len(formulas), masks.num_concepts
     dev = formulas.device
     fl = torch.zeros(S, C, dtype=torch.int64, device=dev)
@@ -309,7 +309,7 @@ def histogram_add_cpu(act: torch.Tensor, floor: torch.Tensor, keep_top: int, cou
     from each raised floor up: (values, count per unit), or None when the batch is not finite (the
     state is then unchanged)."""
     C = ext.extension()
-    values, per_unit = C.histogram_add(_histogram_params(C, act, floor, keep_top, counts, min_max),
+    values, per_unit = C.histogram_cpu(_histogram_params(C, act, floor, keep_top, counts, min_max),
                                        torch.get_num_threads())
     if values is None:
         return None
@@ -351,3 +351,10 @@ def emu_barrier_selftest(blocks: int, threads: int, n_threads: int, out: torch.T
     `out` (blocks * threads int64); barriers=False launches it without them, which must raise."""
     ext.extension().emu_barrier_selftest(blocks=blocks, threads=threads, n_threads=n_threads, out=_addr(out),
                                           barriers=barriers)
+
+
+def emu_last_launches() -> dict:
+    """The launches of the last emulated op call: {"planned": [...], "launched": [...]}, each a list of
+    {"kernel", "grid", "block", "shared_bytes"}: the op's launch plan (the GPU's geometry) and what the
+    emulation ran (csrc/emu/cuda_emu.h)."""
+    return dict(ext.extension().emu_last_launches())

@@ -1,3 +1,5 @@
+// The histogram op's parameters (the first pass of TopQuantile: cpu/histogram_cpu.cpp and the
+// CUDA histogram kernels) and the CUDA kernels' scratch.
 #pragma once
 
 #include "dtype.h"

@@ -1,6 +1,6 @@
-// Plain parameter structs: raw pointers, int64 sizes, strides in elements. Each is declared to
-// Python once, as a field table in bindings.cpp, filled once in python/fastdissect/_dispatch.py and
-// shared by every backend.
+// The score op's parameters (ScoreParams, the CPU and CUDA kernels') and the CUDA kernels' scratch:
+// plain structs of raw pointers, int64 sizes and strides in elements, declared to Python once as a
+// field table in bindings.cpp and filled once in python/fastdissect/kernels/dispatch.py.
 #pragma once
 
 #include "dtype.h"
@@ -8,7 +8,7 @@
 
 namespace fd {
 
-// Mirrors python/fastdissect/_codes.py UNION_CODES (tests/test_dispatch.py compares the two).
+// Mirrors python/fastdissect/core/codes.py UNION_CODES (tests/test_dispatch.py compares the two).
 enum class UnionMode : int { kGlobal = 0, kNetDissect = 1, kLite = 2 };
 
 // Instantiates `__VA_ARGS__` with the constexpr UnionMode `U` bound to `mode`, so that a kernel's
@@ -23,7 +23,7 @@ enum class UnionMode : int { kGlobal = 0, kNetDissect = 1, kLite = 2 };
     FD_ASSERT(false, "unknown union mode");                                                    \
   }()
 
-// Branches of the CPU score kernel's mask construction (cpu/score_cpu.cpp), counted when
+// Branches of the CPU score kernel's mask construction (cpu/score_bilinear.cpp), counted when
 // ScoreParams::branch_counts is set so that a test can show every shortcut was exercised.
 enum ScoreBranch : int {
   kColdMap = 0,      // the map's peak is at most hot_floor(T): no pixel can be on
@@ -104,45 +104,6 @@ struct ScoreScratch {
   ScreenTap* taps;      // [H + W] the output rows' taps, then the output columns'
   int* entry_hit = nullptr;  // [K, E] map k meets entry e, with image_hits (zeroed by the caller)
   int64_t num_entries = 0;   // E = offsets[N], known on the host (offsets may live on the device)
-};
-
-// The union and IoU tables from the tallies (README, "What the numbers mean"):
-// union[k, c] = unit term + concept_area[c] - intersection[k, c], with the unit term unit_term[k]
-// (categories null: the global union) or unit_term[k, categories[c]]; iou = intersection / union,
-// 0 where the union is empty.
-struct UnionIouParams {
-  int64_t K, C, G;
-  const int64_t* intersection;  // [K, C]
-  const int64_t* unit_term;     // [K] or [K, G]
-  const int64_t* categories;    // [C] or null
-  const int64_t* concept_area;  // [C]
-  int64_t* union_out;           // [K, C]
-  double* iou_out;              // [K, C]
-};
-
-// Popcounts of B formula masks against every concept mask (the compositional search,
-// python/fastdissect/explanations.py). Formula b's mask is a CSR list over the images where it is
-// non-empty, in increasing image order: a row of f_words (or -1: the whole image) and, aligned, the
-// row of b's unit mask in u_words for that image (or -1: the unit is off there).
-struct FormulaCountsParams {
-  int64_t B;                    // formulas
-  int64_t hw;                   // pixels per image, H * W
-  int64_t words_per_mask;       // ceil(hw / 64)
-  const int64_t* f_offsets;     // [B + 1]
-  const int64_t* f_images;      // [nnz]
-  const int64_t* f_rows;        // [nnz]
-  const int64_t* f_unit_rows;   // [nnz]
-  const uint64_t* f_words;      // [rows, words_per_mask]
-  const uint64_t* u_words;      // [unit rows, words_per_mask]
-  // The concept masks: a ConceptMasks (ScoreParams has the same fields).
-  int64_t C;
-  const int64_t* offsets;
-  const int64_t* concept_ids;
-  const int64_t* mask_rows;
-  const uint64_t* words;
-  // Accumulated in place (+=).
-  int64_t* fl;                  // [B, C] sum_x |F_b(x) & L_c(x)|
-  int64_t* flu;                 // [B, C] sum_x |F_b(x) & U_b(x) & L_c(x)|
 };
 
 }  // namespace fd
