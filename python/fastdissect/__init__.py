@@ -22,6 +22,7 @@ from .pipeline.hooks import token_grid, trace
 from .core.masks import ConceptMasks, pack_masks
 from .pipeline.dissect import dissect
 from .pipeline.sae import train_sae
+from .analyses.concept_vectors import ConceptVectors, concept_vectors
 from .bases.sae import SparseAutoencoder
 from .core.quantile import NETDISSECT_QUANTILE
 from .pipeline.results import Dissection, LayerResult, load
