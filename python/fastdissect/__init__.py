@@ -23,6 +23,7 @@ from .core.masks import ConceptMasks, pack_masks
 from .pipeline.dissect import dissect
 from .pipeline.sae import train_sae
 from .analyses.concept_vectors import ConceptVectors, concept_vectors
+from .analyses.bases import BasisComparison, compare_bases
 from .bases.sae import SparseAutoencoder
 from .core.quantile import NETDISSECT_QUANTILE
 from .pipeline.results import Dissection, LayerResult, load
