@@ -24,6 +24,8 @@ from .pipeline.dissect import dissect
 from .pipeline.sae import train_sae
 from .analyses.concept_vectors import ConceptVectors, concept_vectors
 from .analyses.bases import BasisComparison, compare_bases
+from .engine.auroc import auroc, mann_whitney_p
+from .engine.wpmi import cos_cubed, soft_wpmi, wpmi
 from .bases.sae import SparseAutoencoder
 from .core.quantile import NETDISSECT_QUANTILE
 from .pipeline.results import Dissection, LayerResult, load
