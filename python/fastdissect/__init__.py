@@ -22,6 +22,8 @@ from .pipeline.hooks import token_grid, trace
 from .core.masks import ConceptMasks, pack_masks
 from .pipeline.dissect import dissect
 from .pipeline.sae import train_sae
+from .pipeline.images import dissect_images
+from .pipeline.image_results import ImageDissection, ImageLayerResult
 from .analyses.concept_vectors import ConceptVectors, concept_vectors
 from .analyses.bases import BasisComparison, compare_bases
 from .engine.auroc import auroc, mann_whitney_p

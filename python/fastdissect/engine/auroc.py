@@ -33,7 +33,7 @@ from ..core import validate
 MAX_IMAGES = 1 << 25  # float64 rank sums are exact below this
 
 
-def _checked(scores, labels) -> tuple[torch.Tensor, torch.Tensor]:
+def checked(scores, labels) -> tuple[torch.Tensor, torch.Tensor]:
     if not isinstance(scores, torch.Tensor) or scores.dim() != 2:
         raise validate.ArgumentTypeError(f"scores must be an (N images, K units) tensor, got "
                                          f"{tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__}")
@@ -71,7 +71,7 @@ def midranks(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def rank_sums(scores, labels) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    scores, labels = _checked(scores, labels)
+    scores, labels = checked(scores, labels)
     ranks, ties = midranks(scores)
     pos = labels.to(torch.float64)
     return ranks.t() @ pos, pos.sum(0), ties, torch.tensor(float(scores.shape[0]), dtype=torch.float64)
