@@ -26,6 +26,8 @@ from .pipeline.images import dissect_images
 from .pipeline.image_results import ImageDissection, ImageLayerResult
 from .analyses.concept_vectors import ConceptVectors, concept_vectors
 from .analyses.bases import BasisComparison, compare_bases
+from .analyses.sanity import SanityCheck, sanity_check
+from .analyses.synthetic import synthetic_units
 from .engine.auroc import auroc, mann_whitney_p
 from .engine.wpmi import cos_cubed, soft_wpmi, wpmi
 from .bases.sae import SparseAutoencoder
