@@ -165,7 +165,7 @@ def test_tags_csv(tmp_path):
         fd.datasets.from_tags_csv(tmp_path / "tags.csv", tmp_path / "images", tag_names=["dog"])
 
 
-@pytest.mark.parametrize("bad, match", [(dict(reduce="median"), "reduce"), (dict(metric="iou"), "metric"),
+@pytest.mark.parametrize("bad, match", [(dict(reduce="median"), "reduce"), (dict(metric="accuracy"), "metric"),
                                         (dict(formula_length=0), "formula_length"), (dict(quantile=1.0), "quantile")])
 def test_dissect_images_names_bad_arguments(bad, match):
     t = fd.datasets.ImageTags([np.zeros((8, 8, 3), np.uint8)] * 2, [["a"], []])

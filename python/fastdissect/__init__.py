@@ -23,6 +23,7 @@ from .core.masks import ConceptMasks, pack_masks
 from .pipeline.dissect import dissect
 from .pipeline.sae import train_sae
 from .pipeline.images import dissect_images
+from .pipeline.clip import ClipDissection, clip_dissect
 from .pipeline.image_results import ImageDissection, ImageLayerResult
 from .analyses.concept_vectors import ConceptVectors, concept_vectors
 from .analyses.bases import BasisComparison, compare_bases

@@ -37,15 +37,16 @@ def _reduced(act: torch.Tensor, reduce: str, layer: str) -> torch.Tensor:
     return flat.amax(dim=2) if reduce == "max" else flat.mean(dim=2)
 
 
-def image_scores(model, layers, tags: ImageTags, *, reduce, batch_size, image_size, mean, std, transform,
+def image_scores(model, layers, images, *, reduce, batch_size, image_size, mean, std, transform,
                  verbose) -> dict[str, torch.Tensor]:
-    """{layer: (N, K) per-image scores}, from one forward pass stopped at the last traced layer."""
+    """{layer: (N, K) per-image scores} over `images` (any data set with image(i) or samples), from one
+    forward pass stopped at the last traced layer."""
     from tqdm.auto import tqdm
 
     device = next(iter(model.parameters()), torch.empty(0)).device
-    loader = torch.utils.data.DataLoader(ImagesOnly(tags), batch_size=batch_size, collate_fn=collate_images)
+    loader = torch.utils.data.DataLoader(ImagesOnly(images), batch_size=batch_size, collate_fn=collate_images)
     parts: dict[str, list] = {name: [] for name in layers}
-    with tqdm(total=len(tags), desc="image scores", unit="img", disable=not verbose) as bar:
+    with tqdm(total=len(images), desc="image scores", unit="img", disable=not verbose) as bar:
         for idx, images in loader:
             x = model_input(images, mean, std, image_size, device)
             with torch.no_grad(), trace(model, layers, transform, stop=True) as acts:
