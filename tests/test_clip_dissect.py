@@ -65,3 +65,45 @@ def test_bad_arguments(data, kwargs, match):
     args = {"concepts": WORDS, "clip": MeanColour(), **kwargs}
     with pytest.raises((ValueError, TypeError, FileNotFoundError), match=match):
         fd.clip_dissect(red_detector(), ["1"], data, args.pop("concepts"), verbose=False, **args)
+
+
+def tiny_transformers_clip():
+    """A CLIPModel built from a config with random weights (nothing downloaded) and a character tokenizer."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.CLIPConfig(
+        text_config=dict(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         max_position_embeddings=16, bos_token_id=0, eos_token_id=1, pad_token_id=1),
+        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=32, patch_size=8), projection_dim=8)
+
+    def tokenizer(words, padding=True, return_tensors="pt"):
+        ids = [[0] + [2 + ord(ch) % 60 for ch in w][:12] + [1] for w in words]
+        width = max(map(len, ids))
+        return {"input_ids": torch.tensor([i + [1] * (width - len(i)) for i in ids]),
+                "attention_mask": torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i in ids])}
+
+    from fastdissect.pipeline.clip_models import TransformersCLIP
+    return TransformersCLIP(transformers.CLIPModel(cfg), tokenizer)
+
+
+def test_with_a_tiny_transformers_clip(data, tmp_path):
+    clip = tiny_transformers_clip()
+    model = red_detector()
+    calls = []
+    model.register_forward_pre_hook(lambda m, a: calls.append(a[0].shape[0]))
+    d = fd.clip_dissect(model, ["1"], data, WORDS, clip=clip, top_k=10, cache=tmp_path, verbose=False)
+    assert sum(calls) == len(data) and d["1"].values.shape == (2, len(WORDS))
+    assert torch.isfinite(d["1"].values).all()
+    emb = clip.encode_images([data.image(0)])
+    assert emb.shape == (1, 8) and clip.fingerprint().startswith("transformers-clip:")
+    assert len(list(tmp_path.glob("clip-images-*.safetensors"))) == 1
+
+
+def test_transformers_clip_never_downloads(tmp_path, monkeypatch):
+    pytest.importorskip("transformers")
+    from fastdissect.pipeline.clip_models import TransformersCLIP
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with pytest.raises(FileNotFoundError, match="allow_download=True"):
+        TransformersCLIP.load("openai/clip-vit-base-patch32")
