@@ -50,7 +50,7 @@ def test_fastdissect_beam(benchmark, peer_case):
     masks, units = peer_case
     benchmark.group = "compositional: 2,000 images 56x56, 300 concepts, 4 units, length 3, beam 5"
     benchmark.extra_info["role"] = "fastdissect"
-    ex = benchmark(lambda: fd.compositional(units, masks, length=3, beam_size=5))
+    ex = benchmark(lambda: fd.compositional(units, masks, formula_length=3, beam_size=5))
     _iou["fastdissect"] = ex.iou.tolist()
     _iou["fastdissect formulas"] = [str(f) for f in ex.formulas]
 
@@ -139,7 +139,7 @@ def test_scale_beam(benchmark, scale_case):
     masks, acts, thresholds, size = scale_case
     n = size["timed_units"]
     ex, seconds, peak = _timed_once(benchmark, "compositional at compexp's scale (beam)", lambda: fd.compositional(
-        acts[:, :n], masks, thresholds=thresholds[:n], length=3, beam_size=5))
+        acts[:, :n], masks, thresholds=thresholds[:n], formula_length=3, beam_size=5))
     print(f"\nbeam, length 3, beam 5: {n} of {size['units']} units in {seconds:.1f} s (unit masks from the "
           f"activations included) -> {seconds * size['units'] / n / 60:.1f} min for the layer, extrapolated; "
           f"memory added by the search {peak:.0f} MiB (inputs: activations {acts.numel() * 4 / 2**20:.0f} MiB, "
@@ -150,6 +150,6 @@ def test_scale_optimal(benchmark, scale_case):
     masks, acts, thresholds, size = scale_case
     n = size["optimal_units"]
     ex, seconds, peak = _timed_once(benchmark, "compositional at compexp's scale (optimal)", lambda: fd.compositional(
-        acts[:, :n], masks, thresholds=thresholds[:n], length=3, search="optimal"))
+        acts[:, :n], masks, thresholds=thresholds[:n], formula_length=3, search="optimal"))
     print(f"\noptimal, length 3: {n} units in {seconds:.1f} s = {seconds / n:.1f} s per unit (with the once-per-"
           f"call pair table); formulas evaluated exactly per unit {ex.evaluated.tolist()}; memory added {peak:.0f} MiB")

@@ -7,7 +7,7 @@ import torch
 import fastdissect as fd
 import reference as ref
 from fastdissect.kernels import dispatch
-from fastdissect.engine.compositional import _UnitSource
+from fastdissect.engine.compositional.sources import ActivationSource
 from fastdissect.core.formula_masks import AND, AND_NOT, OR, combine, concept_set, unit_rows
 
 BACKENDS = ["cpu", "cuda_emu", "torch"]
@@ -46,7 +46,7 @@ def check_counts(ex, units, masks, k):
 @pytest.mark.parametrize("length,beam_size,penalty", [(1, 3, 1.0), (2, 5, 1.0), (3, 3, 1.0), (3, 2, 0.9), (4, 2, 1.0)])
 def test_beam_equals_compexp_transcription(seed, length, beam_size, penalty):
     masks, units = random_case(seed)
-    ex = fd.compositional(units, masks, length=length, beam_size=beam_size, penalty=penalty)
+    ex = fd.compositional(units, masks, formula_length=length, beam_size=beam_size, penalty=penalty)
     for k in range(units.shape[1]):
         want = ref.beam_search(units[:, k].numpy(), masks.numpy(), length, beam_size, penalty)
         if want is None:
@@ -67,7 +67,7 @@ def test_beam_ties_keep_compexp_order():
     masks[:, 3] = masks[:, 0]
     masks[:, 4] = ~masks[:, 0]  # disjoint from 0, covering the rest
     for length in (2, 3):
-        ex = fd.compositional(units, masks, length=length, beam_size=4)
+        ex = fd.compositional(units, masks, formula_length=length, beam_size=4)
         for k in range(units.shape[1]):
             want = ref.beam_search(units[:, k].numpy(), masks.numpy(), length, 4)
             assert str(ex.formulas[k]) == ref.formula_text(want[0])
@@ -77,8 +77,8 @@ def test_beam_ties_keep_compexp_order():
 def test_optimal_equals_brute_force(seed):
     masks, units = random_case(100 + seed, n=5, c=5, h=5, w=6, k=2, density=0.25 + 0.02 * (seed % 5))
     penalty = 1.0 if seed % 4 else 0.85
-    opt = fd.compositional(units, masks, length=3, search="optimal", penalty=penalty)
-    beam = fd.compositional(units, masks, length=3, beam_size=2, penalty=penalty)
+    opt = fd.compositional(units, masks, formula_length=3, search="optimal", penalty=penalty)
+    beam = fd.compositional(units, masks, formula_length=3, beam_size=2, penalty=penalty)
     for k in range(units.shape[1]):
         _, best = ref.brute_force_best(units[:, k].numpy(), masks.numpy(), 3, penalty)
         assert opt.iou[k].item() == pytest.approx(best, rel=1e-12)
@@ -92,7 +92,7 @@ def test_optimal_equals_brute_force(seed):
 @pytest.mark.parametrize("length", [1, 2])
 def test_optimal_short_formulas(length):
     masks, units = random_case(7)
-    opt = fd.compositional(units, masks, length=length, search="optimal")
+    opt = fd.compositional(units, masks, formula_length=length, search="optimal")
     for k in range(units.shape[1]):
         assert opt.iou[k].item() == pytest.approx(ref.brute_force_best(units[:, k].numpy(), masks.numpy(), length)[1])
 
@@ -102,12 +102,12 @@ def test_backends_and_threads_identical():
     results = []
     for backend in BACKENDS:
         for search in ("beam", "optimal"):
-            results.append(fd.compositional(units, masks, length=3, search=search, backend=backend))
+            results.append(fd.compositional(units, masks, formula_length=3, search=search, backend=backend))
     threads = torch.get_num_threads()
     try:
         for t in (1, 2, 3):
             torch.set_num_threads(t)
-            results.append(fd.compositional(units, masks, length=3, search="optimal", backend="cpu"))
+            results.append(fd.compositional(units, masks, formula_length=3, search="optimal", backend="cpu"))
     finally:
         torch.set_num_threads(threads)
     for r in results[1:]:
@@ -125,11 +125,11 @@ def test_activations_path_matches_unit_masks():
     thr = torch.tensor([0.5, 0.8, 0.1, 0.3, 1.0], dtype=torch.float64)
     units = torch.stack([torch.stack([torch.from_numpy(ref.upsample(acts[n, k].numpy(), 9, 13) > float(thr[k]))
                                       for k in range(5)]) for n in range(7)])
-    want = fd.compositional(units, masks, length=3)
+    want = fd.compositional(units, masks, formula_length=3)
     for backend in BACKENDS:
         for x in (acts, acts.half(), acts.transpose(2, 3).contiguous().transpose(2, 3)):
             ex = fd.compositional(x, masks, thresholds=thr if x.dtype != torch.half else
-                                  thr.half().double(), length=3, backend=backend)
+                                  thr.half().double(), formula_length=3, backend=backend)
             if x.dtype == torch.half:
                 continue  # other values: only that it runs
             assert [str(f) for f in ex.formulas] == [str(f) for f in want.formulas]
@@ -141,7 +141,7 @@ def test_default_thresholds_are_fd_score_s():
     g = torch.Generator().manual_seed(9)
     acts = torch.rand(6, 4, 5, 5, generator=g)
     masks = torch.rand(6, 5, 10, 10, generator=g) < 0.3
-    ex = fd.compositional(acts, masks, quantile=0.05, length=1)
+    ex = fd.compositional(acts, masks, quantile=0.05, formula_length=1)
     s = fd.score(acts, masks, quantile=0.05)
     assert torch.equal(ex.thresholds, s.thresholds)
     concept, iou = s.best()
@@ -179,7 +179,7 @@ def test_formula_counts_kernel_against_dense():
     ops = [OR, AND, AND_NOT]
     for op in ops:
         formulas = combine(concepts, a, concepts, b, op)
-        src = _UnitSource(units, cm, None, 0.005, "cpu")
+        src = ActivationSource(units, cm, None, 0.005, "cpu")
         unit_set, _ = src.unit_masks([0, 1, 2])
         unit_of = torch.arange(12) % 3
         rows = unit_rows(formulas, unit_of, unit_set)
@@ -204,7 +204,7 @@ def test_one_image_odd_sizes_and_empty_units():
     units[0, 0, 0, 35:50] = True
     units[0, 1, 0, :] = True  # fires everywhere
     for search in ("beam", "optimal"):
-        ex = fd.compositional(units, masks, length=3, search=search)
+        ex = fd.compositional(units, masks, formula_length=3, search=search)
         assert ex.formulas[2] is None and ex.iou[2] == 0
         for k in (0, 1):
             best = ref.brute_force_best(units[:, k].numpy(), masks.numpy(), 3)[1]
@@ -218,8 +218,8 @@ def test_bad_input_names_the_argument():
     masks, units = random_case(0)
     acts = torch.rand(6, 4, 3, 3)
     cases = [
-        (dict(length=0), "length"), (dict(beam_size=0), "beam_size"), (dict(search="greedy"), "search"),
-        (dict(penalty=1.5), "penalty"), (dict(search="optimal", length=4), "length <= 3"),
+        (dict(formula_length=0), "length"), (dict(beam_size=0), "beam_size"), (dict(search="greedy"), "search"),
+        (dict(penalty=1.5), "penalty"), (dict(search="optimal", formula_length=4), "length <= 3"),
         (dict(units=[7]), "units"),
     ]
     for kwargs, needle in cases:
@@ -229,7 +229,7 @@ def test_bad_input_names_the_argument():
         fd.compositional(units[:, :, :3], masks)
     with pytest.raises(ValueError, match="images"):
         fd.compositional(units[:3], masks)
-    with pytest.raises((TypeError, ValueError), match="x"):
+    with pytest.raises((TypeError, ValueError), match="activations"):
         fd.compositional(units.long(), masks)
     nan = acts.clone()
     nan[2, 1, 0, 0] = float("nan")
@@ -243,7 +243,7 @@ def test_bad_input_names_the_argument():
 
 def test_rows_have_compexp_columns():
     masks, units = random_case(4)
-    ex = fd.compositional(units, masks, length=2)
+    ex = fd.compositional(units, masks, formula_length=2)
     names = [f"n{c}" for c in range(6)]
     rows = ex.rows(names=names, categories=["cat"] * 6)
     assert list(rows[0]) == ["unit", "category", "label", "score", "length", "label_noncomp",
@@ -251,3 +251,62 @@ def test_rows_have_compexp_columns():
     for k, r in enumerate(rows):
         if ex.formulas[k] is not None:
             assert r["label"] == ex.formulas[k].to_str(names) and r["length"] == len(ex.formulas[k])
+
+
+@pytest.mark.parametrize("old,new,value", [("length", "formula_length", 2), ("progress", "verbose", False)])
+def test_old_keyword_names_warn_and_give_the_same_formulas(old, new, value):
+    masks, units = random_case(5)
+    want = fd.compositional(units, masks, **{new: value})
+    with pytest.warns(DeprecationWarning, match=rf"compositional\({old}=\.\.\.\).*compositional\({new}=\.\.\.\)"):
+        got = fd.compositional(units, masks, **{old: value})
+    assert [str(f) for f in got.formulas] == [str(f) for f in want.formulas]
+    assert torch.equal(got.iou, want.iou) and torch.equal(got.evaluated, want.evaluated)
+    with pytest.raises(TypeError, match=f"got both {old}="):
+        fd.compositional(units, masks, **{old: value, new: value})
+
+
+def test_old_keyword_x_warns_and_gives_the_same_formulas():
+    masks, units = random_case(6)
+    acts = torch.rand(units.shape[0], units.shape[1], 3, 3, generator=torch.Generator().manual_seed(2))
+    want = fd.compositional(acts, masks, formula_length=2)
+    with pytest.warns(DeprecationWarning, match=r"compositional\(x=\.\.\.\).*compositional\(activations=\.\.\.\)"):
+        got = fd.compositional(x=acts, masks=masks, formula_length=2)
+    assert [str(f) for f in got.formulas] == [str(f) for f in want.formulas]
+    assert torch.equal(got.iou, want.iou) and torch.equal(got.thresholds, want.thresholds)
+
+
+def test_the_new_names_raise_no_warning_and_the_result_keeps_its_old_name():
+    import warnings
+
+    from fastdissect.engine import compositional as package
+
+    masks, units = random_case(7)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        found = fd.compositional(activations=units, masks=masks, formula_length=2, verbose=False)
+    assert isinstance(found, package.Formulas) and fd.Explanations is package.Formulas
+    assert found.settings["length"] == 2  # the settings' key, as results files store it
+
+
+def test_verbose_shows_a_progress_bar(capsys):
+    masks, units = random_case(8)
+    fd.compositional(units, masks, formula_length=1, verbose=True)
+    assert "formulas (beam)" in capsys.readouterr().err
+    fd.compositional(units, masks, formula_length=1)
+    assert capsys.readouterr().err == ""
+
+
+def test_package_modules_stay_short():
+    """One concept per module, no class over about 200 lines, no function over about 60."""
+    import ast
+    from pathlib import Path
+
+    from fastdissect.engine import compositional as package
+
+    for path in Path(package.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.ClassDef, ast.FunctionDef)):
+                body = node.body[1:] if ast.get_docstring(node) else node.body
+                lines = body[-1].end_lineno - body[0].lineno + 1
+                limit = 200 if isinstance(node, ast.ClassDef) else 60
+                assert lines <= limit, f"{path.name}: {node.name} has {lines} lines"

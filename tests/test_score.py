@@ -6,6 +6,7 @@ import torch
 
 import fastdissect as fd
 from conftest import exact_acts, random_labels
+from fastdissect.kernels import dispatch
 import reference as ref
 
 
@@ -325,3 +326,82 @@ def test_many_concepts_per_image_and_masks_of_many_words(backend, rng, union):
     cats = torch.from_numpy(rng.integers(0, 4, 150))
     s = run_case(acts, dense, thr, backend, union, cats)
     assert int(s.intersection.sum()) > 0
+
+
+def test_union_default_follows_the_categories(backend, rng):
+    """union=None: "netdissect" where categories are given, "global" where not (docs/api.md)."""
+    acts = exact_acts(rng, (3, 4, 7, 7))
+    # category 3 (concept 9) is on image 0 only: there the two unions differ
+    masks = fd.pack_masks(labels=random_labels(rng, 3, 2, 28, 28, 9), image_labels=[[9], [], []], num_concepts=10)
+    cats = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2, 3])
+    thr = torch.tensor([1.0, 2.0, 0.0, 4.0], dtype=torch.float64)
+    with_cats = fd.score(acts, masks, thresholds=thr, categories=cats, backend=backend)
+    netdissect = fd.score(acts, masks, thresholds=thr, union="netdissect", categories=cats, backend=backend)
+    without = fd.score(acts, masks, thresholds=thr, backend=backend)
+    assert with_cats.union_mode == "netdissect" and without.union_mode == "global"
+    assert torch.equal(with_cats.union, netdissect.union) and torch.equal(with_cats.iou, netdissect.iou)
+    assert torch.equal(without.union, fd.score(acts, masks, thresholds=thr, union="global", backend=backend).union)
+    # the rule is not a coincidence of these data: the two unions differ here
+    assert not torch.equal(with_cats.union, without.union)
+    lite = fd.score(acts, masks, thresholds=thr, union="lite", categories=cats, backend=backend)
+    assert lite.union_mode == "lite"
+
+
+def test_score_resolves_its_backend_once_and_passes_it_down(rng, monkeypatch):
+    """One resolution of "auto" per call, the quantile pass included; every kernel call below
+    (the union and IoU too) receives the concrete name."""
+    from fastdissect.engine import scoring
+
+    asked, union_backends = [], []
+    resolve, union_and_iou = dispatch.resolve_backend, dispatch.union_and_iou
+
+    def counting_resolve(backend, device):
+        asked.append(backend)
+        return resolve(backend, device)
+
+    def recording_union(backend, *args):
+        union_backends.append(backend)
+        return union_and_iou(backend, *args)
+
+    monkeypatch.setattr(dispatch, "resolve_backend", counting_resolve)
+    monkeypatch.setattr(dispatch, "union_and_iou", recording_union)
+    acts = exact_acts(rng, (3, 4, 7, 7))
+    masks = torch.from_numpy(rng.random((3, 5, 14, 14)) > 0.5)
+    want = scoring.score(acts, masks, quantile=0.1, backend="torch")
+    for thresholds in (None, want.thresholds):
+        asked.clear()
+        union_backends.clear()
+        got = scoring.score(acts, masks, thresholds=thresholds, quantile=0.1)
+        assert asked.count("auto") == 1 and set(asked) <= {"auto", "cpu"}, asked
+        assert union_backends == ["cpu"]
+        assert torch.equal(got.iou, want.iou) and torch.equal(got.thresholds, want.thresholds)
+    t = fd.Tally(4, 5, want.thresholds, backend="cuda")  # a state read on the CPU: no kernel of the GPU's
+    t.load_state_dict(_tally_state_global(acts, masks, want.thresholds))
+    union_backends.clear()
+    assert torch.equal(t.scores().iou, want.iou) and union_backends == ["torch"]
+
+
+def _tally_state_global(acts, masks, thr):
+    t = fd.Tally(acts.shape[1], masks.shape[1], thr, backend="cpu")
+    t.add(acts, masks)
+    return t.state_dict()
+
+
+def test_non_finite_messages_share_one_policy(rng):
+    """The host check (CPU backends) and the device counts (the CUDA kernels, here emulated) name the
+    same units, and say why the activations are refused."""
+    acts = exact_acts(rng, (3, 13, 4, 4))
+    bad_units = [1, 3] + list(range(4, 13))  # eleven units hold NaN: the list is cut at ten
+    acts[0, bad_units, 0, 0] = float("nan")
+    masks = torch.from_numpy(rng.random((3, 2, 8, 8)) > 0.5)
+    thr = torch.zeros(13)
+    shown = r"unit\(s\) 1, 3, 4, 5, 6, 7, 8, 9, 10, 11, \.\.\. \(11 units\)"
+    for backend in ("cpu", "torch"):
+        with pytest.raises(ValueError, match=rf"activations contains NaN in {shown}; dissection needs finite"):
+            fd.score(acts, masks, thresholds=thr, backend=backend)
+    with pytest.raises(ValueError, match=rf"contained NaN or inf in {shown} \(counted on the device\); dissection "
+                                         "needs finite activations: these results are invalid"):
+        fd.score(acts, masks, thresholds=thr, backend="cuda_emu")
+    with pytest.raises(ValueError, match=rf"contained NaN or inf in {shown} \(counted on the device\); dissection "
+                                         "needs finite activations: these unit masks are invalid"):
+        dispatch.unit_masks("cuda_emu", acts, 8, 8, thr.double())

@@ -11,7 +11,7 @@ from typing import Mapping, Sequence
 
 import torch
 
-from .codes import BACKENDS, FLOAT_DTYPES, UNION_MODES
+from .codes import BACKENDS, FLOAT_DTYPES, GPU_BACKENDS, UNION_MODES
 
 
 class ArgumentTypeError(TypeError, ValueError):
@@ -63,6 +63,11 @@ def activations(x, name: str = "activations", num_units: int | None = None, chec
     return x
 
 
+# ---- finiteness: the one policy for NaN and inf in activations. The CPU backends check a batch on
+# the host before their kernels see it (`finite`, `finite_on_host`); the GPU backends count NaN/inf
+# per unit on the device instead, without a host sync, and the counts are reported where results
+# are read (`report_non_finite`). Either way the error names the units and says why it is one.
+
 def finite(x: torch.Tensor, name: str) -> None:
     """Rejects NaN and +-inf, naming the units (dim 1) that hold them."""
     # One sum is much cheaper than an isfinite mask: NaN and inf propagate through it, so a finite
@@ -74,25 +79,34 @@ def finite(x: torch.Tensor, name: str) -> None:
     if bool(ok.all()):
         return
     per_unit = ok.transpose(0, 1).reshape(x.shape[1], -1).all(dim=1)
-    bad = torch.nonzero(~per_unit).flatten().tolist()
     kinds = []
     if bool(torch.isnan(x).any()):
         kinds.append("NaN")
     if bool(torch.isinf(x).any()):
         kinds.append("inf")
-    shown = ", ".join(str(u) for u in bad[:10]) + (f", ... ({len(bad)} units)" if len(bad) > 10 else "")
-    raise ValueError(f"{name} contains {' and '.join(kinds)} in unit(s) {shown}; "
+    raise ValueError(f"{name} contains {' and '.join(kinds)} in unit(s) {_units_shown(~per_unit)}; "
                      "dissection needs finite activations")
 
 
-def report_non_finite(counts: torch.Tensor | None, name: str = "activations") -> None:
-    """Raises for units whose device-side NaN/inf counter (GPU backends) is non-zero."""
+def finite_on_host(x: torch.Tensor, name: str, backend: str) -> None:
+    """`finite` where the resolved `backend` checks on the host; the GPU backends count on the device."""
+    if backend not in GPU_BACKENDS:
+        finite(x, name)
+
+
+def report_non_finite(counts: torch.Tensor | None, name: str = "activations", invalid: str = "these results") -> None:
+    """Raises for units whose device-side NaN/inf counter (GPU backends) is non-zero; `invalid` names
+    what was computed from them."""
     if counts is None or not bool((counts != 0).any()):
         return
-    bad = torch.nonzero(counts).flatten().tolist()
-    shown = ", ".join(str(u) for u in bad[:10]) + (f", ... ({len(bad)} units)" if len(bad) > 10 else "")
-    raise ValueError(f"{name} contained NaN or inf in unit(s) {shown} (counted on the device); "
-                     "dissection needs finite activations: these results are invalid")
+    raise ValueError(f"{name} contained NaN or inf in unit(s) {_units_shown(counts != 0)} (counted on the device); "
+                     f"dissection needs finite activations: {invalid} are invalid")
+
+
+def _units_shown(bad: torch.Tensor) -> str:
+    """The units flagged in `bad` (K,) bool, the first ten by id."""
+    units = torch.nonzero(bad).flatten().tolist()
+    return ", ".join(str(u) for u in units[:10]) + (f", ... ({len(units)} units)" if len(units) > 10 else "")
 
 
 def thresholds(t, num_units: int) -> torch.Tensor:

@@ -89,13 +89,27 @@ class Tally:
 
     def __init__(self, num_units: int, num_concepts: int, thresholds, *, union: str = "global",
                  categories=None, backend: str = "auto", device=None):
-        self.num_units = validate.positive_int(num_units, "num_units")
-        self.num_concepts = validate.positive_int(num_concepts, "num_concepts")
-        self.thresholds = validate.thresholds(thresholds, num_units)
-        self.union, self.categories, self.num_categories = validate.union_and_categories(
-            union, categories, num_concepts)
-        self.backend = validate.backend(backend)
-        self.device = validate.device(device)
+        num_units = validate.positive_int(num_units, "num_units")
+        num_concepts = validate.positive_int(num_concepts, "num_concepts")
+        thresholds = validate.thresholds(thresholds, num_units)
+        union, categories, num_categories = validate.union_and_categories(union, categories, num_concepts)
+        self._set(num_units, num_concepts, thresholds, union, categories, num_categories, validate.backend(backend),
+                  validate.device(device))
+
+    @classmethod
+    def _trusted(cls, num_units: int, num_concepts: int, thresholds: torch.Tensor, union: str,
+                categories: torch.Tensor | None, num_categories: int, backend: str, device: torch.device) -> "Tally":
+        """A Tally of arguments validated already (`score`): thresholds (K,) float64 on the CPU, union
+        and categories as `validate.union_and_categories` returns them, backend resolved for device."""
+        tally = cls.__new__(cls)
+        tally._set(num_units, num_concepts, thresholds, union, categories, num_categories, backend, device)
+        tally._backend = backend
+        return tally
+
+    def _set(self, num_units, num_concepts, thresholds, union, categories, num_categories, backend, device) -> None:
+        self.num_units, self.num_concepts, self.thresholds = num_units, num_concepts, thresholds
+        self.union, self.categories, self.num_categories = union, categories, num_categories
+        self.backend, self.device = backend, device
         self.num_images = 0
         self._state: dict[str, torch.Tensor] | None = None
         self._backend: str | None = None  # resolved once, at the first batch
@@ -123,15 +137,16 @@ class Tally:
         validate.same_images(act.shape[0], m.num_images)
         self._add(act, m)
 
-    def _add(self, act: torch.Tensor, m: ConceptMasks) -> None:
+    def _add(self, act: torch.Tensor, m: ConceptMasks, known_finite: bool = False) -> None:
+        """known_finite: the activations passed the finiteness policy already (`score`'s quantile pass)."""
         if self.device is None:
             self.device = act.device
         if act.device != self.device:
             raise ValueError(f"activations are on {act.device} but this Tally accumulates on {self.device}")
         if self._backend is None:
             self._backend = dispatch.resolve_backend(self.backend, self.device)
-        if self._backend not in dispatch.GPU_BACKENDS:
-            validate.finite(act, "activations")  # the GPU kernels count NaN/inf on the device instead
+        if not known_finite:
+            validate.finite_on_host(act, "activations", self._backend)
         state = self._tallies()
         if m.device != self.device:
             m = m.to(self.device)
@@ -157,11 +172,20 @@ class Tally:
             unit_term, cats = state["unit_area"], None
         else:
             unit_term, cats = state["unit_category_area"], self.categories.to(inter.device)
-        union, iou = dispatch.union_and_iou(self.backend, inter, unit_term, cats, concept_area)
+        union, iou = dispatch.union_and_iou(self._read_backend(inter.device), inter, unit_term, cats, concept_area)
         keep = (lambda t: t.clone()) if copy else (lambda t: t)  # noqa: E731
         return Scores(keep(inter), union, iou, keep(state["unit_area"]), keep(concept_area),
                       self.thresholds.clone(), self.union, self.num_images, keep(state["image_hits"]),
                       keep(state["concept_images"]))
+
+    def _read_backend(self, device: torch.device) -> str:
+        """The concrete backend that computes union and IoU: the batches' (resolved at the first one),
+        or for tallies that saw no batch where they are now (loaded, merged, moved), the C++ pass for
+        CPU tallies when "auto" or "cpu" was asked for, plain torch otherwise (it fits any device)."""
+        if self._backend is not None:
+            return self._backend
+        return "cpu" if self.backend in ("auto", "cpu") and device.type == "cpu" and dispatch.has_extension() \
+            else "torch"
 
     def state_dict(self) -> dict:
         state = self._tallies()
@@ -223,7 +247,15 @@ class Tally:
             raise ValueError(f"{name} has different categories")
 
 
-def score(activations, masks, *, thresholds=None, quantile: float = 0.005, union: str = "global",
+def default_union(union: str | None, categories) -> str | None:
+    """union=None: "netdissect" where concept categories are known, "global" where they are not
+    (the rule fd.dissect follows too, docs/api.md); a given union is returned as it is."""
+    if union is not None:
+        return union
+    return "netdissect" if categories is not None else "global"
+
+
+def score(activations, masks, *, thresholds=None, quantile: float = 0.005, union: str | None = None,
           categories=None, backend: str = "auto") -> Scores:
     """Scores every unit against every concept in one call.
 
@@ -240,20 +272,27 @@ def score(activations, masks, *, thresholds=None, quantile: float = 0.005, union
     thresholds: (K,) values used as given; None computes the exact (1 - quantile) quantile of each
     unit's raw activations in this call (numpy's "linear" method).
     union: "global", "netdissect" or "lite" (the latter two need `categories`, each concept's
-    primary category id); see the README for their definitions.
+    primary category id; see docs/numbers.md for their definitions); None (the default) means
+    "netdissect" when `categories` is given and "global" when it is not, as in `fd.dissect`.
     backend: "auto", "cpu" (C++ kernels), "cuda" (CUDA kernels, CUDA tensors), "cuda_emu" (the CUDA
     kernels emulated on the CPU, for testing) or "torch" (plain torch, any device).
     """
-    # The options first, and quantile even with thresholds given: a bad value is a mistake either way.
+    # Everything is checked here, once (quantile even with thresholds given: a bad value is a mistake
+    # either way); the Tally below trusts it, and the backend is resolved once for all of it.
     validate.quantile_level(quantile)
-    validate.union_mode(union)
+    union = validate.union_mode(default_union(union, categories))
     validate.backend(backend)
     act = validate.activations(activations, check_finite=False)
     m = as_concept_masks(masks)
     validate.same_images(act.shape[0], m.num_images)
-    if thresholds is None:
-        thresholds = exact_thresholds(act, quantile=quantile, backend=backend)
-    tally = Tally(act.shape[1], m.num_concepts, thresholds, union=union, categories=categories,
-                  backend=backend, device=act.device)
-    tally._add(act, m)
+    K = act.shape[1]
+    if thresholds is not None:
+        thresholds = validate.thresholds(thresholds, K)
+    union, categories, num_categories = validate.union_and_categories(union, categories, m.num_concepts)
+    resolved = dispatch.resolve_backend(backend, act.device)
+    computed = thresholds is None
+    if computed:  # the quantile pass rejects NaN and inf (fd.thresholds): the tally need not look again
+        thresholds = exact_thresholds(act, quantile=quantile, backend=resolved).to("cpu", torch.float64).contiguous()
+    tally = Tally._trusted(K, m.num_concepts, thresholds, union, categories, num_categories, resolved, act.device)
+    tally._add(act, m, known_finite=computed)
     return tally._scores(copy=False)

@@ -14,6 +14,7 @@ import torch
 from . import ext, torch_backend
 from ..core.codes import BACKENDS, DTYPE_CODES, GPU_BACKENDS, SCORE_BRANCHES, UNION_CODES
 from ..core.validate import backend as check_backend
+from ..core.validate import report_non_finite
 from ..core.masks import ConceptMasks
 
 __all__ = ["BACKENDS", "GPU_BACKENDS", "resolve_backend", "has_extension", "tally_batch", "union_and_iou",
@@ -206,9 +207,8 @@ def unit_masks(backend: str, act: torch.Tensor, height: int, width: int, thresho
     non_finite = torch.zeros(k, dtype=torch.int64, device=dev)
     tally_batch(backend, act, none, thresholds, "global", None, 0, torch.zeros(k, 1, dtype=torch.int64, device=dev),
                 torch.zeros(k, dtype=torch.int64, device=dev), None, non_finite, mask_out=out, pillow=pillow)
-    if backend in GPU_BACKENDS and bool(non_finite.any()):
-        raise ValueError("activations hold NaN or inf (units "
-                         f"{torch.nonzero(non_finite).flatten().tolist()[:10]})")
+    if backend in GPU_BACKENDS:
+        report_non_finite(non_finite, invalid="these unit masks")
     return out
 
 
