@@ -11,7 +11,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "python" / "fastdissect"
 
-LAYERS = ["core", "kernels", "engine", "files", "datasets", "pipeline", "report", "analyses", "compat", "cli"]
+LAYERS = ["core", "kernels", "engine", "files", "datasets", "bases", "pipeline", "report", "analyses", "compat", "cli"]
 # The compiled extension, imported by kernels/ext.py alone (tests/test_dispatch.py checks that).
 EXTENSION = "fastdissect._C"
 

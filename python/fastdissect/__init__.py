@@ -21,6 +21,17 @@ from .core.formula_masks import formula_mask
 from .pipeline.hooks import token_grid, trace
 from .core.masks import ConceptMasks, pack_masks
 from .pipeline.dissect import dissect
+from .pipeline.sae import train_sae
+from .pipeline.images import dissect_images
+from .pipeline.clip import ClipDissection, clip_dissect
+from .pipeline.image_results import ImageDissection, ImageLayerResult
+from .analyses.concept_vectors import ConceptVectors, concept_vectors
+from .analyses.bases import BasisComparison, compare_bases
+from .analyses.sanity import SanityCheck, sanity_check
+from .analyses.synthetic import synthetic_units
+from .engine.auroc import auroc, mann_whitney_p
+from .engine.wpmi import cos_cubed, soft_wpmi, wpmi
+from .bases.sae import SparseAutoencoder
 from .core.quantile import NETDISSECT_QUANTILE
 from .pipeline.results import Dissection, LayerResult, load
 from .report.pages import write_report
@@ -33,4 +44,4 @@ from .compat import deprecated as _deprecated  # noqa: F401  (old names, for one
 
 
 __all__ = ["Ablation", "PredictionExplanation", "Segmentation", "ablate", "concept_ablation", "explain_prediction", "segment", "And", "ConceptMasks", "Dissection", "Explanations", "Formula", "formula_mask", "Leaf", "Not", "Or", "compositional", "LayerResult", "NETDISSECT_QUANTILE", "Scores", "Tally", "TopImages", "TopQuantile",
-           "build_info", "Comparison", "compare", "datasets", "dissect", "identity", "load", "pack_masks", "random_rotation", "rotation_experiment", "score", "thresholds", "token_grid", "trace", "write_report"]
+           "build_info", "Comparison", "compare", "datasets", "dissect", "identity", "load", "pack_masks", "random_rotation", "rotation_experiment", "score", "thresholds", "token_grid", "trace", "write_report", "SparseAutoencoder", "train_sae"]

@@ -12,7 +12,8 @@ from .download import DownloadError, download_broden
 from .packed import PackedMasks, open_packed, pack
 from .rebuild import rebuild
 from .sample import Batch, Sample, collate, to_model_input
+from .tags import ImageTags, from_image_folder, from_tags_csv, tags_of
 
-__all__ = ["Batch", "Broden", "DatasetError", "DownloadError", "PackedMasks", "Sample", "SegmentationDataset",
+__all__ = ["Batch", "Broden", "ImageTags", "from_image_folder", "from_tags_csv", "tags_of", "DatasetError", "DownloadError", "PackedMasks", "Sample", "SegmentationDataset",
            "builtin", "collate", "color_name", "download_broden", "from_coco", "from_label_pngs", "open_packed", "pack", "rebuild", "to_model_input",
            "write_broden"]

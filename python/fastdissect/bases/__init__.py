@@ -1,0 +1,1 @@
+"""Bases of a layer beyond its unit axes: sparse autoencoders (and their training)."""
