@@ -33,3 +33,18 @@ def test_bad_method_and_nan():
     a[4, 2] = float("nan")
     with pytest.raises(ValueError, match=r"NaN in unit\(s\) 2"):
         fd.thresholds(a)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_one_pass_over_data_in_any_order(backend, rng, monkeypatch, method):
+    """fd.thresholds declares the number of values: even values crowding one histogram bin (which
+    overflow a GPU kernel's default buffer) need no further pass."""
+    def no_further_pass(self):
+        raise AssertionError("fd.thresholds started a further pass")
+    monkeypatch.setattr(fd.TopQuantile, "new_pass", no_further_pass)
+    values = rng.standard_normal((20000, 3))
+    for data in (-np.sort(-values, axis=0), np.round(values), values * 1e-9 + 1.0):
+        for q in (0.005, 0.1):
+            acts = torch.from_numpy(data).reshape(200, 100, 3).permute(0, 2, 1)[..., None]
+            got = fd.thresholds(acts, q, method, backend=backend)
+            np.testing.assert_array_equal(got.numpy(), np.quantile(data, 1 - q, axis=0, method=method))

@@ -6,7 +6,7 @@ import torch
 
 import fastdissect as fd
 from fastdissect.core import histogram_keys
-from fastdissect.core.quantile import METHODS
+from fastdissect.core.quantile import METHODS, order_statistics
 
 
 def numpy_thresholds(values: np.ndarray, quantile: float, method: str) -> np.ndarray:
@@ -254,3 +254,132 @@ def test_a_further_pass_over_different_data_is_an_error(rng):
     q.add(torch.from_numpy(v[:-5]))
     with pytest.raises(RuntimeError, match="saw 199995 values per unit but the first pass saw 200000"):
         q.thresholds()
+
+
+# ---- a declared total: one pass for any order of the data
+def ordered(v: np.ndarray, order: str, rng) -> np.ndarray:
+    """v (n, K) rearranged row-wise or unit by unit into an adversarial order."""
+    n = v.shape[0]
+    if order == "ascending":
+        return np.sort(v, axis=0)
+    if order == "descending":
+        return -np.sort(-v, axis=0)
+    if order == "bright_first":      # a few bright rows (images) at the start
+        w = v.copy()
+        w[:max(1, n // 200)] += 50
+        return w
+    if order == "blocks":            # blocks of rows, the brightest blocks first
+        blocks = np.array_split(np.arange(n), 7)
+        by_mean = sorted(blocks, key=lambda b: -v[b].mean())
+        return v[np.concatenate(by_mean)]
+    if order == "ties":
+        return np.round(v)
+    if order == "zeros":
+        return np.zeros_like(v)
+    return v[rng.permutation(n)]
+
+
+ORDERS = ("shuffled", "ascending", "descending", "bright_first", "blocks", "ties", "zeros")
+
+
+@pytest.mark.parametrize("order", ORDERS)
+@pytest.mark.parametrize("method", METHODS)
+def test_a_declared_total_reads_every_order_in_one_pass(backend, rng, method, order):
+    n = 3000
+    v = ordered(np.concatenate([rng.standard_normal((n, 2)), rng.standard_normal((n, 1)) * 1e-3 + 1.0,
+                                np.maximum(rng.standard_normal((n, 1)), 0)], axis=1), order, rng)
+    quantile = 0.1  # r = 300 values: the margin rule's + 64 would hide a too-high floor at 0.005
+    want = numpy_thresholds(v, quantile, method)
+    i = order_statistics(n, 1 - quantile, method)[0]
+    lowest_needed = torch.from_numpy(np.sort(v, axis=0)[i])       # the least order statistic read
+    q = fd.TopQuantile(4, quantile, method, backend=backend, total_values=n)
+    for b in torch.tensor_split(torch.from_numpy(v), uneven_cuts(rng, n)):
+        q.add(b)
+        assert bool((q.floor_values().cpu() <= lowest_needed).all())  # the invariant the docstring proves
+    assert not q.needs_pass and q.passes == 1
+    np.testing.assert_array_equal(q.thresholds().numpy(), want)
+    today = stream(torch.from_numpy(v), uneven_cuts(rng, n), backend, quantile, method)  # total unknown
+    assert torch.equal(q.thresholds(), today.thresholds())
+
+
+def test_one_image_and_the_drifting_stream_in_one_pass(backend, rng):
+    one = torch.from_numpy(rng.standard_normal((1, 3, 5, 5)))
+    q = fd.TopQuantile(3, method="hazen", backend=backend, total_values=25)
+    q.add(one)
+    want = numpy_thresholds(one.transpose(0, 1).reshape(3, -1).T.numpy(), 0.005, "hazen")
+    np.testing.assert_array_equal(q.thresholds().numpy(), want)
+    v = np.concatenate([rng.standard_normal((500, 3)) + 50, rng.standard_normal((200000, 3))])  # as above
+    q = fd.TopQuantile(3, backend=backend).expect(v.shape[0])
+    for b in torch.from_numpy(v).split(10000):
+        q.add(b)
+    assert not q.needs_pass and q.passes == 1
+    np.testing.assert_array_equal(q.thresholds().numpy(), numpy_thresholds(v, 0.005, "linear"))
+
+
+def test_a_stream_longer_than_declared_is_refused_and_a_shorter_one_stays_exact(backend, rng):
+    v = torch.from_numpy(-np.sort(-rng.standard_normal((6000, 2)), axis=0))
+    q = fd.TopQuantile(2, backend=backend, total_values=5000)
+    q.add(v[:4000])
+    before = q.state_dict()
+    with pytest.raises(ValueError, match=r"brings 6000 values per unit, more than total_values=5000"):
+        q.add(v[4000:])
+    assert all(torch.equal(before[k], q.state_dict()[k]) for k in ("counts", "floor", "kept_values"))
+    short = fd.TopQuantile(2, backend=backend, total_values=10 ** 6)
+    for b in v.split(700):
+        short.add(b)
+    assert not short.needs_pass
+    np.testing.assert_array_equal(short.thresholds().numpy(), numpy_thresholds(v.numpy(), 0.005, "linear"))
+
+
+def test_shards_declaring_the_global_total_merge_into_one_pass(backend, rng):
+    v = -np.sort(-adversarial_units(rng, 30000), axis=0)      # the first shard holds every large value
+    shards = np.array_split(v, [1000, 21000])
+    parts = []
+    for s in shards:
+        q = fd.TopQuantile(8, method="hazen", backend=backend, total_values=v.shape[0])
+        for b in torch.from_numpy(s).split(777):
+            q.add(b)
+        parts.append(q)
+    merged = fd.TopQuantile(8, method="hazen", backend=backend)   # an empty state takes the shards' total
+    for p in parts:
+        merged.merge(p)
+    assert merged.total_values == v.shape[0] and not merged.needs_pass
+    np.testing.assert_array_equal(merged.thresholds().numpy(), numpy_thresholds(v, 0.005, "hazen"))
+    own = fd.TopQuantile(8, method="hazen", backend=backend, total_values=len(shards[0]))
+    own.add(torch.from_numpy(shards[0]))
+    with pytest.raises(ValueError, match=r"declared total_values=30000 and 1000; every shard declares the global"):
+        merged.merge(own)
+    with pytest.raises(ValueError, match=r"merged shards hold 31000 values per unit, more than total_values=30000"):
+        merged.merge(parts[0])
+
+
+def test_the_state_carries_the_total(backend, rng):
+    v = torch.from_numpy(rng.standard_normal((9000, 4)))
+    q = fd.TopQuantile(4, backend=backend, total_values=9000)
+    q.add(v[:4000])
+    state = q.state_dict()
+    assert state["total_values"] == 9000
+    restored = fd.TopQuantile.from_state_dict(state, backend=backend)
+    assert restored.total_values == 9000 and restored.num_values == 4000
+    restored.add(v[4000:])
+    assert not restored.needs_pass
+    np.testing.assert_array_equal(restored.thresholds().numpy(), numpy_thresholds(v.numpy(), 0.005, "linear"))
+    with pytest.raises(ValueError, match="state has total_values=9000, this TopQuantile has 8000"):
+        fd.TopQuantile(4, total_values=8000).load_state_dict(state)
+    unknown = fd.TopQuantile(4).state_dict()
+    assert unknown["total_values"] is None and fd.TopQuantile.from_state_dict(unknown).total_values is None
+    with pytest.raises(RuntimeError, match=r"expect\(\) must come before the first add"):
+        restored.expect(10000)
+    with pytest.raises(ValueError, match="total_values must be a positive int"):
+        fd.TopQuantile(4, total_values=0)
+
+
+def test_a_declared_total_keeps_fewer_values_than_the_margin(rng):
+    v = torch.from_numpy(rng.standard_normal((200000, 16)).astype(np.float32))
+    kept = {}
+    for total in (None, 200000):
+        q = fd.TopQuantile(16, total_values=total)
+        for b in v.split(20000):
+            q.add(b)
+        kept[total] = q.state_dict()["kept_values"].numel() / 16     # compacted: the end state
+    assert 0.005 * 200000 <= kept[200000] < 1.5 * 0.005 * 200000 <= kept[None]

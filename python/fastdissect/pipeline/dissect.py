@@ -280,7 +280,8 @@ class _Run:
                 for name, a in acts.items():
                     if name not in self.quantiles:
                         self.quantiles[name] = TopQuantile(a.shape[1], self.o["quantile"], self.o["method"],
-                                                           backend=self.o["backend"])
+                                                           backend=self.o["backend"],
+                                                           total_values=len(self.dataset) * a.shape[2] * a.shape[3])
                     self.quantiles[name].add(a)
                 bar.update(len(indices))
                 if every and (b + 1) % every == 0:
@@ -310,7 +311,8 @@ class _Run:
                 for name, a in acts.items():
                     if name not in self.quantiles:
                         self.quantiles[name] = TopQuantile(a.shape[1], self.o["quantile"], self.o["method"],
-                                                           backend=self.o["backend"])
+                                                           backend=self.o["backend"],
+                                                           total_values=len(self.dataset) * a.shape[2] * a.shape[3])
                     self.quantiles[name].add(a)
                     self.top[name].add(a, batch.indices)
                     kept[name] = retain(a, self.quantiles[name].floor_values())
