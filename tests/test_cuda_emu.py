@@ -62,7 +62,7 @@ def test_overflowing_kept_values_fall_back_to_an_exact_further_pass(rng):
     q = fd.TopQuantile(2, backend="cuda_emu")
     for b in torch.from_numpy(v).split(5000):
         q.add(b)
-    assert bool(q._incomplete[0]) and q.needs_pass
+    assert bool(q.state_dict()["incomplete"][0]) and q.needs_pass
     q.new_pass()
     q.add(torch.from_numpy(v))
     np.testing.assert_array_equal(q.thresholds().numpy(), np.quantile(v, 0.995, axis=0))
