@@ -358,6 +358,13 @@ class TopQuantile:
         self._answer = (out, done, pending)
         return self._answer
 
+    @classmethod
+    def from_state_dict(cls, state: dict, device=None, *, backend: str = "auto") -> "TopQuantile":
+        """The TopQuantile a first-pass `state_dict()` describes, its state on `device` (default the CPU)."""
+        acc = cls(state["num_units"], state["quantile"], state["method"], backend=backend)
+        acc.load_state_dict(state, device)
+        return acc
+
 
 def thresholds(activations, quantile: float = 0.005, method: str = "linear", *,
                backend: str = "auto") -> torch.Tensor:
