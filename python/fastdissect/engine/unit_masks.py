@@ -106,6 +106,8 @@ class UnitMasks:
 
     def merge(self, other: "UnitMasks") -> "UnitMasks":
         """Adds another shard's masks (disjoint images)."""
+        if not isinstance(other, UnitMasks):
+            raise TypeError(f"merge takes a UnitMasks, got {type(other).__name__}")
         state = other.state_dict()
         dev = self.device or torch.device("cpu")
         self.keys.append(state["keys"].to(dev))
