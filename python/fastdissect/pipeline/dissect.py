@@ -72,12 +72,12 @@ def dissect(model: torch.nn.Module, layers: Sequence[str], dataset, *, quantile:
     with restart=True, discarded.
     distributed: None uses torch.distributed when a process group is initialized; each rank then reads
     its own contiguous shard, accumulators are combined exactly, and every rank returns the same
-    results, identical bit for bit to one process (fastdissect/distributed.py).
+    results, identical bit for bit to one process (fastdissect/pipeline/distributed.py).
     formula_length: also label each unit with a compositional formula of at most this many concepts
     (`fd.compositional`: beam_size, search "beam" or "optimal", penalty), found from the unit masks
     collected in the tally pass (no further forward pass). They cost 8 * ceil(H * W / 64) bytes per
     (image, unit) map that fires, plus the concept masks of the data set, until the search is done.
-    controls: chance baselines (fastdissect/controls.py). "permuted" also tallies each unit against
+    controls: chance baselines (fastdissect/engine/controls.py). "permuted" also tallies each unit against
     the masks of other images (a derangement seeded by control_seed) in the same tally pass, and
     marks the detectors that beat chance; it holds every image's packed concept masks (read once more
     without a store). "random_init" dissects, with the same settings, the same architecture with
@@ -87,7 +87,7 @@ def dissect(model: torch.nn.Module, layers: Sequence[str], dataset, *, quantile:
     are never run; a module called twice in one forward is then read at its first call).
     passes: 1 (the default without a cache) runs the model once per image: the thresholds are found
     while each layer keeps the maps, or the cells of large maps, that can still reach them
-    (fastdissect/retained.py), and the tally reads what was kept; results are identical bit for bit
+    (fastdissect/pipeline/retained.py), and the tally reads what was kept; results are identical bit for bit
     to passes=2, which reads every image twice (thresholds, then tally). Images whose kept maps may
     miss a value above the final threshold (the data drifted downwards) are run again, only those.
     The kept maps stay in memory up to `memory_limit` bytes, the rest goes to files in `spill_dir`
@@ -149,10 +149,9 @@ class _Run:
         """A checkpoint: the thresholds' state only in pass 1 (the tallies hold them afterwards)."""
         if self.checkpoint.path is None:
             return
-        kinds = [kind for kind in FIELDS if stage == 1 or kind != "quantile"]
-        fields = {FIELDS[kind]: {name: b.get(kind).state_dict() for name, b in self.bundles.items()
-                                 if b.get(kind) is not None} for kind in kinds}
-        fields["quantiles"] = fields.get("quantiles", {})
+        states = {name: b.state_dict([kind for kind in FIELDS if stage == 1 or kind != "quantile"])
+                  for name, b in self.bundles.items()}
+        fields = {field: {name: s[kind] for name, s in states.items() if kind in s} for kind, field in FIELDS.items()}
         fields["mask_log"] = self.mask_log.state_dict() if self.mask_log is not None else None
         fields["kept"] = self.kept.persist(self.checkpoint.path.parent) if stage == 1 and self.opts.passes == 1 else []
         self.checkpoint.save(stage, images_done, {key: fields[key] for key in CHECKPOINT_FIELDS[3:]})
@@ -162,9 +161,8 @@ class _Run:
         state = self.checkpoint.load()
         if state is None:
             return 1, self.lo
-        for kind, field in FIELDS.items():
-            for name, s in state[field].items():
-                self.bundles[name].load_state_dict({kind: s})
+        for name, bundle in self.bundles.items():
+            bundle.load_state_dict({kind: state[field][name] for kind, field in FIELDS.items() if name in state[field]})
         self.kept.load_refs(self.checkpoint.path.parent, state["kept"])
         if self.mask_log is not None and state["mask_log"] is not None:
             self.mask_log = self.passes.mask_log = MaskLog.from_state_dict(state["mask_log"], self.opts.device)
