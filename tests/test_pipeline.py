@@ -321,6 +321,47 @@ def test_a_checkpoint_of_another_dissection_is_refused_naming_the_difference(con
     assert torch.equal(fresh["pool"].scores.intersection, restarted["pool"].scores.intersection)
 
 
+def _same_state(a, b) -> bool:
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same_state(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_same_state(x, y) for x, y in zip(a, b))
+    return torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
+
+
+@pytest.mark.parametrize("passes,after,stage", [(1, 2, 1), (2, 6, 2)])
+def test_a_checkpoint_holds_each_layers_accumulators_by_kind(concepts, tmp_path, passes, after, stage):
+    from fastdissect.engine.controls import PermutedControl
+    from fastdissect.engine.unit_masks import MaskLog, UnitMasks
+    from fastdissect.files import tensorfile
+    from fastdissect.pipeline import checkpoint
+
+    # The file format older checkpoints were written in: a change here must refuse them clearly.
+    assert checkpoint.CHECKPOINT_FIELDS == ("identity", "stage", "images_done", "quantiles", "tallies", "top",
+                                            "unit_masks", "control_tallies", "mask_log", "kept")
+    with pytest.raises(KeyboardInterrupt):
+        fd.dissect(Interrupting(after), ["pool"], concepts, batch_size=8, verbose=False, checkpoint=tmp_path,
+                   checkpoint_every=1, passes=passes, formula_length=2, controls=("permuted",), **PLAIN)
+    state = checkpoint.read_checkpoint(tmp_path / f"checkpoint{tensorfile.SUFFIX}")
+    assert set(state) == set(checkpoint.CHECKPOINT_FIELDS) and state["stage"] == stage
+    assert {k: state["identity"][k] for k in ("shard", "world", "checkpoint_version", "passes")} == \
+        {"shard": [0, 40], "world": 1, "checkpoint_version": checkpoint.CHECKPOINT_VERSION, "passes": passes}
+    kinds = {"quantiles": fd.TopQuantile, "tallies": fd.Tally, "top": fd.TopImages, "unit_masks": UnitMasks}
+    held = {field: list(state[field]) for field in (*kinds, "control_tallies")}
+    if stage == 1:  # thresholds and top images so far; the tallies start once the thresholds are known
+        assert held == {"quantiles": ["pool"], "tallies": [], "top": ["pool"], "unit_masks": [], "control_tallies": []}
+        assert state["kept"] and state["mask_log"]["parts"]
+    else:
+        assert held == {"quantiles": [], "tallies": ["pool"], "top": ["pool"], "unit_masks": ["pool"],
+                        "control_tallies": ["pool"]}
+        control = PermutedControl.from_state_dict(state["control_tallies"]["pool"], perm=torch.arange(40))
+        assert _same_state(control.state_dict(), state["control_tallies"]["pool"])
+    for field, cls in kinds.items():
+        for s in state[field].values():
+            assert _same_state(cls.from_state_dict(s).state_dict(), s), field
+    assert _same_state(MaskLog.from_state_dict(state["mask_log"]).state_dict(), state["mask_log"])
+
+
 def test_resume_and_interrupt_say_what_the_checkpoint_holds(concepts, tmp_path, capsys):
     with pytest.raises(KeyboardInterrupt):
         fd.dissect(Interrupting(0), ["pool"], concepts, batch_size=8, **PLAIN)

@@ -23,6 +23,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .scoring import Tally
+
 CONTROLS = ("permuted", "random_init")
 
 
@@ -37,6 +39,66 @@ def derangement(n: int, seed: int = 0) -> torch.Tensor:
         j = int(rng.integers(0, i))  # j < i: never the element itself
         perm[i], perm[j] = perm[j], perm[i]
     return torch.from_numpy(perm)
+
+
+class PermutedControl:
+    """The "permuted" control of one layer: a `Tally` of each image's activations against the masks of
+    image perm[i] (`derangement`). `masks` (every image's `ConceptMasks`, which the derangement reads
+    in any order) must be set before the first `add`; it is not part of the state.
+
+    >>> import torch, fastdissect as fd
+    >>> from fastdissect.engine.controls import PermutedControl
+    >>> masks = fd.pack_masks(torch.eye(2, dtype=torch.bool)[:, :, None, None].expand(2, 2, 4, 4))
+    >>> c = PermutedControl(fd.Tally(1, 2, [0.5]), torch.tensor([1, 0]), masks)
+    >>> c.add(torch.ones(1, 1, 2, 2), first_image=0)   # image 0 meets image 1's masks: concept 1
+    >>> c.scores().intersection.tolist()
+    [[0, 16]]
+    """
+
+    def __init__(self, tally: Tally, perm: torch.Tensor, masks=None):
+        if not isinstance(tally, Tally):
+            raise TypeError(f"tally must be a Tally, got {type(tally).__name__}")
+        self.tally, self.perm, self.masks = tally, torch.as_tensor(perm, dtype=torch.int64), masks
+
+    @property
+    def device(self) -> torch.device | None:
+        return self.tally.device
+
+    def add(self, activations: torch.Tensor, first_image: int) -> None:
+        """Activations (N, K, h, w) of images first_image .. first_image + N - 1."""
+        if self.masks is None:
+            raise RuntimeError("the permuted control has no masks to pair the images with: set masks first")
+        indices = torch.arange(first_image, first_image + activations.shape[0])
+        self.tally.add(activations, self.masks.take(self.perm[indices]).to(activations.device))
+
+    def scores(self):
+        return self.tally.scores()
+
+    def state_dict(self) -> dict:
+        return self.tally.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.tally.load_state_dict(state)
+
+    @classmethod
+    def from_state_dict(cls, state: dict, device=None, *, perm: torch.Tensor, masks=None,
+                        backend: str = "auto") -> "PermutedControl":
+        return cls(Tally.from_state_dict(state, device, backend=backend), perm, masks)
+
+    def merge(self, other: "PermutedControl") -> "PermutedControl":
+        if not isinstance(other, PermutedControl):
+            raise TypeError(f"merge takes a PermutedControl, got {type(other).__name__}")
+        if not torch.equal(self.perm, other.perm):
+            raise ValueError("shards of a permuted control must share one derangement")
+        self.tally.merge(other.tally)
+        return self
+
+    def to(self, device) -> "PermutedControl":
+        self.tally.to(device)
+        return self
+
+    def all_reduce(self, comm) -> None:
+        self.tally.all_reduce(comm)
 
 
 def check_controls(controls) -> tuple:
@@ -74,4 +136,4 @@ def beyond_chance(iou: float, control_best: float, iou_threshold: float) -> bool
     return iou > iou_threshold and iou > control_best
 
 
-__all__ = ["CONTROLS", "derangement", "check_controls", "random_weights", "beyond_chance"]
+__all__ = ["CONTROLS", "PermutedControl", "derangement", "check_controls", "random_weights", "beyond_chance"]

@@ -195,6 +195,14 @@ class Tally:
                 "categories": None if self.categories is None else self.categories.clone(),
                 "num_images": self.num_images, **{k: v.detach().cpu().clone() for k, v in state.items()}}
 
+    @classmethod
+    def from_state_dict(cls, state: dict, device=None, *, backend: str = "auto") -> "Tally":
+        """The Tally a `state_dict()` describes, its tallies on `device` (default the CPU)."""
+        tally = cls(state["num_units"], state["num_concepts"], state["thresholds"], union=state["union"],
+                    categories=state["categories"], backend=backend, device=device)
+        tally.load_state_dict(state)
+        return tally
+
     def load_state_dict(self, state: dict) -> None:
         self._check_compatible(state, "state_dict")
         device = self.device or "cpu"

@@ -73,6 +73,13 @@ class TopImages:
         move = lambda t: None if t is None else t.to(dev, copy=True)  # noqa: E731
         self.values, self.images, self.maps = move(state["values"]), move(state["images"]), move(state["maps"])
 
+    @classmethod
+    def from_state_dict(cls, state: dict, device=None) -> "TopImages":
+        """The TopImages a `state_dict()` describes, on `device` (default the CPU)."""
+        acc = cls(state["top_k"])
+        acc.load_state_dict(state, device)
+        return acc
+
     def to(self, device) -> "TopImages":
         if self.values is not None:
             self.load_state_dict(self.state_dict(), device)

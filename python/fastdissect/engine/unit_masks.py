@@ -90,6 +90,13 @@ class UnitMasks:
         dev = torch.device(device) if device is not None else self.device or torch.device("cpu")
         self.keys, self.words = [state["keys"].to(dev)], [state["words"].to(dev)]
 
+    @classmethod
+    def from_state_dict(cls, state: dict, device=None, *, backend: str = "auto") -> "UnitMasks":
+        """The UnitMasks a `state_dict()` describes, on `device` (default the CPU)."""
+        acc = cls(state["thresholds"], state["height"], state["width"], backend=backend, device=device)
+        acc.load_state_dict(state)
+        return acc
+
     def to(self, device) -> "UnitMasks":
         self.device = torch.device(device)
         self._backend = None
@@ -99,6 +106,8 @@ class UnitMasks:
 
     def merge(self, other: "UnitMasks") -> "UnitMasks":
         """Adds another shard's masks (disjoint images)."""
+        if not isinstance(other, UnitMasks):
+            raise TypeError(f"merge takes a UnitMasks, got {type(other).__name__}")
         state = other.state_dict()
         dev = self.device or torch.device("cpu")
         self.keys.append(state["keys"].to(dev))
@@ -132,6 +141,28 @@ class MaskLog:
 
     def load_state_dict(self, state: dict, device=None) -> None:
         self.parts = [masks_from_state(s, device) for s in state["parts"]]
+
+    @classmethod
+    def from_state_dict(cls, state: dict, device=None) -> "MaskLog":
+        log = cls()
+        log.load_state_dict(state, device)
+        return log
+
+    @property
+    def device(self) -> torch.device | None:
+        return self.parts[0].device if self.parts else None
+
+    def merge(self, other: "MaskLog") -> "MaskLog":
+        """Appends another shard's masks, of later images."""
+        if not isinstance(other, MaskLog):
+            raise TypeError(f"merge takes a MaskLog, got {type(other).__name__}")
+        device = self.device
+        self.parts += [m if device is None else m.to(device) for m in other.parts]
+        return self
+
+    def to(self, device) -> "MaskLog":
+        self.parts = [m.to(device) for m in self.parts]
+        return self
 
     def all_reduce(self, comm) -> None:
         """Every rank ends with all ranks' masks, in rank order (ranks hold consecutive shards)."""
