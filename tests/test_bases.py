@@ -91,3 +91,24 @@ def test_a_basis_is_part_of_the_identity(data):
 def test_bad_bases_are_named(data, bases, match):
     with pytest.raises((ValueError, TypeError), match=match):
         fd.compare_bases(net(), "2", data, bases, controls=(), **OPTIONS)
+
+
+def test_dissect_with_a_basis(data, tmp_path):
+    model = net()
+    plain = fd.dissect(model, ["2"], data, **OPTIONS)["2"]
+    ident = fd.dissect(model, ["2"], data, basis={"2": torch.eye(6)}, **OPTIONS)["2"]
+    for field in ("intersection", "union", "iou", "thresholds"):
+        assert torch.equal(getattr(plain.scores, field), getattr(ident.scores, field)), field
+    assert plain.basis is None and ident.basis.startswith("linear_basis:")
+    sae = fd.SparseAutoencoder(6, 10, 3, seed=0)
+    d = fd.dissect(model, ["2"], data, basis={"2": sae}, checkpoint=tmp_path / "ckpt", **OPTIONS)
+    assert d["2"].num_units == 10 and d["2"].basis == sae.fingerprint()
+    d.to_csv(tmp_path / "csv")
+    assert (tmp_path / "csv" / "2.csv").read_text().startswith("feature,label")
+    d.save(tmp_path / "results")
+    assert fd.load(tmp_path / "results")["2"].basis == sae.fingerprint()
+    with pytest.raises(Exception, match="transform|identity|differ"):
+        fd.dissect(model, ["2"], data, basis={"2": fd.SparseAutoencoder(6, 10, 3, seed=1)},
+                   checkpoint=tmp_path / "ckpt", **OPTIONS)
+    with pytest.raises(LookupError, match="basis names layers that are not dissected"):
+        fd.dissect(model, ["2"], data, basis={"0": torch.eye(8)}, **OPTIONS)

@@ -96,3 +96,34 @@ class _Encoder:
     def fingerprint(self) -> str:
         own = getattr(self.module, "fingerprint", None)
         return str(own()) if callable(own) else f"encode of {transform_identity(self.module)}"
+
+
+class Composed:
+    """A layer's own transform, then a basis (e.g. fd.token_grid(), then an autoencoder)."""
+
+    def __init__(self, first, then):
+        self.first, self.then = first, then
+
+    def __call__(self, output):
+        return self.then(self.first(output))
+
+    def fingerprint(self) -> str:
+        return f"{transform_identity(self.first)} then {self.then.fingerprint()}"
+
+
+def with_bases(layers, transform: dict | None, basis: dict | None) -> tuple[dict | None, dict]:
+    """(transform, {layer: basis description}): each layer's transform followed by its basis."""
+    if basis is None:
+        return transform, {}
+    validate.mapping(basis, "basis", "{layer: (F, C) tensor, module or callable}")
+    unknown = [name for name in basis if name not in layers]
+    if unknown:
+        raise LookupError(f"basis names layers that are not dissected: {unknown} (layers: {list(layers)})")
+    out, described = dict(transform or {}), {}
+    for name, b in basis.items():
+        t = as_basis(b, f"basis[{name!r}]")
+        if t is None:
+            continue
+        out[name] = t if out.get(name) is None else Composed(out[name], t)
+        described[name] = t.fingerprint()
+    return out, described

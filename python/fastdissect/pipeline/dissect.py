@@ -17,6 +17,7 @@ from typing import Sequence
 
 import torch
 
+from ..bases.basis import with_bases
 from ..core import validate
 from ..datasets.sample import IMAGENET_MEAN, IMAGENET_STD
 from ..engine.controls import derangement
@@ -45,7 +46,7 @@ def dissect(model: torch.nn.Module, layers: Sequence[str], dataset, *, quantile:
             beam_size: int = 5, search: str = "beam", penalty: float = 1.0, metric: str = "iou", controls=(),
             control_seed: int = 0, control_model: torch.nn.Module | None = None, stop_early: bool = True,
             passes: int | None = None, memory_limit: int = 2 << 30, spill_dir=None, mask_cache=True,
-            verbose: bool = True) -> Dissection:
+            basis: dict | None = None, verbose: bool = True) -> Dissection:
     """Dissects `layers` of `model` on a concept data set (see the README for a complete example).
 
     dataset: a `fd.datasets.Broden`, `SegmentationDataset`, a packed store (`fd.datasets.open_packed`,
@@ -60,6 +61,10 @@ def dissect(model: torch.nn.Module, layers: Sequence[str], dataset, *, quantile:
     image_size: (h, w) the images are resized to for the model (default: as stored); mean/std: the
     model's input normalisation. transform: {layer: callable} applied to that layer's output, e.g.
     `fd.token_grid()` for transformer blocks.
+    basis: {layer: B}: the layer read in a basis (fastdissect/bases/basis.py; docs/bases.md): a (F, C)
+    tensor of directions, an `fd.SparseAutoencoder` (its features) or a callable (N, C, h, w) ->
+    (N, F, h, w), applied after the layer's transform; its features are dissected exactly as units
+    are, and the basis, hashed by its weights, is part of the checkpoint identity.
     views: {name: (layer, callable)}: more results from the same forward pass, each the callable
     applied to a layer's output (e.g. one `fd.random_rotation` per power: the axis-alignment test).
     cache: None (the second pass re-runs the model), "memory" or a directory: activations are kept
@@ -99,6 +104,7 @@ def dissect(model: torch.nn.Module, layers: Sequence[str], dataset, *, quantile:
     """
     if control_model is not None:
         validate.module(control_model, "control_model")
+    transform, bases = with_bases(validate.layer_names(layers), transform, basis)
     opts = DissectOptions.build(
         model, layers, quantile=quantile, method=method, iou_threshold=iou_threshold, union=union,
         batch_size=batch_size, num_workers=num_workers, device=device, cache=cache, cache_limit=cache_limit,
@@ -108,6 +114,8 @@ def dissect(model: torch.nn.Module, layers: Sequence[str], dataset, *, quantile:
         penalty=penalty, metric=metric, controls=controls, control_seed=control_seed, stop_early=stop_early,
         passes=passes, memory_limit=memory_limit, spill_dir=spill_dir, mask_cache=mask_cache, verbose=verbose)
     result = _dissect(model, dataset, opts)
+    for name, described in bases.items():
+        result[name].basis = described
     if "random_init" in opts.controls:
         from ..engine.controls import random_weights
 

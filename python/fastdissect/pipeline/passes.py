@@ -5,6 +5,7 @@ the kept maps or from a second pass; a further pass refines a threshold when the
 from __future__ import annotations
 
 import math
+
 import torch
 
 from ..engine.unit_masks import MaskLog, concat_masks

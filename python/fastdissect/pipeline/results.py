@@ -58,6 +58,7 @@ class LayerResult:
     formulas: Explanations | None = None   # each unit's compositional formula (fd.dissect(formula_length=...))
     control: Scores | None = None            # the permuted control's scores (fd.dissect(controls=("permuted",)))
     metric: str = "iou"                      # what ranks labels and meets iou_threshold (one of METRICS)
+    basis: str | None = None                 # the basis the layer was read in (fd.dissect(basis=...)), or its units
     _units: list | None = field(default=None, repr=False)
 
     @property
@@ -135,7 +136,10 @@ class LayerResult:
         return out
 
     def to_csv(self, path) -> Path:
-        return write_csv(path, self.units)
+        """One row per unit; a layer read in a basis calls its rows features ("feature" for "unit")."""
+        rows = self.units if self.basis is None else [{("feature" if k == "unit" else k): v for k, v in u.items()}
+                                                       for u in self.units]
+        return write_csv(path, rows)
 
     def formula_csv(self, path) -> Path:
         """compexp's tally columns (unit, category, label, score, length, label_noncomp,
@@ -263,7 +267,8 @@ def _layers_state(dissection: Dissection) -> dict:
                         "concept_names": r.concept_names, "category_names": r.category_names,
                         "categories": r.categories, "iou_threshold": r.iou_threshold, "metric": r.metric,
                         "top_images": r.top_images, "top_values": r.top_values, "top_maps": r.top_maps,
-                        "formulas": _formulas_state(r.formulas), "control": _scores_state(r.control)}
+                        "formulas": _formulas_state(r.formulas), "control": _scores_state(r.control),
+                        "basis": r.basis}
     return layers
 
 
@@ -278,14 +283,14 @@ def _layers_from_state(layers, path) -> Dissection:
     out = Dissection()
     for name, d in layers.items():
         where = f"{path}, layer {name!r}"
-        d = check_fields(d, where, required=_LAYER_FIELDS, tensors=("categories",),
-                   optional_tensors=("top_images", "top_values", "top_maps"))
+        d = check_fields(d, where, required=_LAYER_FIELDS, optional=("basis",), tensors=("categories",),
+                         optional_tensors=("top_images", "top_values", "top_maps"))
         scores = _scores_from_state({**d["scores"], "union_mode": d["union_mode"], "num_images": d["num_images"]},
                                     where)
         out[name] = LayerResult(name, scores, d["concept_names"], d["category_names"], d["categories"],
                                 d["iou_threshold"], d["top_images"], d["top_values"], d["top_maps"],
                                 _formulas_from_state(d["formulas"], where), _scores_from_state(d["control"], where),
-                                d["metric"])
+                                d["metric"], d.get("basis"))
     return out
 
 
