@@ -38,13 +38,14 @@ from ..kernels import dispatch
 from ..core import validate
 from ..core.quantile import check_method, interpolate, order_statistics
 from .floor_histogram import FloorHistogram, unit_major
+from .quantile_shards import QuantileShards
 from .quantile_floor import final_keep_top, margin_keep_top
 from .quantile_refinement import Refinement
 
 REFINE_BUDGET = 1 << 16
 
 
-class TopQuantile:
+class TopQuantile(QuantileShards):
     """Exact (1 - quantile) quantile of each unit's values, streamed over batches.
 
     >>> import torch, fastdissect as fd
@@ -163,20 +164,6 @@ class TopQuantile:
         _, _, gamma = order_statistics(self.num_values, 1.0 - self.quantile, self.method)
         return interpolate(value[:, 0], value[:, 1], gamma).cpu()
 
-    def pass_state(self) -> dict:
-        """What this shard contributed to the current further pass (for `merge_pass`)."""
-        if self._refine is None:
-            raise RuntimeError("pass_state is for further passes; use state_dict() during the first pass")
-        return self._refine.contribution()
-
-    def merge_pass(self, state: dict) -> None:
-        """Adds another shard's contribution to the current further pass (the shards' first passes
-        must have been merged into identical states before `new_pass()`)."""
-        if self._refine is None:
-            raise RuntimeError("merge_pass is for further passes; use merge() during the first pass")
-        self._refine.absorb(state)
-        self._answer = None
-
     # ---- state
     def state_bytes(self) -> int:
         """Bytes held by the state now (histograms, kept values, further-pass buffers)."""
@@ -210,27 +197,6 @@ class TopQuantile:
             device = torch.device(device) if device is not None else torch.device("cpu")
             self._hist = FloorHistogram.from_state_dict(state, self.num_units, device)
 
-    def merge(self, other: "TopQuantile") -> "TopQuantile":
-        """Adds another shard's first pass into this one; the result equals one pass over both shards.
-        Shards that declared a total must have declared the same (global) one."""
-        if not isinstance(other, TopQuantile):
-            raise TypeError(f"merge takes a TopQuantile, got {type(other).__name__}")
-        if self._refine is not None or other._refine is not None:
-            raise RuntimeError("merge shards after their first pass, before new_pass()")
-        theirs = other.state_dict()
-        if theirs["counts"] is None:
-            return self
-        if self._hist is None:
-            self.load_state_dict(theirs)
-            return self
-        if theirs["total_values"] != self.total_values:
-            raise ValueError(f"merge: the shards declared total_values={self.total_values} and "
-                             f"{theirs['total_values']}; every shard declares the global total (or none)")
-        self._check_total(self.num_values + theirs["num_values"], "the merged shards hold")
-        self._hist.merge(theirs, self._keep_top(self.num_values + theirs["num_values"]))
-        self._answer = None
-        return self
-
     @property
     def device(self) -> torch.device | None:
         """Where the state lives (None before the first batch)."""
@@ -244,23 +210,6 @@ class TopQuantile:
         if self._hist is not None and device != self._hist.device:
             self.load_state_dict(self.state_dict(), device)
         return self
-
-    def all_reduce(self, comm) -> None:
-        """Combines every rank's shard in place (a `fastdissect.pipeline.distributed.Comm`): afterwards each rank
-        holds the same state, exactly as one process that saw every rank's data in rank order. In the
-        first pass the states are merged; in a further pass each rank's contribution is added."""
-        if comm.world == 1:
-            return
-        if self._refine is not None:
-            for rank, contribution in enumerate(comm.gather(self.pass_state())):
-                if rank != comm.rank:
-                    self.merge_pass(contribution)
-            return
-        merged = TopQuantile(self.num_units, self.quantile, self.method, backend=self.backend,
-                             refine_budget=self.refine_budget)
-        for shard in comm.gather(self.state_dict()):
-            merged.merge(TopQuantile.from_state_dict(shard, refine_budget=self.refine_budget))
-        self.load_state_dict(merged.state_dict())
 
     # ---- internals
     def _first_pass(self) -> FloorHistogram:
