@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .broden import write_broden
+from .broden_write import write_broden
 from .sample import Sample
 
 CATEGORIES = ("color", "object", "part", "material", "scene", "texture")

@@ -34,7 +34,7 @@ import torch
 
 from ..files import atomic
 from ..core.masks import ConceptMasks
-from .broden import DatasetError
+from .reading import DatasetError
 from .sample import collate
 
 FORMAT, VERSION = "fastdissect-masks", 2  # 2: checksums and the source's fingerprint
