@@ -221,6 +221,20 @@ def test_dataloader_workers_give_the_same_batches(broden):
         assert torch.equal(a.masks.unpack_rows(a.masks.mask_rows), b.masks.unpack_rows(b.masks.mask_rows))
 
 
+def test_the_class_paths_results_and_tracebacks_show_stay_put(broden):
+    """A dissection's dataset identity records the data set's class path (a moved Broden would make
+    every earlier result "a different data set"), and tracebacks and torch's worker text name
+    DatasetError by its path: both stay fastdissect.datasets.broden, where the names resolve."""
+    from fastdissect.datasets import broden as broden_module
+    from fastdissect.files.identity import dataset_identity
+
+    root, _ = broden
+    assert dataset_identity(fd.datasets.Broden(root))["kind"] == "fastdissect.datasets.broden.Broden"
+    for cls in (fd.datasets.Broden, DatasetError):
+        assert f"{cls.__module__}.{cls.__qualname__}" == f"fastdissect.datasets.broden.{cls.__name__}"
+        assert getattr(broden_module, cls.__name__) is cls
+
+
 @pytest.fixture(scope="module")
 def builtin_set(tmp_path_factory):
     root = tmp_path_factory.mktemp("builtin") / "set"

@@ -75,6 +75,12 @@ class LiteData:
         self.categories = [c for c in names if categories is None or c in categories]
         if not self.categories:
             raise DatasetError(f"{root / 'category.csv'}: none of the categories {categories} is listed ({names})")
+        self._read_labels(root)
+        self.index = index
+        self.root, self.rows = root, self._read_rows(root, index)
+
+    def _read_labels(self, root: Path) -> None:
+        """label.csv's names and each label's primary category, with Lite's label -> category one-hot."""
         header, label_rows = read_csv(root / "label.csv")
         labels = {int(r[0]): r[1] for r in label_rows if r}
         self.num_labels = max(labels) + 1
@@ -92,10 +98,12 @@ class LiteData:
         self.primary = np.array([ic for _, ic in best], dtype=np.int64)
         self.labelcat = np.zeros((self.num_labels, len(self.categories)))
         self.labelcat[np.arange(self.num_labels), self.primary] = 1.0
+
+    def _read_rows(self, root: Path, index: str) -> list[tuple]:
+        """(row, sh, sw, {category: tokens}) of each index row with data in a selected category."""
         header, rows = read_csv(root / index)
-        self.index = index
         col = {h: i for i, h in enumerate(header)}
-        self.root, self.rows = root, []
+        kept = []
         for line, row in enumerate(rows, start=2):
             if not row:
                 continue
@@ -103,7 +111,8 @@ class LiteData:
                 raise DatasetError(f"{root / index}, row {line}: {len(row)} columns, the header has {len(header)}")
             cells = {c: [t for t in row[col[c]].split(";") if t] for c in self.categories if c in col}
             if any(cells.values()):  # Lite keeps images with data in any selected category
-                self.rows.append((line, int(row[col["sh"]]), int(row[col["sw"]]), cells))
+                kept.append((line, int(row[col["sh"]]), int(row[col["sw"]]), cells))
+        return kept
 
     @functools.cached_property
     def label_files(self) -> list[str]:
@@ -150,8 +159,6 @@ def tally(features, thresholds, data_directory, categories: Sequence[str] | None
     directory (True: the default one, see fastdissect/datasets/mask_cache.py; a path; False: decode
     every call); later calls (another layer, another run) read the packed masks and decode nothing,
     until a file of the directory changes."""
-    from tqdm.auto import tqdm
-
     cache_dir = cache_dir_of(mask_cache)
     data = lite_data(data_directory, categories)
     features = as_features(features)
@@ -172,6 +179,15 @@ def tally(features, thresholds, data_directory, categories: Sequence[str] | None
                 if mask_cache is not False else None
             both, units_cat, truth = _tally_kernel(data, store, features, thresholds, sh, sw, progress)
             return _rows(data, both, units_cat, truth, output_csv)
+    return _rows(data, *_tally_numpy(data, features, thresholds, progress), output_csv)
+
+
+def _tally_numpy(data: LiteData, features, thresholds, progress: bool):
+    """(intersections (K, L), union terms (K, G), truth (L,)) image by image in numpy: any label sizes,
+    downsampling included, where the fused kernel does not apply."""
+    from tqdm.auto import tqdm
+
+    N, K = features.shape[:2]
     L, G = data.num_labels, len(data.categories)
     both = np.zeros((K, L))
     units_cat = np.zeros((K, G))
@@ -204,7 +220,7 @@ def tally(features, thresholds, data_directory, categories: Sequence[str] | None
             cat_hit[:, data.primary[s]] += 1
             both[hot, s] += area
         units_cat[hot] += area[:, None] * (cat_hit > 0)
-    return _rows(data, both, units_cat, truth, output_csv)
+    return both, units_cat, truth
 
 
 def _tally_kernel(data: LiteData, store, features, thresholds, sh: int, sw: int, progress: bool,

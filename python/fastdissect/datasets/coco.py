@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .broden import MAX_PIXELS, DatasetError, check_inside, check_max_pixels, check_pixels, decode_image
+from .reading import MAX_PIXELS, DatasetError, check_inside, check_max_pixels, check_pixels, decode_image
 from .custom import SegmentationDataset
 
 

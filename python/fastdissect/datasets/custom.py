@@ -7,7 +7,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .broden import MAX_PIXELS, DatasetError, check_max_pixels, decode_image, read_text
+from .reading import MAX_PIXELS, DatasetError, check_max_pixels, decode_image, read_text
 from .sample import Sample
 
 

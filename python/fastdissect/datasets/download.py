@@ -24,7 +24,8 @@ import zipfile
 import zlib
 from pathlib import Path
 
-from .broden import Broden, DatasetError
+from .broden import Broden
+from .reading import DatasetError
 
 # NetDissect's official Broden archives (its script/dlbroden.sh) and their sizes in images.
 OFFICIAL = {224: "http://netdissect.csail.mit.edu/data/broden1_224.zip",
@@ -198,7 +199,7 @@ def _check_member(into: Path, member: str, url: str) -> None:
 
 
 def _index_rows(root: Path) -> int:
-    from .broden import read_csv
+    from .reading import read_csv
 
     return sum(1 for row in read_csv(root / "index.csv")[1] if row)
 

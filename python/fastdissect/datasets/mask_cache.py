@@ -23,7 +23,7 @@ from typing import Callable
 import numpy as np
 
 from ..files import atomic
-from .broden import DatasetError
+from .reading import DatasetError
 from ..files.identity import kept_while_unchanged
 from .packed import ARRAYS, META, PackedMasks, open_packed, pack
 from .sample import Sample

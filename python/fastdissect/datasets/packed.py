@@ -34,7 +34,7 @@ import torch
 
 from ..files import atomic
 from ..core.masks import ConceptMasks
-from .broden import DatasetError
+from .reading import DatasetError
 from .sample import collate
 
 FORMAT, VERSION = "fastdissect-masks", 2  # 2: checksums and the source's fingerprint
@@ -210,35 +210,12 @@ class PackedMasks:
             raise DatasetError(f"{meta_path}: corrupt ({exc})") from None
         _check_header(meta, meta_path)
         self.meta = meta
-        n, e, r, wpm = meta["num_images"], meta["num_entries"], meta["num_rows"], meta["words_per_mask"]
-        shapes = {"offsets": (n + 1,), "concept_ids": (e,), "mask_rows": (e,), "areas": (e,), "words": (r, wpm)}
-        stamp = _file_stamps(self.path, meta)
-        verified = _read_json(self.path / VERIFIED) == stamp
-        arrays = {}
-        for name, shape in shapes.items():
-            file = self.path / ARRAYS[name]
-            expected = int(np.prod(shape)) * 8
-            if not file.is_file() or file.stat().st_size != expected:
-                found = file.stat().st_size if file.is_file() else "missing"
-                raise DatasetError(f"{file}: expected {expected} bytes for shape {shape}, found {found}")
-            if expected == 0:
-                arrays[name] = torch.zeros(shape, dtype=torch.int64)
-                continue
-            if not verified and atomic.file_digest(file) != meta["checksums"].get(name):
-                raise DatasetError(f"{file}: damaged (its checksum does not match the one recorded when packing); "
-                                   "re-pack the data set with fd.datasets.pack")
-            array = np.memmap(file, dtype="<i8", mode="c", shape=shape)
-            if sys.byteorder != "little":  # pragma: no cover - torch takes native byte order only
-                array = array.astype(np.int64)
-            arrays[name] = torch.from_numpy(array)
-        if not verified:
-            with contextlib.suppress(OSError):  # a read-only store is verified on every open instead
-                atomic.write_text(self.path / VERIFIED, json.dumps(stamp), durable=False)
+        arrays = _map_arrays(self.path, meta)
         try:
             self.masks = ConceptMasks(meta["num_concepts"], meta["height"], meta["width"], **arrays)
         except (TypeError, ValueError) as exc:
             raise DatasetError(f"{self.path}: inconsistent arrays ({exc})") from None
-        if e and int(arrays["areas"].max()) > meta["height"] * meta["width"]:
+        if meta["num_entries"] and int(arrays["areas"].max()) > meta["height"] * meta["width"]:
             raise DatasetError(f"{self.path / ARRAYS['areas']}: an area exceeds {meta['height']}x{meta['width']} "
                                "pixels")
         self.num_concepts = meta["num_concepts"]
@@ -285,6 +262,37 @@ class PackedMasks:
     def image_path(self, i: int) -> Path | None:
         rel, source = self.meta["images"][i], self.meta["source"]
         return Path(source) / rel if rel is not None and source is not None else None
+
+
+def _map_arrays(path: Path, meta: dict) -> dict:
+    """The store's arrays memory-mapped (copy-on-write) as int64 tensors, each file's size checked
+    against the header and its checksum verified, unless verified.json shows that no array file
+    changed since the last full verification (which writes it)."""
+    n, e, r, wpm = meta["num_images"], meta["num_entries"], meta["num_rows"], meta["words_per_mask"]
+    shapes = {"offsets": (n + 1,), "concept_ids": (e,), "mask_rows": (e,), "areas": (e,), "words": (r, wpm)}
+    stamp = _file_stamps(path, meta)
+    verified = _read_json(path / VERIFIED) == stamp
+    arrays = {}
+    for name, shape in shapes.items():
+        file = path / ARRAYS[name]
+        expected = int(np.prod(shape)) * 8
+        if not file.is_file() or file.stat().st_size != expected:
+            found = file.stat().st_size if file.is_file() else "missing"
+            raise DatasetError(f"{file}: expected {expected} bytes for shape {shape}, found {found}")
+        if expected == 0:
+            arrays[name] = torch.zeros(shape, dtype=torch.int64)
+            continue
+        if not verified and atomic.file_digest(file) != meta["checksums"].get(name):
+            raise DatasetError(f"{file}: damaged (its checksum does not match the one recorded when packing); "
+                               "re-pack the data set with fd.datasets.pack")
+        array = np.memmap(file, dtype="<i8", mode="c", shape=shape)
+        if sys.byteorder != "little":  # pragma: no cover - torch takes native byte order only
+            array = array.astype(np.int64)
+        arrays[name] = torch.from_numpy(array)
+    if not verified:
+        with contextlib.suppress(OSError):  # a read-only store is verified on every open instead
+            atomic.write_text(path / VERIFIED, json.dumps(stamp), durable=False)
+    return arrays
 
 
 def _file_stamps(path: Path, meta: dict) -> dict:

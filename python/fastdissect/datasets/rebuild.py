@@ -16,7 +16,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .broden import MAX_PIXELS, Broden, DatasetError, decode_image
+from .broden import Broden
+from .reading import MAX_PIXELS, DatasetError, decode_image
 
 
 def rebuild(source, size: int, out, *, verbose: bool = True, max_pixels: int | None = MAX_PIXELS) -> Path:
@@ -69,7 +70,7 @@ def rebuild(source, size: int, out, *, verbose: bool = True, max_pixels: int | N
 
 
 def _read_index(path: Path):
-    from .broden import read_csv
+    from .reading import read_csv
 
     header, rows = read_csv(path)
     return header, [list(r) for r in rows]
