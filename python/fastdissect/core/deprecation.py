@@ -106,8 +106,9 @@ def reordered(old: str, marks: dict, **old_to_new: str):
             warn(f"{fn.__name__}({old})", f"{fn.__name__}({', '.join(positional)})")
             bound = then.bind(*args, **kwargs)
             bound.apply_defaults()
-            named = {k: v for k, v in bound.arguments.items() if then.parameters[k].kind != inspect.Parameter.VAR_KEYWORD}
-            options = {k: v for k, v in bound.arguments.items() if k not in named}
-            return fn(**named, **{k: v for opts in options.values() for k, v in opts.items()})
+            named = {}
+            for key, value in bound.arguments.items():
+                named.update(value if then.parameters[key].kind == inspect.Parameter.VAR_KEYWORD else {key: value})
+            return fn(**named)
         return call
     return wrap
