@@ -51,7 +51,7 @@ def model_input(images):
 def test_cam_contributions_are_the_heads_weights_times_mean_activations(concepts, dissected):
     model, d = dissected
     images = images_of(concepts)
-    ex = fd.explain_prediction(model, images, d, "body.pool", method="cam", units="all", top=3)
+    ex = fd.explain_prediction(model, "body.pool", images, d, attribution="cam", detectors_only=False, top_k=3)
     with torch.no_grad():
         maps = model.body(model_input(images))
         logits = model(model_input(images))
@@ -67,11 +67,12 @@ def test_cam_contributions_are_the_heads_weights_times_mean_activations(concepts
         assert e.heatmap.shape == images[i].shape[:2] and 0 <= e.heatmap.min() and e.heatmap.max() <= 1
 
 
-@pytest.mark.parametrize("method", ["gradcam", "gradient x activation"])
-def test_gradient_weights_equal_an_independent_autograd_computation(concepts, dissected, method):
+@pytest.mark.parametrize("attribution", ["gradcam", "gradient x activation"])
+def test_gradient_weights_equal_an_independent_autograd_computation(concepts, dissected, attribution):
     model, d = dissected
     images = images_of(concepts)
-    ex = fd.explain_prediction(model, images, d, "body.pool", method=method, units="all", top=3, target=2)
+    ex = fd.explain_prediction(model, "body.pool", images, d, attribution=attribution, detectors_only=False, top_k=3,
+                              target=2)
     x = model_input(images)
     maps = model.body(x)  # the layer's output, computed apart from fastdissect's hooks
     logits = model.fc(model.gap(maps).flatten(1))
@@ -80,7 +81,7 @@ def test_gradient_weights_equal_an_independent_autograd_computation(concepts, di
         got = {u["unit"]: (u["weight"], u["contribution"]) for u in e.units}
         for k in range(3):
             a = float(grads[i, k].mean())
-            c = a * float(maps[i, k].detach().double().mean()) if method == "gradcam" else \
+            c = a * float(maps[i, k].detach().double().mean()) if attribution == "gradcam" else \
                 float((grads[i, k] * maps[i, k].detach().double()).sum())
             assert got[k][0] == a and got[k][1] == pytest.approx(c, rel=1e-12, abs=1e-15)
     # the gradient of a linear head through an average pool is its weight over the positions
@@ -89,7 +90,7 @@ def test_gradient_weights_equal_an_independent_autograd_computation(concepts, di
 
 def test_labeled_share_and_detector_ranking(concepts, dissected):
     model, d = dissected
-    e = fd.explain_prediction(model, images_of(concepts, 1), d, "body.pool", method="cam")[0]
+    e = fd.explain_prediction(model, "body.pool", images_of(concepts, 1), d, attribution="cam")[0]
     assert all(u["detector"] for u in e.units) and 0 <= e.labeled_share <= 1
     labels = {u["unit"]: u["label"] for u in d["body.pool"].units}
     assert e.units and all(u["label"] == labels[u["unit"]] for u in e.units)  # the dissection's labels
@@ -103,20 +104,20 @@ def test_explain_bad_input_is_named(concepts, dissected):
         (dict(images=image[::2, ::2]), ValueError, "16x16 maps at body.pool, the dissection's are 32x32"),
         (dict(layer="body.conv"), KeyError, "holds no layer 'body.conv'"),
         (dict(target=7), ValueError, "target 7 is outside the model's 3 classes"),
-        (dict(method="lime"), ValueError, "method must be one of"),
+        (dict(attribution="lime"), ValueError, "attribution must be one of"),
     ]
     for kwargs, error, needle in cases:
         args = {"images": image, "layer": "body.pool", **kwargs}
         with pytest.raises(error, match=needle):
-            fd.explain_prediction(model, args.pop("images"), d, args.pop("layer"), **args)
+            fd.explain_prediction(model, args.pop("layer"), args.pop("images"), d, **args)
 
     class NoGrad(PooledHead):
         def forward(self, x):
             with torch.no_grad():
                 return super().forward(x)
-    with pytest.raises(ValueError, match='needs gradients through layer .* use method="cam"'):
-        fd.explain_prediction(NoGrad(), image, d, "body.pool")
-    assert fd.explain_prediction(NoGrad(), image, d, "body.pool", method="cam")[0].units
+    with pytest.raises(ValueError, match='needs gradients through layer .* use attribution="cam"'):
+        fd.explain_prediction(NoGrad(), "body.pool", image, d)
+    assert fd.explain_prediction(NoGrad(), "body.pool", image, d, attribution="cam")[0].units
 
 
 def test_hooks_are_removed_even_when_the_model_raises(concepts, dissected):
@@ -124,11 +125,11 @@ def test_hooks_are_removed_even_when_the_model_raises(concepts, dissected):
     model.body.interrupt_after = 0  # the next forward raises
     try:
         with pytest.raises(KeyboardInterrupt):
-            fd.explain_prediction(model, concepts.image(0), d, "body.pool")
+            fd.explain_prediction(model, "body.pool", concepts.image(0), d)
         with pytest.raises(KeyboardInterrupt):
-            fd.segment(model, concepts.image(0), d, "body.pool")
+            fd.segment(model, "body.pool", concepts.image(0), d)
         with pytest.raises(KeyboardInterrupt):
-            fd.ablate(model, "body.pool", [0], concepts, verbose=False, **PLAIN)
+            fd.ablate(model, "body.pool", concepts, [0], verbose=False, **PLAIN)
     finally:
         model.body.interrupt_after = None
     assert all(not m._forward_hooks for m in model.modules())
@@ -164,13 +165,13 @@ def test_segmentation_labels_the_red_region_red_and_scores_itself():
     model = ColorDetectors()
     d = fd.dissect(model, ["pool"], ds, **SETTINGS)
     assert [u["label"] for u in d["pool"].units] == ["red", "blue", "white"]
-    scored = fd.segment(model, ds, d, "pool", verbose=False)
+    scored = fd.segment(model, "pool", ds, d, verbose=False)
     assert scored.pixel_accuracy >= 0.9 and set(scored.concept_iou) == {"red", "blue", "white"}
     assert scored.mean_iou == pytest.approx(np.mean(list(scored.concept_iou.values())))
     image = np.zeros((128, 128, 3), np.uint8)
     image[:, :64] = COLORS["red"]
     image[:, 64:] = COLORS["green"]
-    seg = fd.segment(model, image, d, "pool")
+    seg = fd.segment(model, "pool", image, d)
     red = ds.concept_names.index("red")
     left, right = seg.labels[0, :, :56], seg.labels[0, :, 72:]
     assert bool((left == red).all()) and bool((right == 0).all())
@@ -193,10 +194,10 @@ def test_ablating_the_unit_that_drives_a_class_removes_its_score(concepts):
     with torch.no_grad():  # class 0 reads unit 0 alone; unit 2 feeds classes 1 and 2 only
         model.fc.weight.copy_(torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.5, 0.5], [0.0, 0.25, 1.0]]))
         model.fc.bias.zero_()
-    drive = fd.ablate(model, "body.pool", [0], concepts, verbose=False, **PLAIN)
+    drive = fd.ablate(model, "body.pool", concepts, [0], verbose=False, **PLAIN)
     assert float(drive.baseline[0]) > 0.01 and float(drive.ablated[0]) == 0.0  # class 0's score is gone
     assert torch.equal(drive.ablated[1:], drive.baseline[1:])
-    unrelated = fd.ablate(model, "body.pool", [2], concepts, verbose=False, **PLAIN)
+    unrelated = fd.ablate(model, "body.pool", concepts, [2], verbose=False, **PLAIN)
     assert float(unrelated.ablated[0]) == float(unrelated.baseline[0])
     assert unrelated.rows()[0]["change"] < 0 and unrelated.rows()[0]["class"] in (1, 2)
     # against a hand computation over the data set
@@ -204,22 +205,22 @@ def test_ablating_the_unit_that_drives_a_class_removes_its_score(concepts):
     with torch.no_grad():
         maps = model.body(x).double().mean(dim=(2, 3))
     assert float(drive.baseline[0]) == pytest.approx(float(2 * maps[:, 0].mean()), rel=1e-6)
-    mean_mode = fd.ablate(model, "body.pool", [0], concepts, mode="mean", verbose=False, **PLAIN)
+    mean_mode = fd.ablate(model, "body.pool", concepts, [0], mode="mean", verbose=False, **PLAIN)
     assert float(mean_mode.ablated[0]) == pytest.approx(float(2 * maps[:, 0].mean()), rel=1e-5)  # the mean: no loss
     assert drive.agreement <= 1 and sum(r["images"] for r in drive.rows()) == len(concepts)
     with pytest.raises(ValueError, match="outside layer 'body.pool'"):
-        fd.ablate(model, "body.pool", [5], concepts, verbose=False, **PLAIN)
+        fd.ablate(model, "body.pool", concepts, [5], verbose=False, **PLAIN)
     with pytest.raises(ValueError, match="mode"):
-        fd.ablate(model, "body.pool", [0], concepts, mode="noise", verbose=False)
+        fd.ablate(model, "body.pool", concepts, [0], mode="noise", verbose=False)
 
 
 def test_concept_ablation_ablates_every_detector_of_the_concept(concepts, dissected):
     model, d = dissected
-    a = fd.concept_ablation(model, d, "body.pool", "red", verbose=False)
+    a = fd.concept_ablation(model, "body.pool", None, d, "red", verbose=False)
     assert a.units == [u["unit"] for u in d["body.pool"].units if u["detector"] and u["label"] == "red"] == [0]
     assert a.rows()[0]["class"] == 0  # the class that reads the red unit loses most
     with pytest.raises(ValueError, match="no detector of 'zebra'"):
-        fd.concept_ablation(model, d, "body.pool", "zebra", verbose=False)
+        fd.concept_ablation(model, "body.pool", None, d, "zebra", verbose=False)
 
 
 # ---- the page and the command

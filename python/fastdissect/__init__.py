@@ -8,40 +8,75 @@
 torch.Size([8, 5])
 """
 
-from . import datasets
+# Imports and __all__ run by layer, lowest first (docs/development.md); within a layer by module.
+# core: the data types and their checks
 from .core.version import __version__
-from .files import identity
-from .kernels.ext import build_info
-from .analyses.ablate import Ablation, ablate, concept_ablation
-from .analyses.compare import Comparison, compare
-from .analyses.prediction import PredictionExplanation, explain_prediction
-from .engine.compositional import Explanations, compositional
 from .core.formula import And, Formula, Leaf, Not, Or
 from .core.formula_masks import formula_mask
-from .pipeline.hooks import token_grid, trace
 from .core.masks import ConceptMasks, pack_masks
-from .pipeline.dissect import dissect
-from .pipeline.sae import train_sae
-from .pipeline.images import dissect_images
-from .pipeline.clip import ClipDissection, clip_dissect
-from .pipeline.image_results import ImageDissection, ImageLayerResult
-from .analyses.concept_vectors import ConceptVectors, concept_vectors
-from .analyses.bases import BasisComparison, compare_bases
-from .analyses.sanity import SanityCheck, sanity_check
-from .analyses.synthetic import synthetic_units
-from .engine.auroc import auroc, mann_whitney_p
-from .engine.wpmi import cos_cubed, soft_wpmi, wpmi
-from .bases.sae import SparseAutoencoder
 from .core.quantile import NETDISSECT_QUANTILE
-from .pipeline.results import Dissection, LayerResult, load
-from .report.pages import write_report
-from .analyses.rotation import random_rotation, rotation_experiment
+# kernels: what the extension was built with
+from .kernels.ext import build_info
+# engine: the streaming statistics and the formula search
+from .engine.auroc import auroc, mann_whitney_p
+from .engine.compositional import Explanations, Formulas, compositional
 from .engine.scoring import Scores, Tally, score
-from .analyses.segment import Segmentation, segment
 from .engine.top_images import TopImages
 from .engine.top_quantile import TopQuantile, thresholds
-from .compat import deprecated as _deprecated  # noqa: F401  (old names, for one release)
+from .engine.wpmi import cos_cubed, soft_wpmi, wpmi
+# files
+from .files import identity
+# datasets (fd.datasets.<name>)
+from . import datasets
+# bases: a layer read in directions or dictionary features
+from .bases.sae import SparseAutoencoder
+# pipeline: fd.dissect, its hooks and its results
+from .pipeline.dissect import dissect
+from .pipeline.hooks import token_grid, trace
+from .pipeline.clip import ClipDissection, clip_dissect
+from .pipeline.image_results import ImageDissection, ImageLayerResult
+from .pipeline.images import dissect_images
+from .pipeline.results import Dissection, LayerResult, load
+from .pipeline.sae import train_sae
+# report
+from .report.pages import write_report
+# analyses: what is asked of a dissection
+from .analyses.ablate import Ablation, ablate, concept_ablation
+from .analyses.bases import BasisComparison, compare_bases
+from .analyses.compare import Comparison, compare
+from .analyses.concept_vectors import ConceptVectors, concept_vectors
+from .analyses.prediction import PredictionExplanation, PredictionExplanations, explain_prediction
+from .analyses.rotation import RandomRotation, RotationExperiment, random_rotation, rotation_experiment
+from .analyses.sanity import SanityCheck, sanity_check
+from .analyses.segment import Segmentation, segment
+from .analyses.synthetic import synthetic_units
+# compat: the old names, for one release
+from .compat import deprecated as _deprecated  # noqa: F401
 
 
-__all__ = ["Ablation", "PredictionExplanation", "Segmentation", "ablate", "concept_ablation", "explain_prediction", "segment", "And", "ConceptMasks", "Dissection", "Explanations", "Formula", "formula_mask", "Leaf", "Not", "Or", "compositional", "LayerResult", "NETDISSECT_QUANTILE", "Scores", "Tally", "TopImages", "TopQuantile",
-           "build_info", "Comparison", "compare", "datasets", "dissect", "identity", "load", "pack_masks", "random_rotation", "rotation_experiment", "score", "thresholds", "token_grid", "trace", "write_report", "SparseAutoencoder", "train_sae"]
+__all__ = [
+    # core
+    "And", "ConceptMasks", "Formula", "Leaf", "NETDISSECT_QUANTILE", "Not", "Or", "formula_mask",
+    "pack_masks",
+    # kernels
+    "build_info",
+    # engine
+    "Explanations", "Formulas", "Scores", "Tally", "TopImages", "TopQuantile", "auroc", "compositional",
+    "cos_cubed", "mann_whitney_p", "score", "soft_wpmi", "thresholds", "wpmi",
+    # files
+    "identity",
+    # datasets
+    "datasets",
+    # bases
+    "SparseAutoencoder",
+    # pipeline
+    "ClipDissection", "Dissection", "ImageDissection", "ImageLayerResult", "LayerResult", "clip_dissect",
+    "dissect", "dissect_images", "load", "token_grid", "trace", "train_sae",
+    # report
+    "write_report",
+    # analyses
+    "Ablation", "BasisComparison", "Comparison", "ConceptVectors", "PredictionExplanation", "PredictionExplanations", "RandomRotation",
+    "RotationExperiment", "Segmentation", "ablate", "compare", "concept_ablation", "explain_prediction",
+    "random_rotation", "rotation_experiment", "SanityCheck", "sanity_check", "segment", "compare_bases",
+    "concept_vectors", "synthetic_units",
+]

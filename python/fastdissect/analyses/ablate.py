@@ -8,14 +8,20 @@ model assigns to the class that the ablated model still does.
 from __future__ import annotations
 
 import contextlib
+import numbers
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..core import validate
+from ..core.deprecation import reordered
 from . import inputs
 from ..datasets.sample import IMAGENET_MEAN, IMAGENET_STD
 from ..pipeline.hooks import find_modules
+from ..pipeline.results import Dissection
 
 
 @dataclass
@@ -46,6 +52,12 @@ class Ablation:
                  "change": float(self.change[c]), "images": int(self.predicted[c]),
                  "top1_kept": float(self.kept[c]) / int(self.predicted[c]) if int(self.predicted[c]) else None}
                 for c in order]
+
+    def to_csv(self, path, class_names=None) -> Path:
+        """`rows()` as a CSV."""
+        from ..files.atomic import write_csv
+
+        return write_csv(path, self.rows(class_names), float_format=None)
 
 
 @contextlib.contextmanager
@@ -97,13 +109,21 @@ def _unit_means(model, layer, dataset, settings, batch_size, device, verbose) ->
     return total / count
 
 
-def ablate(model: torch.nn.Module, layer: str, units, dataset, *, mode: str = "zero", batch_size: int = 32,
+def _unit_ids(v) -> bool:
+    """Whether v is a list of unit ids (where the old order of ablate had them), not a data set."""
+    return not hasattr(v, "image") and not isinstance(v, (str, bytes)) and (
+        isinstance(v, (Sequence, set, frozenset, range, torch.Tensor, np.ndarray))
+        or (isinstance(v, numbers.Integral) and not isinstance(v, bool)))
+
+
+@reordered("model, layer, units, dataset", {2: _unit_ids})
+def ablate(model: torch.nn.Module, layer: str, dataset, units, *, mode: str = "zero", batch_size: int = 32,
            mean=IMAGENET_MEAN, std=IMAGENET_STD, image_size=None, verbose: bool = True) -> Ablation:
     """Runs the model over `dataset` with and without `units` of `layer`; see the module docstring."""
     validate.module(model, "model")
     validate.layer_name(layer)
-    units = sorted(set(validate.int_list(units, "units")))
     validate.image_dataset(dataset)
+    units = sorted(set(validate.int_list(units, "units")))
     validate.choice(mode, "mode", ("zero", "mean"))
     batch_size = validate.positive_int(batch_size, "batch_size")
     settings = {"mean": validate.channel_stats(mean, "mean"),
@@ -144,12 +164,14 @@ def ablate(model: torch.nn.Module, layer: str, units, dataset, *, mode: str = "z
     return Ablation(layer, units, mode, base_sum / n, sums / n, predicted, kept, n)
 
 
-def concept_ablation(model: torch.nn.Module, dissection, layer: str, concept: str, dataset=None, **options) -> Ablation:
+@reordered("model, dissection, layer, concept, dataset=None", {1: Dissection})
+def concept_ablation(model: torch.nn.Module, layer: str, dataset, dissection, concept: str, **options) -> Ablation:
     """Ablates every detector of `concept` in `layer` (fed as the dissection fed its data) over
-    `dataset` (default: the dissection's data set); `rows()` ranks the classes that lose most."""
+    `dataset` (None: the data set of the dissection); `rows()` ranks the classes that lose most.
+    Other options go to `fd.ablate`."""
     validate.module(model, "model")
-    inputs.dissection(dissection)
     validate.layer_name(layer)
+    inputs.dissection(dissection)
     validate.name_string(concept, "concept", "a concept name")
     result = inputs.layer_of(dissection, layer, model)
     units = [u["unit"] for u in result.units if u["detector"] and u["label"] == concept]
@@ -165,7 +187,7 @@ def concept_ablation(model: torch.nn.Module, dissection, layer: str, concept: st
         if dataset is None:
             raise ValueError("concept_ablation needs the data set (dataset=...): the dissection records none")
     settings = inputs.input_settings(dissection)
-    return ablate(model, layer, units, dataset, **{**settings, **options})
+    return ablate(model, layer, dataset, units, **{**settings, **options})
 
 
 __all__ = ["Ablation", "ablate", "concept_ablation", "replaced"]

@@ -1,6 +1,6 @@
 """Explaining one prediction by the labeled units that made it (Network Dissection, TPAMI extension).
 
-For image x, class t with logit y_t and the layer's maps A_k (k = 1..K, h x w), each method gives
+For image x, class t with logit y_t and the layer's maps A_k (k = 1..K, h x w), each attribution gives
 every unit a weight a_k and a contribution c_k:
   "gradcam"   a_k = mean over positions of dy_t / dA_k;    c_k = a_k * mean A_k;
               heatmap = ReLU(sum_k a_k A_k)  (Selvaraju et al.)
@@ -14,6 +14,7 @@ positive contribution: what pushed the class up).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,10 +22,12 @@ import numpy as np
 import torch
 
 from ..core import validate
+from ..core.deprecation import reordered, warn
 from . import inputs
 from ..kernels.torch_backend import upsample
+from ..pipeline.results import Dissection
 
-METHODS = ("gradcam", "cam", "gradient x activation")
+ATTRIBUTIONS = ("gradcam", "cam", "gradient x activation")
 
 
 @dataclass
@@ -39,16 +42,61 @@ class PredictionExplanation:
     heatmap: np.ndarray             # (H, W) float64 in [0, 1] at image resolution
     units: list[dict]               # ranked: unit, label, category, iou, formula, detector, weight, contribution
     labeled_share: float            # share of the positive contributions carried by detector units
-    method: str
+    attribution: str
     layer: str
     maps: np.ndarray = field(repr=False, default=None)  # (len(units), H, W) their maps upsampled to the image
+
+    @property
+    def method(self) -> str:
+        warn("PredictionExplanation.method", "PredictionExplanation.attribution")
+        return self.attribution
+
+
+class PredictionExplanations(Sequence):
+    """What `fd.explain_prediction` returns: one `PredictionExplanation` per image, in order (indexed
+    and iterated as the list earlier releases returned), written as a page or a table."""
+
+    def __init__(self, explanations):
+        self.explanations = list(explanations)
+
+    def __getitem__(self, i):
+        return PredictionExplanations(self.explanations[i]) if isinstance(i, slice) else self.explanations[i]
+
+    def __len__(self) -> int:
+        return len(self.explanations)
+
+    def __repr__(self) -> str:
+        return f"PredictionExplanations({len(self)} images)"
+
+    def rows(self) -> list[dict]:
+        """One row per (image, ranked unit); an image with no unit to show has one row without them."""
+        rows = []
+        for i, e in enumerate(self.explanations):
+            head = {"image": i, "target": e.target, "predicted": e.predicted, "score": e.score,
+                    "probability": e.probability, "labeled_share": e.labeled_share, "attribution": e.attribution,
+                    "layer": e.layer}
+            shown = [{"rank": r, **{k: u[k] for k in UNIT_COLUMNS}} for r, u in enumerate(e.units)]
+            rows += [{**head, **u} for u in shown] or [{**head, "rank": None, **dict.fromkeys(UNIT_COLUMNS)}]
+        return rows
+
+    def to_csv(self, path) -> Path:
+        from ..files.atomic import write_csv
+
+        return write_csv(path, self.rows(), float_format=None)
+
+    def write(self, directory, *, class_names=None, title: str = "") -> Path:
+        """The HTML page of `write_page`; returns its index.html."""
+        return write_page(self.explanations, directory, class_names=class_names, title=title)
+
+
+UNIT_COLUMNS = ("unit", "label", "category", "iou", "formula", "detector", "threshold", "weight", "contribution")
 
 
 def _linear_head(model: torch.nn.Module, num_units: int) -> torch.nn.Linear:
     heads = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.in_features == num_units]
     if not heads:
-        raise ValueError(f'method="cam" needs a linear head on the {num_units} pooled units (global average pool + '
-                         'nn.Linear); this model has none: use method="gradcam"')
+        raise ValueError(f'attribution="cam" needs a linear head on the {num_units} pooled units (global average '
+                         'pool + nn.Linear); this model has none: use attribution="gradcam"')
     return heads[-1]
 
 
@@ -87,28 +135,56 @@ def _targets(target, logits: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def explain_prediction(model: torch.nn.Module, images, dissection, layer: str, *, target=None,
-                       method: str = "gradcam", top: int = 5, units: str = "detectors",
-                       image_size=None) -> list[PredictionExplanation]:
+@reordered("model, images, dissection, layer", {2: Dissection}, method="attribution", top="top_k")
+def explain_prediction(model: torch.nn.Module, layer: str, images, dissection, *, target=None,
+                       attribution: str = "gradcam", top_k: int = 5, units=None, detectors_only: bool = True,
+                       image_size=None) -> PredictionExplanations:
     """Explains the model's prediction (or class `target`) on each image by the units of `layer`.
 
     images: (H, W, 3) uint8 arrays (one, a list, a stack, or image paths), fed as the dissection fed
-    its data (mean, std, image size from its identity; image_size overrides the size). units:
-    "detectors" ranks only the layer's detector units, "all" every unit.
+    its data (mean, std, image size from its identity; image_size overrides the size). The top_k
+    units by contribution are shown, among `units` (default: all) and, with detectors_only (the
+    default), only the layer's detectors.
     """
     validate.module(model, "model")
-    inputs.dissection(dissection)
     validate.layer_name(layer)
+    inputs.dissection(dissection)
     target = validate.targets(target)
-    validate.choice(method, "method", METHODS)
-    top = validate.positive_int(top, "top")
-    validate.choice(units, "units", ("detectors", "all"))
+    validate.choice(attribution, "attribution", ATTRIBUTIONS)
+    top_k = validate.positive_int(top_k, "top_k")
+    units, detectors_only = _old_units(units, detectors_only)
+    units = None if units is None else validate.int_list(units, "units")
+    validate.boolean(detectors_only, "detectors_only")
     image_size = validate.image_size(image_size)
     result = inputs.layer_of(dissection, layer, model)
+    if units is not None and max(units) >= result.num_units:
+        raise ValueError(f"units {units} are outside layer {layer!r}'s {result.num_units} units")
     settings = inputs.input_settings(dissection)
     if image_size is not None:
         settings["image_size"] = image_size
     pictures = inputs.as_images(images)
+    act, logits, t, grads = _evidence(model, layer, pictures, settings, result, attribution, target)
+    weights, contributions = _weights(attribution, model, act, grads, t)
+    probs = torch.softmax(logits.double(), dim=1)
+    candidates = _candidates(result, units, detectors_only)
+    return PredictionExplanations(
+        _explanation(pictures[i], result, act[i], weights[i], contributions[i], int(t[i]), int(logits[i].argmax()),
+                     float(logits[i, t[i]]), float(probs[i, t[i]]), attribution, layer, top_k, candidates)
+        for i in range(len(pictures)))
+
+
+def _old_units(units, detectors_only: bool):
+    """units="detectors" / "all", the choice of earlier releases, as detectors_only."""
+    if isinstance(units, str) and units in ("detectors", "all"):
+        warn(f'explain_prediction(units="{units}")',
+             f"explain_prediction(detectors_only={units == 'detectors'}) (units= is now a list of unit ids)", 5)
+        return None, units == "detectors"
+    return units, detectors_only
+
+
+def _evidence(model, layer, pictures, settings, result, attribution, target):
+    """(act, logits, targets, grads): the layer's maps and the logits on the images, the classes
+    explained and, unless attribution is "cam", the target logits' gradients at the layer (float64)."""
     x = inputs.model_batch(pictures, settings, inputs.model_device(model))
     was_training = model.training
     model.eval()
@@ -121,45 +197,50 @@ def explain_prediction(model: torch.nn.Module, images, dissection, layer: str, *
                 raise ValueError(f"layer {layer!r} has {act.shape[1]} units here, the dissection {result.num_units}")
             t = _targets(target, logits)
             grads = None
-            if method != "cam":
+            if attribution != "cam":
                 if not act.requires_grad:
-                    raise ValueError(f'method="{method}" needs gradients through layer {layer!r}, and the model '
-                                     'computes it without (torch.no_grad or detached): use method="cam"')
+                    raise ValueError(f'attribution="{attribution}" needs gradients through layer {layer!r}, and the '
+                                     'model computes it without (torch.no_grad or detached): use attribution="cam"')
                 chosen = logits.gather(1, t[:, None]).sum()
                 grads = torch.autograd.grad(chosen, act)[0].detach().double()
     finally:
         model.train(was_training)
-    act, logits = act.detach().double(), logits.detach()
-    weights, contributions = _weights(method, model, act, grads, t)
-    probs = torch.softmax(logits.double(), dim=1)
-    return [_explanation(pictures[i], result, act[i], weights[i], contributions[i], int(t[i]),
-                         int(logits[i].argmax()), float(logits[i, t[i]]), float(probs[i, t[i]]), method, layer, top,
-                         units) for i in range(len(pictures))]
+    return act.detach().double(), logits.detach(), t, grads
 
 
-def _weights(method: str, model, act: torch.Tensor, grads, t: torch.Tensor):
+def _candidates(result, units, detectors_only: bool) -> torch.Tensor:
+    """The unit ids that may be shown, ascending."""
+    chosen = torch.ones(len(result.units), dtype=torch.bool) if units is None else torch.zeros(len(result.units),
+                                                                                                dtype=torch.bool)
+    if units is not None:
+        chosen[torch.as_tensor(units, dtype=torch.int64)] = True
+    if detectors_only:
+        chosen &= torch.tensor([u["detector"] for u in result.units], dtype=torch.bool)
+    return torch.nonzero(chosen).flatten()
+
+
+def _weights(attribution: str, model, act: torch.Tensor, grads, t: torch.Tensor):
     """(N, K) weights a_k and contributions c_k (float64)."""
     mean_act = act.mean(dim=(2, 3))
-    if method == "cam":
+    if attribution == "cam":
         head = _linear_head(model, act.shape[1])
         weights = head.weight.detach().double()[t]
         return weights, weights * mean_act
     weights = grads.mean(dim=(2, 3))
-    if method == "gradcam":
+    if attribution == "gradcam":
         return weights, weights * mean_act
     return weights, (grads * act).sum(dim=(2, 3))
 
 
-def _explanation(image, result, act, weights, contributions, target, predicted, score, probability, method, layer,
-                 top, which) -> PredictionExplanation:
+def _explanation(image, result, act, weights, contributions, target, predicted, score, probability, attribution,
+                 layer, top_k, candidates) -> PredictionExplanation:
     H, W = image.shape[:2]
     heat = torch.relu((weights[:, None, None] * act).sum(dim=0))
     heat = upsample(heat, H, W).clamp(min=0)
     heat = (heat / heat.max()).numpy() if float(heat.max()) > 0 else heat.numpy()
     rows = result.units
     detector = torch.tensor([u["detector"] for u in rows])
-    candidates = torch.nonzero(detector).flatten() if which == "detectors" else torch.arange(len(rows))
-    order = candidates[torch.argsort(-contributions[candidates], stable=True)][:top]
+    order = candidates[torch.argsort(-contributions[candidates], stable=True)][:top_k]
     positive = contributions.clamp(min=0)
     share = float(positive[detector].sum() / positive.sum()) if float(positive.sum()) > 0 else 0.0
     units = [{"unit": int(k), "label": rows[k]["label"], "category": rows[k]["category"], "iou": rows[k]["iou"],
@@ -167,7 +248,8 @@ def _explanation(image, result, act, weights, contributions, target, predicted, 
               "threshold": rows[k]["threshold"], "weight": float(weights[k]), "contribution": float(contributions[k])}
              for k in order.tolist()]
     maps = upsample(act[order], H, W).numpy() if len(units) else np.zeros((0, H, W))
-    return PredictionExplanation(image, target, predicted, score, probability, heat, units, share, method, layer, maps)
+    return PredictionExplanation(image, target, predicted, score, probability, heat, units, share, attribution, layer,
+                                 maps)
 
 
 def write_page(explanations: list[PredictionExplanation], directory, *, class_names=None, title: str = "") -> Path:
@@ -198,7 +280,7 @@ def write_page(explanations: list[PredictionExplanation], directory, *, class_na
             directory / f"explained_{i}.png")
         pages.append({"index": i, "target": name(e.target), "predicted": name(e.predicted),
                       "is_predicted": e.target == e.predicted, "score": e.score, "probability": e.probability,
-                      "share": e.labeled_share, "units": units, "method": e.method, "layer": e.layer})
+                      "share": e.labeled_share, "units": units, "method": e.attribution, "layer": e.layer})
     env = Environment(loader=PackageLoader("fastdissect.report", "templates"), autoescape=select_autoescape(["j2"]))
     html = env.get_template("explain.html.j2").render(pages=pages, title=title, version=__version__)
     write_text(directory / "index.html", html)
@@ -213,4 +295,4 @@ def heat_overlay(image: np.ndarray, heat: np.ndarray) -> np.ndarray:
     return (0.55 * image + 0.45 * colored).clip(0, 255).astype(np.uint8)
 
 
-__all__ = ["METHODS", "PredictionExplanation", "explain_prediction", "write_page"]
+__all__ = ["ATTRIBUTIONS", "PredictionExplanation", "PredictionExplanations", "explain_prediction", "write_page"]

@@ -13,8 +13,10 @@ import numpy as np
 import torch
 
 from ..core import validate
+from ..core.deprecation import reordered
 from . import inputs
 from ..kernels.torch_backend import upsample
+from ..pipeline.results import Dissection
 
 
 @dataclass
@@ -46,11 +48,11 @@ class Segmentation:
         return out.astype(np.uint8)
 
 
-def _chosen_units(layer, top: int | None) -> tuple[list[int], list[int]]:
+def _chosen_units(layer, top_k: int | None) -> tuple[list[int], list[int]]:
     rows = [u for u in layer.units if u["detector"] and u["threshold"] > 0]
     rows.sort(key=lambda u: -u["iou"])
-    if top is not None:
-        rows = rows[:top]
+    if top_k is not None:
+        rows = rows[:top_k]
     if not rows:
         raise ValueError(f"layer {layer.layer} has no detector units with a positive threshold to segment with")
     return [u["unit"] for u in rows], [layer.concept_names.index(u["label"]) for u in rows]
@@ -65,19 +67,20 @@ def label_maps(act: torch.Tensor, thresholds: torch.Tensor, units: list[int], co
     return torch.where(best > 1, ids, torch.zeros_like(ids))
 
 
-def segment(model: torch.nn.Module, images, dissection, layer: str, *, top: int | None = None, batch_size: int = 32,
-            verbose: bool = True) -> Segmentation:
+@reordered("model, images, dissection, layer", {2: Dissection}, top="top_k")
+def segment(model: torch.nn.Module, layer: str, images, dissection, *, top_k: int | None = None,
+            batch_size: int = 32, verbose: bool = True) -> Segmentation:
     """Label maps of `images` ((H, W, 3) uint8 arrays, at image resolution) or, given a concept data
-    set, its scores against the data set's masks (at label resolution). top: only the `top` detectors
-    by IoU (default: every detector)."""
+    set, its scores against the data set's masks (at label resolution). top_k: only the top_k
+    detectors by IoU (default: every detector)."""
     validate.module(model, "model")
-    inputs.dissection(dissection)
     validate.layer_name(layer)
-    top = validate.optional_positive_int(top, "top")
+    inputs.dissection(dissection)
+    top_k = validate.optional_positive_int(top_k, "top_k")
     batch_size = validate.positive_int(batch_size, "batch_size")
     validate.boolean(verbose, "verbose")
     result = inputs.layer_of(dissection, layer, model)
-    units, concepts = _chosen_units(result, top)
+    units, concepts = _chosen_units(result, top_k)
     settings = inputs.input_settings(dissection)
     device = inputs.model_device(model)
     thresholds = result.scores.thresholds.to(device)

