@@ -31,7 +31,7 @@ class QuantileShards:
         Shards that declared a total must have declared the same (global) one."""
         if not isinstance(other, type(self)):
             raise TypeError(f"merge takes a {type(self).__name__}, got {type(other).__name__}")
-        if self._refine is not None or other._refine is not None:
+        if self.in_further_pass or other.in_further_pass:
             raise RuntimeError("merge shards after their first pass, before new_pass()")
         theirs = other.state_dict()
         if theirs["counts"] is None:

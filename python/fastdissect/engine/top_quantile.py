@@ -198,6 +198,11 @@ class TopQuantile(QuantileShards):
             self._hist = FloorHistogram.from_state_dict(state, self.num_units, device)
 
     @property
+    def in_further_pass(self) -> bool:
+        """True once new_pass() started a further pass (shards then merge contributions, not states)."""
+        return self._refine is not None
+
+    @property
     def device(self) -> torch.device | None:
         """Where the state lives (None before the first batch)."""
         return None if self._hist is None else self._hist.device
