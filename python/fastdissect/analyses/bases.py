@@ -22,7 +22,7 @@ from ..files.atomic import make_dirs, save_figure, write_csv, write_text
 from ..pipeline.dissect import dissect
 from ..pipeline.hooks import find_modules
 from ..pipeline.results import Dissection
-from ..report.draw import category_colors
+from ..report.draw import category_colors, pyplot
 
 
 def view_name(layer: str, basis: str) -> str:
@@ -84,17 +84,15 @@ class BasisComparison:
         return directory / "index.html"
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+def _finish(plt, fig, ax, path: Path) -> None:
+    ax.spines[["top", "right"]].set_visible(False)
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)
 
 
 def _shares_figure(path: Path, rows) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(4.8, 1.2 * len(rows) + 2), 3.4), dpi=110)
     x = np.arange(len(rows))
     width = 0.38 if "beyond_chance_share" in rows[0] else 0.6
@@ -106,15 +104,12 @@ def _shares_figure(path: Path, rows) -> None:
     ax.set_xticks(x, [f"{r['basis']}\n{r['features']} features" for r in rows], fontsize=8)
     ax.set_ylabel("% of features")
     ax.legend(fontsize=8, frameon=False)
-    ax.spines[["top", "right"]].set_visible(False)
-    fig.tight_layout()
-    save_figure(fig, path)
-    plt.close(fig)
+    _finish(plt, fig, ax, path)
 
 
 def _iou_figure(path: Path, comparison: BasisComparison, threshold: float) -> None:
     """Each basis's best IoUs as a survival curve: the share of features whose best IoU exceeds x."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.6, 3.4), dpi=110)
     for name in comparison.names:
         ious = np.sort(comparison.best_ious(name))
@@ -123,14 +118,11 @@ def _iou_figure(path: Path, comparison: BasisComparison, threshold: float) -> No
     ax.set_xlabel("best IoU of a feature")
     ax.set_ylabel("share of features above")
     ax.legend(fontsize=8, frameon=False)
-    ax.spines[["top", "right"]].set_visible(False)
-    fig.tight_layout()
-    save_figure(fig, path)
-    plt.close(fig)
+    _finish(plt, fig, ax, path)
 
 
 def _unique_figure(path: Path, rows, categories, colors) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(4.8, 1.2 * len(rows) + 2), 3.4), dpi=110)
     bottom = np.zeros(len(rows))
     for cat in categories:
@@ -141,10 +133,7 @@ def _unique_figure(path: Path, rows, categories, colors) -> None:
     ax.set_ylabel("unique detectors")
     ax.legend(ncol=min(len(categories), 6), fontsize=7, frameon=False, loc="upper left")
     ax.set_ylim(0, max(bottom.max(), 1) * 1.35)
-    ax.spines[["top", "right"]].set_visible(False)
-    fig.tight_layout()
-    save_figure(fig, path)
-    plt.close(fig)
+    _finish(plt, fig, ax, path)
 
 
 def compare_bases(model: torch.nn.Module, layer: str, dataset, bases: Mapping, *, controls=("permuted",),

@@ -22,6 +22,7 @@ from typing import Mapping
 from ..core import validate
 from ..files.atomic import make_dirs, save_figure, write_csv, write_text
 from ..pipeline.results import Dissection, load
+from ..report.draw import pyplot
 
 
 class Comparison:
@@ -104,7 +105,7 @@ class Comparison:
         from jinja2 import Environment, PackageLoader, select_autoescape
 
         from ..core.version import __version__
-        from ..report.draw import category_colors
+        from ..report.draw import category_colors, pyplot
 
         directory = make_dirs(directory)
         colors = category_colors(self.categories)
@@ -126,20 +127,11 @@ class Comparison:
         return directory / "index.html"
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _models_figure(path: Path, rows, categories, colors) -> None:
     """Unique detectors per category, stacked, for every (model, layer): the paper's architecture figure."""
     import numpy as np
 
-    plt = _pyplot()
+    plt = pyplot()
     labels = [f"{r['model']}\n{r['layer']}" for r in rows]
     fig, ax = plt.subplots(figsize=(max(6.4, 0.9 * len(rows) + 2), 3.6), dpi=110)
     bottom = np.zeros(len(rows))
@@ -169,7 +161,7 @@ def _shown(comparison: Comparison) -> list[str]:
 def _series_figure(path: Path, comparison: Comparison, colors) -> None:
     """A checkpoint series: per layer, unique detectors per category and interpretable units against
     the training iteration."""
-    plt = _pyplot()
+    plt = pyplot()
     xs = comparison.iterations()
     layers = list(dict.fromkeys(name for d in comparison.dissections.values() for name in d))
     fig, axes = plt.subplots(1, len(layers) + 1, figsize=(4.2 * (len(layers) + 1), 3.3), dpi=110, squeeze=False)

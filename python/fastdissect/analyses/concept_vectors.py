@@ -30,6 +30,7 @@ from ..files.identity import tensor_bytes
 from ..pipeline.dissect import dissect
 from ..pipeline.hooks import find_modules, run_until_traced, trace
 from ..pipeline.results import Dissection
+from ..report.draw import pyplot
 
 
 def view_name(layer: str) -> str:
@@ -173,10 +174,7 @@ class ConceptVectors:
 
     def figure(self, path) -> Path:
         """Best single unit IoU (x) against the concept vector's IoU (y), one point per concept."""
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
+        plt = pyplot()
         fig, ax = plt.subplots(figsize=(4.8, 4.8))
         x, y = self.best_unit_iou.numpy(), self.vector_iou.numpy()
         top = max(float(np.max(x, initial=0)), float(np.max(y, initial=0)), 0.05) * 1.05

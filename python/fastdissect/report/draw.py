@@ -71,3 +71,13 @@ def mask_overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     dispatch.draw_tiles(backend, pack_bits(torch.from_numpy(mask.reshape(1, -1))), None, bright, dim,
                          torch.zeros(1, dtype=torch.int64), out, torch.zeros(1, 3, dtype=torch.int64), YELLOW, CYAN)
     return np.ascontiguousarray(out[0].numpy().view(np.uint8).reshape(*mask.shape, 4)[..., :3])
+
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend: figures are written to files, never shown."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
