@@ -32,8 +32,9 @@ def test_fastdissect_topk_trainer(benchmark, rows, capsys):
 
     benchmark.pedantic(epoch, rounds=3, iterations=1)
     benchmark.extra_info.update(role="fastdissect")
-    with capsys.disabled():
-        print(f"\nTopK SAE training: {POSITIONS / benchmark.stats.stats.median:,.0f} positions/s")
+    if benchmark.stats:  # None under --benchmark-disable, where the one execution is not a measurement
+        with capsys.disabled():
+            print(f"\nTopK SAE training: {POSITIONS / benchmark.stats.stats.median:,.0f} positions/s")
 
 
 def test_dense_autoencoder(benchmark, rows):
