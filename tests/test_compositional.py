@@ -284,7 +284,9 @@ def test_the_new_names_raise_no_warning_and_the_result_keeps_its_old_name():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         found = fd.compositional(activations=units, masks=masks, formula_length=2, verbose=False)
-    assert isinstance(found, package.Formulas) and fd.Explanations is package.Formulas
+    assert isinstance(found, package.Formulas)
+    with pytest.warns(DeprecationWarning, match="use fd.Formulas"):
+        assert fd.Explanations is package.Formulas
     assert found.settings["length"] == 2  # the settings' key, as results files store it
 
 

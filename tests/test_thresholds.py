@@ -46,5 +46,16 @@ def test_one_pass_over_data_in_any_order(backend, rng, monkeypatch, method):
     for data in (-np.sort(-values, axis=0), np.round(values), values * 1e-9 + 1.0):
         for q in (0.005, 0.1):
             acts = torch.from_numpy(data).reshape(200, 100, 3).permute(0, 2, 1)[..., None]
-            got = fd.thresholds(acts, q, method, backend=backend)
+            got = fd.thresholds(acts, quantile=q, method=method, backend=backend)
             np.testing.assert_array_equal(got.numpy(), np.quantile(data, 1 - q, axis=0, method=method))
+
+
+def test_the_old_positional_order_warns_and_gives_the_same_thresholds():
+    acts = torch.randn(6, 3, 5, 5, dtype=torch.float64)
+    want = fd.thresholds(acts, quantile=0.1, method="hazen")
+    with pytest.warns(DeprecationWarning, match=r"thresholds\(activations, quantile=None, method=None\)"):
+        old = fd.thresholds(acts, 0.1, "hazen")
+    with pytest.warns(DeprecationWarning):
+        only_level = fd.thresholds(acts, 0.1)
+    torch.testing.assert_close(old, want, rtol=0, atol=0)
+    torch.testing.assert_close(only_level, fd.thresholds(acts, quantile=0.1), rtol=0, atol=0)

@@ -19,7 +19,7 @@ from .core.quantile import NETDISSECT_QUANTILE
 from .kernels.ext import build_info
 # engine: the streaming statistics and the formula search
 from .engine.auroc import auroc, mann_whitney_p
-from .engine.compositional import Explanations, Formulas, compositional
+from .engine.compositional import Formulas, compositional
 from .engine.scoring import Scores, Tally, score
 from .engine.top_images import TopImages
 from .engine.top_quantile import TopQuantile, thresholds
@@ -61,7 +61,7 @@ __all__ = [
     # kernels
     "build_info",
     # engine
-    "Explanations", "Formulas", "Scores", "Tally", "TopImages", "TopQuantile", "auroc", "compositional",
+    "Formulas", "Scores", "Tally", "TopImages", "TopQuantile", "auroc", "compositional",
     "cos_cubed", "mann_whitney_p", "score", "soft_wpmi", "thresholds", "wpmi",
     # files
     "identity",
@@ -80,3 +80,13 @@ __all__ = [
     "random_rotation", "rotation_experiment", "SanityCheck", "sanity_check", "segment", "compare_bases",
     "concept_vectors", "synthetic_units",
 ]
+
+
+def __getattr__(name: str):
+    # fd.Explanations, the formula search's result under its earlier name, for one release (docs/api.md)
+    if name == "Explanations":
+        from .core.deprecation import warn
+
+        warn("fd.Explanations", "fd.Formulas")
+        return Formulas
+    raise AttributeError(f"module 'fastdissect' has no attribute {name!r}")

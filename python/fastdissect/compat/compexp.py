@@ -26,7 +26,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..engine.compositional import SetSource, explain, search_settings
+from ..engine.compositional import SetSource, find_formulas, search_settings
 from ..core.masks import MaskBuilder
 from ..engine.unit_masks import UnitMasks
 from . import pillow
@@ -90,7 +90,7 @@ def tally(features, thresholds, data_directory, *, categories: Sequence[str] | N
     for start in range(0, N, chunk):
         act = torch.from_numpy(np.ascontiguousarray(features[start:start + chunk], dtype=np.float32))
         acc.add(act, start)
-    ex = explain(SetSource(acc.mask_set(N), masks, thresholds, "cpu"), settings, None, progress=progress)
+    ex = find_formulas(SetSource(acc.mask_set(N), masks, thresholds, "cpu"), settings, None, verbose=progress)
     rows = _rows(ex, data)
     if output_csv:
         with open(output_csv, "w", newline="") as f:

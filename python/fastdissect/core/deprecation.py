@@ -13,12 +13,14 @@ def warn(old: str, new: str, stacklevel: int = 3) -> None:
 
 
 def _rename(name: str, kwargs: dict, old_to_new: dict, stacklevel: int) -> dict:
-    for old, new in old_to_new.items():
-        if old in kwargs:
-            if new in kwargs:
-                raise TypeError(f"{name}() got both {old}= (its old name) and {new}=")
-            warn(f"{name}({old}=...)", f"{name}({new}=...)", stacklevel)
-            kwargs[new] = kwargs.pop(old)
+    used = [(old, new) for old, new in old_to_new.items() if old in kwargs]
+    for old, new in used:
+        if new in kwargs:
+            raise TypeError(f"{name}() got both {old}= (its old name) and {new}=")
+        kwargs[new] = kwargs.pop(old)
+    if used:  # one warning per call, naming every old keyword it used
+        warn(f"{name}({', '.join(f'{old}=...' for old, _ in used)})",
+             f"{name}({', '.join(f'{new}=...' for _, new in used)})", stacklevel)
     return kwargs
 
 
@@ -105,9 +107,12 @@ def reordered(old: str, marks: dict, **old_to_new: str):
                 return fn(*args, **kwargs)
             warn(f"{fn.__name__}({old})", f"{fn.__name__}({', '.join(positional)})")
             bound = then.bind(*args, **kwargs)
+            given = set(bound.arguments)
             bound.apply_defaults()
             named = {}
             for key, value in bound.arguments.items():
+                if key not in given and key in now.parameters and now.parameters[key].default is not now.empty:
+                    continue  # an old default (None) must not override the new one
                 named.update(value if then.parameters[key].kind == inspect.Parameter.VAR_KEYWORD else {key: value})
             return fn(**named)
         return call

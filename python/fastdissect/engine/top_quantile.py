@@ -36,6 +36,7 @@ import torch
 
 from ..kernels import dispatch
 from ..core import validate
+from ..core.deprecation import reordered
 from ..core.quantile import check_method, interpolate, order_statistics
 from .floor_histogram import FloorHistogram, unit_major
 from .quantile_shards import QuantileShards
@@ -246,7 +247,8 @@ class TopQuantile(QuantileShards):
         return self._answer
 
 
-def thresholds(activations, quantile: float = 0.005, method: str = "linear", *,
+@reordered("activations, quantile=None, method=None", {})
+def thresholds(activations, *, quantile: float = 0.005, method: str = "linear",
                backend: str = "auto") -> torch.Tensor:
     """(K,) float64 exact T_k: numpy.quantile(unit k's values, 1 - quantile, method=method).
 

@@ -270,12 +270,12 @@ def _results(run: _Run, dataset, opts: DissectOptions) -> Dissection:
 
 def _explain(run: _Run, name: str, masks):
     """The layer's compositional formulas, from the masks collected in the tally pass."""
-    from ..engine.compositional import SetSource, explain
+    from ..engine.compositional import SetSource, find_formulas
 
     acc, o = run.bundles[name].get("unit_masks"), run.opts
     source = SetSource(acc.mask_set(len(run.source)), masks, acc.thresholds, o.backend)
     run.log(f"{name}: formulas of {len(masks)} images, {acc.nbytes() / 2**20:.1f} MiB of unit masks")
-    return explain(source, o.formulas, o.quantile, progress=o.verbose)
+    return find_formulas(source, o.formulas, o.quantile, verbose=o.verbose)
 
 
 def _warn_if_chance_explains(layer: LayerResult, log) -> None:

@@ -17,7 +17,7 @@ from ..engine.controls import beyond_chance
 from ..engine.scoring import Scores
 
 if TYPE_CHECKING:
-    from ..engine.compositional import Explanations
+    from ..engine.compositional import Formulas
 
 FORMAT_VERSION = 3  # 3: a safetensors file (2, a pickle, is refused: reading one could run its code)
 MANIFEST = "manifest.json"
@@ -55,7 +55,7 @@ class LayerResult:
     top_images: torch.Tensor | None = None   # (K, top_k) images with the highest per-image max activation
     top_values: torch.Tensor | None = None   # (K, top_k) those maxima
     top_maps: torch.Tensor | None = None     # (K, top_k, h, w) the unit's maps on those images
-    formulas: Explanations | None = None   # each unit's compositional formula (fd.dissect(formula_length=...))
+    formulas: Formulas | None = None   # each unit's compositional formula (fd.dissect(formula_length=...))
     control: Scores | None = None            # the permuted control's scores (fd.dissect(controls=("permuted",)))
     metric: str = "iou"                      # what ranks labels and meets iou_threshold (one of METRICS)
     basis: str | None = None                 # the basis the layer was read in (fd.dissect(basis=...)), or its units
@@ -381,13 +381,13 @@ def _formulas_state(ex):
 def _formulas_from_state(state, where):
     if state is None:
         return None
-    from ..engine.compositional import Explanations
+    from ..engine.compositional import Formulas
     from ..core.formula import Formula
 
     state = check_fields(state, f"{where}, formulas", required=("formulas", "single", "settings", *_FORMULA_TENSORS),
                    tensors=_FORMULA_TENSORS)
     parse = lambda fs: [Formula.parse(f) if f is not None else None for f in fs]  # noqa: E731
-    return Explanations(parse(state["formulas"]), state["iou"], state["intersection"], state["formula_area"],
+    return Formulas(parse(state["formulas"]), state["iou"], state["intersection"], state["formula_area"],
                         state["unit_area"], parse(state["single"]), state["single_iou"], state["evaluated"],
                         state["thresholds"], state["settings"])
 

@@ -23,12 +23,8 @@ search), `optimal` and `bounds` (branch and bound), `result` (`Formulas`).
 ('(0 AND (NOT 1))', 1.0, 0.5)
 """
 
-from .api import SEARCHES, compositional, explain, find_formulas, search_settings
+from .api import SEARCHES, compositional, find_formulas, search_settings
 from .result import Formulas
 from .sources import SetSource
 
-# The result's earlier name: fd.Explanations and the pipeline's results reach it under this one.
-Explanations = Formulas
-
-__all__ = ["Explanations", "Formulas", "SEARCHES", "SetSource", "compositional", "explain", "find_formulas",
-           "search_settings"]
+__all__ = ["Formulas", "SEARCHES", "SetSource", "compositional", "find_formulas", "search_settings"]

@@ -80,7 +80,3 @@ def find_formulas(source, settings: dict, quantile, units=None, verbose: bool = 
     return out
 
 
-def explain(source, settings: dict, quantile, units=None, progress: bool = False) -> Formulas:
-    """`find_formulas` under its earlier name and argument (`progress` for `verbose`), which the
-    pipeline and the compexp drop-in call."""
-    return find_formulas(source, settings, quantile, units, progress)
