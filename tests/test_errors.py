@@ -118,3 +118,25 @@ def test_large_finite_values_whose_sum_overflows_are_accepted():
     assert torch.isfinite(t).all()
     s = fd.score(big, torch.ones(2, 1, 8, 8, dtype=torch.bool), thresholds=torch.zeros(3))
     assert s.unit_area.tolist() == [128, 128, 128]
+
+
+class _NaNOnSecondImage(torch.nn.Module):
+    """A layer whose output is NaN on the second image of every batch (unit 1 only)."""
+
+    def forward(self, x):
+        x = x.clone()
+        x[1:2, 1] = float("nan")
+        return x
+
+
+@pytest.mark.parametrize("run", [
+    lambda model, data: fd.train_sae(model, "1", data, num_features=4, k=1, batch_size=4, verbose=False),
+    lambda model, data: fd.dissect_images(model, ["1"], data, batch_size=4, verbose=False),
+    lambda model, data: fd.concept_vectors(model, "1", data, batch_size=4, verbose=False),
+], ids=["train_sae", "dissect_images", "concept_vectors"])
+def test_analyses_name_the_layer_images_and_units_of_non_finite_activations(tmp_path, run):
+    data = fd.datasets.Broden(fd.datasets.builtin(tmp_path, n_images=8, image_size=32, label_size=16))
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1), _NaNOnSecondImage())
+    # the first bad batch stops the run; train_sae reads its images in a shuffled order
+    with pytest.raises(ValueError, match=r"layer '1' gives NaN or inf activations on images \[\d\] \(units \[1\]\)"):
+        run(model, data)

@@ -23,12 +23,13 @@ import numpy as np
 import torch
 
 from ..core import validate
-from ..datasets.sample import IMAGENET_MEAN, IMAGENET_STD, model_input, stack_images
+from ..datasets.sample import IMAGENET_MEAN, IMAGENET_STD, stack_images
 from ..files import atomic
 from ..files.atomic import digest
 from ..files.identity import tensor_bytes
 from ..pipeline.dissect import dissect
-from ..pipeline.hooks import find_modules, run_until_traced, trace
+from ..pipeline.forward import layer_outputs
+from ..pipeline.hooks import find_modules
 from ..pipeline.results import Dissection
 from ..report.draw import pyplot
 
@@ -87,16 +88,14 @@ def sample_pixels(model, layer, dataset, *, pixels_per_image, max_samples, batch
     from tqdm.auto import tqdm
 
     g = torch.Generator().manual_seed(seed)
-    device = next(iter(model.parameters()), torch.empty(0)).device
     kept = Samples(torch.empty(0, 0), torch.empty(0, dataset.num_concepts, dtype=torch.bool),
                    torch.empty(0, dtype=torch.float64))
     loader = torch.utils.data.DataLoader(range(len(dataset)), batch_size=batch_size,
-                                         collate_fn=lambda ids: [dataset[i] for i in ids])
+                                         collate_fn=lambda ids: (ids, [dataset[i] for i in ids]))
     with tqdm(total=len(dataset), desc="concept vectors: sample", unit="img", disable=not verbose) as bar:
-        for samples in loader:
-            x = model_input(stack_images([s.image for s in samples]), mean, std, image_size, device)
-            with torch.no_grad(), trace(model, [layer], stop=True) as acts:
-                run_until_traced(model, x)
+        for ids, samples in loader:
+            acts = layer_outputs(model, [layer], stack_images([s.image for s in samples]), ids, image_size=image_size,
+                                 mean=mean, std=std)
             feats, targets = [], []
             for s, act in zip(samples, acts[layer]):
                 size = s.labels.shape[1:]

@@ -8,9 +8,34 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..datasets.images import ImagesOnly, collate_images
 from ..datasets.sample import model_input
 from .hooks import run_until_traced, trace
 from .options import DissectOptions
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def image_batches(dataset, batch_size: int, indices=None):
+    """(indices, (B, H, W, 3) uint8 images) batches of a data set's images (all, or `indices`), in order."""
+    items = ImagesOnly(dataset)
+    if indices is not None:
+        items = torch.utils.data.Subset(items, [int(i) for i in indices])
+    return torch.utils.data.DataLoader(items, batch_size=batch_size, shuffle=False, collate_fn=collate_images)
+
+
+def layer_outputs(model, layers, images, indices, *, image_size, mean, std, transform=None) -> dict:
+    """{layer: output} of one forward pass of a batch of uint8 images, stopped at the last of `layers`
+    to be called (for the analyses that read a few layers; fd.dissect's own reader is `Forward`).
+    NaN or inf is named by layer, images and units, as in fd.dissect."""
+    x = model_input(images, mean, std, image_size, model_device(model))
+    with torch.no_grad(), trace(model, list(layers), transform, stop=True) as acts:
+        run_until_traced(model, x)
+    check_finite({name: a if a.dim() > 2 else a[..., None] for name, a in acts.items()}, torch.as_tensor(indices))
+    return acts
 
 
 class Forward:

@@ -15,14 +15,14 @@ from __future__ import annotations
 import torch
 
 from ..core import validate
-from ..datasets.images import ImagesOnly, collate_images
-from ..datasets.sample import IMAGENET_MEAN, IMAGENET_STD, model_input
+from ..datasets.sample import IMAGENET_MEAN, IMAGENET_STD
 from ..datasets.tags import ImageTags, tags_of
 from ..engine.auroc import mann_whitney_p
 from ..engine.image_metrics import METRICS, metric_table
 from ..engine.tag_formulas import search_unit
 from ..files.identity import state_hash
-from .hooks import find_modules, run_until_traced, trace
+from .forward import image_batches, layer_outputs
+from .hooks import find_modules
 from .image_results import ImageDissection, ImageLayerResult
 
 REDUCTIONS = ("max", "mean")
@@ -43,20 +43,13 @@ def image_scores(model, layers, images, *, reduce, batch_size, image_size, mean,
     forward pass stopped at the last traced layer."""
     from tqdm.auto import tqdm
 
-    device = next(iter(model.parameters()), torch.empty(0)).device
-    loader = torch.utils.data.DataLoader(ImagesOnly(images), batch_size=batch_size, collate_fn=collate_images)
     parts: dict[str, list] = {name: [] for name in layers}
     with tqdm(total=len(images), desc="image scores", unit="img", disable=not verbose) as bar:
-        for idx, images in loader:
-            x = model_input(images, mean, std, image_size, device)
-            with torch.no_grad(), trace(model, layers, transform, stop=True) as acts:
-                run_until_traced(model, x)
+        for idx, batch in image_batches(images, batch_size):
+            acts = layer_outputs(model, layers, batch, idx, image_size=image_size, mean=mean, std=std,
+                                 transform=transform)
             for name in layers:
-                a = _reduced(acts[name], reduce, name)
-                if not bool(torch.isfinite(a).all()):
-                    raise ValueError(f"layer {name!r} gives NaN or inf activations on images "
-                                     f"{idx[~torch.isfinite(a).all(1).cpu()].tolist()[:10]}")
-                parts[name].append(a.cpu())
+                parts[name].append(_reduced(acts[name], reduce, name).cpu())
             bar.update(len(idx))
     return {name: torch.cat(p) for name, p in parts.items()}
 

@@ -24,11 +24,11 @@ import torch
 from ..bases.sae import SparseAutoencoder, as_positions
 from ..bases.sae_training import SAESettings, SAETrainer
 from ..core import validate
-from ..datasets.images import ImagesOnly, collate_images
-from ..datasets.sample import IMAGENET_MEAN, IMAGENET_STD, model_input
+from ..datasets.sample import IMAGENET_MEAN, IMAGENET_STD
 from ..files import atomic, tensorfile
 from ..files.identity import dataset_identity, state_hash
-from .hooks import find_modules, run_until_traced, trace
+from .forward import image_batches, layer_outputs
+from .hooks import find_modules
 
 CHECKPOINT_KIND = "sae-checkpoint"
 
@@ -58,23 +58,14 @@ class _Reader:
     def __init__(self, model, layer, dataset, batch_size, image_size, mean, std):
         self.model, self.layer, self.dataset = model, layer, dataset
         self.batch_size, self.image_size, self.mean, self.std = batch_size, image_size, mean, std
-        param = next(model.parameters(), None)
-        self.device = param.device if param is not None else torch.device("cpu")
 
     def maps(self, indices: torch.Tensor):
-        loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ImagesOnly(self.dataset), indices.tolist()),
-                                             batch_size=self.batch_size, shuffle=False, collate_fn=collate_images)
-        for idx, images in loader:
-            x = model_input(images, self.mean, self.std, self.image_size, self.device)
-            with torch.no_grad(), trace(self.model, [self.layer], stop=True) as acts:
-                run_until_traced(self.model, x)
-            a = acts[self.layer]
+        for idx, images in image_batches(self.dataset, self.batch_size, indices):
+            a = layer_outputs(self.model, [self.layer], images, idx, image_size=self.image_size, mean=self.mean,
+                              std=self.std)[self.layer]
             if a.dim() != 4:
                 raise ValueError(f"layer {self.layer!r} gives outputs of shape {tuple(a.shape)}; train_sae needs "
                                  "(N, C, h, w) maps (for tokens, dissect a transform such as fd.token_grid())")
-            if not bool(torch.isfinite(a).all()):
-                raise ValueError(f"layer {self.layer!r} gives NaN or inf activations on images "
-                                 f"{idx[~torch.isfinite(a).flatten(1).all(1)].tolist()[:10]}")
             yield a.float()
 
     def rows(self, indices: torch.Tensor) -> torch.Tensor:
