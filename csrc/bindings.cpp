@@ -144,7 +144,8 @@ py::tuple histogram_cpu(const fd::HistogramParams& p, int n_threads) {
   return py::make_tuple(values, per_unit);
 }
 
-void declare_params(py::module_& m) {
+// One field table per op's Params (and Scratch): Python fills them by name, C++ checks them (checks.h).
+void declare_score_params(py::module_& m) {
   using fd::ScoreParams;
   FieldTable<ScoreParams>(m, "ScoreParams")
       .activations()
@@ -183,7 +184,9 @@ void declare_params(py::module_& m) {
       .pointer("taps", &ScoreScratch::taps)
       .pointer("entry_hit", &ScoreScratch::entry_hit)
       .value("num_entries", &ScoreScratch::num_entries);
+}
 
+void declare_histogram_params(py::module_& m) {
   using fd::HistogramParams;
   FieldTable<HistogramParams>(m, "HistogramParams")
       .activations()
@@ -202,7 +205,9 @@ void declare_params(py::module_& m) {
       .pointer("kept_count", &HistogramScratch::kept_count)
       .value("capacity", &HistogramScratch::capacity)
       .pointer("overflow", &HistogramScratch::overflow);
+}
 
+void declare_union_iou_params(py::module_& m) {
   using fd::UnionIouParams;
   FieldTable<UnionIouParams>(m, "UnionIouParams")
       .value("K", &UnionIouParams::K)
@@ -214,7 +219,9 @@ void declare_params(py::module_& m) {
       .pointer("concept_area", &UnionIouParams::concept_area)
       .pointer("union_out", &UnionIouParams::union_out)
       .pointer("iou_out", &UnionIouParams::iou_out);
+}
 
+void declare_png_labels_params(py::module_& m) {
   using fd::PngLabelsParams;
   FieldTable<PngLabelsParams>(m, "PngLabelsParams")
       .pointer("raw", &PngLabelsParams::raw)
@@ -223,7 +230,9 @@ void declare_params(py::module_& m) {
       .value("channels", &PngLabelsParams::channels)
       .pointer("scratch", &PngLabelsParams::scratch)
       .pointer("labels", &PngLabelsParams::labels);
+}
 
+void declare_tiles_params(py::module_& m) {
   using fd::TilesParams;
   FieldTable<TilesParams>(m, "TilesParams")
       .value("M", &TilesParams::M)
@@ -240,7 +249,9 @@ void declare_params(py::module_& m) {
       .pointer("offset", &TilesParams::offset)
       .value("outline", &TilesParams::outline)
       .value("second_outline", &TilesParams::second_outline);
+}
 
+void declare_formula_counts_params(py::module_& m) {
   using fd::FormulaCountsParams;
   FieldTable<FormulaCountsParams>(m, "FormulaCountsParams")
       .value("B", &FormulaCountsParams::B)
@@ -259,6 +270,15 @@ void declare_params(py::module_& m) {
       .pointer("words", &FormulaCountsParams::words)
       .pointer("fl", &FormulaCountsParams::fl)
       .pointer("flu", &FormulaCountsParams::flu);
+}
+
+void declare_params(py::module_& m) {
+  declare_score_params(m);
+  declare_histogram_params(m);
+  declare_union_iou_params(m);
+  declare_png_labels_params(m);
+  declare_tiles_params(m);
+  declare_formula_counts_params(m);
 }
 
 

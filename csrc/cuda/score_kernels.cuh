@@ -159,6 +159,54 @@ FD_HOST_DEVICE FD_INLINE unsigned map_threads(const ScoreParams& p) {
   return static_cast<unsigned>(warps < kEntryTile ? kEntryTile : (warps > kThreadsPerBlock ? kThreadsPerBlock : warps));
 }
 
+// One pass of a block over words [base, base + blockDim.x * kWordsPerThread) of map (n, k): thread t
+// evaluates its kWordsPerThread words into m (written to mask_out when asked) and returns their area.
+template <typename scalar_t>
+FD_DEVICE FD_INLINE int64_t evaluate_words(const ScoreParams& p, const ScoreScratch& s, int64_t n, int64_t k,
+                                           int64_t base, uint64_t (&m)[kWordsPerThread]) {
+  const int64_t words = p.words_per_mask, t = threadIdx.x, stride = blockDim.x, map = n * p.K + k;
+  int64_t area = 0;
+  for (int64_t i = 0; i < kWordsPerThread; ++i) {
+    const int64_t w = base + i * stride + t;
+    m[i] = w < words ? mask_word<scalar_t>(p, s, n, k, w, s.map_scale[map]) : 0;
+    area += popcount64(m[i]);
+    if (m[i] && p.mask_out) p.mask_out[map * words + w] = m[i];  // mask_out arrives zeroed
+  }
+  return area;
+}
+
+// Entries [e0, e0 + tile) of image n against this pass's words: each thread adds its popcounts per
+// entry into the shared counters, then thread t flushes counter t to intersection (and the hit
+// flags). Only thread t zeroes counter t for the next tile, so no barrier is needed between the two.
+FD_DEVICE FD_INLINE void count_entry_tile(const ScoreParams& p, const ScoreScratch& s, int64_t n, int64_t k,
+                                          int64_t base, const uint64_t (&m)[kWordsPerThread], int64_t area,
+                                          int64_t e0, int64_t tile, unsigned long long* block_counts) {
+  const int64_t words = p.words_per_mask, t = threadIdx.x, stride = blockDim.x, map = n * p.K + k;
+  if (t < tile) block_counts[t] = 0;
+  __syncthreads();
+  for (int64_t j = 0; j < tile && area; ++j) {
+    const int64_t row = p.mask_rows[e0 + j];
+    int64_t inter = area;  // row -1: a concept covering the whole image
+    if (row >= 0) {
+      inter = 0;
+      for (int64_t i = 0; i < kWordsPerThread; ++i) {
+        const int64_t w = base + i * stride + t;
+        if (w < words) inter += popcount64(m[i] & p.words[row * words + w]);
+      }
+    }
+    if (inter) atomicAdd(block_counts + j, static_cast<unsigned long long>(inter));
+  }
+  __syncthreads();
+  if (t < tile) {
+    const int64_t inter = static_cast<int64_t>(block_counts[t]), e = e0 + t;
+    if (inter) {
+      atomic_add_i64(p.intersection + k * p.C + p.concept_ids[e], inter);
+      if (s.entry_hit) atomicOr(s.entry_hit + k * s.num_entries + e, 1);
+      if (s.hit) atomicOr(s.hit + map * p.G + p.categories[p.concept_ids[e]], 1);
+    }
+  }
+}
+
 // One block per map that is not cold (a grid-stride loop over maps). Its threads evaluate the map's
 // words, kWordsPerThread each, and add their popcounts per entry into the block's shared counters,
 // which kEntryTile threads then add to intersection: one global atomic per (map, entry) met and one
@@ -170,58 +218,25 @@ __global__ void score_words_kernel(ScoreParams p, ScoreScratch s) {
   __shared__ unsigned long long block_area;
   __shared__ unsigned long long block_counts[kEntryTile];
   const int64_t words = p.words_per_mask;
-  const int64_t t = threadIdx.x;
-  const int64_t stride = blockDim.x;
   for (int64_t map = blockIdx.x; map < p.N * p.K; map += gridDim.x) {
-    const double scale = s.map_scale[map];
-    if (scale < 0.0) continue;  // a cold map: off everywhere
+    if (s.map_scale[map] < 0.0) continue;  // a cold map: off everywhere
     const int64_t k = map % p.K, n = map / p.K;
-    for (int64_t base = 0; base < words; base += stride * kWordsPerThread) {
+    for (int64_t base = 0; base < words; base += static_cast<int64_t>(blockDim.x) * kWordsPerThread) {
       uint64_t m[kWordsPerThread];
-      int64_t area = 0;
-      for (int64_t i = 0; i < kWordsPerThread; ++i) {
-        const int64_t w = base + i * stride + t;
-        m[i] = w < words ? mask_word<scalar_t>(p, s, n, k, w, scale) : 0;
-        area += popcount64(m[i]);
-        if (m[i] && p.mask_out) p.mask_out[map * words + w] = m[i];  // mask_out arrives zeroed
-      }
-      if (t == 0) block_area = 0;
+      const int64_t area = evaluate_words<scalar_t>(p, s, n, k, base, m);
+      if (threadIdx.x == 0) block_area = 0;
       __syncthreads();
       if (area) atomicAdd(&block_area, static_cast<unsigned long long>(area));
       __syncthreads();
       const int64_t total = static_cast<int64_t>(block_area);
       if (total != 0) {
-        if (t == 0) {
+        if (threadIdx.x == 0) {
           atomic_add_i64(p.unit_area + k, total);
           if (s.map_area) atomic_add_i64(s.map_area + map, total);
         }
         for (int64_t e0 = p.offsets[n]; e0 < p.offsets[n + 1]; e0 += kEntryTile) {
-          const int64_t tile = p.offsets[n + 1] - e0 < kEntryTile ? p.offsets[n + 1] - e0 : kEntryTile;
-          if (t < tile) block_counts[t] = 0;
-          __syncthreads();
-          for (int64_t j = 0; j < tile && area; ++j) {
-            const int64_t row = p.mask_rows[e0 + j];
-            int64_t inter = area;
-            if (row >= 0) {
-              inter = 0;
-              for (int64_t i = 0; i < kWordsPerThread; ++i) {
-                const int64_t w = base + i * stride + t;
-                if (w < words) inter += popcount64(m[i] & p.words[row * words + w]);
-              }
-            }
-            if (inter) atomicAdd(block_counts + j, static_cast<unsigned long long>(inter));
-          }
-          __syncthreads();
-          // Thread t flushes counter t, and only thread t zeroes it for the next tile: no barrier
-          // is needed between the two.
-          if (t < tile) {
-            const int64_t inter = static_cast<int64_t>(block_counts[t]), e = e0 + t;
-            if (inter) {
-              atomic_add_i64(p.intersection + k * p.C + p.concept_ids[e], inter);
-              if (s.entry_hit) atomicOr(s.entry_hit + k * s.num_entries + e, 1);
-              if (s.hit) atomicOr(s.hit + map * p.G + p.categories[p.concept_ids[e]], 1);
-            }
-          }
+          const int64_t left = p.offsets[n + 1] - e0;
+          count_entry_tile(p, s, n, k, base, m, area, e0, left < kEntryTile ? left : kEntryTile, block_counts);
         }
       }
       __syncthreads();  // every thread has read block_area before the next pass zeroes it
