@@ -22,7 +22,7 @@ from ..files.atomic import make_dirs, save_figure, write_csv, write_text
 from ..pipeline.dissect import dissect
 from ..pipeline.hooks import find_modules
 from ..pipeline.results import Dissection
-from ..report.draw import category_colors, pyplot
+from ..report.draw import category_colors, pyplot, unique_detector_bars
 
 
 def view_name(layer: str, basis: str) -> str:
@@ -124,15 +124,8 @@ def _iou_figure(path: Path, comparison: BasisComparison, threshold: float) -> No
 def _unique_figure(path: Path, rows, categories, colors) -> None:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(4.8, 1.2 * len(rows) + 2), 3.4), dpi=110)
-    bottom = np.zeros(len(rows))
-    for cat in categories:
-        counts = np.array([r[f"unique_{cat}"] for r in rows], dtype=float)
-        ax.bar(np.arange(len(rows)), counts, 0.6, bottom=bottom, color=colors[cat], label=cat)
-        bottom += counts
-    ax.set_xticks(np.arange(len(rows)), [r["basis"] for r in rows], fontsize=8)
-    ax.set_ylabel("unique detectors")
+    unique_detector_bars(ax, rows, categories, colors, [r["basis"] for r in rows], 0.6)
     ax.legend(ncol=min(len(categories), 6), fontsize=7, frameon=False, loc="upper left")
-    ax.set_ylim(0, max(bottom.max(), 1) * 1.35)
     _finish(plt, fig, ax, path)
 
 

@@ -22,7 +22,7 @@ from typing import Mapping
 from ..core import validate
 from ..files.atomic import make_dirs, save_figure, write_csv, write_text
 from ..pipeline.results import Dissection, load
-from ..report.draw import pyplot
+from ..report.draw import pyplot, unique_detector_bars
 
 
 class Comparison:
@@ -129,24 +129,15 @@ class Comparison:
 
 def _models_figure(path: Path, rows, categories, colors) -> None:
     """Unique detectors per category, stacked, for every (model, layer): the paper's architecture figure."""
-    import numpy as np
-
     plt = pyplot()
     labels = [f"{r['model']}\n{r['layer']}" for r in rows]
     fig, ax = plt.subplots(figsize=(max(6.4, 0.9 * len(rows) + 2), 3.6), dpi=110)
-    bottom = np.zeros(len(rows))
-    for cat in categories:
-        counts = np.array([r[f"unique_{cat}"] for r in rows], dtype=float)
-        ax.bar(np.arange(len(rows)), counts, 0.7, bottom=bottom, color=colors[cat], label=cat)
-        bottom += counts
+    bottom = unique_detector_bars(ax, rows, categories, colors, labels, 0.7)
     for x, r in enumerate(rows):
         ax.text(x, bottom[x], f"{r['interpretable']}/{r['units']}", ha="center", va="bottom", fontsize=7)
-    ax.set_xticks(np.arange(len(rows)), labels, fontsize=8)
-    ax.set_ylabel("unique detectors")
     ax.set_title("unique detectors per category (above each bar: interpretable units)", fontsize=11)
     ax.legend(ncol=min(len(categories), 6), fontsize=8, frameon=False, loc="upper left")
     ax.spines[["top", "right"]].set_visible(False)
-    ax.set_ylim(0, max(bottom.max(), 1) * 1.35)
     fig.tight_layout()
     save_figure(fig, path)
     plt.close(fig)

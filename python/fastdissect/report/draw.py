@@ -81,3 +81,17 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def unique_detector_bars(ax, rows, categories, colors, labels, width: float) -> np.ndarray:
+    """Each row's unique detectors per category (`unique_<category>` keys), stacked in the categories'
+    colours, one bar per row (the paper's architecture figure); returns the bars' heights."""
+    bottom = np.zeros(len(rows))
+    for cat in categories:
+        counts = np.array([r[f"unique_{cat}"] for r in rows], dtype=float)
+        ax.bar(np.arange(len(rows)), counts, width, bottom=bottom, color=colors[cat], label=cat)
+        bottom += counts
+    ax.set_xticks(np.arange(len(rows)), labels, fontsize=8)
+    ax.set_ylabel("unique detectors")
+    ax.set_ylim(0, max(bottom.max(), 1) * 1.35)  # room for the legend above the bars
+    return bottom
