@@ -146,3 +146,68 @@ def test_the_demo_model_gives_the_two_pass_numbers(tmp_path):
     ds = fd.datasets.Broden(fd.datasets.builtin(tmp_path / "set", n_images=24))
     options = dict(mean=mean, std=std, image_size=(224, 224), batch_size=8, verbose=False)
     assert_same(fd.dissect(model, layers, ds, **options), fd.dissect(model, layers, ds, passes=2, **options), layers)
+
+
+def test_images_run_again_trace_only_the_layers_that_need_them(concepts, monkeypatch, capsys):
+    """Images whose kept maps of one layer may miss a hot value are run again traced at that layer
+    alone (the forward stops there), each (image, layer) tallied once: results as with two passes."""
+    from fastdissect.pipeline import passes
+
+    seen = {"conv": 0}
+
+    def conv_misses_images_9_and_10(record, thresholds):
+        redo = torch.zeros(record["shape"][0], dtype=torch.bool)
+        if record["shape"][2] == 128:  # the conv layer's 128x128 maps; pool's are 32x32
+            seen["conv"] += 1
+            redo[[1, 2]] = seen["conv"] == 2  # the second batch of 8: images 9 and 10
+        return redo
+
+    monkeypatch.setattr(passes, "needs_forward", conv_misses_images_9_and_10)
+    model = ColorDetectors()
+    calls = {"conv": 0, "pool": 0}
+    for name in calls:
+        getattr(model, name).register_forward_hook(lambda *_, name=name: calls.__setitem__(name, calls[name] + 1))
+    one = fd.dissect(model, ["conv", "pool"], concepts, batch_size=8, verbose=True, **PLAIN)
+    assert "2 images may hold values above a floor the data fell below (conv: 2)" in capsys.readouterr().out
+    assert calls == {"conv": 6, "pool": 5}  # five batches, then images 9 and 10 stopped after conv
+    two = fd.dissect(ColorDetectors(), ["conv", "pool"], concepts, batch_size=8, passes=2, verbose=False, **PLAIN)
+    assert_same(one, two, ["conv", "pool"])
+
+
+def test_a_further_pass_reads_only_the_pending_layers():
+    """refine_thresholds: the layers with pending units (and only they) are read again, and the
+    progress output says why and for how many units."""
+    from types import SimpleNamespace
+
+    from fastdissect.pipeline.passes import Passes
+
+    class Pending:  # a TopQuantile whose units 0 and 2 need one further pass
+        def __init__(self, pending):
+            self.pending_units, self.reads = pending, 0
+
+        needs_pass = property(lambda self: bool(self.pending_units))
+
+        def new_pass(self):
+            pass
+
+        def add(self, a):
+            self.reads += 1
+
+        def all_reduce(self, comm):
+            self.pending_units = []
+
+        device = None
+
+    quantiles = {"conv": Pending([0, 2]), "pool": Pending([])}
+    traced, logged = [], []
+    forward = SimpleNamespace(cached=lambda: False,
+                              activations=lambda idx, images, names: traced.append(names) or
+                              {n: torch.zeros(len(idx), 1) for n in names})
+    source = SimpleNamespace(lo=0, hi=4, loader=lambda masks, start: [(torch.arange(2), None), (torch.arange(2, 4), None)])
+    bundles = {name: SimpleNamespace(quantile=lambda q=q: q) for name, q in quantiles.items()}
+    comm = SimpleNamespace(rank=0, run=lambda fn, arg: fn(arg))
+    opts = SimpleNamespace(verbose=False)
+    Passes(opts, source, forward, bundles, None, None, comm, None, logged.append).refine_thresholds()
+    assert traced == [["conv"], ["conv"]] and quantiles["conv"].reads == 2 and quantiles["pool"].reads == 0
+    assert logged == ["a further pass for 2 unit(s) whose order statistic lies below a floor raised earlier in "
+                      "the data (conv: 2); it runs only these layers"]

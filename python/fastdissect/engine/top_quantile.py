@@ -132,6 +132,11 @@ class TopQuantile(QuantileShards):
         """True when some unit's order statistic needs another pass over the same data."""
         return bool(self._resolve()[2])
 
+    @property
+    def pending_units(self) -> list[int]:
+        """The units whose order statistic needs another pass (empty when `needs_pass` is False)."""
+        return sorted({unit for unit, _ in self._resolve()[2]})
+
     def new_pass(self) -> None:
         """Starts another pass over the same data (call `add` with all of it again, in any order)."""
         value, done, pending = self._resolve()

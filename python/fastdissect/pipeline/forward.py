@@ -50,19 +50,23 @@ class Forward:
         self.round_f16 = opts.cache is not None
         self.cache_off = opts.cache is None
 
-    def activations(self, indices: torch.Tensor, images: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        """Each layer's (B, K, h, w) activations of these images: from the cache, or a forward pass."""
+    def activations(self, indices: torch.Tensor, images: torch.Tensor | None,
+                    names: list[str] | None = None) -> dict[str, torch.Tensor]:
+        """Each layer's (B, K, h, w) activations of these images (of `names`, default every layer):
+        from the cache, or a forward pass, which stops early at the last of them."""
+        o = self.opts
+        views = o.views if names is None else {name: o.views[name] for name in names}
         if self.cache is not None and images is None:
             lo, hi = int(indices[0]) - self.lo, int(indices[-1]) + 1 - self.lo
-            return {name: c[lo:hi].to(self.opts.device) for name, c in self.cache.items()}
-        o = self.opts
+            return {name: self.cache[name][lo:hi].to(o.device) for name in views}
         x = model_input(images, o.mean, o.std, o.image_size, o.device)
         x = x.to(self.input_dtype)  # a model in half precision takes half-precision inputs
-        modules = list(dict.fromkeys(module for module, _ in o.views.values()))
-        with torch.no_grad(), trace(self.model, modules, o.transform, stop=o.stop_early) as acts:
+        modules = list(dict.fromkeys(module for module, _ in views.values()))
+        transform = {m: t for m, t in o.transform.items() if m in modules} if o.transform else o.transform
+        with torch.no_grad(), trace(self.model, modules, transform, stop=o.stop_early) as acts:
             run_until_traced(self.model, x)
         out = {}
-        for name, (module, view) in o.views.items():
+        for name, (module, view) in views.items():
             if module not in acts:
                 raise RuntimeError(f"layer {module!r} was not called by the model's forward pass")
             a = acts[module] if view is None else view(acts[module])

@@ -73,33 +73,43 @@ class Passes:
         """Every layer's tally from the kept maps; the images whose kept maps may miss a value that is
         hot under the final thresholds (the data drifted) are run through the model again."""
         thresholds = {name: b.tally.thresholds for name, b in self.bundles.items()}
-        again: list[int] = []
+        again: dict[str, set[int]] = {}  # per layer, the images its kept maps cannot stand for
         with self.progress("tally of the kept maps", self.lo) as bar:
             for first, count, masks, layers in self.kept.records():
                 if masks is None:
                     masks = self.source.store.masks[first:first + count]
                 masks = masks.to(self.opts.device)
-                redo = torch.zeros(count, dtype=torch.bool)
                 for name, record in layers.items():
-                    redo |= needs_forward(record, thresholds[name])
-                again += (torch.nonzero(redo).flatten() + first).tolist()
-                rows = torch.nonzero(~redo).flatten().tolist()
-                for name, record in layers.items():
+                    redo = needs_forward(record, thresholds[name])
+                    again.setdefault(name, set()).update((torch.nonzero(redo).flatten() + first).tolist())
+                    rows = torch.nonzero(~redo).flatten().tolist()
                     maps = rebuild(record, thresholds[name]).to(self.opts.device)
                     for i, j in runs(rows):
                         lo, hi = rows[i], rows[j - 1] + 1
                         self.add_to_tallies(name, maps[lo:hi], masks[lo:hi], first + lo)
                 bar.update(count)
         self.kept.close(keep_files=self.opts.keep_spill)
-        if again:
-            self.log(f"{len(again)} images may hold values above a floor the data fell below: running them "
-                     "through the model again")
-            for batch in self.source.labelled_batches(0, indices=again):
-                acts = self.forward.activations(batch.indices, batch.images)
-                masks = batch.masks.to(self.opts.device)
-                for i, j in runs(batch.indices.tolist()):
-                    for name, a in acts.items():
-                        self.add_to_tallies(name, a[i:j], masks[i:j], int(batch.indices[i]))
+        self.tally_again({name: images for name, images in again.items() if images})
+
+    def tally_again(self, again: dict[str, set[int]]) -> None:
+        """Runs the images whose kept maps may miss a hot value through the model again, traced at
+        (and stopped after) only the layers that need them, and tallies each (image, layer) once."""
+        if not again:
+            return
+        images = sorted(set().union(*again.values()))
+        self.log(f"{len(images)} images may hold values above a floor the data fell below "
+                 f"({', '.join(f'{name}: {len(i)}' for name, i in again.items())}): running them through the "
+                 "model again")
+        for batch in self.source.labelled_batches(0, indices=images):
+            acts = self.forward.activations(batch.indices, batch.images, list(again))
+            masks = batch.masks.to(self.opts.device)
+            ids = batch.indices.tolist()
+            for name, a in acts.items():
+                rows = [r for r, i in enumerate(ids) if i in again[name]]
+                # a run of consecutive image ids is a run of rows too: the batch's ids ascend
+                for i, j in runs([ids[r] for r in rows]):
+                    lo, hi = rows[i], rows[j - 1] + 1
+                    self.add_to_tallies(name, a[lo:hi], masks[lo:hi], ids[lo])
 
     def add_to_tallies(self, name: str, act: torch.Tensor, masks, first_image: int) -> None:
         self.bundles[name].add_to_tallies(act, masks, first_image, formulas=self.mask_log is not None)
@@ -109,6 +119,10 @@ class Passes:
         quantiles = {name: b.quantile() for name, b in self.bundles.items()}
         while any(q.needs_pass for q in quantiles.values()):
             pending = {name: q for name, q in quantiles.items() if q.needs_pass}
+            units = {name: len(q.pending_units) for name, q in pending.items()}
+            self.log(f"a further pass for {sum(units.values())} unit(s) whose order statistic lies below a floor "
+                     f"raised earlier in the data ({', '.join(f'{n}: {c}' for n, c in units.items())}); it runs "
+                     "only these layers")
             for q in pending.values():
                 q.new_pass()
             self.comm.run(self.refine_pass, pending)
@@ -118,7 +132,7 @@ class Passes:
     def refine_pass(self, pending: dict) -> None:
         with self.progress("pass 1b/2 thresholds (exact refinement)", 0) as bar:
             for indices, images in self.source.loader(False, 0):
-                acts = self.forward.activations(indices, None if self.forward.cached() else images)
+                acts = self.forward.activations(indices, None if self.forward.cached() else images, list(pending))
                 for name, q in pending.items():
                     q.add(acts[name].to(q.device))  # merged shards hold their state on the CPU
                 bar.update(len(indices))
