@@ -113,12 +113,29 @@ def test_a_red_detector_is_labelled_red_in_one_forward_pass(builtin, tmp_path):
     assert d.to_csv(tmp_path / "csv")[0].read_text().startswith("unit,label,auroc,p_value,formula")
 
 
-def test_tags_of_a_concept_data_set(builtin):
+class SamplesOnly:
+    """The data set seen through __getitem__ alone (tags_of's path for data sets without concept_ids_of)."""
+
+    def __init__(self, ds):
+        self.ds, self.num_concepts, self.concept_names = ds, ds.num_concepts, ds.concept_names
+
+    def __len__(self):
+        return len(self.ds)
+
+    def __getitem__(self, i):
+        return self.ds[i]
+
+
+def test_tags_of_a_concept_data_set(builtin, tmp_path):
     tags = fd.datasets.tags_of(builtin, verbose=False)
-    s = builtin[5]
-    present = set(np.unique(s.labels).tolist()) | set(s.image_labels)
-    present.discard(0)
-    assert set(torch.nonzero(tags.tags[5]).flatten().tolist()) == present
+    for i in range(len(builtin)):
+        s = builtin[i]
+        present = set(np.unique(s.labels).tolist()) | set(s.image_labels)
+        present.discard(0)
+        assert set(torch.nonzero(tags.tags[i]).flatten().tolist()) == present, i
+    packed = fd.datasets.open_packed(fd.datasets.pack(builtin, tmp_path / "packed", verbose=False))
+    assert torch.equal(fd.datasets.tags_of(packed, verbose=False).tags, tags.tags)
+    assert torch.equal(fd.datasets.tags_of(SamplesOnly(builtin), verbose=False).tags, tags.tags)
 
 
 def write_images(folder, names):

@@ -133,10 +133,15 @@ class Broden:
         """A concept's id from its name or id (ValueError naming close names if unknown)."""
         return concept_id(self.concept_names, concept)
 
+    def concept_ids_of(self, i: int) -> list[int]:
+        """The ids of the concepts image i holds (label planes and image-level labels), ascending,
+        0 ("unlabeled") left out; the image itself is not decoded."""
+        ids = set(np.unique(self.labels(i)).tolist()) | set(self.records[i]["image_labels"])
+        return sorted(ids - {0})
+
     def concepts_of(self, i: int) -> list[str]:
         """The names of the concepts image i holds (label planes and image-level labels), by id."""
-        ids = set(np.unique(self.labels(i)).tolist()) | set(self.records[i]["image_labels"])
-        return [self.concept_names[c] for c in sorted(ids - {0})]
+        return [self.concept_names[c] for c in self.concept_ids_of(i)]
 
     def images_with(self, concept, *, verbose: bool = True) -> list[int]:
         """The images holding `concept` (a name or an id). The first call decodes every image's labels
@@ -148,7 +153,7 @@ class Broden:
 
             holders: dict[int, list[int]] = {}
             for i in tqdm(range(len(self)), desc="indexing concepts", unit="img", disable=not verbose):
-                for cid in set(np.unique(self.labels(i)).tolist()) | set(self.records[i]["image_labels"]):
+                for cid in self.concept_ids_of(i):
                     holders.setdefault(cid, []).append(i)
             self._holders = holders
         return list(self._holders.get(c, []))

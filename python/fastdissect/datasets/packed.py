@@ -243,9 +243,13 @@ class PackedMasks:
         images = torch.searchsorted(self.masks.offsets, entries, right=True) - 1
         return torch.unique(images).tolist()
 
-    def concepts_of(self, i: int) -> list[str]:
+    def concept_ids_of(self, i: int) -> list[int]:
+        """The ids of the concepts image i holds, ascending, 0 left out (from its entries: nothing decoded)."""
         ids, _ = self.masks.entries(i)
-        return [self.concept_names[c] for c in sorted(set(ids.tolist()) - {0})]
+        return sorted(set(ids.tolist()) - {0})
+
+    def concepts_of(self, i: int) -> list[str]:
+        return [self.concept_names[c] for c in self.concept_ids_of(i)]
 
     def check_source(self, dataset) -> None:
         """The data set its images are read from must be the one it was packed from: the same CSV

@@ -150,19 +150,24 @@ def from_tags_csv(path, images_dir, *, tag_names: Sequence[str] | None = None, s
 def tags_of(dataset, *, verbose: bool = True) -> ImageTags:
     """A concept data set (Broden, the built-in set, COCO, your SegmentationDataset) as image tags: a
     concept present in any pixel of an image, or as its image-level label, is a tag of the image.
-    Reads every image's labels once (with a progress bar)."""
+    Reads every image's labels once (with a progress bar), without the image where the data set can
+    (`concept_ids_of`: a Broden decodes only its label files, a packed store nothing)."""
     from tqdm.auto import tqdm
 
     n, c = len(dataset), dataset.num_concepts
     tags = torch.zeros(n, c, dtype=torch.bool)
     for i in tqdm(range(n), desc="tags from labels", unit="img", disable=not verbose):
-        s = dataset[i]
-        ids = np.unique(np.asarray(s.labels)).astype(np.int64)
-        tags[i, torch.from_numpy(ids)] = True
-        tags[i, [int(t) for t in s.image_labels]] = True
+        tags[i, _concept_ids(dataset, i)] = True
     tags[:, 0] = False  # 0 is "unlabeled", never a tag
     return ImageTags.from_matrix(_ImagesOf(dataset), tags, list(dataset.concept_names),
                                  [f"image {i} of the data set" for i in range(n)])
+
+
+def _concept_ids(dataset, i: int) -> list[int]:
+    if callable(getattr(dataset, "concept_ids_of", None)):
+        return dataset.concept_ids_of(i)
+    s = dataset[i]
+    return np.unique(np.asarray(s.labels)).astype(np.int64).tolist() + [int(t) for t in s.image_labels]
 
 
 class _ImagesOf:
