@@ -20,6 +20,7 @@ from .kernels.ext import build_info
 # engine: the streaming statistics and the formula search
 from .engine.auroc import auroc, mann_whitney_p
 from .engine.compositional import Formulas, compositional
+from .engine.pixel_correlation import pixel_correlation
 from .engine.scoring import Scores, Tally, score
 from .engine.top_images import TopImages
 from .engine.top_quantile import TopQuantile, thresholds
@@ -62,7 +63,7 @@ __all__ = [
     "build_info",
     # engine
     "Formulas", "Scores", "Tally", "TopImages", "TopQuantile", "auroc", "compositional",
-    "cos_cubed", "mann_whitney_p", "score", "soft_wpmi", "thresholds", "wpmi",
+    "cos_cubed", "mann_whitney_p", "pixel_correlation", "score", "soft_wpmi", "thresholds", "wpmi",
     # files
     "identity",
     # datasets
