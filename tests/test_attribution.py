@@ -175,6 +175,22 @@ def test_the_relu_rules_by_hand_on_a_one_hidden_layer_network():
     assert len({tuple(v.tolist()) for v in expected.values()}) == 3
 
 
+class SharedRelu(SmallCNN):
+    """SmallCNN with one ReLU module called after both convolutions (a reused activation module)."""
+
+    def __init__(self, inplace):
+        super().__init__(inplace)
+        self.features[4] = self.features[1]
+
+
+@pytest.mark.parametrize("inplace", [False, True], ids=["relu", "inplace-relu"])
+@pytest.mark.parametrize("method", ["deconvnet", "guided_backprop", "guided_gradcam"])
+def test_a_relu_module_called_twice_gets_its_rule_at_each_call(method, inplace):
+    x, layer = batch(), {"layer": "features.3"} if method == "guided_gradcam" else {}
+    shared = fd.attribute(SharedRelu(inplace).eval(), x, [1, 2, 3, 4], method=method, **layer)
+    assert torch.equal(shared, fd.attribute(SmallCNN(inplace).eval(), x, [1, 2, 3, 4], method=method, **layer))
+
+
 def test_smoothgrad_is_deterministic_for_a_seed_and_the_mean_of_noisy_gradients():
     model, x = SmallCNN().eval(), batch(2, seed=7)
     a = fd.attribute(model, x, 1, method="smoothgrad", samples=5, noise=0.3, seed=11)

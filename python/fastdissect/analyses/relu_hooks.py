@@ -18,50 +18,58 @@ import torch
 RULES = ("deconvnet", "guided_backprop")
 
 
-class _Rule(torch.autograd.Function):
-    """Identity on the ReLU's output y whose backward sends the rule's gradient straight to the
-    ReLU's input x (the ReLU's own backward, which would mask deconvnet's signal, never runs)."""
+class _Deconv(torch.autograd.Function):
+    """Identity on the ReLU's output y whose backward sends max(g, 0) straight to the ReLU's input x:
+    the ReLU's own backward, which would mask the signal by [x > 0], never runs."""
 
     @staticmethod
-    def forward(ctx, x, y, guided: bool):
-        ctx.guided = guided
-        # the mask, not y, is kept: a later inplace op on y must not invalidate it
-        ctx.save_for_backward(y > 0 if guided else None)
-        return y.clone()
+    def forward(ctx, x, y):
+        return y.clone()  # a new tensor: an inplace op after the ReLU must not write into its input's graph
 
     @staticmethod
     def backward(ctx, g):
-        (positive,) = ctx.saved_tensors
-        if ctx.guided:
-            g = g.masked_fill(~positive, 0)
-        return torch.relu(g), None, None
+        return torch.relu(g), None
+
+
+def _positive(g: torch.Tensor) -> torch.Tensor:
+    return torch.relu(g)
 
 
 @contextlib.contextmanager
 def relu_rule(model: torch.nn.Module, rule: str) -> Iterator[None]:
     """Inside the block, every nn.ReLU of `model` backpropagates by `rule`; the hooks are removed
-    however the block ends. An inplace ReLU runs on a copy of its input while hooked (as in Captum),
-    so that the input the rule's gradient goes to is not overwritten."""
+    however the block ends.
+
+    guided_backprop: a hook on each ReLU's output replaces g by max(g, 0) before the ReLU's own
+    backward multiplies it by [x > 0] (max(g, 0) [x > 0] = max(g [x > 0], 0)); the model's forward
+    is untouched. deconvnet: the ReLU's output is passed through `_Deconv`, which bypasses the
+    ReLU's backward; an inplace ReLU then runs on a copy of its input (as in Captum), so that the
+    input the gradient goes to is not overwritten.
+    """
     relus = [m for m in model.modules() if isinstance(m, torch.nn.ReLU)]
     if not relus:
         raise ValueError(f'method="{rule}" changes the backward pass of the model\'s nn.ReLU modules and this model '
                          'has none (a functional relu such as torch.relu or F.relu cannot be hooked): use nn.ReLU '
                          'modules, or method="gradient"')
-    guided = rule == "guided_backprop"
     inputs: dict[torch.nn.Module, list[torch.Tensor]] = {m: [] for m in relus}
 
     def before(module, args):
         inputs[module].append(args[0])
         return (args[0].clone(),) if module.inplace else None
 
-    def after(module, args, output):
-        return _Rule.apply(inputs[module].pop(), output, guided)
+    def deconv(module, args, output):
+        return _Deconv.apply(inputs[module].pop(), output)
+
+    def guided(module, args, output):
+        if output.requires_grad:
+            output.register_hook(_positive)
 
     handles = []
     try:
         for m in relus:
-            handles.append(m.register_forward_pre_hook(before))
-            handles.append(m.register_forward_hook(after))
+            if rule == "deconvnet":
+                handles.append(m.register_forward_pre_hook(before))
+            handles.append(m.register_forward_hook(deconv if rule == "deconvnet" else guided))
         yield
     finally:
         for h in handles:
