@@ -145,6 +145,14 @@ def test_gradient_is_plain_autograd_and_target_none_is_the_predicted_class():
                        fd.attribute(model, x, predicted, method="guided_backprop"))
 
 
+def test_verbose_shows_a_bar_over_the_images_and_changes_nothing(capsys):
+    model, x = SmallCNN().eval(), batch(2)
+    quiet = fd.attribute(model, x, 1, method="integrated_gradients", steps=5)
+    assert capsys.readouterr().err == ""
+    assert torch.equal(fd.attribute(model, x, 1, method="integrated_gradients", steps=5, verbose=True), quiet)
+    assert "integrated gradients" in capsys.readouterr().err
+
+
 def test_one_class_for_all_and_one_per_image():
     model, x = SmallCNN().eval(), batch()
     each = fd.attribute(model, x, [2, 2, 2, 2], method="deconvnet")
@@ -370,6 +378,7 @@ def test_bad_arguments_are_named():
         (dict(steps=2.0), TypeError, "steps must be a positive int"),
         (dict(noise=-0.1), ValueError, "noise must be a number >= 0"),
         (dict(seed="a"), TypeError, "seed must be an int"),
+        (dict(verbose="no"), TypeError, "verbose must be"),
         (dict(target=-1), ValueError, "target must be a non-negative int"),
         (dict(target=5), ValueError, "target 5 is outside the model's 5 classes"),
         (dict(target=[0, 1, 2, 7]), ValueError, r"target 7 \(image 3\) is outside"),

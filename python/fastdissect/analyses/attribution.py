@@ -34,7 +34,8 @@ LAYER_METHODS = ("gradcam", "guided_gradcam")
 
 
 def attribute(model: torch.nn.Module, images: torch.Tensor, target, *, method: str = "gradient", layer=None,
-              samples: int = 50, noise: float = 0.15, steps: int = 50, seed: int = 0) -> torch.Tensor:
+              samples: int = 50, noise: float = 0.15, steps: int = 50, seed: int = 0,
+              verbose: bool = False) -> torch.Tensor:
     """The pixel attribution of class `target` on each image by `method` (the module's docstring
     has each formula).
 
@@ -42,7 +43,8 @@ def attribute(model: torch.nn.Module, images: torch.Tensor, target, *, method: s
     all images, one per image, or None (the predicted class). layer: the module name Grad-CAM reads
     ("gradcam", "guided_gradcam" only). samples, noise, seed: SmoothGrad's noisy copies, the noise's
     scale (a share of each image's value range) and the seed of its generator. steps: the integrated
-    gradients' quadrature nodes. The model runs in eval mode, gradients are taken with respect to the
+    gradients' quadrature nodes. verbose: a progress bar over the images for the two methods that run
+    the model `samples` or `steps` times per image. The model runs in eval mode, gradients are taken with respect to the
     images only (no parameter's .grad is touched), and the model is left as it was.
 
     >>> import torch, fastdissect as fd
@@ -59,13 +61,14 @@ def attribute(model: torch.nn.Module, images: torch.Tensor, target, *, method: s
     steps = validate.positive_int(steps, "steps")
     noise = validate.number(noise, "noise", low=0.0)
     seed = validate.integer(seed, "seed")
+    verbose = validate.boolean(verbose, "verbose")
     with evaluated(model), torch.enable_grad():
         if method == "gradient":
             return input_gradient(model, x, target)
         if method in ("smoothgrad", "integrated_gradients"):
             t = class_targets(target, logits_of(model, x, grad=False))  # the class at the image itself
-            return smoothgrad(model, x, t, samples, noise, seed) if method == "smoothgrad" else \
-                integrated_gradients(model, x, t, steps)
+            return smoothgrad(model, x, t, samples, noise, seed, verbose) if method == "smoothgrad" else \
+                integrated_gradients(model, x, t, steps, verbose)
         cam = upsampled(gradcam(model, layer, x, target), x.shape[2:]) if layer is not None else None
         if method == "gradcam":
             return cam
@@ -160,12 +163,13 @@ def input_gradient(model, x: torch.Tensor, target) -> torch.Tensor:
     return torch.autograd.grad(logits.gather(1, t[:, None]).sum(), x)[0]
 
 
-def smoothgrad(model, x: torch.Tensor, t: torch.Tensor, samples: int, noise: float, seed: int) -> torch.Tensor:
+def smoothgrad(model, x: torch.Tensor, t: torch.Tensor, samples: int, noise: float, seed: int,
+               verbose: bool = False) -> torch.Tensor:
     """Per image, the mean gradient over `samples` noisy copies, drawn in one batch, image after image,
     from one generator seeded `seed` (as Captum draws from the global one after torch.manual_seed)."""
     g = torch.Generator(device=x.device).manual_seed(seed)
     out = []
-    for i in range(len(x)):
+    for i in _images_bar(len(x), "smoothgrad", verbose):
         sigma = noise * (x[i].max() - x[i].min())
         e = torch.randn((samples, *x.shape[1:]), generator=g, dtype=x.dtype, device=x.device) * sigma
         grads = input_gradient(model, x[i:i + 1].repeat_interleave(samples, dim=0) + e, t[i].repeat(samples))
@@ -173,18 +177,24 @@ def smoothgrad(model, x: torch.Tensor, t: torch.Tensor, samples: int, noise: flo
     return torch.cat(out)
 
 
-def integrated_gradients(model, x: torch.Tensor, t: torch.Tensor, steps: int) -> torch.Tensor:
+def integrated_gradients(model, x: torch.Tensor, t: torch.Tensor, steps: int, verbose: bool = False) -> torch.Tensor:
     """x * sum_m w_m dy_t/dx(alpha_m x), one batch of `steps` scaled copies per image."""
     nodes, weights = np.polynomial.legendre.leggauss(steps)
     alphas, sizes = (0.5 * (1 + nodes)).tolist(), (0.5 * weights).tolist()
     w = torch.tensor(sizes).to(x.dtype).view(steps, 1).to(x.device)
     out = []
-    for i in range(len(x)):
+    for i in _images_bar(len(x), "integrated gradients", verbose):
         xi = x[i:i + 1]
         scaled = torch.cat([0 + a * (xi - 0) for a in alphas])
         grads = input_gradient(model, scaled, t[i].repeat(steps))
         out.append((grads.contiguous().view(steps, -1) * w).reshape(steps, *xi.shape).sum(dim=0) * (xi - 0))
     return torch.cat(out)
+
+
+def _images_bar(n: int, desc: str, verbose: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(range(n), desc=desc, unit="img", disable=not verbose)
 
 
 def layer_forward(model, layer: str, x: torch.Tensor):
