@@ -93,11 +93,14 @@ def options(method):
 
 # ---- equal to Captum, and to autograd
 
+@pytest.mark.parametrize("seed", [0, 1])
 @pytest.mark.parametrize("inplace", [False, True], ids=["relu", "inplace-relu"])
 @pytest.mark.parametrize("method", METHODS)
-def test_every_method_equals_captums(method, inplace):
-    model = zero_bias(SmallCNN(inplace)).eval()
-    x, t = batch(), torch.tensor([0, 3, 1, 4])
+def test_every_method_equals_captums(method, inplace, seed):
+    model = zero_bias(SmallCNN(inplace, seed=seed)).eval()
+    x = batch(seed=seed + 1)
+    t = torch.tensor([0, 3, 1, 4]) if seed == 0 else \
+        torch.randint(0, CLASSES, (4,), generator=torch.Generator().manual_seed(seed))
     ours = fd.attribute(model, x, t, method=method, **options(method))
     ref = captum(model, x, t, method, **options(method)).detach()
     assert ours.shape == ref.shape == ((4, 1, 16, 20) if method == "gradcam" else (4, 3, 16, 20))
@@ -334,7 +337,8 @@ def test_non_contiguous_and_channels_last_inputs_give_the_contiguous_result():
 
 def test_half_precision_is_refused_against_a_float_model_and_computed_in_a_half_model():
     model, x = SmallCNN().eval(), batch() + 0.5
-    with pytest.raises(ValueError, match="images are torch.float16 on cpu and the model's parameters torch.float32 on cpu: convert one"):
+    with pytest.raises(ValueError, match="images are torch.float16 on cpu and the model's parameters torch.float32 "
+                                         "on cpu: convert one"):
         fd.attribute(model, x.half(), 1)
     with pytest.raises(ValueError, match="images are torch.float64"):
         fd.attribute(model, x.double(), 1)
@@ -373,7 +377,8 @@ def test_bad_arguments_are_named():
         (dict(method="gradcam"), ValueError, 'method="gradcam" needs layer='),
         (dict(method="guided_gradcam", layer="features.7"), LookupError, "no layer 'features.7'; did you mean"),
         (dict(layer="features.3"), ValueError, 'layer is read by method="gradcam" and "guided_gradcam" only'),
-        (dict(method="gradcam", layer="head"), ValueError, r"needs \(N, K, h, w\) maps at layer 'head', it gives \(4, 5\)"),
+        (dict(method="gradcam", layer="head"), ValueError,
+         r"needs \(N, K, h, w\) maps at layer 'head', it gives \(4, 5\)"),
         (dict(samples=0), ValueError, "samples must be a positive int"),
         (dict(steps=2.0), TypeError, "steps must be a positive int"),
         (dict(noise=-0.1), ValueError, "noise must be a number >= 0"),
@@ -383,7 +388,8 @@ def test_bad_arguments_are_named():
         (dict(target=5), ValueError, "target 5 is outside the model's 5 classes"),
         (dict(target=[0, 1, 2, 7]), ValueError, r"target 7 \(image 3\) is outside"),
         (dict(target=1.0), TypeError, "target must be a class id"),
-        (dict(images=[np.zeros((16, 20, 3), np.uint8)]), TypeError, r"images must be the model's input, a float \(N, C"),
+        (dict(images=[np.zeros((16, 20, 3), np.uint8)]), TypeError,
+         r"images must be the model's input, a float \(N, C"),
         (dict(images=x[0]), ValueError, r"images must be \(N, C, H, W\) .* got shape \(3, 16, 20\)"),
         (dict(images=x[:0]), ValueError, r"got shape \(0, 3, 16, 20\)"),
         (dict(images=(x * 255).to(torch.uint8)), TypeError, "images must be floating point"),

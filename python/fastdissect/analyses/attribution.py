@@ -44,11 +44,13 @@ def attribute(model: torch.nn.Module, images: torch.Tensor, target, *, method: s
     ("gradcam", "guided_gradcam" only). samples, noise, seed: SmoothGrad's noisy copies, the noise's
     scale (a share of each image's value range) and the seed of its generator. steps: the integrated
     gradients' quadrature nodes. verbose: a progress bar over the images for the two methods that run
-    the model `samples` or `steps` times per image. The model runs in eval mode, gradients are taken with respect to the
-    images only (no parameter's .grad is touched), and the model is left as it was.
+    the model `samples` or `steps` times per image. The model runs in eval mode, gradients are taken
+    with respect to the images only (no parameter's .grad is touched), and the model is left as it
+    was: its modes, its hooks (ReLU rules are hooked for this call only), its parameters.
 
     >>> import torch, fastdissect as fd
-    >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(144, 2))
+    >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+    ...                           torch.nn.Linear(144, 2))
     >>> fd.attribute(net, torch.rand(2, 3, 8, 8), 1, method="guided_backprop").shape
     torch.Size([2, 3, 8, 8])
     """
