@@ -402,6 +402,10 @@ def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="has none .*functional relu.* cannot be hooked"):
         fd.attribute(FunctionalRelu(), x, 0, method="deconvnet")
     assert fd.attribute(FunctionalRelu(), x, 0, method="gradcam", layer="conv").shape == (4, 1, 16, 20)
+    unused = SmallCNN().eval()
+    unused.spare = torch.nn.Conv2d(3, 3, 1)  # never called by the forward
+    with pytest.raises(RuntimeError, match="layer 'spare' was not called by the model's forward pass"):
+        fd.attribute(unused, x, 0, method="gradcam", layer="spare")
     with pytest.raises(TypeError, match="model must be"):
         fd.attribute(lambda v: v, x, 0)
     with pytest.raises(ValueError, match=r"the model must return \(4, classes\) logits, got \(4, 8, 4, 5\)"):
@@ -435,6 +439,19 @@ def test_explain_prediction_adds_the_pixel_map_of_the_explained_class(explained,
         expected = np.clip(magnitude / scale, 0, 1)
         assert np.allclose(e.pixels, expected, atol=1e-12) and e.pixels.max() == 1.0
         assert e.units == plain[i].units and np.array_equal(e.heatmap, plain[i].heatmap)  # nothing else changes
+
+
+def test_gradcam_of_attribute_is_the_explanations_heatmap(explained):
+    """Two Grad-CAMs of one package: fd.attribute's (float32, F.interpolate bilinear) and the
+    explanation's heatmap (float64, fastdissect's upsample), both over their max."""
+    model, d, data = explained
+    images = [data.image(i) for i in range(3)]
+    ex = fd.explain_prediction(model, "body.pool", images, d)
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255
+    cam = fd.attribute(model, x, [e.target for e in ex], method="gradcam", layer="body.pool")[:, 0].double()
+    for i, e in enumerate(ex):
+        assert float(cam[i].max()) > 0
+        assert np.allclose((cam[i] / cam[i].max()).numpy(), e.heatmap, rtol=0, atol=1e-5)
 
 
 def test_explain_prediction_pixels_is_checked(explained):
