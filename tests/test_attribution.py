@@ -204,7 +204,9 @@ def test_a_relu_module_called_twice_gets_its_rule_at_each_call(method, inplace):
 
 def test_smoothgrad_is_deterministic_for_a_seed_and_the_mean_of_noisy_gradients():
     model, x = SmallCNN().eval(), batch(2, seed=7)
+    state = torch.get_rng_state()
     a = fd.attribute(model, x, 1, method="smoothgrad", samples=5, noise=0.3, seed=11)
+    assert torch.equal(torch.get_rng_state(), state)  # its own generator: the global one is left alone
     assert torch.equal(a, fd.attribute(model, x, 1, method="smoothgrad", samples=5, noise=0.3, seed=11))
     assert not torch.equal(a, fd.attribute(model, x, 1, method="smoothgrad", samples=5, noise=0.3, seed=12))
     g = torch.Generator().manual_seed(11)              # the documented draw, gradient by gradient
