@@ -43,6 +43,7 @@ from .pipeline.sae import train_sae
 from .report.pages import write_report
 # analyses: what is asked of a dissection
 from .analyses.ablate import Ablation, ablate, concept_ablation
+from .analyses.attribution import attribute
 from .analyses.bases import BasisComparison, compare_bases
 from .analyses.compare import Comparison, compare
 from .analyses.concept_vectors import ConceptVectors, concept_vectors
@@ -77,7 +78,7 @@ __all__ = [
     "write_report",
     # analyses
     "Ablation", "BasisComparison", "Comparison", "ConceptVectors", "PredictionExplanation", "PredictionExplanations", "RandomRotation",
-    "RotationExperiment", "Segmentation", "ablate", "compare", "concept_ablation", "explain_prediction",
+    "RotationExperiment", "Segmentation", "ablate", "attribute", "compare", "concept_ablation", "explain_prediction",
     "random_rotation", "rotation_experiment", "SanityCheck", "sanity_check", "segment", "compare_bases",
     "concept_vectors", "synthetic_units",
 ]

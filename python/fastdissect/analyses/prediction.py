@@ -9,7 +9,9 @@ every unit a weight a_k and a contribution c_k:
   "gradient x activation"  a_k = mean dy_t / dA_k;  c_k = sum over positions of dy_t/dA_k * A_k
               (first-order Taylor: the logit's change if the unit were switched off)
 Units are ranked by c_k; `labeled_share` is the detectors' part of sum_k c_k (over the units with a
-positive contribution: what pushed the class up).
+positive contribution: what pushed the class up). With `pixels=` (a method of `fd.attribute`), each
+explanation also holds a fine pixel map beside the heatmap: the attribution's magnitude per pixel,
+max_c |a_c(x)|, divided by its 99th percentile over the image and clipped to [0, 1].
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 from ..core import validate
 from ..core.deprecation import reordered, warn
 from . import inputs
+from .attribution import LAYER_METHODS, METHODS, attribute, class_targets, layer_forward
 from ..kernels.torch_backend import upsample
 from ..pipeline.results import Dissection
 
@@ -45,6 +48,8 @@ class PredictionExplanation:
     attribution: str
     layer: str
     maps: np.ndarray = field(repr=False, default=None)  # (len(units), H, W) their maps upsampled to the image
+    pixels: np.ndarray = field(repr=False, default=None)  # (H, W) float64 in [0, 1]: the pixel map, or None
+    pixels_method: str = None                          # the fd.attribute method of `pixels`
 
     @property
     def method(self) -> str:
@@ -100,51 +105,18 @@ def _linear_head(model: torch.nn.Module, num_units: int) -> torch.nn.Linear:
     return heads[-1]
 
 
-def _forward(model, layer: str, x: torch.Tensor):
-    """(logits, A) with A the layer's output kept in the graph; the hook is removed however it ends."""
-    held = {}
-
-    def hook(module, args, output):
-        held["a"] = output[0] if isinstance(output, (tuple, list)) else output
-    handle = dict(model.named_modules())[layer].register_forward_hook(hook)
-    try:
-        logits = model(x)
-    finally:
-        handle.remove()
-    if "a" not in held:
-        raise RuntimeError(f"layer {layer!r} was not called by the model's forward pass")
-    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
-        raise ValueError(f"the model must return (N, classes) logits, got "
-                         f"{tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__}")
-    return logits, held["a"]
-
-
-def _targets(target, logits: torch.Tensor) -> torch.Tensor:
-    n, classes = logits.shape
-    predicted = logits.argmax(dim=1)
-    if target is None:
-        return predicted
-    t = torch.as_tensor(target, dtype=torch.int64).flatten().to(logits.device)
-    if t.numel() == 1:
-        t = t.expand(n)
-    if t.numel() != n:
-        raise ValueError(f"target must be one class or one per image ({n}), got {t.numel()}")
-    bad = [int(v) for v in t if not 0 <= int(v) < classes]
-    if bad:
-        raise ValueError(f"target {bad[0]} is outside the model's {classes} classes")
-    return t
-
-
 @reordered("model, images, dissection, layer", {2: Dissection}, method="attribution", top="top_k")
 def explain_prediction(model: torch.nn.Module, layer: str, images, dissection, *, target=None,
                        attribution: str = "gradcam", top_k: int = 5, units=None, detectors_only: bool = True,
-                       image_size=None) -> PredictionExplanations:
+                       image_size=None, pixels: str | None = None) -> PredictionExplanations:
     """Explains the model's prediction (or class `target`) on each image by the units of `layer`.
 
     images: (H, W, 3) uint8 arrays (one, a list, a stack, or image paths), fed as the dissection fed
     its data (mean, std, image size from its identity; image_size overrides the size). The top_k
     units by contribution are shown, among `units` (default: all) and, with detectors_only (the
-    default), only the layer's detectors.
+    default), only the layer's detectors. pixels: a method of `fd.attribute` ("guided_gradcam",
+    "smoothgrad", ...; Grad-CAM's at `layer`) whose map of the explained class is added to each
+    explanation, shown beside the heatmap; None (the default): none.
     """
     validate.module(model, "model")
     validate.layer_name(layer)
@@ -156,6 +128,8 @@ def explain_prediction(model: torch.nn.Module, layer: str, images, dissection, *
     units = None if units is None else validate.int_list(units, "units")
     validate.boolean(detectors_only, "detectors_only")
     image_size = validate.image_size(image_size)
+    if pixels is not None:
+        validate.choice(pixels, "pixels", METHODS)
     result = inputs.layer_of(dissection, layer, model)
     if units is not None and max(units) >= result.num_units:
         raise ValueError(f"units {units} are outside layer {layer!r}'s {result.num_units} units")
@@ -167,10 +141,29 @@ def explain_prediction(model: torch.nn.Module, layer: str, images, dissection, *
     weights, contributions = _weights(attribution, model, act, grads, t)
     probs = torch.softmax(logits.double(), dim=1)
     candidates = _candidates(result, units, detectors_only)
+    fine = _pixel_maps(model, layer, pictures, settings, t, pixels)
     return PredictionExplanations(
         _explanation(pictures[i], result, act[i], weights[i], contributions[i], int(t[i]), int(logits[i].argmax()),
-                     float(logits[i, t[i]]), float(probs[i, t[i]]), attribution, layer, top_k, candidates)
+                     float(logits[i, t[i]]), float(probs[i, t[i]]), attribution, layer, top_k, candidates,
+                     fine[i], pixels)
         for i in range(len(pictures)))
+
+
+def _pixel_maps(model, layer, pictures, settings, t: torch.Tensor, pixels) -> list:
+    """Per image, `pixels`' map of class t at image resolution (the docstring's normalisation), or None."""
+    if pixels is None:
+        return [None] * len(pictures)
+    x = inputs.model_batch(pictures, settings, inputs.model_device(model))
+    a = attribute(model, x, t, method=pixels, layer=layer if pixels in LAYER_METHODS else None)
+    return [pixel_map(a[i], *pictures[i].shape[:2]) for i in range(len(pictures))]
+
+
+def pixel_map(a: torch.Tensor, height: int, width: int) -> np.ndarray:
+    """(height, width) float64 in [0, 1]: max_c |a_c| upsampled, over its 99th percentile, clipped."""
+    magnitude = upsample(a.detach().abs().amax(dim=0).cpu(), height, width).numpy()
+    # the percentile, not the max: saliency maps are peaked, and a few pixels would darken the rest
+    scale = float(np.quantile(magnitude, 0.99)) or float(magnitude.max())
+    return np.clip(magnitude / scale, 0, 1) if scale > 0 else magnitude
 
 
 def _old_units(units, detectors_only: bool):
@@ -191,11 +184,11 @@ def _evidence(model, layer, pictures, settings, result, attribution, target):
     try:
         with torch.enable_grad():
             x.requires_grad_(True)  # gradients reach the layer even when the weights are frozen
-            logits, act = _forward(model, layer, x)
+            logits, act = layer_forward(model, layer, x)
             inputs.check_map_size(result, act, layer)
             if act.shape[1] != result.num_units:
                 raise ValueError(f"layer {layer!r} has {act.shape[1]} units here, the dissection {result.num_units}")
-            t = _targets(target, logits)
+            t = class_targets(target, logits)
             grads = None
             if attribution != "cam":
                 if not act.requires_grad:
@@ -233,7 +226,7 @@ def _weights(attribution: str, model, act: torch.Tensor, grads, t: torch.Tensor)
 
 
 def _explanation(image, result, act, weights, contributions, target, predicted, score, probability, attribution,
-                 layer, top_k, candidates) -> PredictionExplanation:
+                 layer, top_k, candidates, pixels=None, pixels_method=None) -> PredictionExplanation:
     H, W = image.shape[:2]
     heat = torch.relu((weights[:, None, None] * act).sum(dim=0))
     heat = upsample(heat, H, W).clamp(min=0)
@@ -249,13 +242,14 @@ def _explanation(image, result, act, weights, contributions, target, predicted, 
              for k in order.tolist()]
     maps = upsample(act[order], H, W).numpy() if len(units) else np.zeros((0, H, W))
     return PredictionExplanation(image, target, predicted, score, probability, heat, units, share, attribution, layer,
-                                 maps)
+                                 maps, pixels, pixels_method if pixels is not None else None)
 
 
 def write_page(explanations: list[PredictionExplanation], directory, *, class_names=None, title: str = "") -> Path:
-    """One HTML page: per image, the image, the prediction, the heatmap and the top units with their
-    labels and their masks (the map above the unit's threshold) over the image; and per image one
-    PNG of all of them side by side (explained_<i>.png, for slides and READMEs)."""
+    """One HTML page: per image, the image, the prediction, the heatmap (and the pixel map, when the
+    explanation has one) and the top units with their labels and their masks (the map above the
+    unit's threshold) over the image; and per image one PNG of all of them side by side
+    (explained_<i>.png, for slides and READMEs)."""
     from jinja2 import Environment, PackageLoader, select_autoescape
     from PIL import Image
 
@@ -270,6 +264,9 @@ def write_page(explanations: list[PredictionExplanation], directory, *, class_na
         save_image(Image.fromarray(e.image), directory / f"image_{i}.png")
         save_image(Image.fromarray(heat_overlay(e.image, e.heatmap)), directory / f"heatmap_{i}.png")
         units, tiles = [], [e.image, heat_overlay(e.image, e.heatmap)]
+        if e.pixels is not None:
+            tiles.append(pixel_picture(e.pixels))
+            save_image(Image.fromarray(tiles[-1]), directory / f"pixels_{i}.png")
         for j, u in enumerate(e.units):
             mask = e.maps[j] > u["threshold"]
             tiles.append(mask_overlay(e.image, mask))
@@ -280,11 +277,19 @@ def write_page(explanations: list[PredictionExplanation], directory, *, class_na
             directory / f"explained_{i}.png")
         pages.append({"index": i, "target": name(e.target), "predicted": name(e.predicted),
                       "is_predicted": e.target == e.predicted, "score": e.score, "probability": e.probability,
-                      "share": e.labeled_share, "units": units, "method": e.attribution, "layer": e.layer})
+                      "share": e.labeled_share, "units": units, "method": e.attribution, "layer": e.layer,
+                      "pixels": e.pixels_method if e.pixels is not None else None})
     env = Environment(loader=PackageLoader("fastdissect.report", "templates"), autoescape=select_autoescape(["j2"]))
     html = env.get_template("explain.html.j2").render(pages=pages, title=title, version=__version__)
     write_text(directory / "index.html", html)
     return directory / "index.html"
+
+
+def pixel_picture(pixels: np.ndarray) -> np.ndarray:
+    """The pixel map alone in a dark-to-bright colour map (a fine map blended with the image is lost in it)."""
+    import matplotlib
+
+    return (matplotlib.colormaps["inferno"](pixels)[..., :3] * 255).clip(0, 255).astype(np.uint8)
 
 
 def heat_overlay(image: np.ndarray, heat: np.ndarray) -> np.ndarray:

@@ -240,7 +240,8 @@ def cmd_explain(args) -> None:
         names = [line.strip() for line in Path(args.classes).read_text(encoding="utf-8").splitlines() if line.strip()]
     out = Path(args.out) if args.out else Path(args.results) / "report" / "explain"
     page = explain_images(model, layer, args.image, results, out, target=args.target, attribution=args.method,
-                          top_k=args.top, detectors_only=args.units == "detectors", class_names=names)
+                          top_k=args.top, detectors_only=args.units == "detectors", class_names=names,
+                          pixels=args.pixels)
     print(f"explanations: {page}")
 
 

@@ -172,7 +172,8 @@ def add_compare_parser(sub) -> None:
 def add_explain_parser(sub) -> None:
     p = sub.add_parser("explain", help="explain predictions by the labeled units of a dissected layer",
                        description="Explain the model's prediction on each image by the units of a dissected layer "
-                                   "(Grad-CAM, CAM or gradient x activation) and write a page per run.")
+                                   "(Grad-CAM, CAM or gradient x activation), optionally beside a pixel-attribution "
+                                   "map (--pixels), and write a page per run.")
     p.add_argument("--results", required=True, help="a results directory written by dissect")
     p.add_argument("--model", required=True, help="the dissected model (as for dissect)")
     p.add_argument("--weights", default=None, help="its weights file (as for dissect)")
@@ -182,6 +183,9 @@ def add_explain_parser(sub) -> None:
     p.add_argument("--target", type=_at_least(0), default=None, help="the class to explain (default: the predicted one)")
     p.add_argument("--method", choices=["gradcam", "cam", "gradient x activation"], default="gradcam",
                    help="how units are credited (default gradcam; cam: for a global-average-pool + linear head)")
+    p.add_argument("--pixels", choices=["gradient", "smoothgrad", "deconvnet", "guided_backprop", "guided_gradcam",
+                                        "gradcam", "integrated_gradients"], default=None,
+                   help="add a pixel-attribution map beside the heatmap (fd.attribute's method; default none)")
     p.add_argument("--top", type=_at_least(1), default=5, help="units shown per image (default 5)")
     p.add_argument("--units", choices=["detectors", "all"], default="detectors", help="rank detectors only (default)")
     p.add_argument("--classes", default=None, help="a text file of class names, one per line")
