@@ -8,6 +8,7 @@ given when its value differs from the parser's default (which the parser hands o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -93,6 +94,24 @@ def open_tags(spec: str, images_dir, root: Path):
     return open_dataset(spec, root) if concept_set else fd.datasets.from_image_folder(path)
 
 
+@contextlib.contextmanager
+def _transformers_bars(verbose: bool):
+    """--quiet silences transformers' own progress bars (loading the weights) too, for this call only."""
+    try:
+        from transformers.utils import logging
+    except ImportError:
+        yield
+        return
+    was = logging.is_progress_bar_enabled()
+    if not verbose:
+        logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            logging.enable_progress_bar()
+
+
 def load_clip(spec: str, device):
     """--clip: open_clip:ARCH:WEIGHTS_FILE, else a transformers CLIP directory or hub-cache name."""
     from ..pipeline.clip_models import OpenCLIP, TransformersCLIP
@@ -140,10 +159,11 @@ def _images(args, model, layers, dataset, common):
 def _clip(args, model, layers, dataset, common):
     import fastdissect as fd
 
-    clip = load_clip(args.clip, args.device)
     top_k = args.top_k if args.top_k is not None else min(100, len(dataset))
     if top_k > len(dataset):
         raise ValueError(f"--top-k {top_k} is more than the {len(dataset)} images of --dataset {args.dataset}")
+    with _transformers_bars(not args.quiet):
+        clip = load_clip(args.clip, args.device)
     return fd.clip_dissect(model, layers, dataset, args.concepts, clip=clip, top_k=top_k,
                            similarity=args.similarity or "soft_wpmi", cache=args.clip_cache, **common)
 

@@ -37,6 +37,7 @@ def _labels_figure(path: Path, layer: str, counts: list[tuple[str, int]], what: 
     fig, ax = plt.subplots(figsize=(5.6, 0.9 + 0.24 * len(shown)), dpi=110)
     ax.barh(range(len(shown)), [n for _, n in shown], color="#3b5bdb")
     ax.set_yticks(range(len(shown)), [label for label, _ in shown], fontsize=8)
+    ax.xaxis.get_major_locator().set_params(integer=True)  # counts of units
     ax.set_xlabel(f"units labelled with the {what}")
     more = f" ({len(counts) - MOST_LABELS} more labels not shown)" if len(counts) > MOST_LABELS else ""
     ax.set_title(f"{layer}: units per {what}{more}", fontsize=9)
