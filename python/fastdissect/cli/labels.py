@@ -71,6 +71,8 @@ def check(args) -> None:
     for dest in UNUSED[kind]:
         if given(args, dest):
             raise ValueError(f"{flag(dest)} does not apply to --labels {kind} (it is an option of {OWNER[dest]})")
+    if kind != "masks" and args.weights and any(ch in args.weights for ch in "*?["):
+        raise ValueError(f"--weights {args.weights}: a series of checkpoints is dissected with --labels masks only")
     metrics = IMAGE_METRICS if kind == "images" else MASK_METRICS
     if kind != "clip" and args.metric is not None and args.metric not in metrics:
         raise ValueError(f"--metric {args.metric} is not a metric of --labels {kind}: choose from {', '.join(metrics)}")
@@ -86,7 +88,8 @@ def open_tags(spec: str, images_dir, root: Path):
     path = Path(spec)
     if images_dir is not None:
         if not path.is_file():
-            raise FileNotFoundError(f"--dataset {spec}: with --images-dir, expected a tags CSV file (header image,tags)")
+            raise FileNotFoundError(f"--dataset {spec}: with --images-dir, expected a tags CSV file "
+                                    "(header image,tags)")
         return fd.datasets.from_tags_csv(path, images_dir)
     if path.is_file():
         raise ValueError(f"--dataset {spec} is a file: a tags CSV needs --images-dir, the folder its images are in")
@@ -186,14 +189,13 @@ def write_results(result, kind: str, out: Path, *, verbose: bool) -> Path:
 
 def summary_text(result, kind: str) -> str:
     """Per layer: how many units carry each of the most frequent labels."""
+    from ..report.labels import label_counts
+
     lines = []
     for name, layer in result.items():
-        units = layer.units
-        counts: dict[str, int] = {}
-        for u in units:
-            counts[u["label"]] = counts.get(u["label"], 0) + 1
-        top = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:8]
-        what = f"by {layer.metric}" if kind == "images" else f"by {layer.similarity}"
-        lines.append(f"{name}: {len(units)} units labelled from {'tags' if kind == 'images' else 'words'} {what}; "
-                     f"most common labels: {', '.join(f'{label} ({n})' for label, n in top)}")
+        n = layer.values.shape[0]
+        source, by = ("tags", layer.metric) if kind == "images" else ("words", layer.similarity)
+        common = ", ".join(f"{label} ({count})" for label, count in label_counts(layer.units)[:8])
+        lines.append(f"{name}: {n} unit{'s' if n != 1 else ''} labelled from {source} by {by}; "
+                     f"most common labels: {common}")
     return "\n".join(lines)

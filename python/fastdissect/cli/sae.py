@@ -73,7 +73,8 @@ def _train(args) -> None:
 
     out = Path(args.out)
     if out.is_dir():
-        raise IsADirectoryError(f"--out {out} is a directory: give the autoencoder's file, e.g. {out / 'sae.safetensors'}")
+        raise IsADirectoryError(f"--out {out} is a directory: give the autoencoder's file, e.g. "
+                                f"{out / 'sae.safetensors'}")
     if out.exists() and not args.overwrite:
         raise FileExistsError(f"--out {out} exists: pass --overwrite to replace it, or choose another file")
     if args.k > args.features:
