@@ -158,6 +158,56 @@ def test_clip_equals_clip_dissect_with_the_same_clip(setup, clip_dir, tmp_path, 
     assert json.loads((again / "labels.json").read_text())["layers"]["1"] == wpmi["1"].units
 
 
+class StandInOpenCLIP(torch.nn.Module):
+    """An open_clip-shaped model (encode_image, encode_text, visual.image_size) for --clip open_clip:..."""
+
+    def __init__(self):
+        super().__init__()
+        self.visual = torch.nn.Linear(3, 4)
+        self.visual.image_size = (16, 16)
+        self.text = torch.nn.Embedding(32, 4)
+
+    def encode_image(self, x):
+        return self.visual(x.mean(dim=(2, 3)))
+
+    def encode_text(self, tokens):
+        return self.text(tokens).mean(dim=1)
+
+
+def stand_in_tokenizer(words):
+    return torch.tensor([[ord(ch) % 32 for ch in w[:4].ljust(4)] for w in words])
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_open_clip_weights_are_read_from_the_file_without_running_code(setup, tmp_path, monkeypatch, suffix):
+    import sys
+    import types
+
+    from fastdissect.pipeline.clip_models import OpenCLIP
+
+    root, spec, data = setup
+    built = []
+    module = types.ModuleType("open_clip")
+    module.create_model = lambda arch, pretrained=None: built.append((arch, pretrained)) or StandInOpenCLIP()
+    module.get_tokenizer = lambda arch: stand_in_tokenizer
+    monkeypatch.setitem(sys.modules, "open_clip", module)
+    torch.manual_seed(7)
+    trained = StandInOpenCLIP()  # the weights in the file: not the ones create_model starts from
+    weights = tmp_path / f"weights{suffix}"
+    if suffix == ".safetensors":
+        import safetensors.torch
+        safetensors.torch.save_file(trained.state_dict(), str(weights))
+    else:
+        torch.save(trained.state_dict(), weights)
+    out = tmp_path / "out"
+    assert dissect(spec, data, out, "--labels", "clip", "--clip", f"open_clip:Stand-In:{weights}", "--concepts",
+                   str(root / "words.txt"), "--top-k", "6") == 0
+    assert built == [("Stand-In", None)]  # open_clip never fetched weights: they came from the file
+    api = fd.clip_dissect(load_model(spec), ["1"], fd.datasets.Broden(data), WORDS, top_k=6, verbose=False,
+                          clip=OpenCLIP(trained, stand_in_tokenizer, image_size=16))
+    assert json.loads((out / "labels.json").read_text())["layers"]["1"] == api["1"].units
+
+
 def one_line_error(capsys) -> str:
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("fastdissect: error: "), err

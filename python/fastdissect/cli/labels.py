@@ -115,12 +115,12 @@ def _transformers_bars(verbose: bool):
             logging.enable_progress_bar()
 
 
-def load_clip(spec: str, device):
+def load_clip(spec: str):
     """--clip: open_clip:ARCH:WEIGHTS_FILE, else a transformers CLIP directory or hub-cache name."""
     from ..pipeline.clip_models import OpenCLIP, TransformersCLIP
 
     if not spec.startswith("open_clip:"):
-        return TransformersCLIP.load(spec, device=device)
+        return TransformersCLIP.load(spec)
     arch, _, weights = spec[len("open_clip:"):].partition(":")
     if not arch or not weights or not Path(weights).is_file():
         raise FileNotFoundError(f"--clip {spec}: expected open_clip:ARCH:WEIGHTS_FILE with a local weights file "
@@ -129,10 +129,22 @@ def load_clip(spec: str, device):
         import open_clip
     except ImportError:
         raise ImportError(f"--clip {spec} needs the open_clip package (pip install open_clip_torch)") from None
-    model = open_clip.create_model(arch, pretrained=weights)
+    model = open_clip.create_model(arch, pretrained=None)  # the architecture; its weights are read here, safely
+    model.load_state_dict(_weights(weights))
     size = model.visual.image_size
-    return OpenCLIP(model, open_clip.get_tokenizer(arch), image_size=size[0] if isinstance(size, tuple) else size,
-                    device=device)
+    return OpenCLIP(model, open_clip.get_tokenizer(arch), image_size=size[0] if isinstance(size, tuple) else size)
+
+
+def _weights(path: str) -> dict:
+    """A state dict from safetensors, or from torch's restricted unpickler (tensors only, never code)."""
+    import torch
+
+    from ..files.tensorfile import read_tensors
+
+    if Path(path).suffix == ".safetensors":
+        return read_tensors(path)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return state.get("state_dict", state) if isinstance(state, dict) else state
 
 
 def run(args, layers) -> None:
@@ -160,13 +172,18 @@ def _images(args, model, layers, dataset, common):
 
 
 def _clip(args, model, layers, dataset, common):
+    import torch
+
     import fastdissect as fd
 
     top_k = args.top_k if args.top_k is not None else min(100, len(dataset))
     if top_k > len(dataset):
         raise ValueError(f"--top-k {top_k} is more than the {len(dataset)} images of --dataset {args.dataset}")
     with _transformers_bars(not args.quiet):
-        clip = load_clip(args.clip, args.device)
+        clip = load_clip(args.clip)
+    if args.device is not None:  # the CLIP model runs where the target model does
+        clip.model.to(args.device)
+        clip.device = torch.device(args.device)
     return fd.clip_dissect(model, layers, dataset, args.concepts, clip=clip, top_k=top_k,
                            similarity=args.similarity or "soft_wpmi", cache=args.clip_cache, **common)
 
