@@ -94,9 +94,14 @@ def test_compare_gives_compare_bases_table(setup, trained, tmp_path, capsys):
         assert f"{w['median_best_iou']:.3f}" in line
     # a second run into the same directory is refused unless --overwrite
     again = ["sae", "compare", "--model", spec, "--seed", "3", "--layer", "3", "--dataset", data, "--sae",
-             str(trained), "--out", str(out), "--quiet"]
+             str(trained), "--out", str(out), "--quantile", "0.01", "--quiet"]
     assert cli.main(again) == 1 and "--overwrite" in capsys.readouterr().err
-    assert cli.main(again + ["--overwrite"]) == 0
+    assert cli.main(again + ["--overwrite", "--dissection"]) == 0  # and every basis's dissection is kept
+    kept = fd.load(out / "dissection")  # the features of each basis as units, the numbers of compare_bases
+    assert list(kept) == ["3", "3@rotation", "3@sae"] and kept["3@sae"].num_units == 32
+    assert torch.equal(kept["3"].scores.iou, c.result("units").scores.iou)
+    assert torch.equal(kept["3@sae"].scores.iou, c.result("sae").scores.iou)
+    assert (out / "dissection" / "report" / "layer_3_sae.html").is_file() and (out / "index.html").is_file()
 
 
 def one_line_error(capsys) -> str:

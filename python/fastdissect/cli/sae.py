@@ -60,6 +60,9 @@ def _add_compare(actions) -> None:
     p.add_argument("--iou-threshold", type=unit_interval, default=0.04, help="IoU above which a feature is a detector")
     p.add_argument("--device", default=None, help="torch device (default: the model's)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--dissection", action="store_true",
+                   help="also keep the dissection of every basis in OUT/dissection: its CSVs, its results (fd.load) "
+                        "and its report, with each feature's top images")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier comparison in --out")
     p.set_defaults(owns_out=True)  # --out is locked and its earlier contents replaced only with --overwrite
 
@@ -120,6 +123,18 @@ def _compare(args) -> None:
     page = comparison.write(args.out, verbose=False)
     print(table_text(comparison.table()))
     print(f"comparison of the bases of {args.layer}: {page} (table: {Path(args.out) / 'bases.csv'})")
+    if args.dissection:
+        print(f"every basis dissected: {_keep_dissection(comparison.dissection, Path(args.out) / 'dissection', args)}")
+
+
+def _keep_dissection(dissection, directory: Path, args) -> Path:
+    """CSVs, the saved results and the report of the bases' dissection (features as units, one layer
+    per basis: LAYER, LAYER@rotation, LAYER@sae); returns the report's index."""
+    from ..report.pages import write_report
+
+    dissection.to_csv(directory)
+    dissection.save(directory)
+    return write_report(dissection, directory / "report", verbose=not args.quiet)
 
 
 def table_text(rows: list[dict]) -> str:
