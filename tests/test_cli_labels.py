@@ -5,6 +5,7 @@ kind of labels is refused in one line naming it; the labels page renders in a re
 
 import csv
 import json
+import re
 
 import numpy as np
 import pytest
@@ -272,7 +273,10 @@ def test_the_labels_page_renders_in_a_real_browser(setup, clip_dir, tmp_path):
     assert dissect(spec, data, tmp_path / "img", "--labels", "images", "--formula-length", "2") == 0
     page = tmp_path / "img" / "report" / "index.html"
     html = page.read_text()
-    assert html.count('<tr id="unit-1-') == 2 and "p-value" in html and "formula (auroc)" in html
+    units = ImageDissection.load(tmp_path / "img" / "images.safetensors")["1"].units
+    rows = re.findall(r'<tr id="unit-1-(\d+)" data-label="([^"]*)"', html)
+    assert rows == [(str(u["unit"]), u["label"]) for u in units]
+    assert "p-value" in html and "formula (auroc)" in html and all(u["formula"] in html for u in units)
     assert_renders(page, tmp_path, "labels_images")
     assert dissect(spec, data, tmp_path / "clip-out", "--labels", "clip", "--clip", str(clip_dir), "--concepts",
                    str(root / "words.txt"), "--top-k", "5") == 0
@@ -286,3 +290,16 @@ def test_write_label_report_refuses_a_mask_dissection(setup, tmp_path):
     d = fd.dissect(load_model(spec), ["1"], fd.datasets.Broden(data), verbose=False)
     with pytest.raises(TypeError, match="fd.write_report writes the page of fd.dissect's results"):
         fd.write_label_report(d, tmp_path)
+
+
+def test_label_counts_most_frequent_first_ties_by_name():
+    from collections import Counter
+
+    from fastdissect.report.labels import label_counts
+
+    rng = np.random.default_rng(3)
+    units = [{"label": str(label)} for label in rng.choice(list("abcdefg"), size=200)]
+    counts = label_counts(units)
+    assert dict(counts) == Counter(u["label"] for u in units)
+    assert counts == sorted(counts, key=lambda kv: (-kv[1], kv[0]))
+    assert label_counts([{"label": "b"}, {"label": "a"}]) == [("a", 1), ("b", 1)]

@@ -69,8 +69,8 @@ def test_compare_gives_compare_bases_table(setup, trained, tmp_path, capsys):
     root, spec, data = setup
     out = tmp_path / "cmp"
     assert cli.main(["sae", "compare", "--model", spec, "--layer", "3", "--dataset", data, "--sae", str(trained),
-                     "--seed", "3", "--rotation-seed", "5", "--batch-size", "5", "--quantile", "0.01", "--out", str(out),
-                     "--quiet"]) == 0
+                     "--seed", "3", "--rotation-seed", "5", "--batch-size", "5", "--quantile", "0.01",
+                     "--out", str(out), "--quiet"]) == 0
     printed = capsys.readouterr().out
     sae = fd.SparseAutoencoder.load(trained)
     c = fd.compare_bases(load_model(spec, seed=3), "3", fd.datasets.Broden(data),
@@ -138,3 +138,13 @@ def test_compare_refuses_an_sae_of_another_layer_and_warns_of_other_weights(setu
     assert cli.main(args + ["--layer", "3", "--sae", str(tmp_path / "none.safetensors"), "--out",
                             str(tmp_path / "c")]) == 1
     assert "no sparse autoencoder file" in one_line_error(capsys)
+
+
+@pytest.mark.parametrize("action", ["train", "compare"])
+def test_every_option_has_help(action, capsys):
+    with pytest.raises(SystemExit) as exit:
+        cli.main(["sae", action, "--help"])
+    text = capsys.readouterr().out
+    assert exit.value.code == 0 and text.startswith(f"usage: fastdissect sae {action}")
+    options = [line.split() for line in text.splitlines() if line.strip().startswith("--")]
+    assert len(options) > 10 and all(len(words) > 1 for words in options)  # a flag alone on a line: no help
