@@ -40,6 +40,7 @@ from .pipeline.images import dissect_images
 from .pipeline.results import Dissection, LayerResult, load
 from .pipeline.sae import train_sae
 # report
+from .report.labels import write_label_report
 from .report.pages import write_report
 # analyses: what is asked of a dissection
 from .analyses.ablate import Ablation, ablate, concept_ablation
@@ -75,7 +76,7 @@ __all__ = [
     "ClipDissection", "Dissection", "ImageDissection", "ImageLayerResult", "LayerResult", "clip_dissect",
     "dissect", "dissect_images", "load", "token_grid", "trace", "train_sae",
     # report
-    "write_report",
+    "write_report", "write_label_report",
     # analyses
     "Ablation", "BasisComparison", "Comparison", "ConceptVectors", "PredictionExplanation", "PredictionExplanations", "RandomRotation",
     "RotationExperiment", "Segmentation", "ablate", "attribute", "compare", "concept_ablation", "explain_prediction",

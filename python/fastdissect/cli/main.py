@@ -19,24 +19,11 @@ from pathlib import Path
 
 from ..files.atomic import announce, is_temporary, remove_stale_temporaries, watching, write_text
 from ..report.pages import check_dataset, link_explanations, write_report
+from . import labels, sae
+from .common import layer_transform
+from .common import model_and_data as _model_and_data
+from .common import open_dataset as _open_dataset
 from .parser import DEMO_MODEL, build_parser
-
-
-def _open_dataset(spec: str, out: Path, images: int = 512):
-    import fastdissect as fd
-
-    if spec == "builtin":
-        root = out / "concepts"
-        if not (root / "index.csv").exists():
-            fd.datasets.builtin(root, n_images=images)
-        return fd.datasets.Broden(root)
-    path = Path(spec)
-    if (path / "fastdissect-masks.json").is_file():
-        return fd.datasets.open_packed(path)
-    if (path / "index.csv").is_file():
-        return fd.datasets.Broden(path)
-    raise FileNotFoundError(f"{spec}: neither a Broden directory (index.csv), a packed store "
-                            "(fastdissect-masks.json) nor 'builtin'")
 
 
 def _mask_cache(args):
@@ -48,17 +35,15 @@ def _mask_cache(args):
 
 def _dissect_options(args, image_size, mean, std, layers=()) -> dict:
     """fd.dissect's keyword arguments from the options every dissecting command shares."""
-    import fastdissect as fd
-
-    tokens = getattr(args, "tokens", None)
-    transform = {name: fd.token_grid(tokens) for name in layers} if tokens is not None else None
-    return dict(transform=transform,quantile=args.quantile, iou_threshold=args.iou_threshold, union=args.union,
+    quantile = args.quantile if args.quantile is not None else labels.MASK_QUANTILE
+    return dict(transform=layer_transform(args, layers), quantile=quantile, iou_threshold=args.iou_threshold,
+                union=args.union,
                 batch_size=args.batch_size, num_workers=args.workers, device=args.device, cache=args.cache,
                 passes=getattr(args, "passes", None), spill_dir=getattr(args, "spill_dir", None),
                 mask_cache=_mask_cache(args),
                 image_size=image_size, mean=mean, std=std, checkpoint=args.checkpoint,
                 checkpoint_every=args.checkpoint_every, restart=args.restart, formula_length=args.formula_length,
-                beam_size=args.beam_size, search=args.search, metric=args.metric,
+                beam_size=args.beam_size, search=args.search, metric=args.metric or "iou",
                 controls=tuple(c.replace("-", "_") for c in args.control), control_seed=args.control_seed,
                 verbose=not args.quiet)
 
@@ -86,30 +71,10 @@ def _write_results(result, out: Path, quiet: bool) -> Path:
     return write_report(result, out / "report", verbose=not quiet)
 
 
-def _model_and_data(args):
-    """The model, data set and input settings named by --model, --weights, --dataset, --image-size, --mean, --std."""
-    from ..pipeline import models
-    from ..datasets.sample import IMAGENET_MEAN, IMAGENET_STD
-
-    model = models.load_model(args.model, args.weights, seed=args.seed)
-    expected_side, expected_mean, expected_std = models.input_settings(args.model, model)
-    mean = tuple(args.mean) if args.mean else (expected_mean or IMAGENET_MEAN)
-    std = tuple(args.std) if args.std else (expected_std or IMAGENET_STD)
-    side = args.image_size or expected_side
-    size = (side, side) if side else None
-    dataset = _open_dataset(args.dataset, Path(args.out))
-    if size:
-        why = "--image-size" if args.image_size else "the model's expected size"
-        print(f"fastdissect: feeding the model {size[0]}x{size[1]} images ({why})")
-    else:
-        image = dataset.image(0) if hasattr(dataset, "image") else None
-        stored = f"{image.shape[0]}x{image.shape[1]} " if image is not None else ""
-        print(f"fastdissect: feeding the model the data set's {stored}images as stored (--image-size to resize)")
-    return model, dataset, size, mean, std
-
-
 def cmd_dissect(args) -> None:
     layers = [name.strip() for name in args.layers.split(",") if name.strip()]
+    if args.labels != "masks":
+        return labels.run(args, layers)
     if args.weights and any(ch in args.weights for ch in "*?["):
         return _dissect_checkpoints(args, layers)
     model, dataset, size, mean, std = _model_and_data(args)
@@ -310,7 +275,7 @@ def _init_distributed() -> None:
 def _output_lock(args):
     """The run's output directory, checked before any work and held for the whole run: a second run
     with the same --out is refused with the first one named (rank 0 writes; other ranks hold nothing)."""
-    if args.command not in ("dissect", "rotate", "demo"):
+    if args.command not in ("dissect", "rotate", "demo") and not getattr(args, "owns_out", False):
         return contextlib.nullcontext()
     import torch.distributed as dist
 
@@ -470,8 +435,10 @@ def main(argv=None) -> int:
         _init_distributed()
     commands = {"dissect": cmd_dissect, "rotate": cmd_rotate, "demo": cmd_demo, "builtin": cmd_builtin,
                 "report": cmd_report, "compare": cmd_compare, "explain": cmd_explain, "broden": cmd_broden,
-                "layers": cmd_layers, "selftest": cmd_selftest}
+                "layers": cmd_layers, "selftest": cmd_selftest, "sae": sae.run}
     try:
+        if args.command == "dissect":
+            labels.check(args)  # the flags of another kind of labels are refused before --out is touched
         with _output_lock(args):
             return commands[args.command](args) or 0
     except KeyboardInterrupt:

@@ -7,48 +7,21 @@ from __future__ import annotations
 
 import argparse
 
-DEMO_MODEL = "efficientnet-lite0"
-
-
-def _at_least(low: int):
-    """An argparse type: an int >= low (argparse names the flag in its error)."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
-        return value
-    parse.__name__ = f"integer >= {low}"
-    return parse
-
-
-def _number(text: str, low: float, high: float, closed: bool) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    inside = low <= value <= high if closed else low < value < high
-    if not inside:
-        bounds = f"[{low:g}, {high:g}]" if closed else f"({low:g}, {high:g})"
-        raise argparse.ArgumentTypeError(f"must be in {bounds}, got {value:g}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    return _number(text, 0.0, 1.0, closed=False)
-
-
-def _unit_interval(text: str) -> float:
-    return _number(text, 0.0, 1.0, closed=True)
+from .common import DEMO_MODEL
+from .common import add_model_options as _add_model_options
+from .common import at_least as _at_least
+from .common import fraction as _fraction
+from .common import unit_interval as _unit_interval
+from .labels import add_options as _add_label_options
+from .sae import add_parser as add_sae_parser
 
 
 def _add_dissect_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output directory (CSVs, saved results, report)")
     p.add_argument("--batch-size", type=_at_least(1), default=32, help="images per forward pass (default 32)")
     p.add_argument("--workers", type=_at_least(0), default=0, help="DataLoader workers (default 0)")
-    p.add_argument("--quantile", type=_fraction, default=0.005, help="top fraction above each threshold (0.005)")
+    p.add_argument("--quantile", type=_fraction, default=None, help="top fraction above each threshold (0.005; with "
+                   "--labels images the share of images where a unit fires, for f1 and iou: 0.05)")
     p.add_argument("--union", choices=["netdissect", "lite", "global"], default="netdissect",
                    help="IoU union (default netdissect)")
     p.add_argument("--iou-threshold", type=_unit_interval, default=0.04, help="IoU above which a unit is a detector")
@@ -80,32 +53,14 @@ def _add_dissect_options(p: argparse.ArgumentParser) -> None:
                         "pass) or random-init (the same architecture with seeded random weights, same settings)")
     p.add_argument("--control-seed", type=int, default=0,
                    help="seed of the permutation and of the random weights of the controls (default 0)")
-    p.add_argument("--metric", choices=["iou", "f1", "precision", "recall", "coverage"], default="iou",
-                   help="what ranks each unit's labels and meets --iou-threshold (default iou, NetDissect's)")
+    p.add_argument("--metric", choices=["iou", "f1", "precision", "recall", "coverage", "auroc", "auprc", "correlation"],
+                   default=None, help="what ranks each unit's labels and meets --iou-threshold (default iou, "
+                   "NetDissect's; with --labels images: auroc (default), auprc, correlation, f1 or iou)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an earlier (or interrupted) result in --out: it stays loadable until this run's "
                         "replaces it, and what fastdissect wrote there before and this run did not rewrite is "
                         "removed once the run succeeds")
-
-
-def _add_model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True,
-                   help=f"a built-in name ({DEMO_MODEL}), timm:<name> (weights from --weights or timm's local cache), "
-                        "torchvision:<name> (with --weights), or file.py:factory")
-    p.add_argument("--weights", default=None, help="weights file (state dict) for timm:, torchvision: or file.py models")
-    p.add_argument("--seed", type=int, default=0,
-                   help="seed of the random initialisation of a model built without --weights (default 0)")
-    p.add_argument("--dataset", required=True,
-                   help='a Broden directory, a packed store (fd.datasets.pack), or "builtin" (generated in OUT)')
-    p.add_argument("--image-size", type=_at_least(8), default=None,
-                   help="resize images to this square size for the model (default: the model's expected size for "
-                        "built-in models, else the data set's images as stored)")
-    p.add_argument("--tokens", type=_at_least(0), default=None, metavar="N",
-                   help="the layers output (N, tokens, C) transformer tokens: drop the first N (class/register "
-                        "tokens) and lay the rest out as a square grid of maps (fd.token_grid)")
-    p.add_argument("--mean", type=float, nargs=3, default=None, help="input normalisation mean (ImageNet's)")
-    p.add_argument("--std", type=float, nargs=3, default=None, help="input normalisation std (ImageNet's)")
 
 
 def add_dissect_parser(sub) -> None:
@@ -114,6 +69,7 @@ def add_dissect_parser(sub) -> None:
     _add_model_options(p)
     p.add_argument("--layers", required=True, help="comma-separated module names (see model.named_modules())")
     _add_dissect_options(p)
+    _add_label_options(p)
 
 
 def add_rotate_parser(sub) -> None:
@@ -231,7 +187,8 @@ def add_selftest_parser(sub) -> None:
 
 
 COMMANDS = (add_dissect_parser, add_rotate_parser, add_demo_parser, add_builtin_parser, add_report_parser,
-            add_compare_parser, add_explain_parser, add_broden_parser, add_layers_parser, add_selftest_parser)
+            add_compare_parser, add_explain_parser, add_broden_parser, add_layers_parser, add_selftest_parser,
+            add_sae_parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
