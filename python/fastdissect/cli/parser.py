@@ -183,7 +183,8 @@ def add_layers_parser(sub) -> None:
 def add_selftest_parser(sub) -> None:
     p = sub.add_parser("selftest", help="check the kernels against the torch reference",
                        description="Run the kernels of a backend against the in-package torch reference.")
-    p.add_argument("--backend", choices=["cuda", "cuda_emu", "cpu"], default=None)
+    p.add_argument("--backend", choices=["cuda", "cuda_emu", "cpu"], default=None,
+                   help="kernels to check (default: cuda with a GPU, else cuda_emu)")
 
 
 COMMANDS = (add_dissect_parser, add_rotate_parser, add_demo_parser, add_builtin_parser, add_report_parser,
