@@ -23,6 +23,7 @@ from ..engine.wpmi import cos_cubed, soft_wpmi, wpmi
 from ..files import atomic, tensorfile
 from ..files.atomic import digest
 from .hooks import find_modules
+from .image_results import LayerResults
 from .images import image_scores
 
 SIMILARITIES = {"soft_wpmi": soft_wpmi, "wpmi": wpmi, "cos_cubed": cos_cubed}
@@ -103,16 +104,10 @@ class ClipLayerResult:
                  "top_words": "; ".join(w for w, _ in self.top_words(k))} for k in range(self.values.shape[0])]
 
 
-class ClipDissection(dict):
-    """{layer: ClipLayerResult}, with the run's settings."""
+class ClipDissection(LayerResults):
+    """{layer: ClipLayerResult}: what `fd.clip_dissect` returns."""
 
-    def __init__(self, layers: dict, identity: dict):
-        super().__init__(layers)
-        self.identity = identity
-
-    def to_csv(self, directory) -> list[Path]:
-        directory = atomic.make_dirs(directory)
-        return [atomic.write_csv(directory / f"{name}-clip.csv", r.units) for name, r in self.items()]
+    csv_suffix = "clip"
 
 
 def clip_dissect(model: torch.nn.Module, layers, images, concepts, *, clip, top_k: int = 100,

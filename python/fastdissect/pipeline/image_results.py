@@ -66,8 +66,11 @@ class ImageLayerResult:
                    formulas, t["formula_values"])
 
 
-class ImageDissection(dict):
-    """{layer: ImageLayerResult}, with the run's identity (model weights, data set, settings)."""
+class LayerResults(dict):
+    """{layer: its result}, with the run's identity (model weights, data set, settings); one CSV of
+    the units per layer, `<layer>-<csv_suffix>.csv`."""
+
+    csv_suffix = "units"
 
     def __init__(self, layers: dict, identity: dict):
         super().__init__(layers)
@@ -75,7 +78,13 @@ class ImageDissection(dict):
 
     def to_csv(self, directory) -> list[Path]:
         directory = atomic.make_dirs(directory)
-        return [atomic.write_csv(directory / f"{name}-images.csv", r.units) for name, r in self.items()]
+        return [atomic.write_csv(directory / f"{name}-{self.csv_suffix}.csv", r.units) for name, r in self.items()]
+
+
+class ImageDissection(LayerResults):
+    """{layer: ImageLayerResult}: what `fd.dissect_images` returns."""
+
+    csv_suffix = "images"
 
     def save(self, path) -> Path:
         path = Path(path)
