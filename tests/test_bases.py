@@ -51,6 +51,20 @@ def test_orthogonal_basis_equals_an_appended_convolution(data):
     assert [u["label"] for u in via_basis.units] == [u["label"] for u in direct.units]
 
 
+def test_a_random_rotation_is_a_basis_and_a_transform_alike(data):
+    from fastdissect.bases.basis import LinearBasis, as_basis
+
+    r = fd.random_rotation(6, seed=2, power=0.6)
+    assert isinstance(r, LinearBasis) and as_basis(r) is r
+    as_basis_ = fd.dissect(net(), ["2"], data, basis={"2": r}, **OPTIONS)["2"].scores
+    as_matrix = fd.dissect(net(), ["2"], data, basis={"2": r.matrix}, **OPTIONS)["2"].scores
+    as_transform = fd.dissect(net(), ["2"], data, transform={"2": r}, **OPTIONS)["2"].scores
+    for field in ("intersection", "union", "thresholds"):
+        assert torch.equal(getattr(as_basis_, field), getattr(as_matrix, field)), field
+        assert torch.equal(getattr(as_basis_, field), getattr(as_transform, field)), field
+    assert r.fingerprint() != fd.random_rotation(6, seed=2, power=0.4).fingerprint()
+
+
 def test_every_basis_from_one_forward_pass(data, tmp_path):
     model = net()
     sae = fd.SparseAutoencoder(6, 12, 2, seed=0)

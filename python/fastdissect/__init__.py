@@ -30,6 +30,7 @@ from .files import identity
 # datasets (fd.datasets.<name>)
 from . import datasets
 # bases: a layer read in directions or dictionary features
+from .bases.rotation import RandomRotation, random_rotation
 from .bases.sae import SparseAutoencoder
 # pipeline: fd.dissect, its hooks and its results
 from .pipeline.dissect import dissect
@@ -49,7 +50,7 @@ from .analyses.bases import BasisComparison, compare_bases
 from .analyses.compare import Comparison, compare
 from .analyses.concept_vectors import ConceptVectors, concept_vectors
 from .analyses.prediction import PredictionExplanation, PredictionExplanations, explain_prediction
-from .analyses.rotation import RandomRotation, RotationExperiment, random_rotation, rotation_experiment
+from .analyses.rotation import RotationExperiment, rotation_experiment
 from .analyses.sanity import SanityCheck, sanity_check
 from .analyses.segment import Segmentation, segment
 from .analyses.synthetic import synthetic_units
@@ -71,16 +72,16 @@ __all__ = [
     # datasets
     "datasets",
     # bases
-    "SparseAutoencoder",
+    "RandomRotation", "SparseAutoencoder", "random_rotation",
     # pipeline
     "ClipDissection", "Dissection", "ImageDissection", "ImageLayerResult", "LayerResult", "clip_dissect",
     "dissect", "dissect_images", "load", "token_grid", "trace", "train_sae",
     # report
     "write_report", "write_label_report",
     # analyses
-    "Ablation", "BasisComparison", "Comparison", "ConceptVectors", "PredictionExplanation", "PredictionExplanations", "RandomRotation",
+    "Ablation", "BasisComparison", "Comparison", "ConceptVectors", "PredictionExplanation", "PredictionExplanations",
     "RotationExperiment", "Segmentation", "ablate", "attribute", "compare", "concept_ablation", "explain_prediction",
-    "random_rotation", "rotation_experiment", "SanityCheck", "sanity_check", "segment", "compare_bases",
+    "rotation_experiment", "SanityCheck", "sanity_check", "segment", "compare_bases",
     "concept_vectors", "synthetic_units",
 ]
 
