@@ -126,3 +126,15 @@ def test_dissect_with_a_basis(data, tmp_path):
                    checkpoint=tmp_path / "ckpt", **OPTIONS)
     with pytest.raises(LookupError, match="basis names layers that are not dissected"):
         fd.dissect(model, ["2"], data, basis={"0": torch.eye(8)}, **OPTIONS)
+
+
+def test_resume_refuses_another_basis(data, tmp_path):
+    from fastdissect.pipeline.checkpoint import CheckpointMismatch
+
+    first = {"2": fd.random_rotation(6, seed=0)}
+    fd.dissect(net(), ["2"], data, basis=first, checkpoint=tmp_path / "ck", **OPTIONS)
+    with pytest.raises(CheckpointMismatch, match=r"another dissection: transforms.2: .random_rotation\(num_units=6, seed=0"):
+        fd.dissect(net(), ["2"], data, basis={"2": fd.random_rotation(6, seed=1)}, checkpoint=tmp_path / "ck",
+                   **OPTIONS)
+    again = fd.dissect(net(), ["2"], data, basis=first, checkpoint=tmp_path / "ck", **OPTIONS)  # the same: resumes
+    assert again["2"].basis is not None
