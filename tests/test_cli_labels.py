@@ -68,6 +68,21 @@ def assert_same(cli_result: ImageDissection, api: ImageDissection):
             assert torch.equal(got.formula_values, want.formula_values)
 
 
+def test_optimal_tag_formulas_from_the_command_line_equal_dissect_images(setup, tmp_path):
+    root, spec, data = setup
+    out = tmp_path / "optimal"
+    assert dissect(spec, data, out, "--labels", "images", "--formula-length", "2", "--search", "optimal",
+                   "--batch-size", "5") == 0
+    api = fd.dissect_images(load_model(spec), ["1"], fd.datasets.Broden(data), formula_length=2, search="optimal",
+                            batch_size=5, verbose=False)
+    saved = ImageDissection.load(out / "images.safetensors")
+    assert_same(saved, api)
+    assert saved.identity["search"] == "optimal"
+    beam = fd.dissect_images(load_model(spec), ["1"], fd.datasets.Broden(data), formula_length=2, beam_size=1,
+                             batch_size=5, verbose=False)
+    assert bool((api["1"].formula_values >= beam["1"].formula_values - 1e-12).all())
+
+
 def test_images_on_a_concept_set_equal_dissect_images(setup, tmp_path, capsys):
     root, spec, data = setup
     out = tmp_path / "images"
@@ -219,7 +234,7 @@ def one_line_error(capsys) -> str:
     (["--labels", "images", "--union", "lite"], "--union does not apply to --labels images (it is an option of "
                                                 "--labels masks)"),
     (["--labels", "images", "--control", "permuted"], "--control does not apply to --labels images"),
-    (["--labels", "images", "--search", "optimal"], "--search does not apply to --labels images"),
+    (["--labels", "clip", "--search", "optimal"], "--search does not apply to --labels clip"),
     (["--labels", "images", "--metric", "recall"], "--metric recall is not a metric of --labels images"),
     (["--labels", "images", "--clip", "x"], "--clip does not apply to --labels images (it is an option of "
                                             "--labels clip)"),

@@ -188,3 +188,42 @@ def test_dissect_images_names_bad_arguments(bad, match):
     t = fd.datasets.ImageTags([np.zeros((8, 8, 3), np.uint8)] * 2, [["a"], []])
     with pytest.raises((ValueError, TypeError), match=match):
         fd.dissect_images(red_detector(), ["1"], t, verbose=False, **bad)
+
+
+def left_deep_formulas(num_tags: int, length: int):
+    """Every formula of compexp's space by brute force: t, then (f op t) with t not in f."""
+    level = [fd.Leaf(t) for t in range(num_tags)]
+    yield from level
+    for _ in range(length - 1):
+        level = [op(f, fd.Leaf(t)) for f in level for t in range(num_tags) if t not in f.concepts()
+                 for op in (fd.And, fd.Or, lambda a, b: fd.And(a, fd.Not(b)))]
+        yield from level
+
+
+@pytest.mark.parametrize("metric", ["auroc", "f1", "correlation"])
+def test_optimal_tag_formulas_are_the_best_of_every_formula(metric):
+    from fastdissect.engine.tag_formulas import formula_count, optimal_unit
+
+    rng = np.random.default_rng(4)
+    tags = rng.random((40, 5)) < 0.45
+    score = torch.from_numpy(rng.normal(size=40) + 2 * ((tags[:, 0] | tags[:, 2]) & ~tags[:, 4]))
+    t = torch.from_numpy(tags)
+    formula, value = optimal_unit(score, t, metric, 3, quantile=0.1)
+    every = list(left_deep_formulas(5, 3))
+    assert len(every) == formula_count(5, 3)
+    values = im.metric_table(metric, score[:, None], torch.from_numpy(np.stack([evaluate(f, tags) for f in every], 1)),
+                             quantile=0.1)[0]
+    assert value == pytest.approx(float(torch.nan_to_num(values, nan=-np.inf).max()), abs=1e-12)
+    got = im.metric_table(metric, score[:, None], torch.from_numpy(evaluate(formula, tags)[:, None]), quantile=0.1)
+    assert got[0, 0].item() == pytest.approx(value, abs=1e-12)
+    _, beam = search_unit(score, t, metric, 3, beam_size=2, quantile=0.1)
+    assert value >= beam - 1e-12  # the beam searches the same space
+
+
+def test_optimal_search_refuses_a_space_past_its_budget_before_the_forward_pass(builtin):
+    calls = []
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 1))
+    model.register_forward_hook(lambda *_: calls.append(1))
+    with pytest.raises(ValueError, match=r"search='optimal' would score .* formulas per unit"):
+        fd.dissect_images(model, ["0"], builtin, formula_length=6, search="optimal", verbose=False)
+    assert not calls

@@ -21,14 +21,15 @@ MASK_METRICS = ("iou", "f1", "precision", "recall", "coverage")
 MASK_QUANTILE, IMAGE_QUANTILE = 0.005, 0.05
 # the flags each kind of labels leaves unused (dests), and the labels they belong to
 MASK_ONLY = ("union", "iou_threshold", "passes", "cache", "spill_dir", "mask_cache", "no_mask_cache", "checkpoint",
-             "checkpoint_every", "restart", "control", "control_seed", "workers", "search")
+             "checkpoint_every", "restart", "control", "control_seed", "workers")
 CLIP_ONLY = ("clip", "concepts", "top_k", "similarity", "clip_cache")
 UNUSED = {"masks": ("reduce", "images_dir") + CLIP_ONLY,
           "images": MASK_ONLY + CLIP_ONLY,
-          "clip": MASK_ONLY + ("reduce", "formula_length", "beam_size", "metric", "quantile")}
+          "clip": MASK_ONLY + ("reduce", "formula_length", "beam_size", "search", "metric", "quantile")}
 OWNER = {**{dest: "--labels masks" for dest in MASK_ONLY}, **{dest: "--labels clip" for dest in CLIP_ONLY},
          "reduce": "--labels images", "images_dir": "--labels images or clip",
-         **{dest: "--labels masks or images" for dest in ("formula_length", "beam_size", "metric", "quantile")}}
+         **{dest: "--labels masks or images" for dest in ("formula_length", "beam_size", "search", "metric",
+                                                           "quantile")}}
 
 
 def add_options(p) -> None:
@@ -167,7 +168,7 @@ def _images(args, model, layers, dataset, common):
     import fastdissect as fd
 
     return fd.dissect_images(model, layers, dataset, reduce=args.reduce or "max", metric=args.metric or "auroc",
-                             formula_length=args.formula_length or 1, beam_size=args.beam_size,
+                             formula_length=args.formula_length or 1, beam_size=args.beam_size, search=args.search,
                              quantile=args.quantile if args.quantile is not None else IMAGE_QUANTILE, **common)
 
 

@@ -47,7 +47,8 @@ def _add_dissect_options(p: argparse.ArgumentParser) -> None:
                    help="also label each unit with a formula of at most N concepts (compositional explanations)")
     p.add_argument("--beam-size", type=_at_least(1), default=5, help="beam of the formula search (default 5)")
     p.add_argument("--search", choices=["beam", "optimal"], default="beam",
-                   help="formula search: compexp's beam search or the proven optimum (length <= 3)")
+                   help="formula search: compexp's beam search or the proven optimum (length <= 3; with --labels "
+                        "images every formula of the space scored)")
     p.add_argument("--control", action="append", choices=["permuted", "random-init"], default=[],
                    help="a chance baseline (repeatable): permuted (units against other images' masks, in the same "
                         "pass) or random-init (the same architecture with seeded random weights, same settings)")

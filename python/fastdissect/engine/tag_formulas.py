@@ -1,4 +1,5 @@
-"""Formulas over image-level tags (AND, OR, AND NOT) that maximise a unit's image metric: a beam search.
+"""Formulas over image-level tags (AND, OR, AND NOT) that maximise a unit's image metric: a beam search,
+or (`optimal_unit`) every formula of the space scored, the best by enumeration.
 
 Length 1 is every tag. Each further step extends every formula of the beam by every tag t it does not
 use, as f AND t, f OR t and f AND NOT t (compexp's operations), scores all candidates at once as label
@@ -71,3 +72,55 @@ def search_unit(score: torch.Tensor, tags: torch.Tensor, metric: str, formula_le
         if beam and (best is None or beam[0][0] > best[0]):
             best = beam[0]
     return (best[2], best[0]) if best is not None else (None, float("nan"))
+
+
+SEARCHES = ("beam", "optimal")
+OPTIMAL_BUDGET = 2_000_000  # formulas per unit the enumeration scores before it refuses (use the beam)
+
+
+def formula_count(num_tags: int, formula_length: int) -> int:
+    """Formulas of compexp's left-deep space: t, then (f op t) for op in AND, OR, AND NOT and t a tag f
+    does not use, up to `formula_length` tags."""
+    total, level = num_tags, num_tags
+    for used in range(1, formula_length):
+        level *= 3 * max(num_tags - used, 0)
+        total += level
+    return total
+
+
+def check_optimal(num_tags: int, formula_length: int) -> None:
+    count = formula_count(num_tags, formula_length)
+    if count > OPTIMAL_BUDGET:
+        raise ValueError(f"search='optimal' would score {count:,} formulas per unit ({num_tags} tags, "
+                         f"formula_length={formula_length}), more than {OPTIMAL_BUDGET:,}: use search='beam'")
+
+
+def optimal_unit(score: torch.Tensor, tags: torch.Tensor, metric: str, formula_length: int, quantile: float,
+                 first: torch.Tensor | None = None, min_positives: int = 1) -> tuple[Formula | None, float]:
+    """The best formula of the beam's space for one unit, every formula scored (ties: the first in
+    enumeration order: leaves, then each formula's extensions by ascending tag, AND, OR and AND NOT
+    of each). Memory: the formulas one step short of the last length."""
+    check_optimal(tags.shape[1], formula_length)
+    values = first if first is not None else scored(metric, score, tags, quantile, min_positives)
+    frontier = [(Leaf(t), tags[:, t]) for t in range(tags.shape[1])]
+    best = _better(None, values, [f for f, _ in frontier])
+    for length in range(2, formula_length + 1):
+        grown = []
+        for f, v in frontier:
+            vectors, formulas = _extensions([(None, v, f)], tags)
+            if vectors is None:
+                continue
+            best = _better(best, scored(metric, score, vectors, quantile, min_positives), formulas)
+            if length < formula_length:
+                grown += list(zip(formulas, vectors.unbind(dim=1)))
+        frontier = grown
+    return (best[1], best[0]) if best is not None else (None, float("nan"))
+
+
+def _better(best, values: torch.Tensor, formulas: list):
+    """(value, formula) of the highest non-NaN value, if above `best`'s (strictly: ties keep the first)."""
+    clean = torch.nan_to_num(values, nan=-torch.inf)
+    if clean.numel() == 0 or not bool(torch.isfinite(clean).any()):
+        return best
+    i = int(torch.argmax(clean))  # the first of the maxima
+    return (float(values[i]), formulas[i]) if best is None or float(values[i]) > best[0] else best

@@ -19,7 +19,7 @@ from ..datasets.sample import IMAGENET_MEAN, IMAGENET_STD
 from ..datasets.tags import ImageTags, tags_of
 from ..engine.auroc import mann_whitney_p
 from ..engine.image_metrics import METRICS, metric_table
-from ..engine.tag_formulas import search_unit
+from ..engine.tag_formulas import SEARCHES, check_optimal, optimal_unit, search_unit
 from ..files.identity import state_hash
 from .forward import image_batches, layer_outputs
 from .hooks import find_modules
@@ -55,7 +55,7 @@ def image_scores(model, layers, images, *, reduce, batch_size, image_size, mean,
 
 
 def label_layer(name, scores, tags: ImageTags, *, metric, formula_length, beam_size, quantile, min_positives,
-                verbose) -> ImageLayerResult:
+                verbose, search: str = "beam") -> ImageLayerResult:
     from tqdm.auto import tqdm
 
     values = metric_table(metric, scores, tags.tags, quantile=quantile)
@@ -67,25 +67,31 @@ def label_layer(name, scores, tags: ImageTags, *, metric, formula_length, beam_s
     p = p_all[torch.arange(len(best)), best]
     result = ImageLayerResult(name, scores, values, p, metric, list(tags.tag_names))
     if formula_length > 1:
-        found = [search_unit(scores[:, k], tags.tags, metric, formula_length, beam_size, quantile, values[k],
-                             min_positives)
-                 for k in tqdm(range(scores.shape[1]), desc=f"{name}: tag formulas", unit="unit",
-                               disable=not verbose)]
+        def best(k):
+            if search == "optimal":
+                return optimal_unit(scores[:, k], tags.tags, metric, formula_length, quantile, values[k], min_positives)
+            return search_unit(scores[:, k], tags.tags, metric, formula_length, beam_size, quantile, values[k],
+                               min_positives)
+
+        found = [best(k) for k in tqdm(range(scores.shape[1]), desc=f"{name}: tag formulas ({search})", unit="unit",
+                                       disable=not verbose)]
         result.formulas = [f for f, _ in found]
         result.formula_values = torch.tensor([v for _, v in found], dtype=torch.float64)
     return result
 
 
 def dissect_images(model: torch.nn.Module, layers, dataset, *, reduce: str = "max", metric: str = "auroc",
-                   formula_length: int = 1, beam_size: int = 5, quantile: float = 0.05, min_positives: int = 5,
-                   batch_size: int = 32,
+                   formula_length: int = 1, beam_size: int = 5, search: str = "beam", quantile: float = 0.05,
+                   min_positives: int = 5, batch_size: int = 32,
                    image_size=None, mean=IMAGENET_MEAN, std=IMAGENET_STD, transform: dict | None = None,
                    verbose: bool = True) -> ImageDissection:
     """Labels every unit of `layers` with the image-level tag (or tag formula) its per-image score
     predicts best, by `metric`; `dataset` is an `fd.datasets.ImageTags` or any concept data set (its
     concepts present in an image are the image's tags). quantile: the firing level F1 uses.
     min_positives: a tag (or formula) on fewer images than this, or missing from fewer, is no candidate
-    (on one image, any metric is perfect or worthless by luck)."""
+    (on one image, any metric is perfect or worthless by luck). search: "beam" (beam_size formulas kept
+    per length) or "optimal" (every formula of the same space scored; refused past
+    engine/tag_formulas.OPTIMAL_BUDGET formulas per unit)."""
     validate.module(model)
     layers = validate.layer_names(layers)
     find_modules(model, layers)
@@ -93,11 +99,14 @@ def dissect_images(model: torch.nn.Module, layers, dataset, *, reduce: str = "ma
     validate.choice(metric, "metric", METRICS)
     validate.integer(formula_length, "formula_length", low=1)
     validate.positive_int(beam_size, "beam_size")
+    validate.choice(search, "search", SEARCHES)
     validate.positive_int(batch_size, "batch_size")
     validate.positive_int(min_positives, "min_positives")
     validate.number(quantile, "quantile", 0.0, 1.0, low_open=True, high_open=True)
     image_size = validate.image_size(image_size)
     tags = dataset if isinstance(dataset, ImageTags) else tags_of(dataset, verbose=verbose)
+    if search == "optimal":  # refused before the forward pass, not after it
+        check_optimal(tags.tags.shape[1], formula_length)
     was_training = model.training
     model.eval()
     try:
@@ -106,10 +115,11 @@ def dissect_images(model: torch.nn.Module, layers, dataset, *, reduce: str = "ma
     finally:
         model.train(was_training)
     results = {name: label_layer(name, s, tags, metric=metric, formula_length=formula_length, beam_size=beam_size,
-                                 quantile=quantile, min_positives=min_positives, verbose=verbose)
+                                 quantile=quantile, min_positives=min_positives, verbose=verbose, search=search)
                for name, s in scores.items()}
     identity = {"model_weights": state_hash(model), "layers": layers, "dataset": tags.fingerprint(),
                 "reduce": reduce, "metric": metric, "formula_length": formula_length, "beam_size": beam_size,
+                "search": search,
                 "quantile": quantile, "min_positives": min_positives, "image_size": list(image_size) if image_size else None,
                 "mean": list(mean), "std": list(std)}
     return ImageDissection(results, identity)
