@@ -50,6 +50,8 @@ from .analyses.rotation import RandomRotation, RotationExperiment, random_rotati
 from .analyses.sanity import SanityCheck, sanity_check
 from .analyses.segment import Segmentation, segment
 from .analyses.synthetic import synthetic_units
+from .analyses.visualization.api import visualize
+from .analyses.visualization.result import Visualization
 # compat: the old names, for one release
 from .compat import deprecated as _deprecated  # noqa: F401
 
@@ -78,5 +80,5 @@ __all__ = [
     "Ablation", "BasisComparison", "Comparison", "ConceptVectors", "PredictionExplanation", "PredictionExplanations", "RandomRotation",
     "RotationExperiment", "Segmentation", "ablate", "compare", "concept_ablation", "explain_prediction",
     "random_rotation", "rotation_experiment", "SanityCheck", "sanity_check", "segment", "compare_bases",
-    "concept_vectors", "synthetic_units",
+    "concept_vectors", "synthetic_units", "Visualization", "visualize",
 ]
