@@ -233,7 +233,7 @@ def test_load_reads_only_the_units_pngs(net, tmp_path):
     (dict(basis=torch.eye(5)), ValueError, "basis is a \\(5, 5\\) basis over 5 channels"),
     (dict(basis=torch.eye(6), objective="layer"), ValueError, "basis= reads a feature's map"),
     (dict(objective="class"), ValueError, "objective 'class' reads a logit .* gives \\(1, 6, 30, 30\\)"),
-    (dict(layer="head"), ValueError, "objective 'channel' reads .* maps.*objective='class'"),
+    (dict(layer="head", objective="neuron"), ValueError, "objective 'neuron' reads the centre .* gives \\(1, 5\\)"),
     (dict(mean=(0.5, 0.5)), ValueError, "mean must have 3 entries"),
 ])
 def test_bad_arguments_are_refused_by_name(net, arguments, error, match):
@@ -256,3 +256,9 @@ def test_the_model_keeps_its_mode_and_no_hook_is_left(net):
 def test_progress_bar_when_verbose(net, capsys):
     fd.visualize(net, "conv2", [0], steps=3, size=16, verbose=True, **LITE)
     assert "visualize conv2" in capsys.readouterr().err
+
+
+def test_channel_on_a_layer_of_values_is_the_value(net):
+    v = fd.visualize(net, "head", [2], **FAST, **LITE)
+    out = layer_output(net, "head", model_input(v.images))
+    assert v.values[0] == pytest.approx(float(out[0, 2]), rel=1e-6)

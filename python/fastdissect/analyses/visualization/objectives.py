@@ -1,6 +1,6 @@
 """What the optimisation maximises, on the traced layer's output `out` (B images, one unit each).
 
-- "channel": mean_{y,x} out[b, u_b, y, x] (lucent's `channel`);
+- "channel": mean_{y,x} out[b, u_b, y, x] (lucent's `channel`; out[b, u_b] for (N, units) outputs);
 - "neuron":  out[b, u_b, h // 2, w // 2], the centre position (lucent's `neuron`);
 - "layer":   mean_{c,y,x} out[b, c, y, x]^2 (DeepDream; lucent's `deepdream`), units ignored;
 - "class":   out[b, u_b] of an (N, classes) output: a logit of the model's head;
@@ -33,9 +33,12 @@ def check_shape(out: torch.Tensor, objective: str, layer: str) -> None:
     if objective == "class" and out.dim() != 2:
         raise ValueError(f"objective 'class' reads a logit of an (N, classes) output, but layer {layer!r} gives "
                          f"{tuple(out.shape)}: name the model's head (its last Linear)")
-    if objective in ("channel", "neuron") and out.dim() != 4:
-        raise ValueError(f"objective {objective!r} reads (N, units, h, w) maps, but layer {layer!r} gives "
-                         f"{tuple(out.shape)}" + (": for a logit use objective='class'" if out.dim() == 2 else ""))
+    if objective == "neuron" and out.dim() != 4:
+        raise ValueError(f"objective 'neuron' reads the centre of (N, units, h, w) maps, but layer {layer!r} gives "
+                         f"{tuple(out.shape)}" + (": use objective='channel' or 'class'" if out.dim() == 2 else ""))
+    if objective == "channel" and out.dim() not in (2, 4):
+        raise ValueError(f"objective 'channel' reads (N, units, h, w) maps or (N, units) values, but layer {layer!r} "
+                         f"gives {tuple(out.shape)} (transformer tokens? visualise a layer with maps)")
 
 
 def unit_maps(out: torch.Tensor, units: torch.Tensor, basis) -> torch.Tensor:
@@ -58,7 +61,7 @@ def values(out: torch.Tensor, units: torch.Tensor, objective: str, basis=None) -
     maps = unit_maps(out, units, basis)
     if objective == "neuron":
         return maps[:, maps.shape[1] // 2, maps.shape[2] // 2]
-    return maps.flatten(1).mean(dim=1)
+    return maps.reshape(maps.shape[0], -1).mean(dim=1)
 
 
 def diversity(out: torch.Tensor, per_unit: int) -> torch.Tensor:
