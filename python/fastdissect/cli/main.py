@@ -75,7 +75,7 @@ def _run_dissection(args, model, layers, dataset, image_size, mean, std):
         return result  # every rank holds the same results; rank 0 writes them
     index = _write_results(result, out, args.quiet, lambda: visualize_best(
         model, result, getattr(args, "visualize", 0), mean, std, out, not args.quiet,
-        getattr(args, "visualize_layers", None)))
+        getattr(args, "visualize_layers", None), getattr(args, "visualize_steps", 256)))
     print(result.summary_text())
     print(f"results in {out}, report: {index} ({time.perf_counter() - start:.0f} s)")
     return result
@@ -97,7 +97,8 @@ def best_units(layer, n: int) -> list[int]:
     return [int(u["unit"]) for u in ranked[:n]]
 
 
-def visualize_best(model, result, n: int, mean, std, out: Path | None, verbose: bool, layers=None) -> dict | None:
+def visualize_best(model, result, n: int, mean, std, out: Path | None, verbose: bool, layers=None,
+                   steps: int = 256) -> dict | None:
     """{layer: fd.Visualization} of the n best units of each layer (of `layers`, default all), each
     saved into OUT/visualizations/<layer> when `out` is given; None when n is 0."""
     import fastdissect as fd
@@ -108,7 +109,7 @@ def visualize_best(model, result, n: int, mean, std, out: Path | None, verbose: 
     for name in layers or list(result):
         units = best_units(result[name], n)
         print(f"fastdissect: visualising units {', '.join(map(str, units))} of {name}")
-        shown[name] = fd.visualize(model, name, units, mean=mean, std=std, verbose=verbose)
+        shown[name] = fd.visualize(model, name, units, steps=steps, mean=mean, std=std, verbose=verbose)
         if out is not None:
             shown[name].save(out / "visualizations" / re.sub(r"[^A-Za-z0-9_.-]+", "_", name))
     return shown
@@ -210,6 +211,9 @@ def cmd_rotate(args) -> None:
     print(f"curve: {figure} ({table}); report: {index}")
 
 
+DEMO_VISUALIZE_STEPS = 128
+
+
 def cmd_demo(args) -> None:
     from ..pipeline import models
 
@@ -218,7 +222,8 @@ def cmd_demo(args) -> None:
     _, layers, mean, std = models.BUILTIN[DEMO_MODEL]
     print(f"fastdissect demo: {DEMO_MODEL} (ImageNet weights), layers {', '.join(layers)}, "
           f"{len(dataset)} images of the built-in concept set")
-    args = argparse.Namespace(**{**vars(args), "visualize_layers": layers[-1:]})  # its best _bn1 units
+    # its best _bn1 units, in half the steps: 256 would add minutes to a one-minute demo on 2 cores
+    args = argparse.Namespace(**{**vars(args), "visualize_layers": layers[-1:], "visualize_steps": DEMO_VISUALIZE_STEPS})
     result = _run_dissection(args, model, layers, dataset, (224, 224), mean, std)
     photo = next((i for i in range(9, len(dataset), 10)), 0)  # the built-in set's segmented photographs
     print(f"fastdissect demo: explaining the prediction on image {photo} (a photograph) with {layers[-1]}")

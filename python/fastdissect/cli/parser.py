@@ -108,10 +108,11 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--std", type=float, nargs=3, default=None, help="input normalisation std (ImageNet's)")
 
 
-def _add_visualize_option(p: argparse.ArgumentParser, default: int = 0, which: str = "each layer") -> None:
+def _add_visualize_option(p: argparse.ArgumentParser, default: int = 0, which: str = "each layer",
+                          steps: int = 256) -> None:
     p.add_argument("--visualize", type=_at_least(0), default=default, metavar="N",
                    help=f"feature-visualise the N best units (by their label's IoU) of {which} and show them on "
-                        f"their report pages (fd.visualize: 128 px, 256 steps; default {default})")
+                        f"their report pages (fd.visualize: 128 px, {steps} steps; default {default})")
 
 
 def add_dissect_parser(sub) -> None:
@@ -142,7 +143,7 @@ def add_demo_parser(sub) -> None:
                                    "set, offline. Needs the demo extra: pip install 'fastdissect[demo]'.")
     p.add_argument("--images", type=_at_least(1), default=512, help="images in the built-in concept set (default 512)")
     _add_dissect_options(p)
-    _add_visualize_option(p, 5, "the last layer (_bn1)")
+    _add_visualize_option(p, 5, "the last layer (_bn1)", 128)
 
 
 def add_builtin_parser(sub) -> None:

@@ -42,12 +42,25 @@ def visualize(model, layer, units=None, *, objective: str = "channel", steps: in
     s = _settings(model, layer, units, objective, steps, size, param, decorrelate, transforms, lr, seed, batch_size,
                   verbose, diversity, images_per_unit, basis, mean, std)
     module = find_modules(model, [s["layer"]])[s["layer"]]
-    training = model.training
-    model.eval()
-    try:
+    with _frozen(model):
         chosen = _units(model, module, s)
         return _run(model, module, chosen, s)
+
+
+@contextlib.contextmanager
+def _frozen(model):
+    """The model in eval mode with no parameter asking for a gradient (the weights' gradients,
+    never used, would cost about as much as the image's), as it was afterwards."""
+    training = model.training
+    asked = [(p, p.requires_grad) for p in model.parameters()]
+    model.eval()
+    try:
+        for p, _ in asked:
+            p.requires_grad_(False)
+        yield model
     finally:
+        for p, flag in asked:
+            p.requires_grad_(flag)
         model.train(training)
 
 
