@@ -108,9 +108,17 @@ def mean_hue(image: np.ndarray) -> tuple[float, float]:
 BUILT = dict(steps=256, size=32, verbose=False)  # the built units' ascent: Distill's lr, a few hundred steps
 
 
-@pytest.mark.parametrize("param", ["fourier", "pixel"])
-def test_the_built_colour_detectors_see_their_colour(net, param):
-    v = fd.visualize(net, "colour", [0, 1, 2], param=param, **BUILT, **LITE)
+@pytest.fixture(scope="module")
+def built(net):
+    return {param: fd.visualize(net, "colour", [0, 1, 2], param=param, **BUILT, **LITE) for param in PARAMS}
+
+
+PARAMS = ("fourier", "pixel")
+
+
+@pytest.mark.parametrize("param", PARAMS)
+def test_the_built_colour_detectors_see_their_colour(built, param):
+    v = built[param]
     for unit, (hue, channel) in enumerate([(0.0, 0), (1 / 3, 1), (2 / 3, 2)]):
         h, saturation = mean_hue(v.images[unit])
         assert min(abs(h - hue), 1 - abs(h - hue)) < 0.05 and saturation > 0.5, (unit, h, saturation)
@@ -118,10 +126,10 @@ def test_the_built_colour_detectors_see_their_colour(net, param):
         assert means[channel] > max(np.delete(means, channel)) + 50, (unit, means)
 
 
-def test_the_optimised_image_beats_every_top_image(net, tmp_path):
+def test_the_optimised_image_beats_every_top_image(net, built, tmp_path):
     ds = fd.datasets.Broden(fd.datasets.builtin(tmp_path / "concepts", n_images=40, seed=0))
     d = fd.dissect(net, ["colour"], ds, top_k=8, quantile=0.05, verbose=False, **LITE)
-    v = fd.visualize(net, "colour", [0, 1, 2], **BUILT, **LITE)
+    v = built["fourier"]
     mine = layer_output(net, "colour", model_input(v.images)).mean(dim=(2, 3))
     for unit in range(3):
         tops = d["colour"].top_images[unit].tolist()
