@@ -121,3 +121,13 @@ def test_the_cli_visualises_the_best_units_on_dissect_and_on_report(tmp_path, ca
     assert "is not the model the results were computed on" in capsys.readouterr().err
     assert cli.main([*report, "--model", f"{model}:make"]) == 0
     assert [p.name for p in (tmp_path / "again" / "units_pool").glob("vis_*.png")] == [f"vis_{best[0]['unit']}.png"]
+
+
+def test_the_demo_visualises_five_units_by_default_and_dissect_none():
+    from fastdissect.cli.parser import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["demo", "--out", "x"]).visualize == 5
+    assert parser.parse_args(["dissect", "--model", "m", "--dataset", "d", "--layers", "l", "--out", "x"]).visualize == 0
+    assert parser.parse_args(["report", "--results", "r", "--out", "x"]).visualize == 0
+    assert parser.parse_args(["demo", "--out", "x", "--visualize", "0"]).visualize == 0

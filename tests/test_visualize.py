@@ -277,3 +277,12 @@ def test_channel_on_a_layer_of_values_is_the_value(net):
     v = fd.visualize(net, "head", [2], **FAST, **LITE)
     out = layer_output(net, "head", model_input(v.images))
     assert v.values[0] == pytest.approx(float(out[0, 2]), rel=1e-6)
+
+
+def test_a_visualisation_of_mismatched_parts_is_refused():
+    with pytest.raises(ValueError, match=r"a Visualization of 2 units needs \(U, n, S, S, 3\) images"):
+        fd.Visualization("l", "channel", [0, 1], np.zeros((1, 1, 8, 8, 3), np.uint8), np.zeros((2, 1, 3)),
+                         np.zeros((2, 1)), {})
+    with pytest.raises(ValueError, match="needs"):
+        fd.Visualization("l", "channel", [0], np.zeros((1, 1, 8, 8, 3), np.uint8), np.zeros((1, 2, 3)),
+                         np.zeros((1, 1)), {})

@@ -3,8 +3,9 @@
 index.html (per-layer summary, unique detectors per category across layers) and one page per layer
 (the paper's bar graph, a sortable/filterable unit table, per-unit strips of the top images with the
 unit's thresholded, upsampled mask drawn over each image at the strip's resolution, the best concept
-of each category) and a page of its units. Figures are matplotlib PNGs, pages come from jinja2
-templates, every asset is local.
+of each category) and a page of its units, each beside its feature visualisation when one is given
+(`visualizations=`). Figures are matplotlib PNGs, pages come from jinja2 templates, every asset is
+local.
 """
 
 from __future__ import annotations
@@ -270,7 +271,7 @@ def _best_concepts(layer, top: int) -> list[list[dict]]:
 
 def _unit_page(env, layer, units: list[dict], directory: Path, layer_page: str, colors, top: int = 5) -> str:
     """The page of the layer's units, written into `directory` (a `directory_in_place`): each unit's
-    strip, its `top` concepts by IoU as bars, formula, control, metrics; the address's #unit-N shows
+    visualisation (if any) and strip, its `top` concepts by IoU as bars, formula, control, metrics; the address's #unit-N shows
     unit N (one page, not a file per unit: files cost more to create than to render)."""
     shown = [dict(u, top=best) for u, best in zip(units, _best_concepts(layer, top))]
     page = env.get_template("units.html.j2").render(units=shown, layer=layer.layer, layer_page=layer_page,
