@@ -44,7 +44,8 @@ MODULES = ["fastdissect", "fastdissect.engine.scoring", "fastdissect.core.masks"
            "fastdissect.engine.top_quantile", "fastdissect.engine.top_images", "fastdissect.files.identity", "fastdissect.kernels.ext", "fastdissect.datasets.custom",
            "fastdissect.datasets.builtin", "fastdissect.engine.compositional", "fastdissect.core.formula", "fastdissect.engine.unit_masks", "fastdissect.analyses.rotation", "fastdissect.files.atomic",
            "fastdissect.core.formula_masks", "fastdissect.core.deprecation", "fastdissect.files.tensorfile",
-           "fastdissect.engine.pixel_correlation", "fastdissect.analyses.attribution"]
+           "fastdissect.engine.pixel_correlation", "fastdissect.analyses.attribution",
+           "fastdissect.analyses.visualization.result"]
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 PAGES = [README] + sorted((ROOT / "docs").glob("*.md"))

@@ -54,6 +54,8 @@ from .analyses.rotation import RotationExperiment, rotation_experiment
 from .analyses.sanity import SanityCheck, sanity_check
 from .analyses.segment import Segmentation, segment
 from .analyses.synthetic import synthetic_units
+from .analyses.visualization.api import visualize
+from .analyses.visualization.result import Visualization
 # compat: the old names, for one release
 from .compat import deprecated as _deprecated  # noqa: F401
 
@@ -82,7 +84,7 @@ __all__ = [
     "Ablation", "BasisComparison", "Comparison", "ConceptVectors", "PredictionExplanation", "PredictionExplanations",
     "RotationExperiment", "Segmentation", "ablate", "attribute", "compare", "concept_ablation", "explain_prediction",
     "rotation_experiment", "SanityCheck", "sanity_check", "segment", "compare_bases",
-    "concept_vectors", "synthetic_units",
+    "concept_vectors", "synthetic_units", "Visualization", "visualize",
 ]
 
 

@@ -58,17 +58,46 @@ def _run_dissection(args, model, layers, dataset, image_size, mean, std):
 
     if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
         return result  # every rank holds the same results; rank 0 writes them
-    index = _write_results(result, out, args.quiet)
+    index = _write_results(result, out, args.quiet, lambda: visualize_best(
+        model, result, getattr(args, "visualize", 0), mean, std, out, not args.quiet,
+        getattr(args, "visualize_layers", None), getattr(args, "visualize_steps", 256)))
     print(result.summary_text())
     print(f"results in {out}, report: {index} ({time.perf_counter() - start:.0f} s)")
     return result
 
 
-def _write_results(result, out: Path, quiet: bool) -> Path:
-    """CSVs, saved results and the report into OUT; returns the report's index."""
+def _write_results(result, out: Path, quiet: bool, visualize=None) -> Path:
+    """CSVs, saved results and the report into OUT; returns the report's index. visualize: a
+    function giving the report's visualisations, called once the results are saved (so that a
+    failed visualisation loses no dissection)."""
     result.to_csv(out)
     result.save(out)
-    return write_report(result, out / "report", verbose=not quiet)
+    shown = visualize() if visualize is not None else None
+    return write_report(result, out / "report", visualizations=shown, verbose=not quiet)
+
+
+def best_units(layer, n: int) -> list[int]:
+    """The layer's n units whose label has the highest IoU (ties: the lower unit id)."""
+    ranked = sorted(layer.units, key=lambda u: (-float(u["iou"]), int(u["unit"])))
+    return [int(u["unit"]) for u in ranked[:n]]
+
+
+def visualize_best(model, result, n: int, mean, std, out: Path | None, verbose: bool, layers=None,
+                   steps: int = 256) -> dict | None:
+    """{layer: fd.Visualization} of the n best units of each layer (of `layers`, default all), each
+    saved into OUT/visualizations/<layer> when `out` is given; None when n is 0."""
+    import fastdissect as fd
+
+    if not n:
+        return None
+    shown = {}
+    for name in layers or list(result):
+        units = best_units(result[name], n)
+        print(f"fastdissect: visualising units {', '.join(map(str, units))} of {name}")
+        shown[name] = fd.visualize(model, name, units, steps=steps, mean=mean, std=std, verbose=verbose)
+        if out is not None:
+            shown[name].save(out / "visualizations" / re.sub(r"[^A-Za-z0-9_.-]+", "_", name))
+    return shown
 
 
 def cmd_dissect(args) -> None:
@@ -77,6 +106,8 @@ def cmd_dissect(args) -> None:
         return labels.run(args, layers)
     if args.weights and any(ch in args.weights for ch in "*?["):
         return _dissect_checkpoints(args, layers)
+    if args.visualize and args.tokens is not None:
+        raise ValueError("--visualize reads a layer's maps: it does not take transformer tokens (--tokens)")
     model, dataset, size, mean, std = _model_and_data(args)
     _run_dissection(args, model, layers, dataset, size, mean, std)
 
@@ -145,6 +176,9 @@ def cmd_rotate(args) -> None:
     print(f"curve: {figure} ({table}); report: {index}")
 
 
+DEMO_VISUALIZE_STEPS = 128
+
+
 def cmd_demo(args) -> None:
     from ..pipeline import models
 
@@ -153,6 +187,8 @@ def cmd_demo(args) -> None:
     _, layers, mean, std = models.BUILTIN[DEMO_MODEL]
     print(f"fastdissect demo: {DEMO_MODEL} (ImageNet weights), layers {', '.join(layers)}, "
           f"{len(dataset)} images of the built-in concept set")
+    # its best _bn1 units, in half the steps: 256 would add minutes to a one-minute demo on 2 cores
+    args = argparse.Namespace(**{**vars(args), "visualize_layers": layers[-1:], "visualize_steps": DEMO_VISUALIZE_STEPS})
     result = _run_dissection(args, model, layers, dataset, (224, 224), mean, std)
     photo = next((i for i in range(9, len(dataset), 10)), 0)  # the built-in set's segmented photographs
     print(f"fastdissect demo: explaining the prediction on image {photo} (a photograph) with {layers[-1]}")
@@ -178,7 +214,29 @@ def cmd_report(args) -> None:
     else:
         where = f"--dataset {source}" if args.dataset else f"the data set of --results {args.results} ({source})"
         check_dataset(result, dataset, where, allow_changed=args.allow_changed_dataset)
-    print(f"report: {write_report(result, args.out, dataset)}")
+    shown = None
+    if args.visualize:
+        model, mean, std = _dissected_model(args, result)
+        shown = visualize_best(model, result, args.visualize, mean, std, None, True)
+    print(f"report: {write_report(result, args.out, dataset, visualizations=shown)}")
+
+
+def _dissected_model(args, result):
+    """--model for `report --visualize`, refused unless it is the model the results were computed on;
+    with the input normalisation the dissection recorded."""
+    from ..datasets.sample import IMAGENET_MEAN, IMAGENET_STD
+    from ..files.identity import state_hash
+    from ..pipeline import models
+
+    if not args.model:
+        raise ValueError("--visualize needs --model (and --weights): the model the results were computed on")
+    model = models.load_model(args.model, args.weights, seed=args.seed)
+    identity = getattr(result, "identity", None) or {}
+    recorded = (identity.get("model") or {}).get("parameters")
+    if recorded is not None and recorded != state_hash(model):
+        raise ValueError(f"--model {args.model} is not the model the results were computed on (its weights differ "
+                         "from those the results record): pass the dissected model and its --weights")
+    return model, tuple(identity.get("mean") or IMAGENET_MEAN), tuple(identity.get("std") or IMAGENET_STD)
 
 
 def cmd_compare(args) -> None:

@@ -64,6 +64,13 @@ def _add_dissect_options(p: argparse.ArgumentParser) -> None:
                         "removed once the run succeeds")
 
 
+def _add_visualize_option(p: argparse.ArgumentParser, default: int = 0, which: str = "each layer",
+                          steps: int = 256) -> None:
+    p.add_argument("--visualize", type=_at_least(0), default=default, metavar="N",
+                   help=f"feature-visualise the N best units (by their label's IoU) of {which} and show them on "
+                        f"their report pages (fd.visualize: 128 px, {steps} steps; default {default})")
+
+
 def add_dissect_parser(sub) -> None:
     p = sub.add_parser("dissect", help="dissect layers of a model on a concept data set",
                        description="Label every unit of the given layers with the concept it detects.")
@@ -71,6 +78,7 @@ def add_dissect_parser(sub) -> None:
     p.add_argument("--layers", required=True, help="comma-separated module names (see model.named_modules())")
     _add_dissect_options(p)
     _add_label_options(p)
+    _add_visualize_option(p)
 
 
 def add_rotate_parser(sub) -> None:
@@ -92,6 +100,7 @@ def add_demo_parser(sub) -> None:
                                    "set, offline. Needs the demo extra: pip install 'fastdissect[demo]'.")
     p.add_argument("--images", type=_at_least(1), default=512, help="images in the built-in concept set (default 512)")
     _add_dissect_options(p)
+    _add_visualize_option(p, 5, "the last layer (_bn1)", 128)
 
 
 def add_builtin_parser(sub) -> None:
@@ -112,6 +121,10 @@ def add_report_parser(sub) -> None:
     p.add_argument("--allow-changed-dataset", action="store_true",
                    help="draw the top images from a data set that differs from the one the results were computed "
                         "on (refused by default: its images would stand beside another data set's numbers)")
+    _add_visualize_option(p)
+    p.add_argument("--model", default=None, help="the dissected model (as for dissect), for --visualize")
+    p.add_argument("--weights", default=None, help="its weights file (as for dissect)")
+    p.add_argument("--seed", type=int, default=0, help="seed of a model built without --weights (as for dissect)")
 
 
 def add_compare_parser(sub) -> None:

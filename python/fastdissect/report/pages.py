@@ -3,8 +3,9 @@
 index.html (per-layer summary, unique detectors per category across layers) and one page per layer
 (the paper's bar graph, a sortable/filterable unit table, per-unit strips of the top images with the
 unit's thresholded, upsampled mask drawn over each image at the strip's resolution, the best concept
-of each category) and a page of its units. Figures are matplotlib PNGs, pages come from jinja2
-templates, every asset is local.
+of each category) and a page of its units, each beside its feature visualisation when one is given
+(`visualizations=`). Figures are matplotlib PNGs, pages come from jinja2 templates, every asset is
+local.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from ..kernels import dispatch
 from ..core import validate
 from ..files.atomic import directory_in_place, image_bytes, make_dirs, save_figure, write_new, write_text
 from ..files.identity import describe
-from .draw import CYAN, YELLOW, bright_and_dim, category_colors, drawing_backend, formula_mask_of, tile_size
+from .draw import CYAN, YELLOW, bright_and_dim, category_colors, drawing_backend, formula_mask_of, pyplot, tile_size
 
 THUMB = 112  # px, the height of each image in a unit's strip
 STRIP_CHUNK = 64  # units whose strips one thread draws at a time
@@ -33,11 +34,7 @@ def _slug(name: str) -> str:
 
 
 def _bar_figure(path: Path, title: str, categories, counts, colors) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 2.8), dpi=110)
     ax.bar(categories, counts, color=[colors[c] for c in categories])
     for x, n in enumerate(counts):
@@ -60,10 +57,7 @@ def _concept_figure(path: Path, layer, colors) -> bool:
             counts[(u["label"], u["category"])] = counts.get((u["label"], u["category"]), 0) + 1
     if not counts:
         return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     items = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
     fig, ax = plt.subplots(figsize=(min(24, max(6.4, 0.22 * len(items) + 1.5)), 3.2), dpi=110)
@@ -81,10 +75,7 @@ def _concept_figure(path: Path, layer, colors) -> bool:
 
 
 def _comparison_figure(path: Path, summaries, categories, colors) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     layers = [s["layer"] for s in summaries]
     fig, ax = plt.subplots(figsize=(max(6.4, 1.3 * len(layers) + 2), 3.2), dpi=110)
@@ -280,13 +271,58 @@ def _best_concepts(layer, top: int) -> list[list[dict]]:
 
 def _unit_page(env, layer, units: list[dict], directory: Path, layer_page: str, colors, top: int = 5) -> str:
     """The page of the layer's units, written into `directory` (a `directory_in_place`): each unit's
-    strip, its `top` concepts by IoU as bars, formula, control, metrics; the address's #unit-N shows
+    visualisation (if any) and strip, its `top` concepts by IoU as bars, formula, control, metrics; the address's #unit-N shows
     unit N (one page, not a file per unit: files cost more to create than to render)."""
     shown = [dict(u, top=best) for u, best in zip(units, _best_concepts(layer, top))]
     page = env.get_template("units.html.j2").render(units=shown, layer=layer.layer, layer_page=layer_page,
                                                     colors=colors)
     write_new(directory / "units.html", page.encode("utf-8"))
     return "units.html"
+
+
+def checked_visualizations(dissection, visualizations) -> dict:
+    """{layer: visualisation} checked against the dissection: each is duck-typed (the report is
+    below the analyses that compute `fd.Visualization`s): `units` (unit ids) and `images`
+    ((U, S, S, 3) uint8), optionally `layer`, `objective` and `settings`."""
+    if visualizations is None:
+        return {}
+    validate.mapping(visualizations, "visualizations", "{layer: fd.Visualization}")
+    for name, vis in visualizations.items():
+        if name not in dissection:
+            raise LookupError(f"visualizations names layer {name!r}, which the dissection does not hold "
+                              f"(layers: {list(dissection)})")
+        images, units = np.asarray(getattr(vis, "images", None)), getattr(vis, "units", None)
+        if units is None or images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3 \
+                or len(images) != len(units):
+            raise ValueError(f"visualizations[{name!r}] must have units and (units, S, S, 3) uint8 images (an "
+                             f"fd.Visualization), got {type(vis).__name__} with images of shape {images.shape}")
+        if getattr(vis, "layer", name) != name:
+            raise ValueError(f"visualizations[{name!r}] visualises layer {vis.layer!r}, not {name!r}")
+        bad = [u for u in units if not 0 <= int(u) < dissection[name].num_units]
+        if bad:
+            raise ValueError(f"visualizations[{name!r}] shows units {bad}, outside layer {name!r}'s "
+                             f"{dissection[name].num_units} units")
+    return dict(visualizations)
+
+
+def _write_visuals(vis, directory: Path, height: int) -> dict:
+    """{unit: {src, size, caption}}: each visualised unit's image as vis_<unit>.png in `directory`
+    (a `directory_in_place`), shown `height` px high beside its top images."""
+    from PIL import Image
+
+    if vis is None:
+        return {}
+    settings = getattr(vis, "settings", {}) or {}
+    objective = getattr(vis, "objective", "channel")
+    steps = f", {settings['steps']} steps" if "steps" in settings else ""
+    basis = ", a basis feature" if settings.get("basis") else ""
+    out = {}
+    for unit, image in zip(vis.units, np.asarray(vis.images)):
+        name = f"vis_{int(unit)}.png"
+        write_new(directory / name, image_bytes(Image.fromarray(image), ".png"))
+        out[int(unit)] = {"src": name, "size": height,
+                          "caption": f"feature visualisation: the {objective} objective maximised{basis}{steps}"}
+    return out
 
 
 EXPLANATIONS_MARK = "<!-- explanations -->"
@@ -392,13 +428,16 @@ def _random_init_summaries(dissection) -> dict:
     return {name: layer.summary for name, layer in control.items()} if control is not None else {}
 
 
-def write_report(dissection, directory, dataset=None, *, verbose: bool = True) -> Path:
+def write_report(dissection, directory, dataset=None, *, visualizations=None, verbose: bool = True) -> Path:
     """Writes the report for `dissection` into `directory`; returns the path of index.html.
 
     dataset: the concept data set the dissection ran on (for the top images; default the one
     `fd.dissect` ran on, `dissection.dataset`); without one the unit strips are left out. One with
     fewer images than the top images name is refused (DatasetError).
+    visualizations: {layer: fd.Visualization} (`fd.visualize`): each visualised unit's page shows
+    its image beside its top images, and the layer's table a thumbnail.
     """
+    visualizations = checked_visualizations(dissection, visualizations)
     if dataset is None:
         dataset = getattr(dissection, "dataset", None)
     from jinja2 import Environment, PackageLoader, select_autoescape
@@ -430,16 +469,18 @@ def write_report(dissection, directory, dataset=None, *, verbose: bool = True) -
             units = [dict(u, strip=s) for u, s in zip(layer.units, strips)]
             label_height = _label_height(dataset)
             full = strips if label_height <= THUMB else _strips(layer, dataset, fresh, thumbs, label_height, "full")
-            units_page = _unit_page(env, layer, [dict(u, strip=f) for u, f in zip(units, full)], fresh,
-                                    summary["page"], colors)
+            visuals = _write_visuals(visualizations.get(name), fresh, max(label_height, THUMB))
+            units_page = _unit_page(env, layer, [dict(u, strip=f, visual=visuals.get(u["unit"]))
+                                                 for u, f in zip(units, full)], fresh, summary["page"], colors)
         for u in units:
             u["unit_page"] = f"{folder}/{units_page}#unit-{u['unit']}"
+            u["visual"] = visuals.get(u["unit"])
         concept_figure = f"layer_{slug}_concepts.png"
         if not _concept_figure(directory / concept_figure, layer, colors):
             concept_figure = None
         page = env.get_template("layer.html.j2").render(
             layer=name, summary=summary, figure=figure, concept_figure=concept_figure, units=units, units_folder=folder,
-            categories=categories, colors=colors,
+            categories=categories, colors=colors, has_visuals=bool(visuals),
             has_formulas=layer.formulas is not None, has_control=layer.control is not None, metric=layer.metric,
             top_k=layer.top_images.shape[1] if layer.top_images is not None else 0)
         write_text(directory / summary["page"], page)
