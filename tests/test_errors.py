@@ -140,3 +140,14 @@ def test_analyses_name_the_layer_images_and_units_of_non_finite_activations(tmp_
     # the first bad batch stops the run; train_sae reads its images in a shuffled order
     with pytest.raises(ValueError, match=r"layer '1' gives NaN or inf activations on images \[\d\] \(units \[1\]\)"):
         run(model, data)
+
+
+def test_finite_activations_whose_sum_overflows_are_not_called_non_finite():
+    from fastdissect.pipeline.forward import check_finite
+
+    huge = torch.full((2, 3, 4, 4), 3e38)                       # finite; the sum overflows to inf
+    half = torch.full((2, 3, 4, 4), 6e4, dtype=torch.float16)   # finite; a float16 sum would overflow
+    check_finite({"a": huge, "b": half}, torch.arange(2))
+    huge[1, 2, 0, 0] = float("inf")
+    with pytest.raises(ValueError, match=r"layer 'a' gives NaN or inf activations on images \[1\] \(units \[2\]\)"):
+        check_finite({"a": huge, "b": half}, torch.arange(2))
