@@ -15,24 +15,32 @@ using score_detail::Workspace;
 // What the kernel derives from one mask set (EntrySet: the labels or the control's) once per call,
 // shared read-only by every thread.
 struct LabelIndex {
-  // Word span [first, last) of each entry's packed mask: words outside it are zero, so the
-  // intersection popcount runs over its overlap with the unit's span only (empty for most pairs).
-  std::vector<int64_t> first, last;  // [nnz]
-  std::vector<char> labeled;         // [N, G] image has a label of category g ("netdissect" union)
+  // One entry as the counting loop reads it, contiguous per image: the word span [first, last) of
+  // its packed mask (words outside it are zero, so a map whose span misses it is not counted
+  // against it: most pairs), its words (null: a whole-image label, spanning every word), its concept.
+  struct Entry {
+    int64_t first, last;
+    const uint64_t* words;
+    int64_t concept;
+  };
+  std::vector<Entry> entries;  // [nnz]
+  std::vector<char> labeled;   // [N, G] image has a label of category g ("netdissect" union)
 
   LabelIndex(const ScoreParams& p, const EntrySet& set, int n_threads) {
     const int64_t nnz = set.offsets[p.N];
-    first.assign(nnz, 0);
-    last.assign(nnz, 0);
+    entries.resize(nnz);
 #pragma omp parallel for num_threads(threads_for(n_threads, nnz)) schedule(static)
     for (int64_t e = 0; e < nnz; ++e) {
+      Entry& entry = entries[e];
+      entry = Entry{0, p.words_per_mask, nullptr, set.concept_ids[e]};  // a whole-image label meets every map
       if (set.mask_rows[e] < 0) continue;
       const uint64_t* l = set.words + set.mask_rows[e] * p.words_per_mask;
       int64_t a = 0, b = p.words_per_mask;
       while (a < b && l[a] == 0) ++a;
       while (b > a && l[b - 1] == 0) --b;
-      first[e] = a;
-      last[e] = b;
+      entry.first = a;
+      entry.last = b;
+      entry.words = l;
     }
     if (p.union_mode == UnionMode::kNetDissect) {
       labeled.assign(p.N * p.G, 0);
@@ -67,30 +75,51 @@ void add_union_term(const ScoreParams& p, const LabelIndex& labels, const Worksp
   }
 }
 
-// Map (n, k)'s mask m (set bits within words [w0, w1), `area` of them) counted against image n's
-// entries of one mask set into that set's tallies: |M & L_e| per entry, its image hit, the union term.
+// The current map's mask as the counting reads it: the dense words m (set bits within [w0, w1)) and
+// its `nnz` non-zero words gathered (ws.nz_index / nz_word), `area` bits in all.
+struct MapMask {
+  const uint64_t* m;
+  int64_t w0, w1, nnz, area;
+};
+
+// |M & L| for one entry's packed mask l, whose words outside [first, last) are zero: over the
+// overlap of the two spans word by word, or over the map's non-zero words when they are fewer
+// (a blob of a thresholded map spans many rows but covers a few words of each). Exact either way.
+inline int64_t intersect(const MapMask& mm, const Workspace& ws, const LabelIndex::Entry& entry) {
+  if (!entry.words) return mm.area;  // a whole-image label
+  int64_t inter = 0;
+  for (int64_t j = 0; j < mm.nnz; ++j) inter += popcount64(ws.nz_word[j] & entry.words[ws.nz_index[j]]);
+  return inter;
+}
+
+// Map (n, k)'s mask counted against image n's entries of one mask set into that set's tallies:
+// |M & L_e| per entry, its image hit, the union term. The entries whose word span meets the map's
+// are listed first (a branch-free pass), so that the counting loop runs only over them; the counts
+// are added without a branch on their value (most pairs are unpredictable: on or off at random).
 template <UnionMode U>
-void count_map(const ScoreParams& p, const IndexedSet& s, Workspace& ws, int64_t n, int64_t k, const uint64_t* m,
-               int64_t w0, int64_t w1, int64_t area) {
+void count_map(const ScoreParams& p, const IndexedSet& s, Workspace& ws, int64_t n, int64_t k, const MapMask& mm) {
   const EntrySet& set = s.set;
   int64_t* inter_row = set.intersection + k * p.C;
-  set.unit_area[k] += area;
+  set.unit_area[k] += mm.area;
   if constexpr (U == UnionMode::kLite) std::fill(ws.cat_hit.begin(), ws.cat_hit.end(), 0);
-  for (int64_t e = set.offsets[n]; e < set.offsets[n + 1]; ++e) {
-    int64_t inter = area;
-    if (set.mask_rows[e] >= 0) {
-      const uint64_t* l = set.words + set.mask_rows[e] * p.words_per_mask;
-      const int64_t lo = std::max(w0, s.labels.first[e]), hi = std::min(w1, s.labels.last[e]);
-      inter = 0;
-      for (int64_t i = lo; i < hi; ++i) inter += popcount64(m[i] & l[i]);
-    }
-    inter_row[set.concept_ids[e]] += inter;
-    if (set.image_hits && inter > 0) set.image_hits[k * p.C + set.concept_ids[e]] += 1;
-    if constexpr (U == UnionMode::kLite) {
-      if (inter > 0) ws.cat_hit[p.categories[set.concept_ids[e]]] = 1;
-    }
+  const LabelIndex::Entry* entries = s.labels.entries.data() + set.offsets[n];
+  const int64_t count = set.offsets[n + 1] - set.offsets[n];
+  if (static_cast<int64_t>(ws.meeting.size()) < count) ws.meeting.resize(count);
+  int64_t meeting = 0;
+  for (int64_t j = 0; j < count; ++j) {
+    ws.meeting[meeting] = j;
+    meeting += std::max(mm.w0, entries[j].first) < std::min(mm.w1, entries[j].last);
   }
-  add_union_term<U>(p, s.labels, ws, n, area, U == UnionMode::kGlobal ? nullptr : set.unit_category_area + k * p.G);
+  int64_t* hits_row = set.image_hits ? set.image_hits + k * p.C : ws.no_hits.data();
+  const int64_t hits_stride = set.image_hits ? 1 : 0;  // without image hits: one scratch counter
+  for (int64_t j = 0; j < meeting; ++j) {
+    const LabelIndex::Entry& entry = entries[ws.meeting[j]];
+    const int64_t inter = intersect(mm, ws, entry);
+    inter_row[entry.concept] += inter;
+    hits_row[entry.concept * hits_stride] += inter > 0;
+    if constexpr (U == UnionMode::kLite) ws.cat_hit[p.categories[entry.concept]] |= inter > 0;
+  }
+  add_union_term<U>(p, s.labels, ws, n, mm.area, U == UnionMode::kGlobal ? nullptr : set.unit_category_area + k * p.G);
 }
 
 template <typename scalar_t, UnionMode U>
@@ -113,10 +142,15 @@ void score_units(const ScoreParams& p, const Geometry& g, const PillowGeometry& 
       }
       const uint64_t* m = ws.mask.data();
       if (p.mask_out) std::copy(m + w0, m + w1, p.mask_out + (n * p.K + k) * p.words_per_mask + w0);
-      int64_t area = 0;
-      for (int64_t i = w0; i < w1; ++i) area += popcount64(m[i]);
+      MapMask mm{m, w0, w1, 0, 0};
+      for (int64_t i = w0; i < w1; ++i) {
+        ws.nz_index[mm.nnz] = i;
+        ws.nz_word[mm.nnz] = m[i];
+        mm.nnz += m[i] != 0;  // branch-free gather: a zero word is overwritten by the next
+        mm.area += popcount64(m[i]);
+      }
       for (const IndexedSet* s : sets)
-        if (s) count_map<U>(p, *s, ws, n, k, m, w0, w1, area);
+        if (s) count_map<U>(p, *s, ws, n, k, mm);
       std::fill(ws.mask.begin() + w0, ws.mask.begin() + w1, 0);
       ws.check_scratch_zero();
     }
