@@ -37,13 +37,16 @@ def print_ratios(request):
     """After the module: each control variant's median against the tally alone's, same run."""
     yield
     alone = MEDIANS.get("alone")
-    writer = request.config.pluginmanager.get_plugin("terminalreporter")
-    if not alone or writer is None:
+    plugins = request.config.pluginmanager
+    writer, capture = plugins.get_plugin("terminalreporter"), plugins.get_plugin("capturemanager")
+    if not alone or writer is None or capture is None:
         return
-    for name, label in (("one_call", "in the tally's kernel call"), ("two_calls", "as a second tally")):
-        if name in MEDIANS:
-            writer.write_line(f"{GROUP}: the permuted control {label} costs {MEDIANS[name] / alone:.2f}x the tally "
-                              f"alone ({1000 * MEDIANS[name]:.2f} ms vs {1000 * alone:.2f} ms)")
+    with capture.global_and_fixture_disabled():  # a teardown's output is captured otherwise
+        writer.write_line("")
+        for name, label in (("one_call", "in the tally's kernel call"), ("two_calls", "as a second tally")):
+            if name in MEDIANS:
+                writer.write_line(f"the permuted control {label} costs {MEDIANS[name] / alone:.2f}x the tally alone "
+                                  f"({1000 * MEDIANS[name]:.2f} ms vs {1000 * alone:.2f} ms, medians)")
 
 
 def _record(benchmark, name):

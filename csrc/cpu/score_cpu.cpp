@@ -29,7 +29,10 @@ struct LabelIndex {
   LabelIndex(const ScoreParams& p, const EntrySet& set, int n_threads) {
     const int64_t nnz = set.offsets[p.N];
     entries.resize(nnz);
-#pragma omp parallel for num_threads(threads_for(n_threads, nnz)) schedule(static)
+    // A parallel region costs a wake-up of every thread (a scheduler slice on a busy machine): only
+    // a scan of many words is worth one, and a batch's entries rarely are.
+    const int threads = nnz * p.words_per_mask >= (int64_t{1} << 22) ? threads_for(n_threads, nnz) : 1;
+#pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t e = 0; e < nnz; ++e) {
       Entry& entry = entries[e];
       entry = Entry{0, p.words_per_mask, nullptr, set.concept_ids[e]};  // a whole-image label meets every map
