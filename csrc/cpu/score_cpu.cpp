@@ -85,9 +85,9 @@ struct MapMask {
   int64_t w0, w1, nnz, area;
 };
 
-// |M & L| for one entry's packed mask l, whose words outside [first, last) are zero: over the
-// overlap of the two spans word by word, or over the map's non-zero words when they are fewer
-// (a blob of a thresholded map spans many rows but covers a few words of each). Exact either way.
+// |M & L| for one entry: over the map's non-zero words only (a blob of a thresholded map spans many
+// rows but covers a few words of each), the same number of them for every entry of the map, so the
+// loop's trip count is predictable. Exact: a word zero in M contributes nothing.
 inline int64_t intersect(const MapMask& mm, const Workspace& ws, const LabelIndex::Entry& entry) {
   if (!entry.words) return mm.area;  // a whole-image label
   int64_t inter = 0;
