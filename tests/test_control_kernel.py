@@ -118,6 +118,20 @@ def test_batches_accumulate_as_one_call(backend):
     _assert_same_state(control, whole[1])
 
 
+def test_masks_moved_to_another_device_hold_only_the_rows_they_use():
+    from fastdissect.engine import controls
+
+    _, acts, masks, _ = CASES[6]  # with unlabeled images and whole-image labels
+    pc = PermutedControl(fd.Tally(4, masks.num_concepts, [0.0] * 4), derangement(6, 0), masks)
+    shared = pc.paired_masks(2, 3)
+    compact = controls._compact(shared)
+    assert shared.words.data_ptr() == masks.words.data_ptr()  # on the same device: nothing copied
+    assert len(compact.words) == int((shared.mask_rows >= 0).sum()) < len(masks.words)
+    assert torch.equal(compact.to_dense(), shared.to_dense())
+    moved = pc.paired_masks(2, 3, device="meta")
+    assert moved.device.type == "meta" and moved.words.shape == compact.words.shape
+
+
 def test_pillow_resampling_counts_the_control_as_a_second_call():
     gen = torch.Generator().manual_seed(3)
     acts = torch.relu(torch.randn(5, 6, 7, 7, generator=gen))

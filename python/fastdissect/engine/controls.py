@@ -23,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..core.masks import ConceptMasks
 from .scoring import Tally
 
 CONTROLS = ("permuted", "random_init")
@@ -85,7 +86,7 @@ class PermutedControl:
                              f"of {len(self.perm)} images")
         indices = torch.arange(first_image, first_image + num_images)
         m = self.masks.take(self.perm[indices])
-        return m if device is None or m.device == torch.device(device) else m.to(device)
+        return m if device is None or m.device == torch.device(device) else _compact(m).to(device)
 
     def scores(self):
         return self.tally.scores()
@@ -115,6 +116,16 @@ class PermutedControl:
 
     def all_reduce(self, comm) -> None:
         self.tally.all_reduce(comm)
+
+
+def _compact(m: ConceptMasks) -> ConceptMasks:
+    """The same masks holding only the packed rows their entries use: `take` shares the whole data
+    set's words, which a move to another device would otherwise copy for every batch."""
+    used = m.mask_rows >= 0
+    rows = torch.full_like(m.mask_rows, -1)
+    rows[used] = torch.arange(int(used.sum()), dtype=torch.int64, device=rows.device)
+    return ConceptMasks(m.num_concepts, m.height, m.width, m.offsets, m.concept_ids, rows, m.words[m.mask_rows[used]],
+                        m.areas, verified=True)
 
 
 def check_controls(controls) -> tuple:
