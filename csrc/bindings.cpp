@@ -173,7 +173,15 @@ void declare_score_params(py::module_& m) {
       .pointer("intersection", &ScoreParams::intersection)
       .pointer("unit_area", &ScoreParams::unit_area)
       .pointer("unit_category_area", &ScoreParams::unit_category_area)
-      .pointer("image_hits", &ScoreParams::image_hits);
+      .pointer("image_hits", &ScoreParams::image_hits)
+      .pointer("ctl_offsets", &ScoreParams::ctl_offsets)
+      .pointer("ctl_concept_ids", &ScoreParams::ctl_concept_ids)
+      .pointer("ctl_mask_rows", &ScoreParams::ctl_mask_rows)
+      .pointer("ctl_words", &ScoreParams::ctl_words)
+      .pointer("ctl_intersection", &ScoreParams::ctl_intersection)
+      .pointer("ctl_unit_area", &ScoreParams::ctl_unit_area)
+      .pointer("ctl_unit_category_area", &ScoreParams::ctl_unit_category_area)
+      .pointer("ctl_image_hits", &ScoreParams::ctl_image_hits);
 
   using fd::ScoreScratch;
   FieldTable<ScoreScratch>(m, "ScoreScratch")
@@ -183,7 +191,10 @@ void declare_score_params(py::module_& m) {
       .pointer("map_scale", &ScoreScratch::map_scale)
       .pointer("taps", &ScoreScratch::taps)
       .pointer("entry_hit", &ScoreScratch::entry_hit)
-      .value("num_entries", &ScoreScratch::num_entries);
+      .value("num_entries", &ScoreScratch::num_entries)
+      .pointer("ctl_hit", &ScoreScratch::ctl_hit)
+      .pointer("ctl_entry_hit", &ScoreScratch::ctl_entry_hit)
+      .value("ctl_num_entries", &ScoreScratch::ctl_num_entries);
 }
 
 void declare_histogram_params(py::module_& m) {

@@ -7,6 +7,24 @@ using checks::not_negative;
 using checks::present;
 using checks::require;
 
+namespace {
+
+// The permuted control's fields (ScoreParams::ctl_*): all of its mask set and outputs, or none.
+void check_score_control(const ScoreParams& p) {
+  const char* op = "score";
+  const bool any = p.ctl_offsets || p.ctl_concept_ids || p.ctl_mask_rows || p.ctl_words || p.ctl_intersection ||
+                   p.ctl_unit_area || p.ctl_unit_category_area || p.ctl_image_hits;
+  if (!any) return;
+  present(p.ctl_offsets, op, "ctl_offsets (the control's mask set, as its other ctl_ fields are set)");
+  present(p.ctl_intersection, op, "ctl_intersection", p.K * p.C > 0);
+  present(p.ctl_unit_area, op, "ctl_unit_area", p.K > 0);
+  if (p.union_mode != UnionMode::kGlobal) present(p.ctl_unit_category_area, op, "ctl_unit_category_area", p.K > 0);
+  require(!p.ctl_image_hits || p.image_hits, op,
+          "params.ctl_image_hits needs params.image_hits (the control counts what the labels count)");
+}
+
+}  // namespace
+
 void check_score(const ScoreParams& p) {
   const char* op = "score";
   checks::activations(p, op);
@@ -23,6 +41,7 @@ void check_score(const ScoreParams& p) {
     present(p.unit_category_area, op, "unit_category_area", p.K > 0);
     require(p.G > 0, op, "params.G (categories) must be > 0 for this union");
   }
+  check_score_control(p);
   if (p.pil_x_first) {
     present(p.pil_x_weights, op, "pil_x_weights");
     present(p.pil_y_first, op, "pil_y_first");
@@ -40,6 +59,11 @@ void check_score_scratch(const ScoreParams& p, const ScoreScratch& s) {
   if (p.image_hits) {
     present(s.entry_hit, op, "scratch.entry_hit", p.K > 0);
     not_negative(s.num_entries, op, "scratch.num_entries");
+  }
+  if (p.ctl_offsets && p.union_mode == UnionMode::kLite) present(s.ctl_hit, op, "scratch.ctl_hit", p.N * p.K > 0);
+  if (p.ctl_image_hits) {
+    present(s.ctl_entry_hit, op, "scratch.ctl_entry_hit", p.K > 0);
+    not_negative(s.ctl_num_entries, op, "scratch.ctl_num_entries");
   }
   require(!p.pil_x_first && !p.exhaustive && !p.branch_counts, op,
           "the CUDA kernels have no Pillow resampling (params.pil_*) or testing switches "

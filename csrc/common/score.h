@@ -85,7 +85,46 @@ struct ScoreParams {
   // [K, C], accumulated when set: the entries (images, one entry per image and concept) whose
   // concept mask M_k meets, |M_k(x) & L_c(x)| > 0: the numerator of the label's image coverage.
   int64_t* image_hits = nullptr;
+
+  // The permuted control, counted in the same call when ctl_offsets is set: a second CSR list of
+  // concept masks for the same N images (image n's entry list is another image's labels), of the same
+  // H, W, C, words_per_mask and categories, intersected with the same unit masks M_k(x_n), so that
+  // each map is read, upsampled and thresholded once for both. Its own mask rows and words pointer:
+  // ConceptMasks.take shares the data set's packed store, so the control's rows index that store
+  // (ctl_words == words there) and no word is copied, yet any second mask set works. Its outputs
+  // mirror the ones above (+=); ctl_image_hits and ctl_unit_category_area as image_hits and
+  // unit_category_area are (the union's term over the control's labels).
+  const int64_t* ctl_offsets = nullptr;      // [N + 1]
+  const int64_t* ctl_concept_ids = nullptr;  // [ctl nnz]
+  const int64_t* ctl_mask_rows = nullptr;    // [ctl nnz] row of ctl_words, or -1
+  const uint64_t* ctl_words = nullptr;       // [ctl rows, words_per_mask]
+  int64_t* ctl_intersection = nullptr;       // [K, C]
+  int64_t* ctl_unit_area = nullptr;          // [K] (the same masks: equal to unit_area's increment)
+  int64_t* ctl_unit_category_area = nullptr; // [K, G] (netdissect / lite)
+  int64_t* ctl_image_hits = nullptr;         // [K, C], when set
 };
+
+// One mask set of a score call with its outputs: the labels (ScoreParams' first set) or the
+// permuted control's (its ctl_ fields), so that one counting routine serves both.
+struct EntrySet {
+  const int64_t* offsets;
+  const int64_t* concept_ids;
+  const int64_t* mask_rows;
+  const uint64_t* words;
+  int64_t* intersection;
+  int64_t* unit_area;
+  int64_t* unit_category_area;
+  int64_t* image_hits;
+};
+
+FD_HOST_DEVICE FD_INLINE bool has_control(const ScoreParams& p) { return p.ctl_offsets != nullptr; }
+
+FD_HOST_DEVICE FD_INLINE EntrySet entry_set(const ScoreParams& p, bool control) {
+  return control ? EntrySet{p.ctl_offsets, p.ctl_concept_ids, p.ctl_mask_rows, p.ctl_words, p.ctl_intersection,
+                            p.ctl_unit_area, p.ctl_unit_category_area, p.ctl_image_hits}
+                 : EntrySet{p.offsets, p.concept_ids, p.mask_rows, p.words, p.intersection, p.unit_area,
+                            p.unit_category_area, p.image_hits};
+}
 
 // Device scratch of the GPU score kernels (allocated by the caller, zeroed before each batch).
 // One output coordinate's taps, computed once per call by the CUDA kernels (score_taps_kernel): the
@@ -104,6 +143,11 @@ struct ScoreScratch {
   ScreenTap* taps;      // [H + W] the output rows' taps, then the output columns'
   int* entry_hit = nullptr;  // [K, E] map k meets entry e, with image_hits (zeroed by the caller)
   int64_t num_entries = 0;   // E = offsets[N], known on the host (offsets may live on the device)
+  // The permuted control's (ScoreParams::ctl_offsets): its "lite" hit flags [N, K, G] and, with
+  // ctl_image_hits, its entries' flags [K, E'] (E' = ctl_offsets[N]).
+  int* ctl_hit = nullptr;
+  int* ctl_entry_hit = nullptr;
+  int64_t ctl_num_entries = 0;
 };
 
 }  // namespace fd

@@ -1,6 +1,8 @@
 // The fused CPU scoring kernel's driver: for each (image, unit), the map's bit-packed mask
 // (score_bilinear.cpp, or score_pillow.cpp with Pillow tables) counted, popcount(M & L_c), against
 // the packed masks of the concepts present in that image, into the unit's tallies.
+#include <memory>
+
 #include "score_mask.h"
 
 namespace fd {
@@ -10,33 +12,55 @@ using score_detail::Geometry;
 using score_detail::PillowGeometry;
 using score_detail::Workspace;
 
-// What the kernel derives from the masks once per call, shared read-only by every thread.
+// What the kernel derives from one mask set (EntrySet: the labels or the control's) once per call,
+// shared read-only by every thread.
 struct LabelIndex {
-  // Word span [first, last) of each entry's packed mask: words outside it are zero, so the
-  // intersection popcount runs over its overlap with the unit's span only (empty for most pairs).
-  std::vector<int64_t> first, last;  // [nnz]
-  std::vector<char> labeled;         // [N, G] image has a label of category g ("netdissect" union)
+  // One entry as the counting loop reads it, contiguous per image: the word span [first, last) of
+  // its packed mask (words outside it are zero, so a map whose span misses it is not counted
+  // against it: most pairs), its words (null: a whole-image label, spanning every word), its concept.
+  struct Entry {
+    int64_t first, last;
+    const uint64_t* words;
+    int64_t concept;
+  };
+  std::vector<Entry> entries;  // [nnz]
+  std::vector<char> labeled;   // [N, G] image has a label of category g ("netdissect" union)
 
-  LabelIndex(const ScoreParams& p, int n_threads) {
-    const int64_t nnz = p.offsets[p.N];
-    first.assign(nnz, 0);
-    last.assign(nnz, 0);
-#pragma omp parallel for num_threads(threads_for(n_threads, nnz)) schedule(static)
+  LabelIndex(const ScoreParams& p, const EntrySet& set, int n_threads) {
+    const int64_t nnz = set.offsets[p.N];
+    entries.resize(nnz);
+    // A parallel region costs a wake-up of every thread (a scheduler slice on a busy machine): only
+    // a scan of many words is worth one, and a batch's entries rarely are.
+    const int threads = nnz * p.words_per_mask >= (int64_t{1} << 22) ? threads_for(n_threads, nnz) : 1;
+#pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t e = 0; e < nnz; ++e) {
-      if (p.mask_rows[e] < 0) continue;
-      const uint64_t* l = p.words + p.mask_rows[e] * p.words_per_mask;
+      Entry& entry = entries[e];
+      entry = Entry{0, p.words_per_mask, nullptr, set.concept_ids[e]};  // a whole-image label meets every map
+      if (set.mask_rows[e] < 0) continue;
+      const uint64_t* l = set.words + set.mask_rows[e] * p.words_per_mask;
       int64_t a = 0, b = p.words_per_mask;
       while (a < b && l[a] == 0) ++a;
       while (b > a && l[b - 1] == 0) --b;
-      first[e] = a;
-      last[e] = b;
+      entry.first = a;
+      entry.last = b;
+      entry.words = l;
     }
     if (p.union_mode == UnionMode::kNetDissect) {
       labeled.assign(p.N * p.G, 0);
       for (int64_t n = 0; n < p.N; ++n)
-        for (int64_t e = p.offsets[n]; e < p.offsets[n + 1]; ++e) labeled[n * p.G + p.categories[p.concept_ids[e]]] = 1;
+        for (int64_t e = set.offsets[n]; e < set.offsets[n + 1]; ++e)
+          labeled[n * p.G + p.categories[set.concept_ids[e]]] = 1;
     }
   }
+};
+
+// A mask set and its index, as the driver counts maps against it.
+struct IndexedSet {
+  EntrySet set;
+  LabelIndex labels;
+
+  IndexedSet(const ScoreParams& p, bool control, int n_threads)
+      : set(entry_set(p, control)), labels(p, set, n_threads) {}
 };
 
 // The union's unit term of map (n, k) with mask area `area`: per category, the netdissect union
@@ -54,16 +78,60 @@ void add_union_term(const ScoreParams& p, const LabelIndex& labels, const Worksp
   }
 }
 
+// The current map's mask as the counting reads it: the dense words m (set bits within [w0, w1)) and
+// its `nnz` non-zero words gathered (ws.nz_index / nz_word), `area` bits in all.
+struct MapMask {
+  const uint64_t* m;
+  int64_t w0, w1, nnz, area;
+};
+
+// |M & L| for one entry: over the map's non-zero words only (a blob of a thresholded map spans many
+// rows but covers a few words of each), the same number of them for every entry of the map, so the
+// loop's trip count is predictable. Exact: a word zero in M contributes nothing.
+inline int64_t intersect(const MapMask& mm, const Workspace& ws, const LabelIndex::Entry& entry) {
+  if (!entry.words) return mm.area;  // a whole-image label
+  int64_t inter = 0;
+  for (int64_t j = 0; j < mm.nnz; ++j) inter += popcount64(ws.nz_word[j] & entry.words[ws.nz_index[j]]);
+  return inter;
+}
+
+// Map (n, k)'s mask counted against image n's entries of one mask set into that set's tallies:
+// |M & L_e| per entry, its image hit, the union term. The entries whose word span meets the map's
+// are listed first (a branch-free pass), so that the counting loop runs only over them; the counts
+// are added without a branch on their value (most pairs are unpredictable: on or off at random).
+template <UnionMode U>
+void count_map(const ScoreParams& p, const IndexedSet& s, Workspace& ws, int64_t n, int64_t k, const MapMask& mm) {
+  const EntrySet& set = s.set;
+  int64_t* inter_row = set.intersection + k * p.C;
+  set.unit_area[k] += mm.area;
+  if constexpr (U == UnionMode::kLite) std::fill(ws.cat_hit.begin(), ws.cat_hit.end(), 0);
+  const LabelIndex::Entry* entries = s.labels.entries.data() + set.offsets[n];
+  const int64_t count = set.offsets[n + 1] - set.offsets[n];
+  if (static_cast<int64_t>(ws.meeting.size()) < count) ws.meeting.resize(count);
+  int64_t meeting = 0;
+  for (int64_t j = 0; j < count; ++j) {
+    ws.meeting[meeting] = j;
+    meeting += std::max(mm.w0, entries[j].first) < std::min(mm.w1, entries[j].last);
+  }
+  int64_t* hits_row = set.image_hits ? set.image_hits + k * p.C : ws.no_hits.data();
+  const int64_t hits_stride = set.image_hits ? 1 : 0;  // without image hits: one scratch counter
+  for (int64_t j = 0; j < meeting; ++j) {
+    const LabelIndex::Entry& entry = entries[ws.meeting[j]];
+    const int64_t inter = intersect(mm, ws, entry);
+    inter_row[entry.concept] += inter;
+    hits_row[entry.concept * hits_stride] += inter > 0;
+    if constexpr (U == UnionMode::kLite) ws.cat_hit[p.categories[entry.concept]] |= inter > 0;
+  }
+  add_union_term<U>(p, s.labels, ws, n, mm.area, U == UnionMode::kGlobal ? nullptr : set.unit_category_area + k * p.G);
+}
+
 template <typename scalar_t, UnionMode U>
-void score_units(const ScoreParams& p, const Geometry& g, const PillowGeometry& pg, const LabelIndex& labels,
-                 Workspace& ws,
-                 int64_t k_begin, int64_t k_end) {
+void score_units(const ScoreParams& p, const Geometry& g, const PillowGeometry& pg, const IndexedSet* const (&sets)[2],
+                 Workspace& ws, int64_t k_begin, int64_t k_end) {
   // Images in small blocks so that their packed masks stay in cache across these units.
   constexpr int64_t kImageBlock = 8;
   for (int64_t n0 = 0; n0 < p.N; n0 += kImageBlock)
   for (int64_t k = k_begin; k < k_end; ++k) {
-    int64_t* inter_row = p.intersection + k * p.C;
-    int64_t* cat_row = U == UnionMode::kGlobal ? nullptr : p.unit_category_area + k * p.G;
     for (int64_t n = n0; n < std::min(p.N, n0 + kImageBlock); ++n) {
       int64_t w0, w1;
       if (p.pil_x_first) {
@@ -77,25 +145,15 @@ void score_units(const ScoreParams& p, const Geometry& g, const PillowGeometry& 
       }
       const uint64_t* m = ws.mask.data();
       if (p.mask_out) std::copy(m + w0, m + w1, p.mask_out + (n * p.K + k) * p.words_per_mask + w0);
-      int64_t area = 0;
-      for (int64_t i = w0; i < w1; ++i) area += popcount64(m[i]);
-      p.unit_area[k] += area;
-      if constexpr (U == UnionMode::kLite) std::fill(ws.cat_hit.begin(), ws.cat_hit.end(), 0);
-      for (int64_t e = p.offsets[n]; e < p.offsets[n + 1]; ++e) {
-        int64_t inter = area;
-        if (p.mask_rows[e] >= 0) {
-          const uint64_t* l = p.words + p.mask_rows[e] * p.words_per_mask;
-          const int64_t lo = std::max(w0, labels.first[e]), hi = std::min(w1, labels.last[e]);
-          inter = 0;
-          for (int64_t i = lo; i < hi; ++i) inter += popcount64(m[i] & l[i]);
-        }
-        inter_row[p.concept_ids[e]] += inter;
-        if (p.image_hits && inter > 0) p.image_hits[k * p.C + p.concept_ids[e]] += 1;
-        if constexpr (U == UnionMode::kLite) {
-          if (inter > 0) ws.cat_hit[p.categories[p.concept_ids[e]]] = 1;
-        }
+      MapMask mm{m, w0, w1, 0, 0};
+      for (int64_t i = w0; i < w1; ++i) {
+        ws.nz_index[mm.nnz] = i;
+        ws.nz_word[mm.nnz] = m[i];
+        mm.nnz += m[i] != 0;  // branch-free gather: a zero word is overwritten by the next
+        mm.area += popcount64(m[i]);
       }
-      add_union_term<U>(p, labels, ws, n, area, cat_row);
+      for (const IndexedSet* s : sets)
+        if (s) count_map<U>(p, *s, ws, n, k, mm);
       std::fill(ws.mask.begin() + w0, ws.mask.begin() + w1, 0);
       ws.check_scratch_zero();
     }
@@ -103,8 +161,8 @@ void score_units(const ScoreParams& p, const Geometry& g, const PillowGeometry& 
 }
 
 template <typename scalar_t, UnionMode U>
-void score_all_units(const ScoreParams& p, const Geometry& g, const PillowGeometry& pg, const LabelIndex& labels,
-                     int threads) {
+void score_all_units(const ScoreParams& p, const Geometry& g, const PillowGeometry& pg,
+                     const IndexedSet* const (&sets)[2], int threads) {
   // Chunks of units handed out as threads free up: a thread that is slowed down (a busy core, units
   // with more active maps) holds no one up. Each unit's accumulators are written by one thread in
   // image order, so results do not depend on which thread takes which chunk.
@@ -116,7 +174,7 @@ void score_all_units(const ScoreParams& p, const Geometry& g, const PillowGeomet
     Workspace ws(p);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t c = 0; c < num_chunks; ++c)
-      score_units<scalar_t, U>(p, g, pg, labels, ws, c * chunk, std::min(p.K, (c + 1) * chunk));
+      score_units<scalar_t, U>(p, g, pg, sets, ws, c * chunk, std::min(p.K, (c + 1) * chunk));
     if (ws.counting) {
 #pragma omp critical(fd_branch_counts)
       for (int b = 0; b < kNumScoreBranches; ++b) p.branch_counts[b] += ws.branches[b];
@@ -133,10 +191,14 @@ void score_cpu(const ScoreParams& p, int n_threads) {
   if (p.N == 0 || p.K == 0) return;
   const Geometry g(p.h, p.w, p.H, p.W);
   const PillowGeometry pg(p);
-  const LabelIndex labels(p, n_threads);
+  // The labels, and the permuted control's when asked for: each map's mask is made once for both.
+  const IndexedSet labels(p, false, n_threads);
+  std::unique_ptr<IndexedSet> control;
+  if (has_control(p)) control = std::make_unique<IndexedSet>(p, true, n_threads);
+  const IndexedSet* const sets[2] = {&labels, control.get()};
   const int threads = threads_for(n_threads, p.K);
   FD_DISPATCH_FLOAT(p.act_dtype, scalar_t, [&] {
-    FD_UNION_SWITCH(p.union_mode, U, [&] { score_all_units<scalar_t, U>(p, g, pg, labels, threads); });
+    FD_UNION_SWITCH(p.union_mode, U, [&] { score_all_units<scalar_t, U>(p, g, pg, sets, threads); });
   });
 }
 

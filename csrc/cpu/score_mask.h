@@ -51,6 +51,12 @@ struct Workspace {
   std::vector<double> h0, h1;     // [W] the horizontal pass of one block's two source rows
   std::vector<uint64_t> mask;     // [words_per_mask], all zero between uses
   std::vector<char> cat_hit;      // [G]
+  // The current map's non-zero mask words, gathered once and counted against every entry of both
+  // mask sets (the labels' and the permuted control's): their indices and values.
+  std::vector<int64_t> nz_index;  // [words_per_mask]
+  std::vector<uint64_t> nz_word;  // [words_per_mask]
+  std::vector<int64_t> meeting;   // the entries of an image whose span meets the map's (grown as needed)
+  std::vector<int64_t> no_hits = std::vector<int64_t>(1);  // the image-hit counter of a call without them
   std::vector<float> pil_rows;    // [h, W] Pillow mode: the horizontal pass
   std::vector<float> pil_column;  // [W] Pillow mode: one output row's pixels
   std::vector<float> pil_row_max; // [h] Pillow mode: each source row's largest horizontal value
@@ -62,7 +68,8 @@ struct Workspace {
 
   Workspace(const ScoreParams& p)
       : src(p.h * p.w), hot_lo(p.h), hot_hi(p.h), h0(p.W), h1(p.W),
-        mask(p.words_per_mask, 0), cat_hit(std::max<int64_t>(p.G, 1)),
+        mask(p.words_per_mask, 0), cat_hit(std::max<int64_t>(p.G, 1)), nz_index(p.words_per_mask),
+        nz_word(p.words_per_mask),
         pil_rows(p.pil_x_first ? p.h * p.W : 0), pil_column(p.pil_x_first ? p.W : 0),
         pil_row_max(p.pil_x_first ? p.h : 0), counting(p.branch_counts != nullptr) {}
 

@@ -175,23 +175,37 @@ FD_DEVICE FD_INLINE int64_t evaluate_words(const ScoreParams& p, const ScoreScra
   return area;
 }
 
-// Entries [e0, e0 + tile) of image n against this pass's words: each thread adds its popcounts per
-// entry into the shared counters, then thread t flushes counter t to intersection (and the hit
-// flags). Only thread t zeroes counter t for the next tile, so no barrier is needed between the two.
-FD_DEVICE FD_INLINE void count_entry_tile(const ScoreParams& p, const ScoreScratch& s, int64_t n, int64_t k,
-                                          int64_t base, const uint64_t (&m)[kWordsPerThread], int64_t area,
-                                          int64_t e0, int64_t tile, unsigned long long* block_counts) {
+// The flags one mask set's counts raise in the scratch: per (unit, entry) with image hits, per
+// (map, category) for the "lite" union.
+struct EntryFlags {
+  int* entry_hit;
+  int64_t num_entries;
+  int* hit;
+};
+
+FD_HOST_DEVICE FD_INLINE EntryFlags entry_flags(const ScoreScratch& s, bool control) {
+  return control ? EntryFlags{s.ctl_entry_hit, s.ctl_num_entries, s.ctl_hit}
+                 : EntryFlags{s.entry_hit, s.num_entries, s.hit};
+}
+
+// Entries [e0, e0 + tile) of image n in `set` against this pass's words: each thread adds its
+// popcounts per entry into the shared counters, then thread t flushes counter t to the set's
+// intersection (and the hit flags). Only thread t zeroes counter t for the next tile, so no barrier
+// is needed between the two.
+FD_DEVICE FD_INLINE void count_entry_tile(const ScoreParams& p, const EntrySet& set, const EntryFlags& flags,
+                                          int64_t n, int64_t k, int64_t base, const uint64_t (&m)[kWordsPerThread],
+                                          int64_t area, int64_t e0, int64_t tile, unsigned long long* block_counts) {
   const int64_t words = p.words_per_mask, t = threadIdx.x, stride = blockDim.x, map = n * p.K + k;
   if (t < tile) block_counts[t] = 0;
   __syncthreads();
   for (int64_t j = 0; j < tile && area; ++j) {
-    const int64_t row = p.mask_rows[e0 + j];
+    const int64_t row = set.mask_rows[e0 + j];
     int64_t inter = area;  // row -1: a concept covering the whole image
     if (row >= 0) {
       inter = 0;
       for (int64_t i = 0; i < kWordsPerThread; ++i) {
         const int64_t w = base + i * stride + t;
-        if (w < words) inter += popcount64(m[i] & p.words[row * words + w]);
+        if (w < words) inter += popcount64(m[i] & set.words[row * words + w]);
       }
     }
     if (inter) atomicAdd(block_counts + j, static_cast<unsigned long long>(inter));
@@ -200,10 +214,23 @@ FD_DEVICE FD_INLINE void count_entry_tile(const ScoreParams& p, const ScoreScrat
   if (t < tile) {
     const int64_t inter = static_cast<int64_t>(block_counts[t]), e = e0 + t;
     if (inter) {
-      atomic_add_i64(p.intersection + k * p.C + p.concept_ids[e], inter);
-      if (s.entry_hit) atomicOr(s.entry_hit + k * s.num_entries + e, 1);
-      if (s.hit) atomicOr(s.hit + map * p.G + p.categories[p.concept_ids[e]], 1);
+      atomic_add_i64(set.intersection + k * p.C + set.concept_ids[e], inter);
+      if (flags.entry_hit) atomicOr(flags.entry_hit + k * flags.num_entries + e, 1);
+      if (flags.hit) atomicOr(flags.hit + map * p.G + p.categories[set.concept_ids[e]], 1);
     }
+  }
+}
+
+// This pass's words of map (n, k) against every entry of image n in `set`, a tile at a time. The
+// loop bounds depend on the map and the set only, so every thread of the block meets each barrier.
+FD_DEVICE FD_INLINE void count_entries(const ScoreParams& p, const ScoreScratch& s, bool control, int64_t n,
+                                       int64_t k, int64_t base, const uint64_t (&m)[kWordsPerThread], int64_t area,
+                                       unsigned long long* block_counts) {
+  const EntrySet set = entry_set(p, control);
+  const EntryFlags flags = entry_flags(s, control);
+  for (int64_t e0 = set.offsets[n]; e0 < set.offsets[n + 1]; e0 += kEntryTile) {
+    const int64_t left = set.offsets[n + 1] - e0;
+    count_entry_tile(p, set, flags, n, k, base, m, area, e0, left < kEntryTile ? left : kEntryTile, block_counts);
   }
 }
 
@@ -232,44 +259,57 @@ __global__ void score_words_kernel(ScoreParams p, ScoreScratch s) {
       if (total != 0) {
         if (threadIdx.x == 0) {
           atomic_add_i64(p.unit_area + k, total);
+          if (p.ctl_unit_area) atomic_add_i64(p.ctl_unit_area + k, total);
           if (s.map_area) atomic_add_i64(s.map_area + map, total);
         }
-        for (int64_t e0 = p.offsets[n]; e0 < p.offsets[n + 1]; e0 += kEntryTile) {
-          const int64_t left = p.offsets[n + 1] - e0;
-          count_entry_tile(p, s, n, k, base, m, area, e0, left < kEntryTile ? left : kEntryTile, block_counts);
-        }
+        // The same words, in registers, against the labels and then the permuted control's.
+        count_entries(p, s, false, n, k, base, m, area, block_counts);
+        if (has_control(p)) count_entries(p, s, true, n, k, base, m, area, block_counts);
       }
       __syncthreads();  // every thread has read block_area before the next pass zeroes it
     }
   }
 }
 
+// Whether map `item` = (n, k) of `set` adds its area to category g's union term: the "netdissect"
+// union when image n has a label of g, the "lite" union when the map met one (flags.hit).
+FD_HOST_DEVICE FD_INLINE bool union_counts(const ScoreParams& p, const EntrySet& set, const EntryFlags& flags,
+                                           int64_t item, int64_t n, int64_t g) {
+  if (p.union_mode == UnionMode::kLite) return flags.hit[item * p.G + g] != 0;
+  for (int64_t e = set.offsets[n]; e < set.offsets[n + 1]; ++e)
+    if (p.categories[set.concept_ids[e]] == g) return true;
+  return false;
+}
+
 // Work item (n, k): the union term of the "netdissect" (image has a label of g) and "lite" (the map
-// meets a label of g) unions.
+// meets a label of g) unions, for the labels and the permuted control's (the same map area).
 __global__ void score_union_kernel(ScoreParams p, ScoreScratch s) {
   FD_GRID_STRIDE(item, p.N * p.K) {
     const int64_t k = item % p.K, n = item / p.K;
     const int64_t area = s.map_area[item];
     if (area == 0) continue;
-    for (int64_t g = 0; g < p.G; ++g) {
-      bool counts = false;
-      if (p.union_mode == UnionMode::kLite) {
-        counts = s.hit[item * p.G + g] != 0;
-      } else {
-        for (int64_t e = p.offsets[n]; e < p.offsets[n + 1] && !counts; ++e)
-          counts = p.categories[p.concept_ids[e]] == g;
-      }
-      if (counts) atomic_add_i64(p.unit_category_area + k * p.G + g, area);
+    for (int c = 0; c < (has_control(p) ? 2 : 1); ++c) {
+      const EntrySet set = entry_set(p, c == 1);
+      const EntryFlags flags = entry_flags(s, c == 1);
+      for (int64_t g = 0; g < p.G; ++g)
+        if (union_counts(p, set, flags, item, n, g)) atomic_add_i64(set.unit_category_area + k * p.G + g, area);
     }
   }
 }
 
 // Work item (k, e): one image hit for the unit and the entry's concept when some word met it.
-// Separate from the words kernel because the words of one map are counted by many threads.
+// Separate from the words kernel because the words of one map are counted by many threads. Items
+// K * E onward are the permuted control's entries (k, e') when it counts image hits.
 __global__ void score_image_hits_kernel(ScoreParams p, ScoreScratch s) {
-  const int64_t entries = s.num_entries;
-  FD_GRID_STRIDE(item, p.K * entries) {
-    if (s.entry_hit[item]) atomic_add_i64(p.image_hits + (item / entries) * p.C + p.concept_ids[item % entries], 1);
+  const int64_t entries = s.num_entries, own = p.image_hits ? p.K * entries : 0;
+  const int64_t control = p.ctl_image_hits ? p.K * s.ctl_num_entries : 0;
+  FD_GRID_STRIDE(item, own + control) {
+    if (item < own) {
+      if (s.entry_hit[item]) atomic_add_i64(p.image_hits + (item / entries) * p.C + p.concept_ids[item % entries], 1);
+    } else {
+      const int64_t i = item - own, e = i % s.ctl_num_entries;
+      if (s.ctl_entry_hit[i]) atomic_add_i64(p.ctl_image_hits + (i / s.ctl_num_entries) * p.C + p.ctl_concept_ids[e], 1);
+    }
   }
 }
 
@@ -289,7 +329,8 @@ inline ScorePlan score_plan(const ScoreParams& p, const ScoreScratch& s) {
   plan.words.barriers = true;
   plan.words.run = maps > 0;
   plan.unions = grid_stride_launch("score_union_kernel", p.union_mode != UnionMode::kGlobal ? maps : 0);
-  plan.image_hits = grid_stride_launch("score_image_hits_kernel", maps > 0 && p.image_hits ? p.K * s.num_entries : 0);
+  const int64_t hit_items = (p.image_hits ? p.K * s.num_entries : 0) + (p.ctl_image_hits ? p.K * s.ctl_num_entries : 0);
+  plan.image_hits = grid_stride_launch("score_image_hits_kernel", maps > 0 ? hit_items : 0);
   return plan;
 }
 

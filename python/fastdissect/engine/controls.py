@@ -23,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..core.masks import ConceptMasks
 from .scoring import Tally
 
 CONTROLS = ("permuted", "random_init")
@@ -66,10 +67,26 @@ class PermutedControl:
 
     def add(self, activations: torch.Tensor, first_image: int) -> None:
         """Activations (N, K, h, w) of images first_image .. first_image + N - 1."""
+        self.tally.add(activations, self.paired_masks(first_image, activations.shape[0], activations.device))
+
+    def add_with(self, tally: Tally, activations: torch.Tensor, masks, first_image: int) -> None:
+        """`tally.add(activations, masks)` and this control's `add(activations, first_image)` in one
+        kernel call: each unit mask M_k(x_i) is made once and counted against image i's masks and
+        image perm[i]'s (Tally.add's `control`). The numbers are those of the two calls."""
+        pair = (self.tally, self.paired_masks(first_image, activations.shape[0], activations.device))
+        tally.add(activations, masks, control=pair)
+
+    def paired_masks(self, first_image: int, num_images: int, device=None):
+        """The masks images first_image .. first_image + num_images - 1 are tallied against: image i
+        meets image perm[i]'s (the data set's packed words shared, only the entry lists gathered)."""
         if self.masks is None:
             raise RuntimeError("the permuted control has no masks to pair the images with: set masks first")
-        indices = torch.arange(first_image, first_image + activations.shape[0])
-        self.tally.add(activations, self.masks.take(self.perm[indices]).to(activations.device))
+        if first_image < 0 or first_image + num_images > len(self.perm):
+            raise ValueError(f"images {first_image}..{first_image + num_images - 1} are outside the derangement "
+                             f"of {len(self.perm)} images")
+        indices = torch.arange(first_image, first_image + num_images)
+        m = self.masks.take(self.perm[indices])
+        return m if device is None or m.device == torch.device(device) else _compact(m).to(device)
 
     def scores(self):
         return self.tally.scores()
@@ -99,6 +116,16 @@ class PermutedControl:
 
     def all_reduce(self, comm) -> None:
         self.tally.all_reduce(comm)
+
+
+def _compact(m: ConceptMasks) -> ConceptMasks:
+    """The same masks holding only the packed rows their entries use: `take` shares the whole data
+    set's words, which a move to another device would otherwise copy for every batch."""
+    used = m.mask_rows >= 0
+    rows = torch.full_like(m.mask_rows, -1)
+    rows[used] = torch.arange(int(used.sum()), dtype=torch.int64, device=rows.device)
+    return ConceptMasks(m.num_concepts, m.height, m.width, m.offsets, m.concept_ids, rows, m.words[m.mask_rows[used]],
+                        m.areas, verified=True)
 
 
 def check_controls(controls) -> tuple:

@@ -62,6 +62,10 @@ class Scores:
         return concept, iou
 
 
+def _on(m: ConceptMasks, device: torch.device) -> ConceptMasks:
+    return m if m.device == device else m.to(device)
+
+
 def _ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
     """num / den in float64 from exact integer counts, 0 where den is 0 (then num is 0 too)."""
     num, den = torch.broadcast_tensors(num, den)
@@ -129,34 +133,89 @@ class Tally:
             self._state = self._zeros(self.device or "cpu")
         return self._state
 
-    def add(self, activations, masks) -> None:
+    def add(self, activations, masks, *, control=None) -> None:
         """Adds a batch: activations (N, K, h, w) and the same N images' masks (dense (N, C, H, W)
-        bool/uint8, or a `ConceptMasks` from `pack_masks`)."""
+        bool/uint8, or a `ConceptMasks` from `pack_masks`).
+
+        control: (tally, control_masks), another Tally of the same units and concepts and masks of the
+        same N images (the permuted control's: image i paired with another image's masks); it gets
+        exactly what `tally.add(activations, control_masks)` would add. When both Tallies share
+        thresholds, union, categories and a kernel backend, one kernel call makes each unit mask
+        M_k(x) once and counts it against both mask sets; otherwise two calls are made."""
         act = validate.activations(activations, num_units=self.num_units, check_finite=False)
         m = as_concept_masks(masks, self.num_concepts)
         validate.same_images(act.shape[0], m.num_images)
-        self._add(act, m)
+        if control is not None:
+            control = self._control_pair(control, act.shape[0])
+        self._add(act, m, control=control)
 
-    def _add(self, act: torch.Tensor, m: ConceptMasks, known_finite: bool = False) -> None:
-        """known_finite: the activations passed the finiteness policy already (`score`'s quantile pass)."""
-        if self.device is None:
-            self.device = act.device
-        if act.device != self.device:
-            raise ValueError(f"activations are on {act.device} but this Tally accumulates on {self.device}")
-        if self._backend is None:
-            self._backend = dispatch.resolve_backend(self.backend, self.device)
+    def _control_pair(self, control, num_images: int) -> tuple["Tally", ConceptMasks]:
+        """`add`'s control argument, checked: (Tally, ConceptMasks of num_images images)."""
+        if not (isinstance(control, tuple) and len(control) == 2 and isinstance(control[0], Tally)):
+            raise TypeError(f"control must be a (Tally, masks) pair, got {type(control).__name__}")
+        other, masks = control
+        if other is self:
+            raise ValueError("control must be another Tally than the one added to")
+        if (other.num_units, other.num_concepts) != (self.num_units, self.num_concepts):
+            raise ValueError(f"control Tally has {other.num_units} units and {other.num_concepts} concepts, this "
+                             f"one {self.num_units} and {self.num_concepts}")
+        m = as_concept_masks(masks, self.num_concepts)
+        validate.same_images(num_images, m.num_images)
+        return other, m
+
+    def _add(self, act: torch.Tensor, m: ConceptMasks, known_finite: bool = False,
+             control: tuple["Tally", ConceptMasks] | None = None) -> None:
+        """known_finite: the activations passed the finiteness policy already (`score`'s quantile pass).
+        control: a checked (Tally, masks) pair, tallied in the same kernel call when it can be."""
+        self._bind(act.device)
+        if control is not None and not self._shares_kernel_with(control[0], act.device):
+            self._add(act, m, known_finite)
+            control[0]._add(act, control[1], known_finite)
+            return
         if not known_finite:
             validate.finite_on_host(act, "activations", self._backend)
-        state = self._tallies()
-        if m.device != self.device:
-            m = m.to(self.device)
+        state, m = self._tallies(), _on(m, self.device)
         cats = self.categories.to(self.device) if self.categories is not None else None
+        ctl, non_finite = None, state["non_finite"]
+        if control is not None:
+            other, cm = control[0], _on(control[1], self.device)
+            o = other._tallies()
+            ctl = dispatch.ControlTallies(cm, o["intersection"], o["unit_area"], o.get("unit_category_area"),
+                                          o["image_hits"])
+            non_finite = torch.zeros_like(non_finite)  # the GPU kernels' count, for both Tallies
         dispatch.tally_batch(self._backend, act, m, self.thresholds.to(self.device), self.union, cats,
-                              self.num_categories, state["intersection"], state["unit_area"],
-                              state.get("unit_category_area"), state["non_finite"], image_hits=state["image_hits"])
+                             self.num_categories, state["intersection"], state["unit_area"],
+                             state.get("unit_category_area"), non_finite, image_hits=state["image_hits"],
+                             control=ctl)
+        self._count_images(m, act.shape[0])
+        if control is not None:
+            state["non_finite"] += non_finite
+            o["non_finite"] += non_finite
+            other._count_images(cm, act.shape[0])
+
+    def _bind(self, device: torch.device) -> None:
+        """Fixes the device (at the first batch) and resolves the backend for it once."""
+        if self.device is None:
+            self.device = device
+        if device != self.device:
+            raise ValueError(f"activations are on {device} but this Tally accumulates on {self.device}")
+        if self._backend is None:
+            self._backend = dispatch.resolve_backend(self.backend, self.device)
+
+    def _shares_kernel_with(self, other: "Tally", device: torch.device) -> bool:
+        """Whether `other` can be counted in this Tally's kernel call: the same unit masks (thresholds)
+        and union, on a kernel backend (the torch backend makes two calls anyway)."""
+        other._bind(device)
+        same_cats = (self.categories is None) == (other.categories is None) and (
+            self.categories is None or torch.equal(self.categories, other.categories))
+        return (self._backend == other._backend != "torch" and self.union == other.union and same_cats
+                and torch.equal(self.thresholds, other.thresholds))
+
+    def _count_images(self, m: ConceptMasks, num_images: int) -> None:
+        state = self._tallies()
         state["concept_area"] += m.concept_area()
         state["concept_images"] += m.concept_images()
-        self.num_images += act.shape[0]
+        self.num_images += num_images
 
     def scores(self) -> Scores:
         """The scores of everything added so far (a snapshot: later `add` calls do not change it)."""

@@ -70,6 +70,29 @@ def score_cases(gen):
     yield "downsampling 9x9 -> 5x5", torch.randn(3, 4, 9, 9, generator=gen), *labels(3, 5, 5), "global"
 
 
+def control_check(acts, lab, img, union: str, backend: str, device: str):
+    """One tally call carrying the permuted control (Tally.add's control): both tallies equal the
+    reference's, the control's against the deranged images' masks."""
+    from .controls import derangement
+    from .scoring import Tally
+
+    C = int(lab.max()) + 4
+    masks = pack_masks(labels=lab, image_labels=img, num_concepts=C)
+    deranged = masks.take(derangement(acts.shape[0], 1))
+    cats = torch.arange(C) % 3 if union != "global" else None
+    t = thresholds(acts, quantile=0.2)
+    tally, control = (Tally(acts.shape[1], C, t, union=union, categories=cats, backend=backend) for _ in range(2))
+    tally.add(acts.to(device), masks.to(device), control=(control, deranged.to(device)))
+    same = launched_as_planned(backend)
+    for got, m in ((tally.scores(), masks), (control.scores(), deranged)):
+        inter, area, cat_area, hits = reference_scores(acts, m, t, union, cats)
+        same &= torch.equal(got.intersection.cpu(), inter) and torch.equal(got.unit_area.cpu(), area)
+        same &= torch.equal(got.image_hits.cpu(), hits)
+        if cat_area is not None:
+            same &= torch.equal(got.union.cpu(), cat_area[:, cats] + m.concept_area()[None, :] - inter)
+    return same, f"{int(control.scores().intersection.sum())} control pixels"
+
+
 def run(backend: str, device: str) -> bool:
     gen = torch.Generator().manual_seed(0)
     ok = True
@@ -103,6 +126,9 @@ def run(backend: str, device: str) -> bool:
                 same &= torch.equal(s.union.cpu(), unit_term + masks.concept_area()[None, :] - inter)
             return same, f"{int(area.sum())} mask pixels, {acts.dtype}"
         check(f"score: {name}", score_check)
+        if acts.shape[0] > 1:
+            check(f"score + permuted control: {name}",
+                  lambda acts=acts, lab=lab, img=img, union=union: control_check(acts, lab, img, union, backend, device))
 
     threshold_cases = [
         ("normal values", torch.randn(300, 6, 3, 3, generator=gen)),

@@ -8,6 +8,7 @@ resolve their backend once (`resolve_backend`) and pass the result to every call
 from __future__ import annotations
 
 import warnings
+from typing import NamedTuple
 
 import torch
 
@@ -17,7 +18,7 @@ from ..core.validate import backend as check_backend
 from ..core.validate import report_non_finite
 from ..core.masks import ConceptMasks
 
-__all__ = ["BACKENDS", "GPU_BACKENDS", "resolve_backend", "has_extension", "tally_batch", "union_and_iou",
+__all__ = ["BACKENDS", "GPU_BACKENDS", "resolve_backend", "has_extension", "ControlTallies", "tally_batch", "union_and_iou",
            "unit_masks", "draw_tiles", "formula_counts", "histogram_add_cpu", "histogram_add_gpu", "codes",
            "emu_shim_selftest", "emu_barrier_selftest", "emu_last_launches"]
 
@@ -81,12 +82,23 @@ def _set_activations(params, act: torch.Tensor) -> None:
 
 
 # ---- score: upsample, threshold, bit-pack, popcount against the concept masks
+class ControlTallies(NamedTuple):
+    """A second mask set of the same N images and its accumulators (the permuted control's): counted
+    against the same unit masks in the same kernel call (ScoreParams' ctl_ fields)."""
+
+    masks: ConceptMasks
+    intersection: torch.Tensor                # (K, C) int64
+    unit_area: torch.Tensor                   # (K,) int64
+    unit_category_area: torch.Tensor | None   # (K, G) int64, netdissect / lite unions
+    image_hits: torch.Tensor | None = None    # (K, C) int64
+
+
 def tally_batch(backend: str, act: torch.Tensor, masks: ConceptMasks, thresholds: torch.Tensor, union: str,
                 categories: torch.Tensor | None, num_categories: int, intersection: torch.Tensor,
                 unit_area: torch.Tensor, unit_category_area: torch.Tensor | None,
                 non_finite: torch.Tensor | None = None, *, pillow=None, exhaustive: bool = False,
                 branch_counts: torch.Tensor | None = None, mask_out: torch.Tensor | None = None,
-                image_hits: torch.Tensor | None = None) -> None:
+                image_hits: torch.Tensor | None = None, control: ControlTallies | None = None) -> None:
     """Adds a validated batch into the accumulators (+=) with the resolved `backend`.
 
     pillow: (x_first, x_weights, y_first, y_weights) tensors: resample as Pillow's BILINEAR does
@@ -94,12 +106,20 @@ def tally_batch(backend: str, act: torch.Tensor, masks: ConceptMasks, thresholds
     switches (ScoreParams in csrc/common/score.h). mask_out: a zeroed (N, K, words per mask) int64
     tensor that receives every map's packed mask (not with the torch backend: see `unit_masks`).
     image_hits: (K, C) int64, += the entries whose concept mask the unit's mask meets.
+    control: a `ControlTallies`, += what the same unit masks count against its masks (as if a second
+    call had been made with them); the torch backend makes that second call.
     """
+    if control is not None:
+        _check_control(act, masks, control, image_hits)
     if backend == "torch":
         if pillow is not None or exhaustive or branch_counts is not None or mask_out is not None:
             raise ValueError('the torch backend has no Pillow resampling or testing switches: use backend="cpu"')
         torch_backend.tally_batch(act, masks, thresholds, union, categories, num_categories, intersection,
                                   unit_area, unit_category_area, image_hits)
+        if control is not None:
+            torch_backend.tally_batch(act, control.masks, thresholds, union, categories, num_categories,
+                                      control.intersection, control.unit_area, control.unit_category_area,
+                                      control.image_hits)
         return
     C = ext.extension()
     p = C.ScoreParams()
@@ -112,6 +132,8 @@ def tally_batch(backend: str, act: torch.Tensor, masks: ConceptMasks, thresholds
     p.intersection, p.unit_area, p.unit_category_area = _addr(intersection), _addr(unit_area), \
         _addr(unit_category_area)
     p.image_hits = _addr(image_hits)
+    if control is not None:
+        _set_control(p, control)
     if mask_out is not None:
         if mask_out.shape != (act.shape[0], act.shape[1], masks.words_per_mask) or mask_out.dtype != torch.int64 \
                 or not mask_out.is_contiguous() or mask_out.device != act.device:
@@ -121,7 +143,7 @@ def tally_batch(backend: str, act: torch.Tensor, masks: ConceptMasks, thresholds
         if pillow is not None or exhaustive or branch_counts is not None:
             raise ValueError("the CUDA kernels have no Pillow resampling or testing switches: use backend=\"cpu\"")
         _score_gpu(C, p, backend, act, union, num_categories, non_finite, masks.concept_ids.shape[0] if
-                   image_hits is not None else None)
+                   image_hits is not None else None, control)
         return
     if pillow is not None:
         x_first, x_weights, y_first, y_weights = pillow
@@ -135,23 +157,53 @@ def tally_batch(backend: str, act: torch.Tensor, masks: ConceptMasks, thresholds
     C.score_cpu(p, torch.get_num_threads())
 
 
+def _check_control(act: torch.Tensor, masks: ConceptMasks, control: ControlTallies, image_hits) -> None:
+    """The control's masks describe the same images at the same size as `masks`, beside the activations."""
+    cm = control.masks
+    if cm.num_images != act.shape[0]:
+        raise ValueError(f"control masks: {cm.num_images} images, the activations {act.shape[0]}")
+    if (cm.height, cm.width, cm.num_concepts) != (masks.height, masks.width, masks.num_concepts):
+        raise ValueError(f"control masks: {cm.num_concepts} concepts at {cm.height}x{cm.width}, the masks "
+                         f"{masks.num_concepts} at {masks.height}x{masks.width}")
+    if cm.device != act.device:
+        raise ValueError(f"control masks are on {cm.device}, the activations on {act.device}")
+    if (control.image_hits is None) != (image_hits is None):
+        raise ValueError("control.image_hits must be given exactly when image_hits is")
+
+
+def _set_control(p, control: ControlTallies) -> None:
+    cm = control.masks
+    p.ctl_offsets, p.ctl_concept_ids = _addr(cm.offsets), _addr(cm.concept_ids)
+    p.ctl_mask_rows, p.ctl_words = _addr(cm.mask_rows), _addr(cm.words)
+    p.ctl_intersection, p.ctl_unit_area = _addr(control.intersection), _addr(control.unit_area)
+    p.ctl_unit_category_area, p.ctl_image_hits = _addr(control.unit_category_area), _addr(control.image_hits)
+
+
 def _score_gpu(C, p, backend: str, act: torch.Tensor, union: str, num_categories: int,
-               non_finite: torch.Tensor | None, num_entries: int | None) -> None:
+               non_finite: torch.Tensor | None, num_entries: int | None, control: ControlTallies | None = None) -> None:
     """The CUDA score kernels (on the GPU, or emulated on the CPU): asynchronous, no host sync."""
     n, k = act.shape[:2]
     dev = act.device
+    hits = lambda: torch.zeros(n, k, max(num_categories, 1), dtype=torch.int32, device=dev)  # noqa: E731
     map_area = torch.zeros(n, k, dtype=torch.int64, device=dev) if union != "global" else None
-    hit = torch.zeros(n, k, max(num_categories, 1), dtype=torch.int32, device=dev) if union == "lite" else None
+    hit = hits() if union == "lite" else None
     s = C.ScoreScratch()
     # Written by the kernels before they are read: each map's scale, each output coordinate's taps.
     map_scale = torch.empty(n, k, dtype=torch.float64, device=dev)
     taps = torch.empty((p.H + p.W) * C.SCREEN_TAP_BYTES, dtype=torch.uint8, device=dev)
     s.map_area, s.hit, s.non_finite = _addr(map_area), _addr(hit), _addr(non_finite)
     s.map_scale, s.taps = _addr(map_scale), _addr(taps)
-    entry_hit = None
+    entry_hit = ctl_hit = ctl_entry_hit = None
     if num_entries is not None:  # a flag per (unit, entry): a map's words are counted by many threads
         entry_hit = torch.zeros(k, max(num_entries, 1), dtype=torch.int32, device=dev)
         s.entry_hit, s.num_entries = _addr(entry_hit), num_entries
+    if control is not None:
+        ctl_hit = hits() if union == "lite" else None
+        s.ctl_hit = _addr(ctl_hit)
+        if control.image_hits is not None:
+            ctl_entries = control.masks.concept_ids.shape[0]
+            ctl_entry_hit = torch.zeros(k, max(ctl_entries, 1), dtype=torch.int32, device=dev)
+            s.ctl_entry_hit, s.ctl_num_entries = _addr(ctl_entry_hit), ctl_entries
     C.score_gpu(p, s, backend == "cuda_emu", _stream_of(dev), torch.get_num_threads())
 
 

@@ -72,14 +72,16 @@ class LayerBundle:
 
     def add_to_tallies(self, act: torch.Tensor, masks, first_image: int, formulas: bool) -> None:
         """What depends on the thresholds, for images first_image.. (consecutive)."""
-        self.parts["tally"].add(act, masks)
+        # The permuted control rides along in the tally's kernel call: each unit mask is made once.
+        if "control" in self.parts:
+            self.parts["control"].add_with(self.parts["tally"], act, masks, first_image)
+        else:
+            self.parts["tally"].add(act, masks)
         if formulas:
             if "unit_masks" not in self.parts:
                 self.parts["unit_masks"] = UnitMasks(self.tally.thresholds, masks.height, masks.width,
                                                      backend=self.opts.backend, device=self.opts.device)
             self.parts["unit_masks"].add(act, first_image)
-        if "control" in self.parts:
-            self.parts["control"].add(act, first_image)
 
     # ---- the protocol, over every accumulator held
     def state_dict(self, kinds=tuple(FIELDS)) -> dict:
