@@ -1,4 +1,4 @@
-"""Faults of data sets on disk (issue 29's sweep): each is refused by a DatasetError (or DownloadError,
+"""Faults of data sets on disk: each is refused by a DatasetError (or DownloadError,
 WriteError) naming the file, the row or the annotation, never a bare exception or a silent result."""
 
 import builtins

@@ -1,4 +1,4 @@
-"""Faults around the CLI's outputs (issue 29): --overwrite never loses the earlier result, a killed
+"""Faults around the CLI's outputs: --overwrite never loses the earlier result, a killed
 run is recognised as one, killed writers' temporaries are removed, a module called twice is read
 at one call, the report refuses another data set's images, and a DataLoader worker's error is
 printed by its own message."""

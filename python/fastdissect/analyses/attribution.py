@@ -1,4 +1,4 @@
-"""Pixel attribution: which input pixels moved one class's logit (issue 34), as Captum defines it.
+"""Pixel attribution: which input pixels moved one class's logit, as Captum defines it.
 
 For the model's input x (N, C, H, W), class t and its logit y_t(x), per image:
   "gradient"              dy_t/dx, signed (Captum Saliency with abs=False; Simonyan et al. show |dy_t/dx|)
