@@ -272,6 +272,7 @@ def test_demo_runs_offline_and_summarises(tmp_path):
     # one explained prediction on a photograph of the set, linked from the report
     assert "explaining the prediction on image 9" in r.stdout and "labeled units carry" in r.stdout
     assert (tmp_path / "report" / "explain" / "explained_0.png").is_file()
+    assert (tmp_path / "report" / "explain" / "pixels_0.png").is_file()  # SmoothGrad beside Grad-CAM
     assert 'href="explain/index.html"' in (tmp_path / "report" / "index.html").read_text()
     import test_report  # the demo's report, looked at in a real browser when one is installed
 

@@ -192,8 +192,9 @@ def cmd_demo(args) -> None:
     result = _run_dissection(args, model, layers, dataset, (224, 224), mean, std)
     photo = next((i for i in range(9, len(dataset), 10)), 0)  # the built-in set's segmented photographs
     print(f"fastdissect demo: explaining the prediction on image {photo} (a photograph) with {layers[-1]}")
+    # SmoothGrad beside Grad-CAM: the model's ReLU6 activations leave the ReLU-rule methods out
     explain_images(model, layers[-1], [dataset.image(photo)], result, Path(args.out) / "report" / "explain",
-                   title=f"{DEMO_MODEL}, image {photo} of the built-in set", image_size=(224, 224))
+                   title=f"{DEMO_MODEL}, image {photo} of the built-in set", image_size=(224, 224), pixels="smoothgrad")
 
 
 def cmd_builtin(args) -> None:
