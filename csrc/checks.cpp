@@ -16,6 +16,9 @@ void check_score_control(const ScoreParams& p) {
                    p.ctl_unit_area || p.ctl_unit_category_area || p.ctl_image_hits;
   if (!any) return;
   present(p.ctl_offsets, op, "ctl_offsets (the control's mask set, as its other ctl_ fields are set)");
+  const bool entries = p.N > 0 && p.ctl_offsets[p.N] > 0;
+  present(p.ctl_concept_ids, op, "ctl_concept_ids", entries);
+  present(p.ctl_mask_rows, op, "ctl_mask_rows", entries);
   present(p.ctl_intersection, op, "ctl_intersection", p.K * p.C > 0);
   present(p.ctl_unit_area, op, "ctl_unit_area", p.K > 0);
   if (p.union_mode != UnionMode::kGlobal) present(p.ctl_unit_category_area, op, "ctl_unit_category_area", p.K > 0);

@@ -230,6 +230,8 @@ def _score_params(keep):
     ("ctl_offsets", 0, r"score: params\.ctl_offsets .* is required"),
     ("ctl_intersection", 0, r"score: params\.ctl_intersection is required"),
     ("ctl_unit_area", 0, r"score: params\.ctl_unit_area is required"),
+    ("ctl_concept_ids", 0, r"score: params\.ctl_concept_ids is required"),
+    ("ctl_mask_rows", 0, r"score: params\.ctl_mask_rows is required"),
     ("ctl_image_hits", 8, r"score: params\.ctl_image_hits needs params\.image_hits"),
 ])
 def test_score_check_names_the_bad_control_field(field, value, message):

@@ -51,7 +51,7 @@ def visualize(model, layer, units=None, *, objective: str = "channel", steps: in
 def _frozen(model):
     """The model in eval mode with no parameter asking for a gradient (the weights' gradients,
     never used, would cost about as much as the image's), as it was afterwards."""
-    training = model.training
+    modes = [(m, m.training) for m in model.modules()]  # each module's own: a frozen BatchNorm stays frozen
     asked = [(p, p.requires_grad) for p in model.parameters()]
     model.eval()
     try:
@@ -61,7 +61,8 @@ def _frozen(model):
     finally:
         for p, flag in asked:
             p.requires_grad_(flag)
-        model.train(training)
+        for m, mode in modes:
+            m.training = mode
 
 
 def _settings(model, layer, units, objective, steps, size, param, decorrelate, transforms, lr, seed, batch_size,
