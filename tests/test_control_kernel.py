@@ -8,9 +8,9 @@ import torch
 
 import fastdissect as fd
 from fastdissect.compat.pillow import kernel_tables
-from fastdissect.core import codes
 from fastdissect.engine.controls import PermutedControl, derangement
 from fastdissect.kernels import dispatch, ext
+from test_dispatch import score_params
 
 UNIONS = ("global", "netdissect", "lite")
 
@@ -209,20 +209,13 @@ def test_bad_control_arguments_are_named():
 
 
 def _score_params(keep):
-    """A valid ScoreParams of one 2x2 map against three 4x4 masks, with a control mask set."""
+    """test_dispatch's valid ScoreParams, with a control mask set: its own masks again, its own outputs."""
     C = ext.extension()
-    act, thr = torch.rand(1, 1, 2, 2), torch.zeros(1, dtype=torch.float64)
-    m = fd.pack_masks(torch.rand(1, 3, 4, 4) > 0.5)
-    out = [torch.zeros(1, 3, dtype=torch.int64), torch.zeros(1, dtype=torch.int64)] * 2
-    keep += [act, thr, m, *out]
-    p = C.ScoreParams()
-    p.set_activations(act.data_ptr(), codes.DTYPE_CODES[act.dtype], list(act.shape), list(act.stride()))
-    p.thresholds, p.H, p.W, p.C, p.words_per_mask = thr.data_ptr(), 4, 4, 3, m.words_per_mask
-    p.offsets, p.concept_ids, p.mask_rows = m.offsets.data_ptr(), m.concept_ids.data_ptr(), m.mask_rows.data_ptr()
-    p.words, p.intersection, p.unit_area = m.words.data_ptr(), out[0].data_ptr(), out[1].data_ptr()
-    p.ctl_offsets, p.ctl_concept_ids = m.offsets.data_ptr(), m.concept_ids.data_ptr()
-    p.ctl_mask_rows, p.ctl_words = m.mask_rows.data_ptr(), m.words.data_ptr()
-    p.ctl_intersection, p.ctl_unit_area = out[2].data_ptr(), out[3].data_ptr()
+    p = score_params(C, keep)
+    out = [torch.zeros(1, 3, dtype=torch.int64), torch.zeros(1, dtype=torch.int64)]
+    keep += out
+    p.ctl_offsets, p.ctl_concept_ids, p.ctl_mask_rows, p.ctl_words = p.offsets, p.concept_ids, p.mask_rows, p.words
+    p.ctl_intersection, p.ctl_unit_area = out[0].data_ptr(), out[1].data_ptr()
     return C, p
 
 

@@ -135,7 +135,7 @@ def test_entry_points_refuse_default_params_with_a_value_error():
             call()
 
 
-def _score_params(C, keep):
+def score_params(C, keep):
     """A valid ScoreParams of one 2x2 map against three 4x4 masks (tensors kept alive in `keep`)."""
     act, thr = torch.rand(1, 1, 2, 2), torch.zeros(1, dtype=torch.float64)
     m = fd.pack_masks(torch.rand(1, 3, 4, 4) > 0.5)
@@ -159,7 +159,7 @@ def _score_params(C, keep):
 ])
 def test_score_check_names_the_bad_field(field, value, message):
     C, keep = ext.extension(), []
-    p = _score_params(C, keep)
+    p = score_params(C, keep)
     C.check_score(p)  # valid as built
     setattr(p, field, value)
     with pytest.raises(ValueError, match=message):
@@ -182,7 +182,7 @@ def test_checks_name_bad_dtypes_strides_and_channels():
     keep = []
     s = C.ScoreScratch()
     s.map_scale, s.taps = 8, 8
-    p = _score_params(C, keep)
+    p = score_params(C, keep)
     p.exhaustive = True
     with pytest.raises(ValueError, match=r"the CUDA kernels have no Pillow resampling"):
         C.score_gpu(p, s, True, 0, 1)
