@@ -15,6 +15,7 @@ import torch
 from ..core import validate
 from ..datasets.sample import IMAGENET_MEAN, IMAGENET_STD, model_input, stack_images
 from ..pipeline.hooks import find_modules, trace
+from ..pipeline.options import model_device  # noqa: F401 (the analyses' inputs.model_device)
 from ..pipeline.results import Dissection
 
 
@@ -97,11 +98,6 @@ def check_map_size(layer, act: torch.Tensor, name: str) -> None:
         raise ValueError(f"these images give {act.shape[2]}x{act.shape[3]} maps at {name}, the dissection's are "
                          f"{h}x{w}: the images are of the wrong size for it (pass image_size=, or resize them "
                          "as the data set's images)")
-
-
-def model_device(model: torch.nn.Module):
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
 
 
 def dissection(d, name: str = "dissection"):

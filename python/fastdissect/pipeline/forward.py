@@ -11,12 +11,7 @@ import torch
 from ..datasets.images import ImagesOnly, collate_images
 from ..datasets.sample import model_input
 from .hooks import run_until_traced, trace
-from .options import DissectOptions
-
-
-def model_device(model: torch.nn.Module) -> torch.device:
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
+from .options import DissectOptions, model_device
 
 
 def image_batches(dataset, batch_size: int, indices=None):

@@ -148,6 +148,8 @@ class DissectOptions:
 
 
 def model_device(model) -> torch.device:
+    """Where the model's first parameter lives (the CPU for a model without parameters): the device
+    its inputs go to."""
     param = next(model.parameters(), None)
     return param.device if param is not None else torch.device("cpu")
 

@@ -18,6 +18,7 @@ from ...core import validate
 from ...datasets.sample import IMAGENET_MEAN, IMAGENET_STD
 from ...files.identity import model_identity
 from ...pipeline.hooks import StopForward, find_modules
+from ...pipeline.options import model_device
 from . import objectives, params, transforms as transforming
 from .result import Visualization
 
@@ -114,15 +115,11 @@ def _layer_output(model, reading: dict, images: torch.Tensor, s: dict) -> torch.
     return reading["out"]
 
 
-def _device(model) -> torch.device:
-    p = next(iter(model.parameters()), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
 def _units(model, module, s: dict) -> list[int]:
     """The unit ids to visualise, each checked against what the layer (or basis) offers."""
     with _reading(module) as reading, torch.no_grad():
-        out = _layer_output(model, reading, torch.full((1, 3, s["size"], s["size"]), 0.5, device=_device(model)), s)
+        grey = torch.full((1, 3, s["size"], s["size"]), 0.5, device=model_device(model))
+        out = _layer_output(model, reading, grey, s)
     objectives.check_shape(out, s["objective"], s["layer"])
     count = objectives.num_units(out, s["objective"], s["basis"])
     if count is None:
@@ -153,7 +150,7 @@ def _initial(units: list[int], s: dict, device) -> torch.Tensor:
 def _optimise(model, module, units: list[int], s: dict, bar) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(B, S, S, 3) uint8 images, (B, steps) float64 traces and (B,) float64 final values of the
     `units`' images (each repeated images_per_unit times), optimised together."""
-    device = _device(model)
+    device = model_device(model)
     p = _initial(units, s, device)
     index = torch.tensor(units, device=device).repeat_interleave(s["images_per_unit"])
     optimizer = torch.optim.Adam([p], lr=s["lr"])
