@@ -68,12 +68,16 @@ def activations(x, name: str = "activations", num_units: int | None = None, chec
 # per unit on the device instead, without a host sync, and the counts are reported where results
 # are read (`report_non_finite`). Either way the error names the units and says why it is one.
 
+def proving_sum(x: torch.Tensor) -> torch.Tensor:
+    """x's sum (float32 for half types), 0-dim on x's device. One sum is much cheaper than an isfinite
+    mask: NaN and inf propagate through it, so a finite sum proves every value finite; a non-finite
+    one (possibly a mere overflow) calls for the full check."""
+    return x.sum(dtype=torch.float32) if x.dtype in (torch.float16, torch.bfloat16) else x.sum()
+
+
 def finite(x: torch.Tensor, name: str) -> None:
     """Rejects NaN and +-inf, naming the units (dim 1) that hold them."""
-    # One sum is much cheaper than an isfinite mask: NaN and inf propagate through it, so a finite
-    # sum proves every value finite; a non-finite one (possibly a mere overflow) pays for the full check.
-    total = x.sum(dtype=torch.float32) if x.dtype in (torch.float16, torch.bfloat16) else x.sum()
-    if bool(torch.isfinite(total)):
+    if bool(torch.isfinite(proving_sum(x))):
         return
     ok = torch.isfinite(x)
     if bool(ok.all()):

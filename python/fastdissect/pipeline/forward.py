@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..core import validate
 from ..datasets.images import ImagesOnly, collate_images
 from ..datasets.sample import model_input
 from .hooks import run_until_traced, trace
@@ -109,11 +110,8 @@ class Forward:
 
 def check_finite(acts: dict, indices: torch.Tensor) -> None:
     """NaN or inf anywhere is named by layer, images and units (one host sync per batch)."""
-    # A finite sum proves every value finite (NaN and inf propagate through it), at a fraction of an
-    # isfinite mask's cost; only a non-finite sum (possibly a mere overflow) pays for the full check.
-    sums = torch.stack([a.sum(dtype=torch.float32 if a.dtype in (torch.float16, torch.bfloat16) else a.dtype)
-                        .to(torch.float64) for a in acts.values()])
-    if bool(torch.isfinite(sums).all()):
+    sums = torch.stack([validate.proving_sum(a).to(torch.float64) for a in acts.values()])
+    if bool(torch.isfinite(sums).all()):  # every value finite: no isfinite masks needed
         return
     bad = {name: ~torch.isfinite(a).flatten(2).all(dim=2) for name, a in acts.items()}  # (B, K) each
     if not bool(torch.stack([b.any() for b in bad.values()]).any()):
