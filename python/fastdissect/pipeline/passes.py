@@ -82,11 +82,9 @@ class Passes:
                 for name, record in layers.items():
                     redo = needs_forward(record, thresholds[name])
                     again.setdefault(name, set()).update((torch.nonzero(redo).flatten() + first).tolist())
-                    rows = torch.nonzero(~redo).flatten().tolist()
                     maps = rebuild(record, thresholds[name]).to(self.opts.device)
-                    for i, j in runs(rows):
-                        lo, hi = rows[i], rows[j - 1] + 1
-                        self.add_to_tallies(name, maps[lo:hi], masks[lo:hi], first + lo)
+                    self._tally_rows(name, maps, masks, torch.nonzero(~redo).flatten().tolist(),
+                                     range(first, first + count))
                 bar.update(count)
         self.kept.close(keep_files=self.opts.keep_spill)
         self.tally_again({name: images for name, images in again.items() if images})
@@ -105,11 +103,14 @@ class Passes:
             masks = batch.masks.to(self.opts.device)
             ids = batch.indices.tolist()
             for name, a in acts.items():
-                rows = [r for r, i in enumerate(ids) if i in again[name]]
-                # a run of consecutive image ids is a run of rows too: the batch's ids ascend
-                for i, j in runs([ids[r] for r in rows]):
-                    lo, hi = rows[i], rows[j - 1] + 1
-                    self.add_to_tallies(name, a[lo:hi], masks[lo:hi], ids[lo])
+                self._tally_rows(name, a, masks, [r for r, i in enumerate(ids) if i in again[name]], ids)
+
+    def _tally_rows(self, name: str, maps, masks, rows: list[int], ids) -> None:
+        """Tallies `rows` (ascending) of a batch whose row r is image ids[r], one call per run of
+        consecutive images (the batch's ids ascend, so such a run is a run of rows too)."""
+        for i, j in runs([ids[r] for r in rows]):
+            lo, hi = rows[i], rows[j - 1] + 1
+            self.add_to_tallies(name, maps[lo:hi], masks[lo:hi], ids[lo])
 
     def add_to_tallies(self, name: str, act: torch.Tensor, masks, first_image: int) -> None:
         self.bundles[name].add_to_tallies(act, masks, first_image, formulas=self.mask_log is not None)
