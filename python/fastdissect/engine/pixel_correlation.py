@@ -62,12 +62,7 @@ class PixelCorrelation:
 
     def add(self, activations, masks) -> None:
         """activations (N, K, h, w) float (no NaN/inf); masks (N, C, H, W) bool or `ConceptMasks`."""
-        a = validate.as_tensor(activations, "activations")
-        if a.dim() != 4 or a.shape[1] != self.num_units:
-            raise ValueError(f"activations must have shape [N, {self.num_units}, h, w], got {tuple(a.shape)}")
-        if a.dtype not in validate.FLOAT_DTYPES:
-            raise TypeError(f"activations must be float32, float64, float16 or bfloat16, got {a.dtype}")
-        validate.finite(a, "activations")
+        a = validate.activations(activations, num_units=self.num_units)
         m = as_concept_masks(masks, self.num_concepts)
         if m.num_images != a.shape[0]:
             raise ValueError(f"activations have N={a.shape[0]}, masks have N={m.num_images}")
@@ -140,9 +135,7 @@ def pixel_correlation(activations, masks) -> torch.Tensor:
     """(K, C) float64: Pearson's r between each unit's upsampled activation and each concept's mask
     over every pixel of the data set (the module's formula). activations (N, K, h, w); masks
     (N, C, H, W) bool or `fd.pack_masks` output."""
-    a = validate.as_tensor(activations, "activations")
-    if a.dim() != 4:
-        raise ValueError(f"activations must have shape [N, K, h, w], got {tuple(a.shape)}")
+    a = validate.activations(activations, check_finite=False)  # add() checks
     m = as_concept_masks(masks)
     acc = PixelCorrelation(a.shape[1], m.num_concepts)
     acc.add(a, m)
