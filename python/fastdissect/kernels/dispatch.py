@@ -122,16 +122,8 @@ def tally_batch(backend: str, act: torch.Tensor, masks: ConceptMasks, thresholds
                                       control.image_hits)
         return
     C = ext.extension()
-    p = C.ScoreParams()
-    _set_activations(p, act)
-    p.thresholds = _addr(thresholds)
-    p.H, p.W, p.C, p.words_per_mask = masks.height, masks.width, masks.num_concepts, masks.words_per_mask
-    p.offsets, p.concept_ids = _addr(masks.offsets), _addr(masks.concept_ids)
-    p.mask_rows, p.words = _addr(masks.mask_rows), _addr(masks.words)
-    p.union_mode, p.categories, p.G = UNION_CODES[union], _addr(categories), num_categories
-    p.intersection, p.unit_area, p.unit_category_area = _addr(intersection), _addr(unit_area), \
-        _addr(unit_category_area)
-    p.image_hits = _addr(image_hits)
+    p = _score_params(C, act, masks, thresholds, union, categories, num_categories, intersection, unit_area,
+                      unit_category_area, image_hits)
     if control is not None:
         _set_control(p, control)
     if mask_out is not None:
@@ -155,6 +147,22 @@ def tally_batch(backend: str, act: torch.Tensor, masks: ConceptMasks, thresholds
         p.branch_counts = _addr(branch_counts)
     p.exhaustive = bool(exhaustive)
     C.score_cpu(p, torch.get_num_threads())
+
+
+def _score_params(C, act, masks: ConceptMasks, thresholds, union: str, categories, num_categories: int,
+                  intersection, unit_area, unit_category_area, image_hits):
+    """The ScoreParams of one batch's labels and outputs (the options and the control set later)."""
+    p = C.ScoreParams()
+    _set_activations(p, act)
+    p.thresholds = _addr(thresholds)
+    p.H, p.W, p.C, p.words_per_mask = masks.height, masks.width, masks.num_concepts, masks.words_per_mask
+    p.offsets, p.concept_ids = _addr(masks.offsets), _addr(masks.concept_ids)
+    p.mask_rows, p.words = _addr(masks.mask_rows), _addr(masks.words)
+    p.union_mode, p.categories, p.G = UNION_CODES[union], _addr(categories), num_categories
+    p.intersection, p.unit_area, p.unit_category_area = _addr(intersection), _addr(unit_area), \
+        _addr(unit_category_area)
+    p.image_hits = _addr(image_hits)
+    return p
 
 
 def _check_control(act: torch.Tensor, masks: ConceptMasks, control: ControlTallies, image_hits) -> None:
