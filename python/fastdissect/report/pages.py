@@ -428,6 +428,39 @@ def _random_init_summaries(dissection) -> dict:
     return {name: layer.summary for name, layer in control.items()} if control is not None else {}
 
 
+def _layer_pages(env, directory: Path, name: str, layer, dataset, thumbs: dict, visualization, categories,
+                 colors) -> dict:
+    """A layer's page, its figures and its units' folder (strips, visualisations, the units' page);
+    returns the layer's summary for the index."""
+    slug = _slug(name)
+    summary = dict(layer.summary, page=f"layer_{slug}.html")
+    figure = f"layer_{slug}_detectors.png"
+    _bar_figure(directory / figure, f"{name}: unique detectors per category", categories,
+                [summary["unique_detectors"][c] for c in categories], colors)
+    folder = f"units_{slug}"  # the strips and the units' page, published together
+    with directory_in_place(directory / folder) as fresh:
+        strips = _strips(layer, dataset, fresh, thumbs) if dataset is not None else [None] * layer.num_units
+        units = [dict(u, strip=s) for u, s in zip(layer.units, strips)]
+        label_height = _label_height(dataset)
+        full = strips if label_height <= THUMB else _strips(layer, dataset, fresh, thumbs, label_height, "full")
+        visuals = _write_visuals(visualization, fresh, max(label_height, THUMB))
+        units_page = _unit_page(env, layer, [dict(u, strip=f, visual=visuals.get(u["unit"]))
+                                             for u, f in zip(units, full)], fresh, summary["page"], colors)
+    for u in units:
+        u["unit_page"] = f"{folder}/{units_page}#unit-{u['unit']}"
+        u["visual"] = visuals.get(u["unit"])
+    concept_figure = f"layer_{slug}_concepts.png"
+    if not _concept_figure(directory / concept_figure, layer, colors):
+        concept_figure = None
+    page = env.get_template("layer.html.j2").render(
+        layer=name, summary=summary, figure=figure, concept_figure=concept_figure, units=units, units_folder=folder,
+        categories=categories, colors=colors, has_visuals=bool(visuals),
+        has_formulas=layer.formulas is not None, has_control=layer.control is not None, metric=layer.metric,
+        top_k=layer.top_images.shape[1] if layer.top_images is not None else 0)
+    write_text(directory / summary["page"], page)
+    return summary
+
+
 def write_report(dissection, directory, dataset=None, *, visualizations=None, verbose: bool = True) -> Path:
     """Writes the report for `dissection` into `directory`; returns the path of index.html.
 
@@ -455,35 +488,9 @@ def write_report(dissection, directory, dataset=None, *, visualizations=None, ve
     categories = list(first.category_names)
     colors = category_colors(categories)
     thumbs: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # the top images' tiles, shared by the layers
-    summaries = []
-    for name, layer in tqdm(dissection.items(), desc="report", unit="layer", disable=not verbose):
-        slug = _slug(name)
-        summary = dict(layer.summary, page=f"layer_{slug}.html")
-        summaries.append(summary)
-        figure = f"layer_{slug}_detectors.png"
-        _bar_figure(directory / figure, f"{name}: unique detectors per category", categories,
-                    [summary["unique_detectors"][c] for c in categories], colors)
-        folder = f"units_{slug}"  # the strips and the units' page, published together
-        with directory_in_place(directory / folder) as fresh:
-            strips = _strips(layer, dataset, fresh, thumbs) if dataset is not None else [None] * layer.num_units
-            units = [dict(u, strip=s) for u, s in zip(layer.units, strips)]
-            label_height = _label_height(dataset)
-            full = strips if label_height <= THUMB else _strips(layer, dataset, fresh, thumbs, label_height, "full")
-            visuals = _write_visuals(visualizations.get(name), fresh, max(label_height, THUMB))
-            units_page = _unit_page(env, layer, [dict(u, strip=f, visual=visuals.get(u["unit"]))
-                                                 for u, f in zip(units, full)], fresh, summary["page"], colors)
-        for u in units:
-            u["unit_page"] = f"{folder}/{units_page}#unit-{u['unit']}"
-            u["visual"] = visuals.get(u["unit"])
-        concept_figure = f"layer_{slug}_concepts.png"
-        if not _concept_figure(directory / concept_figure, layer, colors):
-            concept_figure = None
-        page = env.get_template("layer.html.j2").render(
-            layer=name, summary=summary, figure=figure, concept_figure=concept_figure, units=units, units_folder=folder,
-            categories=categories, colors=colors, has_visuals=bool(visuals),
-            has_formulas=layer.formulas is not None, has_control=layer.control is not None, metric=layer.metric,
-            top_k=layer.top_images.shape[1] if layer.top_images is not None else 0)
-        write_text(directory / summary["page"], page)
+    summaries = [_layer_pages(env, directory, name, layer, dataset, thumbs, visualizations.get(name), categories,
+                              colors)
+                 for name, layer in tqdm(dissection.items(), desc="report", unit="layer", disable=not verbose)]
     _comparison_figure(directory / "layers_detectors.png", summaries, categories, colors)
     index = env.get_template("index.html.j2").render(
         n_layers=len(summaries), n_images=first.scores.num_images, union=first.scores.union_mode,
