@@ -283,6 +283,32 @@ void declare_formula_counts_params(py::module_& m) {
       .pointer("flu", &FormulaCountsParams::flu);
 }
 
+void declare_pair_counts_params(py::module_& m) {
+  using fd::PairCountsParams;
+  FieldTable<PairCountsParams>(m, "PairCountsParams")
+      .value("B", &PairCountsParams::B)
+      .value("hw", &PairCountsParams::hw)
+      .value("words_per_mask", &PairCountsParams::words_per_mask)
+      .pointer("pair_a", &PairCountsParams::pair_a)
+      .pointer("pair_b", &PairCountsParams::pair_b)
+      .value("P", &PairCountsParams::P)
+      .pointer("leaf_offsets", &PairCountsParams::leaf_offsets)
+      .pointer("leaf_images", &PairCountsParams::leaf_images)
+      .pointer("leaf_rows", &PairCountsParams::leaf_rows)
+      .pointer("leaf_words", &PairCountsParams::leaf_words)
+      .value("N", &PairCountsParams::N)
+      .pointer("unit_rows", &PairCountsParams::unit_rows)
+      .pointer("u_words", &PairCountsParams::u_words)
+      .value("unit_only", &PairCountsParams::unit_only)
+      .value("C", &PairCountsParams::C)
+      .pointer("offsets", &PairCountsParams::offsets)
+      .pointer("concept_ids", &PairCountsParams::concept_ids)
+      .pointer("mask_rows", &PairCountsParams::mask_rows)
+      .pointer("words", &PairCountsParams::words)
+      .pointer("t", &PairCountsParams::t)
+      .pointer("tu", &PairCountsParams::tu);
+}
+
 void declare_params(py::module_& m) {
   declare_score_params(m);
   declare_histogram_params(m);
@@ -290,6 +316,7 @@ void declare_params(py::module_& m) {
   declare_png_labels_params(m);
   declare_tiles_params(m);
   declare_formula_counts_params(m);
+  declare_pair_counts_params(m);
 }
 
 
@@ -299,6 +326,7 @@ void declare_checks(py::module_& m) {
   m.def("check_histogram", &fd::check_histogram, py::arg("params"));
   m.def("check_histogram_scratch", &fd::check_histogram_scratch, py::arg("params"), py::arg("scratch"));
   m.def("check_formula_counts", &fd::check_formula_counts, py::arg("params"));
+  m.def("check_pair_counts", &fd::check_pair_counts, py::arg("params"));
   m.def("check_union_iou", &fd::check_union_iou, py::arg("params"));
   m.def("check_png_labels", &fd::check_png_labels, py::arg("params"));
   m.def("check_tiles", &fd::check_tiles, py::arg("params"));
@@ -319,6 +347,13 @@ void declare_cpu_ops(py::module_& m, const Guard& no_gil) {
       [](const fd::FormulaCountsParams& p, int n_threads) {
         fd::check_formula_counts(p);
         fd::formula_counts_cpu(p, n_threads);
+      },
+      py::arg("params"), py::arg("n_threads"), no_gil);
+  m.def(
+      "pair_counts_cpu",
+      [](const fd::PairCountsParams& p, int n_threads) {
+        fd::check_pair_counts(p);
+        fd::pair_counts_cpu(p, n_threads);
       },
       py::arg("params"), py::arg("n_threads"), no_gil);
   m.def(
@@ -385,6 +420,22 @@ void declare_gpu_ops(py::module_& m, const Guard& no_gil) {
         }
       },
       py::arg("params"), py::arg("entries"), py::arg("emulate"), py::arg("stream"), py::arg("n_threads"), no_gil);
+  m.def(
+      "pair_counts_gpu",
+      [](const fd::PairCountsParams& p, uintptr_t item_offsets, int64_t total, bool emulate, uintptr_t stream,
+         int n_threads) {
+        fd::check_pair_counts(p);
+        if (total < 0) throw std::invalid_argument("pair_counts: total must be >= 0");
+        if (total > 0 && !item_offsets) throw std::invalid_argument("pair_counts: item_offsets is null");
+        const auto* items = reinterpret_cast<const int64_t*>(item_offsets);
+        if (emulate) {
+          fd::pair_counts_cuda_emu(p, items, total, n_threads);
+        } else {
+          FD_CUDA_CALL(fd::pair_counts_cuda(p, items, total, stream));
+        }
+      },
+      py::arg("params"), py::arg("item_offsets"), py::arg("total"), py::arg("emulate"), py::arg("stream"),
+      py::arg("n_threads"), no_gil);
 }
 
 py::list launch_records(const std::vector<fd::EmuLaunchRecord>& records) {

@@ -106,6 +106,23 @@ void check_formula_counts(const FormulaCountsParams& p) {
   present(p.flu, op, "flu", p.B > 0);
 }
 
+void check_pair_counts(const PairCountsParams& p) {
+  const char* op = "pair_counts";
+  not_negative(p.B, op, "B");
+  require(p.hw >= 1, op, "params.hw (pixels per image) must be >= 1");
+  require(p.C > 0, op, "params.C (concepts) must be > 0");
+  checks::concept_masks(p, op, p.hw);
+  require(p.P > 0, op, "params.P (leaves) must be > 0");
+  require(p.N > 0, op, "params.N (images) must be > 0");
+  require(p.unit_only == 0 || p.unit_only == 1, op, "params.unit_only must be 0 or 1");
+  present(p.leaf_offsets, op, "leaf_offsets");
+  present(p.unit_rows, op, "unit_rows");
+  present(p.pair_a, op, "pair_a", p.B > 0);
+  present(p.pair_b, op, "pair_b", p.B > 0);
+  present(p.t, op, "t", p.B > 0);
+  present(p.tu, op, "tu", p.B > 0);
+}
+
 void check_union_iou(const UnionIouParams& p) {
   const char* op = "union_iou";
   not_negative(p.K, op, "K");

@@ -11,6 +11,7 @@
 
 #include "common/bitpack.h"
 #include "common/formula_counts.h"
+#include "common/pair_counts.h"
 #include "common/histogram.h"
 #include "common/png_labels.h"
 #include "common/score.h"
@@ -67,6 +68,7 @@ void check_score_scratch(const ScoreParams& p, const ScoreScratch& s);
 void check_histogram(const HistogramParams& p);
 void check_histogram_scratch(const HistogramParams& p, const HistogramScratch& s);
 void check_formula_counts(const FormulaCountsParams& p);
+void check_pair_counts(const PairCountsParams& p);
 void check_union_iou(const UnionIouParams& p);
 void check_png_labels(const PngLabelsParams& p);
 void check_tiles(const TilesParams& p);

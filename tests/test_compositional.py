@@ -89,6 +89,23 @@ def test_optimal_equals_brute_force(seed):
             assert opt.evaluated[k] > 0
 
 
+def test_optimal_search_does_not_depend_on_its_batches_or_its_cache(monkeypatch):
+    """Small pair batches (many rounds of bounds) and no cache of the pairs' counts (every unit counts
+    them again) give the same formulas and counts, the brute-force best."""
+    from fastdissect.engine.compositional.optimal import OptimalSearch
+
+    masks, units = random_case(5, n=7, c=9, h=6, w=7, k=4, density=0.3)
+    default = fd.compositional(units, masks, formula_length=3, search="optimal")
+    monkeypatch.setattr(OptimalSearch, "PAIR_BATCH", 3)
+    monkeypatch.setattr(OptimalSearch, "CACHE_BYTES", 0)
+    small = fd.compositional(units, masks, formula_length=3, search="optimal")
+    assert [str(f) for f in small.formulas] == [str(f) for f in default.formulas]
+    for name in ("iou", "intersection", "formula_area"):
+        assert torch.equal(getattr(small, name), getattr(default, name)), name
+    for k in range(units.shape[1]):
+        assert default.iou[k].item() == pytest.approx(ref.brute_force_best(units[:, k].numpy(), masks.numpy(), 3)[1])
+
+
 @pytest.mark.parametrize("length", [1, 2])
 def test_optimal_short_formulas(length):
     masks, units = random_case(7)

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import fastdissect as fd
+from fastdissect.core.formula_masks import concept_set
 from fastdissect.kernels import dispatch
 
 
@@ -130,6 +131,14 @@ def test_emulated_launches_of_every_op_follow_their_plans():
     fd.compositional(torch.randn(4, 2, 3, 3), torch.rand(4, 3, 9, 9) > 0.5, length=2, beam_size=2, backend="cuda_emu")
     (launch,) = _launches()
     assert launch["kernel"] == "formula_counts_kernel" and launch["block"] == 256
+    leaves = concept_set(m)
+    images = leaves.offsets.diff()
+    unit_rows = torch.full((4,), -1, dtype=torch.int64)
+    dispatch.pair_counts("cuda_emu", leaves, torch.tensor([0, 2]), torch.tensor([1, 1]), unit_rows,
+                         torch.zeros(0, m.words_per_mask, dtype=torch.int64), m)
+    # one item per image of each pair's leaf with fewer images
+    items = int(torch.minimum(images[[0, 2]], images[[1, 1]]).sum())
+    assert _launches() == [_grid_stride("pair_counts_kernel", items)]
 
 
 def test_cuda_launchers_take_their_geometry_from_the_plans():
@@ -140,7 +149,7 @@ def test_cuda_launchers_take_their_geometry_from_the_plans():
     launches = {p.name: re.findall(r"<<<([^>]*)>>>", p.read_text()) for p in (csrc / "cuda").glob("*.cu*")}
     assert {name: found for name, found in launches.items() if found} == {
         "launch.cuh": ["l.grid, l.block, l.shared_bytes, stream"]}
-    for op in ("score", "histogram", "formula_counts"):
+    for op in ("score", "histogram", "formula_counts", "pair_counts"):
         cu = (csrc / "cuda" / f"{op}_cuda.cu").read_text()
         emu = (csrc / "emu" / f"{op}_emu.cpp").read_text()
         assert f"launch_{op}(" in cu and "CudaLauncher{" in cu

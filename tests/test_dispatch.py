@@ -92,6 +92,7 @@ def test_concept_masks_moved_between_devices_are_not_verified_again(monkeypatch)
 
 # ---- the extension's entry points: <op>_cpu / <op>_gpu, each behind its check_<op>
 OPS = {"score": ("cpu", "gpu"), "histogram": ("cpu", "gpu"), "formula_counts": ("cpu", "gpu"),
+       "pair_counts": ("cpu", "gpu"),
        "union_iou": ("cpu",), "png_labels": ("cpu",), "tiles": ("cpu",)}
 
 
@@ -106,7 +107,7 @@ def test_every_op_has_a_check_and_one_name_per_backend():
 
 def _default_calls(C):
     """Each entry point called with default (all-zero) Params: refused, never run."""
-    score, hist, fc = C.ScoreParams(), C.HistogramParams(), C.FormulaCountsParams()
+    score, hist, fc, pc = C.ScoreParams(), C.HistogramParams(), C.FormulaCountsParams(), C.PairCountsParams()
     return {
         "score_cpu": lambda: C.score_cpu(score, 1),
         "score_gpu": lambda: C.score_gpu(score, C.ScoreScratch(), True, 0, 1),
@@ -114,6 +115,8 @@ def _default_calls(C):
         "histogram_gpu": lambda: C.histogram_gpu(hist, C.HistogramScratch(), True, 0, 1),
         "formula_counts_cpu": lambda: C.formula_counts_cpu(fc, 1),
         "formula_counts_gpu": lambda: C.formula_counts_gpu(fc, 0, True, 0, 1),
+        "pair_counts_cpu": lambda: C.pair_counts_cpu(pc, 1),
+        "pair_counts_gpu": lambda: C.pair_counts_gpu(pc, 0, 0, True, 0, 1),
         "union_iou_cpu": lambda: C.union_iou_cpu(_null_union_iou(C), 1),
         "png_labels_cpu": lambda: C.png_labels_cpu(C.PngLabelsParams()),
         "tiles_cpu": lambda: C.tiles_cpu(C.TilesParams(), 1),

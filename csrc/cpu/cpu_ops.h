@@ -6,6 +6,7 @@
 
 #include "../common/formula_counts.h"
 #include "../common/histogram.h"
+#include "../common/pair_counts.h"
 #include "../common/png_labels.h"
 #include "../common/score.h"
 #include "../common/tiles.h"
@@ -25,6 +26,10 @@ void score_cpu(const ScoreParams& p, int n_threads);
 // Adds |F_b & L_c| and |F_b & U_b & L_c| of FormulaCountsParams (formula_counts.h) into p.fl / p.flu.
 // Deterministic: every formula's rows are owned by one thread.
 void formula_counts_cpu(const FormulaCountsParams& p, int n_threads);
+
+// Adds |A_i & B_i & L_c| and |A_i & B_i & U & L_c| of PairCountsParams (pair_counts.h) into p.t / p.tu.
+// Deterministic: every pair's rows are owned by one thread.
+void pair_counts_cpu(const PairCountsParams& p, int n_threads);
 
 // The union and IoU tables of UnionIouParams (union_iou.h).
 void union_iou_cpu(const UnionIouParams& p, int n_threads);

@@ -6,6 +6,7 @@
 
 #include "../common/formula_counts.h"
 #include "../common/histogram.h"
+#include "../common/pair_counts.h"
 #include "../common/score.h"
 
 namespace fd {
@@ -15,11 +16,14 @@ void score_cuda(const ScoreParams& p, const ScoreScratch& s, uintptr_t stream);
 void histogram_cuda(const HistogramParams& p, const HistogramScratch& s, uintptr_t stream);
 // `entries` = p.f_offsets[p.B], read by the caller (the offsets live on the device).
 void formula_counts_cuda(const FormulaCountsParams& p, int64_t entries, uintptr_t stream);
+// item_offsets (on the device): [B + 1] running sums of each pair's leaf-a images; total = its last.
+void pair_counts_cuda(const PairCountsParams& p, const int64_t* item_offsets, int64_t total, uintptr_t stream);
 
 // The same kernels on the CPU with the same launch plans: blocks in parallel over n_threads.
 void score_cuda_emu(const ScoreParams& p, const ScoreScratch& s, int n_threads);
 void histogram_cuda_emu(const HistogramParams& p, const HistogramScratch& s, int n_threads);
 void formula_counts_cuda_emu(const FormulaCountsParams& p, int64_t entries, int n_threads);
+void pair_counts_cuda_emu(const PairCountsParams& p, const int64_t* item_offsets, int64_t total, int n_threads);
 
 // One kernel launch of an emulated op call: the kernel, its grid and block sizes (threads), its
 // dynamic shared memory.

@@ -19,7 +19,7 @@ from ..core.validate import report_non_finite
 from ..core.masks import ConceptMasks
 
 __all__ = ["BACKENDS", "GPU_BACKENDS", "resolve_backend", "has_extension", "ControlTallies", "tally_batch", "union_and_iou",
-           "unit_masks", "draw_tiles", "formula_counts", "histogram_add_cpu", "histogram_add_gpu", "codes",
+           "unit_masks", "draw_tiles", "formula_counts", "pair_counts", "histogram_add_cpu", "histogram_add_gpu", "codes",
            "emu_shim_selftest", "emu_barrier_selftest", "emu_last_launches"]
 
 
@@ -352,6 +352,48 @@ def formula_counts(backend: str, formulas, formula_unit_rows: torch.Tensor, unit
     else:
         lib.formula_counts_cpu(p, torch.get_num_threads())
     return fl, flu
+
+
+def pair_counts(backend: str, leaves, a: torch.Tensor, b: torch.Tensor, unit_rows: torch.Tensor,
+                unit_words: torch.Tensor, masks: ConceptMasks, unit_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, C) int64 |A_i & B_i & L| and |A_i & B_i & U & L| for leaves A_i = leaves[a[i]], B_i =
+    leaves[b[i]] of the MaskSet `leaves` (images increasing within each leaf) and each concept L of
+    `masks`; unit_rows (N,): the row of the unit's mask on each image in `unit_words` (-1: off);
+    unit_only: count on the unit's images only. PairCountsParams in csrc/common/pair_counts.h."""
+    B, C, dev = a.shape[0], masks.num_concepts, leaves.device
+    if b.shape != a.shape or unit_rows.shape != (leaves.num_images,):
+        raise ValueError(f"pair_counts: a {tuple(a.shape)} and b {tuple(b.shape)} must match and unit_rows "
+                         f"{tuple(unit_rows.shape)} must have one row per image ({leaves.num_images})")
+    if B and (int(torch.minimum(a.min(), b.min())) < 0 or int(torch.maximum(a.max(), b.max())) >= len(leaves)):
+        raise ValueError(f"pair_counts: leaf ids must lie in [0, {len(leaves)})")
+    a, b = a.to(dev, torch.int64), b.to(dev, torch.int64)
+    unit_rows = unit_rows.to(dev, torch.int64).contiguous()
+    t = torch.zeros(B, C, dtype=torch.int64, device=dev)
+    tu = torch.zeros(B, C, dtype=torch.int64, device=dev)
+    if B == 0:
+        return t, tu
+    if backend == "torch":
+        torch_backend.pair_counts(leaves, a, b, unit_rows, unit_words, masks, unit_only, t, tu)
+        return t, tu
+    # The kernel looks each image of a up in b: a is the leaf with fewer images.
+    lengths = leaves.offsets.diff()
+    swap = lengths[a] > lengths[b]
+    a, b = torch.where(swap, b, a).contiguous(), torch.where(swap, a, b).contiguous()
+    lib = ext.extension()
+    p = lib.PairCountsParams()
+    p.B, p.hw, p.words_per_mask = B, masks.height * masks.width, masks.words_per_mask
+    p.pair_a, p.pair_b, p.P = _addr(a), _addr(b), len(leaves)
+    p.leaf_offsets, p.leaf_images, p.leaf_rows = _addr(leaves.offsets), _addr(leaves.images), _addr(leaves.rows)
+    p.leaf_words, p.N, p.unit_rows, p.u_words = _addr(leaves.words), leaves.num_images, _addr(unit_rows), _addr(unit_words)
+    p.unit_only, p.C, p.offsets, p.concept_ids = int(unit_only), C, _addr(masks.offsets), _addr(masks.concept_ids)
+    p.mask_rows, p.words, p.t, p.tu = _addr(masks.mask_rows), _addr(masks.words), _addr(t), _addr(tu)
+    if backend in GPU_BACKENDS:
+        items = torch.cat([torch.zeros(1, dtype=torch.int64, device=dev), torch.cumsum(lengths[a], 0)])
+        lib.pair_counts_gpu(p, _addr(items), int(items[-1]), backend == "cuda_emu", _stream_of(dev),
+                            torch.get_num_threads())
+    else:
+        lib.pair_counts_cpu(p, torch.get_num_threads())
+    return t, tu
 
 
 # ---- histogram: the first pass of the exact streaming quantile (top_quantile.py)

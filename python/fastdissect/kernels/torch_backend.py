@@ -163,6 +163,22 @@ def formula_counts(formulas, formula_unit_rows: torch.Tensor, unit_words: torch.
         flu.index_put_((b, c), popcount_words(both & u).sum(dim=1), accumulate=True)
 
 
+def pair_counts(leaves, a: torch.Tensor, b: torch.Tensor, unit_rows: torch.Tensor, unit_words: torch.Tensor,
+                masks: ConceptMasks, unit_only: bool, t: torch.Tensor, tu: torch.Tensor) -> None:
+    """PairCountsParams' counts, from the masks A_i AND B_i built explicitly."""
+    from ..core.formula_masks import AND, MaskSet, combine
+    from ..core.masks import offsets_of_groups
+
+    both = combine(leaves, a, leaves, b, AND)
+    rows = unit_rows[both.images]
+    if unit_only:
+        on = rows >= 0
+        both = MaskSet(both.num_images, both.num_pixels, offsets_of_groups(both.owners()[on], len(both)),
+                       both.images[on], both.rows[on], both.words)
+        rows = rows[on]
+    formula_counts(both, rows, unit_words, masks, t, tu)
+
+
 def union_and_iou(intersection: torch.Tensor, unit_term: torch.Tensor, categories: torch.Tensor | None,
                   concept_area: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """union (K, C) int64 and iou (K, C) float64 from the tallies; unit_term is (K,) for the global

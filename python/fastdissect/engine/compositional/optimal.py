@@ -30,7 +30,8 @@ class OptimalSearch:
     win are counted over the data set.
     """
 
-    PREFIX_BATCH = 64
+    PAIR_BATCH = 256
+    CACHE_BYTES = 256 << 20  # the pairs' |A & B & L| rows kept across units
 
     def __init__(self, ctx: SearchContext, length: int, beam_size: int, shared: dict):
         self.ctx, self.length, self.beam_size, self.shared = ctx, length, beam_size, shared
@@ -101,61 +102,107 @@ class OptimalSearch:
         cut_area = cut.areas().cpu()
         f_area_cut, _ = candidates(cut_area, cut_area, fl_cut, fl_cut, cut_area, cut_area)
         return evaluated + self._third(j, f_area.reshape(-1), f_inter.reshape(-1), f_area_cut.reshape(-1), pairs,
-                                       cut, best)
+                                       fl_cut, pu, cut_area, best)
 
     def _third(self, j: int, f_area: torch.Tensor, f_inter: torch.Tensor, f_area_cut: torch.Tensor,
-               pairs: torch.Tensor, cut: MaskSet, best: "_Best") -> int:
-        """Length 3: prefixes in decreasing bound; each batch is first bounded per (prefix, concept,
-        op) from its counts on the unit's images (`refined_bounds`), and counted over the whole
-        data set only where that bound can still beat the best."""
+               pairs: torch.Tensor, fl_cut: torch.Tensor, pu: torch.Tensor, cut_area: torch.Tensor,
+               best: "_Best") -> int:
+        """Length 3: concept pairs {a, b} in decreasing bound of their four prefixes (a OR b, a AND b,
+        a AND NOT b, b AND NOT a); each batch is counted on the unit's images (`dispatch.pair_counts`),
+        which bounds each (prefix, concept, op) closely (`refined_bounds`), and over the whole data
+        set only where that bound can still beat the best."""
         ctx = self.ctx
-        present = ctx.present
-        P = present.shape[0]
+        P = ctx.present.shape[0]
         bounds = prefix_bounds(ctx, j, f_area, f_inter)
-        order = torch.argsort(bounds, descending=True, stable=True)
-        alive = order[bounds[order] > best.score]
-        cut_area = cut.areas().cpu()  # each concept's area on the unit's images
-        leaves = ctx.present_masks
+        by_op = bounds.view(P, P, 3)
+        pair_bound = torch.maximum(torch.maximum(by_op[..., 0], by_op[..., 1]),
+                                   torch.maximum(by_op[..., 2], by_op[..., 2].T))
+        pair_bound = pair_bound.masked_fill_(~torch.ones(P, P, dtype=torch.bool).triu_(1), -1.0).flatten()
+        order = torch.argsort(pair_bound, descending=True, stable=True)
+        alive = order[pair_bound[order] > best.score]
+        unit_rows = self._unit_rows(j)
         evaluated = 0
-        unit_of = torch.full((self.PREFIX_BATCH,), j, dtype=torch.int64)
-        for i0 in range(0, alive.shape[0], self.PREFIX_BATCH):
-            batch = alive[i0:i0 + self.PREFIX_BATCH]
-            batch = batch[bounds[batch] > best.score]
+        for i0 in range(0, alive.shape[0], self.PAIR_BATCH):
+            batch = alive[i0:i0 + self.PAIR_BATCH]
+            batch = batch[pair_bound[batch] > best.score]
             if batch.numel() == 0:
                 break
-            a, b, op = batch // (P * 3), (batch // 3) % P, batch % 3
-            on_unit = _prefix_masks(cut, a, b, op)
-            fl_cut, t = ctx.counts(on_unit, unit_of[:batch.shape[0]])
-            refined = refined_bounds(ctx, j, f_area[batch], f_inter[batch], f_area_cut[batch], fl_cut[:, present],
-                                     t[:, present], pairs, a, b, op, cut_area)
+            a, b = batch // P, batch % P
+            t_cut, tu = (t.cpu()[:, ctx.present] for t in self._pair_counts(a, b, unit_rows, True))
+            q, pa, pb, op = _prefixes_of(a, b)
+            flat = pa * (P * 3) + pb * 3 + op
+            keep = bounds[flat] > best.score
+            q, pa, pb, op, flat = q[keep], pa[keep], pb[keep], op[keep], flat[keep]
+            f_lu = _with_pair(pu, pa, pb, op, tu[q])  # |F & L & U|
+            refined = refined_bounds(ctx, j, f_area[flat], f_inter[flat], f_area_cut[flat],
+                                     _with_pair(fl_cut, pa, pb, op, t_cut[q]), f_lu, pairs, pa, pb, op, cut_area)
             need = refined.flatten(1).amax(dim=1) > best.score
             if not bool(need.any()):
                 continue
-            a, b, op, batch = a[need], b[need], op[need], batch[need]
-            fl, flu = ctx.counts(_prefix_masks(leaves, a, b, op), unit_of[:batch.shape[0]])
-            area, inter = candidates(f_area[batch], f_inter[batch], fl[:, present], flu[:, present],
-                                     ctx.concept_area[present], ctx.unit_concept[j, present])
+            q, pa, pb, op, flat, f_lu = q[need], pa[need], pb[need], op[need], flat[need], f_lu[need]
+            counted, where = torch.unique(q, return_inverse=True)
+            t = self._global_triples(a[counted], b[counted])
+            area, inter = candidates(f_area[flat], f_inter[flat], _with_pair(pairs, pa, pb, op, t[where]), f_lu,
+                                     ctx.concept_area[ctx.present], ctx.unit_concept[j, ctx.present])
             score = iou(inter, area, int(ctx.unit_area[j])) * extension_weights(ctx.penalty, op)
             evaluated += score.numel()
-            flat = int(torch.argmax(score))
-            p, c, op3 = unravel(flat, P)
-            prefix = extend(Leaf(int(present[a[p]])), int(present[b[p]]), int(op[p]))
-            best.offer(extend(prefix, int(present[c]), op3), float(score.flatten()[flat]),
-                       int(area.flatten()[flat]), int(inter.flatten()[flat]))
+            flat3 = int(torch.argmax(score))
+            p, c, op3 = unravel(flat3, P)
+            prefix = extend(Leaf(int(ctx.present[pa[p]])), int(ctx.present[pb[p]]), int(op[p]))
+            best.offer(extend(prefix, int(ctx.present[c]), op3), float(score.flatten()[flat3]),
+                       int(area.flatten()[flat3]), int(inter.flatten()[flat3]))
         return evaluated
 
+    def _unit_rows(self, j: int) -> torch.Tensor:
+        """(N,) the row of unit j's mask on each image in ctx.units.words, -1 where it is off."""
+        units = self.ctx.units
+        lo, hi = int(units.offsets[j]), int(units.offsets[j + 1])
+        rows = torch.full((units.num_images,), -1, dtype=torch.int64, device=units.device)
+        rows[units.images[lo:hi]] = units.rows[lo:hi]
+        return rows
 
-def _prefix_masks(leaves: MaskSet, a: torch.Tensor, b: torch.Tensor, op: torch.Tensor) -> MaskSet:
-    """Masks of the prefixes leaves[a[i]] op[i] leaves[b[i]], in order."""
-    sets, where, base = [], torch.empty(a.shape[0], dtype=torch.int64), 0
-    for code in (OR, AND, AND_NOT):
-        sel = torch.nonzero(op == code).flatten()
-        if sel.numel() == 0:
-            continue
-        sets.append(combine(leaves, a[sel], leaves, b[sel], code))
-        where[sel] = base + torch.arange(sel.shape[0])
-        base += sel.shape[0]
-    return concat(sets).select(where.to(a.device))
+    def _pair_counts(self, a: torch.Tensor, b: torch.Tensor, unit_rows: torch.Tensor, unit_only: bool):
+        ctx = self.ctx
+        dev = ctx.present_masks.device
+        return dispatch.pair_counts(ctx.backend, ctx.present_masks, a.to(dev), b.to(dev), unit_rows, ctx.units.words,
+                                    ctx.masks, unit_only=unit_only)
+
+    def _global_triples(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """(Q, P) |A & B & L| over the data set for the present concepts: the same for every unit, so
+        kept across units and chunks (in self.shared) up to CACHE_BYTES."""
+        ctx = self.ctx
+        P = ctx.present.shape[0]
+        cache = self.shared.setdefault("triples", {})
+        keys = (a * P + b).tolist()
+        missing = [i for i, key in enumerate(keys) if key not in cache]
+        if missing:
+            sel = torch.tensor(missing, dtype=torch.int64)
+            off = torch.full((ctx.units.num_images,), -1, dtype=torch.int64, device=ctx.present_masks.device)
+            t = self._pair_counts(a[sel], b[sel], off, False)[0].cpu()[:, ctx.present]
+            room = max(0, self.CACHE_BYTES // (8 * P) - len(cache))
+            fresh = dict(zip((keys[i] for i in missing), t))
+            cache.update(dict(list(fresh.items())[:room]))
+        else:
+            fresh = {}
+        return torch.stack([cache[key] if key in cache else fresh[key] for key in keys])
+
+
+def _prefixes_of(a: torch.Tensor, b: torch.Tensor):
+    """The four prefixes of each pair q = (a[q], b[q]): (pair, first, second, op), pair-major."""
+    q = torch.arange(a.shape[0]).repeat_interleave(4)
+    first = torch.stack([a, a, a, b], dim=1).flatten()
+    second = torch.stack([b, b, b, a], dim=1).flatten()
+    op = torch.tensor([OR, AND, AND_NOT, AND_NOT]).repeat(a.shape[0])
+    return q, first, second, op
+
+
+def _with_pair(table: torch.Tensor, first: torch.Tensor, second: torch.Tensor, op: torch.Tensor,
+               triple: torch.Tensor) -> torch.Tensor:
+    """(S, P) |F & L| for F = first op second, from the rows |A & L| of `table` and triple = |A & B & L|
+    (csrc/common/pair_counts.h has the algebra); the same with U throughout gives |F & U & L|."""
+    ta = table[first]
+    return torch.where((op == OR)[:, None], ta + table[second] - triple,
+                       torch.where((op == AND)[:, None], triple, ta - triple))
 
 
 @dataclass
