@@ -12,6 +12,7 @@ by penalty ** len(F): an extension of a prefix of length l scores at most IoU * 
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -20,37 +21,48 @@ from ...core.formula_masks import AND, AND_NOT, OR
 from .counts import SearchContext
 
 
-def prefix_bounds(ctx: SearchContext, j: int, f_area: torch.Tensor, f_inter: torch.Tensor) -> torch.Tensor:
+def prefix_bounds(ctx: SearchContext, j: int, f_area: torch.Tensor, f_inter: torch.Tensor,
+                  best: float = -1.0) -> torch.Tensor:
     """Upper bounds of every extension of each length-2 prefix (a, b, op) of unit j (flat, in
-    (a, b, op) order), penalised; -1 for prefixes another prefix or a shorter formula repeats."""
+    (a, b, op) order), penalised; -1 for prefixes another prefix or a shorter formula repeats.
+    The OR bound is first taken with its cost term dropped (looser); only where that decides
+    whether the prefix can beat `best` is the cost term's maximum over the front computed."""
     u = int(ctx.unit_area[j])
     present = ctx.present
     P = present.shape[0]
     lu = ctx.unit_concept[j, present].to(torch.float64)
     lo = (ctx.concept_area[present] - ctx.unit_concept[j, present]).to(torch.float64)
-    front = pareto_front(lu, lo)
-    fu, fa = f_inter.to(torch.float64), f_area.to(torch.float64)
+    canon, weight = _canonical_prefixes(P, ctx.penalty)
+    fu, fa = f_inter[canon].to(torch.float64), f_area[canon].to(torch.float64)
     # A prefix with fu = 0 cannot win: its OR bound lu / (u + max(|F - U|, lo)) is at most the
-    # IoU of the leaf L (scored at length 1), and its AND bound is 0. Only the others are bounded.
-    meets = torch.nonzero(fu > 0).flatten()
+    # IoU of the leaf L (scored at length 1), and its AND bound is 0.
+    bound_and = fu / u
+    loose = torch.where(fu > 0, (fu + torch.minimum(lu.max(), u - fu)) / (fa + u - fu), 0.0)
+    bounds = torch.maximum(bound_and, loose) * weight
+    meets = torch.nonzero((bounds > best) & (bound_and * weight <= best)).flatten()
     fu_m, f_out = fu[meets], fa[meets] - fu[meets]
     f_union = fa[meets] + u - fu_m
-    bound_or = torch.zeros_like(fu)
     best_or = torch.zeros_like(fu_m)
-    for c in front.tolist():  # the front is short: tens of concepts
+    for c in pareto_front(lu, lo).tolist():  # the front is short: tens of concepts
         gain = torch.minimum(lu[c].expand_as(fu_m), u - fu_m)
         best_or = torch.maximum(best_or, (fu_m + gain) / (f_union + (lo[c] - f_out).clamp_min(0)))
-    bound_or[meets] = best_or
-    # Prefixes (a op b) have length 2, or 3 with AND NOT.
-    prefix_len = torch.tensor([2.0, 2.0, 3.0], dtype=torch.float64).repeat(f_area.shape[0] // 3)
-    bounds = torch.maximum(fu / u, bound_or) * ctx.penalty ** prefix_len
-    # b OR a and b AND a repeat a OR b, a AND b; a OR a and a AND a are the leaf a, whose
-    # extensions are length-2 formulas (scored above); a AND NOT a is empty.
+    bounds[meets] = torch.maximum(bound_and[meets], best_or) * weight[meets]
+    return torch.full((P * P * 3,), -1.0, dtype=torch.float64).index_put_((canon,), bounds)
+
+
+@functools.lru_cache(maxsize=2)
+def _canonical_prefixes(P: int, penalty: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The flat (a, b, op) indices of the prefixes no other prefix or shorter formula repeats, and
+    their penalty weights. b OR a and b AND a repeat a OR b, a AND b; a OR a and a AND a are the
+    leaf a, whose extensions are length-2 formulas (scored before); a AND NOT a is empty. Prefixes
+    (a op b) have length 2, or 3 with AND NOT."""
     a = torch.arange(P)[:, None, None]
     b = torch.arange(P)[None, :, None]
     op = torch.arange(3)[None, None, :]
-    repeated = torch.where(op == AND_NOT, a == b, b <= a)
-    return bounds.masked_fill_(repeated.reshape(-1), -1.0)
+    canon = torch.nonzero(torch.where(op == AND_NOT, a != b, b > a).reshape(-1)).flatten()
+    weight = torch.full(canon.shape, penalty ** 2, dtype=torch.float64)
+    weight[canon % 3 == AND_NOT] = penalty ** 3
+    return canon, weight
 
 
 def extension_weights(penalty: float, op: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from ...core.formula import Formula, Leaf
-from ...core.formula_masks import AND, AND_NOT, OR, MaskSet, combine, concat, unit_rows
+from ...core.formula_masks import AND, AND_NOT, OR, MaskSet, unit_rows
 from ...core.masks import offsets_of_groups
 from ...kernels import dispatch
 from .beam import BeamSearch
@@ -22,12 +22,14 @@ class OptimalSearch:
     Length 1 and 2 are scored exhaustively from two (C, C) count tables: |A & B| over the data set
     (computed once per call) and |A & B & U| (on the unit's images only). A length-3 formula
     (A op B) op' L is only counted when the bound of its prefix F = A op B (`bounds.prefix_bounds`)
-    exceeds the best score so far (the beam's result to begin with); prefixes are taken in
-    decreasing bound, so the search stops at the first that cannot win. Prefixes that repeat
-    another (b OR a, b AND a) or a shorter formula (a OR a, a AND a, a AND NOT a) are skipped. A
-    batch of prefixes that passes is first counted on the unit's images only, which bounds each
-    (prefix, L, op) closely (`bounds.refined_bounds`); only prefixes whose refined bound can still
-    win are counted over the data set.
+    exceeds the best score so far (the beam's result to begin with). Prefixes that repeat another
+    (b OR a, b AND a) or a shorter formula (a OR a, a AND a, a AND NOT a) are skipped. The counts
+    of all four prefixes of a pair {a, b} follow from the pair tables and the pair's triple counts
+    |A & B & L|, |A & B & U & L| (`dispatch.pair_counts`; no prefix mask is built), so pairs are
+    taken in decreasing bound of their prefixes and the search stops at the first that cannot win.
+    A batch of pairs is first counted on the unit's images only, which bounds each (prefix, L, op)
+    closely (`bounds.refined_bounds`); only pairs with a prefix whose refined bound can still win
+    are counted over the data set, and those counts, the same for every unit, are kept for the next.
     """
 
     PAIR_BATCH = 256
@@ -99,7 +101,7 @@ class OptimalSearch:
         if self.length == 2:
             return evaluated
         # Each prefix's area on the unit's images, by the same algebra from the cut tables.
-        cut_area = cut.areas().cpu()
+        cut_area = torch.diagonal(fl_cut).clone()  # |A & A| on the unit's images: A's area there
         f_area_cut, _ = candidates(cut_area, cut_area, fl_cut, fl_cut, cut_area, cut_area)
         return evaluated + self._third(j, f_area.reshape(-1), f_inter.reshape(-1), f_area_cut.reshape(-1), pairs,
                                        fl_cut, pu, cut_area, best)
@@ -113,13 +115,13 @@ class OptimalSearch:
         set only where that bound can still beat the best."""
         ctx = self.ctx
         P = ctx.present.shape[0]
-        bounds = prefix_bounds(ctx, j, f_area, f_inter)
+        bounds = prefix_bounds(ctx, j, f_area, f_inter, best.score)
         by_op = bounds.view(P, P, 3)
         pair_bound = torch.maximum(torch.maximum(by_op[..., 0], by_op[..., 1]),
                                    torch.maximum(by_op[..., 2], by_op[..., 2].T))
         pair_bound = pair_bound.masked_fill_(~torch.ones(P, P, dtype=torch.bool).triu_(1), -1.0).flatten()
-        order = torch.argsort(pair_bound, descending=True, stable=True)
-        alive = order[pair_bound[order] > best.score]
+        alive = torch.nonzero(pair_bound > best.score).flatten()
+        alive = alive[torch.argsort(pair_bound[alive], descending=True, stable=True)]
         unit_rows = self._unit_rows(j)
         evaluated = 0
         for i0 in range(0, alive.shape[0], self.PAIR_BATCH):
