@@ -4,10 +4,13 @@ Workload: the demo (EfficientNet-Lite0, 224 px, five layers from _blocks.1 to _b
 32 images of the built-in concept set. fastdissect's work per batch = TopQuantile.add (pass 1) +
 Tally.add (pass 2) for every layer. Target: at most 10% of the forward time on CPU.
 Also: the whole fd.dissect (one pass, the default, and passes=2) against one forward pass over the
-same 96 images with the same loading (target <= 1.15x), and the saving of stopping the forward pass
-at an early layer, fd.dissect(stop_early=True).
-Run: pytest benchmarks/bench_pipeline.py  (the shares and ratios are printed at the end).
+same 96 images with the same loading (target <= 1.15x; FASTDISSECT_BENCH_IMAGES=512 for the demo's
+512 images, 3 rounds), and the saving of stopping the forward pass at an early layer,
+fd.dissect(stop_early=True).
+Run: pytest benchmarks/bench_pipeline.py -s  (the shares, ratios and forward calls are printed).
 """
+
+import os
 
 import pytest
 import torch
@@ -85,7 +88,8 @@ def test_forward_stopped_at_the_layer(benchmark, setup):
     benchmark.pedantic(early_forward, args=(model, x, True), rounds=5, iterations=1, warmup_rounds=1)
 
 
-WHOLE = 96
+WHOLE = int(os.environ.get("FASTDISSECT_BENCH_IMAGES", 96))
+ROUNDS = 5 if WHOLE <= 128 else 3
 WHOLE_GROUP = f"fd.dissect vs one forward pass: EfficientNet-Lite0 demo, {WHOLE} images, 5 layers"
 
 
@@ -115,20 +119,26 @@ def dissection(model, layers, mean, std, ds, passes):
 def test_one_forward_over_the_data(benchmark, whole):
     benchmark.group = WHOLE_GROUP
     benchmark.extra_info.update(role="baseline", images=WHOLE)
-    benchmark.pedantic(forward_over_the_data, args=whole, rounds=5, iterations=1, warmup_rounds=1)
+    benchmark.pedantic(forward_over_the_data, args=whole, rounds=ROUNDS, iterations=1, warmup_rounds=1)
 
 
 def test_dissect_two_passes(benchmark, whole):
     benchmark.group = WHOLE_GROUP
     benchmark.extra_info.update(role="baseline", images=WHOLE)
-    benchmark.pedantic(dissection, args=(*whole, 2), rounds=5, iterations=1, warmup_rounds=1)
+    benchmark.pedantic(dissection, args=(*whole, 2), rounds=ROUNDS, iterations=1, warmup_rounds=1)
 
 
 def test_dissect_one_pass(benchmark, whole):
     """fd.dissect's default; printed as a share of one forward pass (target <= 115%)."""
     benchmark.group = WHOLE_GROUP
     benchmark.extra_info.update(role="fastdissect", images=WHOLE)
-    result = benchmark.pedantic(dissection, args=(*whole, 1), rounds=5, iterations=1, warmup_rounds=1)
+    calls = []
+    hook = whole[0].register_forward_pre_hook(lambda module, args: calls.append(args[0].shape[0]))
+    result = benchmark.pedantic(dissection, args=(*whole, 1), rounds=ROUNDS, iterations=1, warmup_rounds=1)
+    hook.remove()
+    batches = -(-WHOLE // BATCH)
+    print(f"\nfd.dissect, one pass, {WHOLE} images: {len(calls) / (ROUNDS + 1):g} forward calls a run "
+          f"({sum(calls) / (ROUNDS + 1):g} images) where one forward pass is {batches} calls")
     two = dissection(*whole, 2)
     for name in whole[1]:  # the speed is worth nothing unless the numbers are the two-pass numbers
         assert torch.equal(result[name].scores.intersection, two[name].scores.intersection)

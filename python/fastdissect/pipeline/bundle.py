@@ -63,7 +63,7 @@ class LayerBundle:
                               categories=None if o.union == "global" else categories, backend=o.backend,
                               device=o.device)
         self.parts["tally"] = tally()
-        if o.permuted:
+        if self.derangement is not None:  # the permuted control, at this layer
             self.parts["control"] = PermutedControl(tally(), self.derangement)
 
     def set_control_masks(self, masks) -> None:

@@ -43,7 +43,8 @@ def dissect(model: torch.nn.Module, layers: Sequence[str], dataset, *, quantile:
             mean=IMAGENET_MEAN, std=IMAGENET_STD, transform: dict | None = None, views: dict | None = None,
             top_k: int = 8, checkpoint=None, checkpoint_every: int = 50, restart: bool = False,
             backend: str = "auto", distributed: bool | None = None, formula_length: int | None = None,
-            beam_size: int = 5, search: str = "beam", penalty: float = 1.0, metric: str = "iou", controls=(),
+            beam_size: int = 5, search: str = "beam", penalty: float = 1.0, metric: str = "iou",
+            formula_layers: Sequence[str] | None = None, controls=(), control_layers: Sequence[str] | None = None,
             control_seed: int = 0, control_model: torch.nn.Module | None = None, stop_early: bool = True,
             passes: int | None = None, memory_limit: int = 2 << 30, spill_dir=None, mask_cache=True,
             basis: dict | None = None, verbose: bool = True) -> Dissection:
@@ -82,12 +83,14 @@ def dissect(model: torch.nn.Module, layers: Sequence[str], dataset, *, quantile:
     (`fd.compositional`: beam_size, search "beam" or "optimal", penalty), found from the unit masks
     collected in the tally pass (no further forward pass). They cost 8 * ceil(H * W / 64) bytes per
     (image, unit) map that fires, plus the concept masks of the data set, until the search is done.
+    formula_layers: the layers (or views) searched for formulas, default every one.
     controls: chance baselines (fastdissect/engine/controls.py). "permuted" also tallies each unit against
     the masks of other images (a derangement seeded by control_seed) in the same tally pass, and
     marks the detectors that beat chance; it holds every image's packed concept masks (read once more
     without a store). "random_init" dissects, with the same settings, the same architecture with
     random weights (a copy of `model` re-initialised under control_seed, or `control_model`), into
-    `result.random_init`.
+    `result.random_init`. control_layers: the layers (or views) the controls apply to, default every one
+    (the random-weights copy is then dissected at those only).
     stop_early: end each forward pass once every requested layer has its output (the later layers
     are never run; a module called twice in one forward is then read at its first call).
     passes: 1 (the default without a cache) runs the model once per image: the thresholds are found
@@ -112,7 +115,8 @@ def dissect(model: torch.nn.Module, layers: Sequence[str], dataset, *, quantile:
         checkpoint=checkpoint, checkpoint_every=checkpoint_every, restart=restart, backend=backend,
         distributed=distributed, formula_length=formula_length, beam_size=beam_size, search=search,
         penalty=penalty, metric=metric, controls=controls, control_seed=control_seed, stop_early=stop_early,
-        passes=passes, memory_limit=memory_limit, spill_dir=spill_dir, mask_cache=mask_cache, verbose=verbose)
+        passes=passes, memory_limit=memory_limit, spill_dir=spill_dir, mask_cache=mask_cache, verbose=verbose,
+        formula_layers=formula_layers, control_layers=control_layers)
     result = _dissect(model, dataset, opts)
     for name, described in bases.items():
         result[name].basis = described
@@ -125,8 +129,8 @@ def dissect(model: torch.nn.Module, layers: Sequence[str], dataset, *, quantile:
                   f"weights (seed {control_seed}), same settings")
         # The same settings; its own checkpoint directory; the other controls, not itself again.
         result.random_init = _dissect(control, dataset, opts.for_control(control))
-        for name, layer in result.items():
-            _warn_if_random_weights_match(layer, result.random_init[name])
+        for name, random in result.random_init.items():
+            _warn_if_random_weights_match(result[name], random)
     return result
 
 
@@ -138,7 +142,7 @@ class _Run:
         source.shard(*comm.shard(len(source)))
         self.lo, self.hi = source.lo, source.hi
         perm = derangement(len(source), opts.control_seed) if opts.permuted else None
-        self.bundles = {name: LayerBundle(opts, perm) for name in opts.layers}
+        self.bundles = {name: LayerBundle(opts, perm if opts.permuted_at(name) else None) for name in opts.layers}
         # With formula_length: the concept masks of every image, for the formula search.
         self.mask_log = MaskLog() if opts.formulas else None
         self.kept = RetainedStore(opts.memory_limit, opts.spill_to, f"kept-rank{comm.rank}")
@@ -260,7 +264,7 @@ def _results(run: _Run, dataset, opts: DissectOptions) -> Dissection:
         control = bundle.get("control")
         result[name] = LayerResult(name, bundle.tally.scores(), list(dataset.concept_names),
                                    list(dataset.category_names), cats, opts.iou_threshold, top.images, top.values,
-                                   top.maps, _explain(run, name, collected) if collected is not None else None,
+                                   top.maps, _explain(run, name, collected) if opts.formulas_at(name) else None,
                                    control.scores() if control is not None else None, opts.metric)
         _warn_if_chance_explains(result[name], run.log)
         _warn_if_whole_image_maps(result[name], run.log)

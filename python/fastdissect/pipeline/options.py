@@ -50,8 +50,10 @@ class DissectOptions:
     backend: str
     distributed: bool | None
     formulas: dict | None    # the search settings with formula_length, else None
+    formula_layers: tuple | None  # the results searched for formulas; None: every one
     metric: str
     controls: tuple
+    control_layers: tuple | None  # the results the controls apply to; None: every one
     control_seed: int
     stop_early: bool
     passes: int
@@ -64,7 +66,8 @@ class DissectOptions:
     def build(cls, model, layers, *, quantile, method, iou_threshold, union, batch_size, num_workers, device, cache,
               cache_limit, image_size, mean, std, transform, views, top_k, checkpoint, checkpoint_every, restart,
               backend, distributed, formula_length, beam_size, search, penalty, metric, controls, control_seed,
-              stop_early, passes, memory_limit, spill_dir, mask_cache, verbose) -> "DissectOptions":
+              stop_early, passes, memory_limit, spill_dir, mask_cache, verbose, formula_layers=None,
+              control_layers=None) -> "DissectOptions":
         """The options of `fd.dissect(model, layers, ...)`, each checked (errors name the argument)."""
         controls = _controls(controls)
         validate.module(model, "model")
@@ -97,6 +100,9 @@ class DissectOptions:
         validate.boolean(verbose, "verbose")
         cache_dir_of(mask_cache)
         view_specs = _views(layers, transform, views)
+        formula_layers = _some_layers(formula_layers, "formula_layers", view_specs, formula_length is not None,
+                                      "formula_length")
+        control_layers = _some_layers(control_layers, "control_layers", view_specs, bool(controls), "controls")
         find_modules(model, list(dict.fromkeys(module for module, _ in view_specs.values())))
         checkpoint_every = _count(checkpoint_every, "checkpoint_every", "a non-negative int (0: only after each pass)")
         cache, passes = _cache_and_passes(cache, passes)
@@ -106,15 +112,33 @@ class DissectOptions:
                    device_from_model=device is None, cache=cache, cache_limit=cache_limit, image_size=image_size,
                    mean=mean, std=std, transform=transform, views=view_specs, top_k=top_k, checkpoint=checkpoint,
                    checkpoint_every=checkpoint_every, restart=restart, backend=backend, distributed=distributed,
-                   formulas=searched if formula_length is not None else None, metric=metric, controls=controls,
-                   control_seed=control_seed, stop_early=stop_early, passes=passes, memory_limit=memory_limit,
-                   spill_dir=spill_dir, mask_cache=mask_cache, verbose=verbose)
+                   formulas=searched if formula_length is not None else None, formula_layers=formula_layers,
+                   metric=metric, controls=controls, control_layers=control_layers, control_seed=control_seed,
+                   stop_early=stop_early, passes=passes, memory_limit=memory_limit, spill_dir=spill_dir,
+                   mask_cache=mask_cache, verbose=verbose)
 
     def for_control(self, model) -> "DissectOptions":
-        """The same settings for the random-weights copy: its own checkpoint directory, no random_init."""
+        """The same settings for the random-weights copy, at control_layers only: its own checkpoint
+        directory, no random_init."""
+        views = {name: view for name, view in self.views.items() if self.controls_at(name)}
+        searched = tuple(name for name in views if self.formulas_at(name))
+        whole = len(searched) == len(views)
         return replace(self, checkpoint=Path(self.checkpoint) / "random_init" if self.checkpoint else None,
-                       controls=tuple(c for c in self.controls if c != "random_init"),
+                       controls=tuple(c for c in self.controls if c != "random_init"), views=views,
+                       control_layers=None, formulas=self.formulas if searched else None,
+                       formula_layers=None if whole or not searched else searched,
                        device=model_device(model) if self.device_from_model else self.device)
+
+    def formulas_at(self, name: str) -> bool:
+        """Whether result `name` is searched for formulas."""
+        return self.formulas is not None and (self.formula_layers is None or name in self.formula_layers)
+
+    def controls_at(self, name: str) -> bool:
+        """Whether the controls apply to result `name`."""
+        return bool(self.controls) and (self.control_layers is None or name in self.control_layers)
+
+    def permuted_at(self, name: str) -> bool:
+        return self.permuted and self.controls_at(name)
 
     @property
     def layers(self) -> list[str]:
@@ -140,7 +164,8 @@ class DissectOptions:
         return dict(transform=self.transform, views=self.views, image_size=self.image_size, mean=self.mean,
                     std=self.std, cache=self.cache, quantile=self.quantile, method=self.method, union=self.union,
                     top_k=self.top_k, formulas=self.formulas, controls=self.controls,
-                    control_seed=self.control_seed if self.controls else None, stop_early=self.stop_early)
+                    control_seed=self.control_seed if self.controls else None, stop_early=self.stop_early,
+                    formula_layers=self.formula_layers, control_layers=self.control_layers)
 
     def resume_identity(self) -> dict:
         """What a checkpoint must also share beyond the dissection's identity (its shard aside)."""
@@ -159,6 +184,20 @@ def _controls(controls) -> tuple:
         raise validate.ArgumentTypeError(f"controls must be a tuple of control names, not a str: did you mean "
                                           f"controls=({controls!r},)?")
     return check_controls(controls)
+
+
+def _some_layers(value, name: str, views: dict, used: bool, needs: str) -> tuple | None:
+    """None (every result) or the named results, each one of the dissection's; refused where the
+    option it restricts is off, which would silently do nothing."""
+    if value is None:
+        return None
+    chosen = validate.layer_names(value, name)
+    unknown = [layer for layer in chosen if layer not in views]
+    if unknown:
+        raise ValueError(f"{name} names {unknown}, which are not among the dissected layers {list(views)}")
+    if not used:
+        raise ValueError(f"{name} restricts {needs}, which is not set: pass {needs} too, or drop {name}")
+    return tuple(name for name in views if name in chosen)  # the dissection's order, whatever the option's
 
 
 def _count(value, name: str, what: str) -> int:

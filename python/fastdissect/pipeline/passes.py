@@ -113,7 +113,7 @@ class Passes:
             self.add_to_tallies(name, maps[lo:hi], masks[lo:hi], ids[lo])
 
     def add_to_tallies(self, name: str, act: torch.Tensor, masks, first_image: int) -> None:
-        self.bundles[name].add_to_tallies(act, masks, first_image, formulas=self.mask_log is not None)
+        self.bundles[name].add_to_tallies(act, masks, first_image, formulas=self.opts.formulas_at(name))
 
     def refine_thresholds(self) -> None:
         """Further passes for order statistics the first pass could not read (the data drifted)."""

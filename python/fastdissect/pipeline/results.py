@@ -209,7 +209,7 @@ class Dissection(dict):
                     f"{s['unique_total']} unique detectors ({cats or 'none'})")
             if "beyond_chance" in s:
                 line += f"; {s['beyond_chance']} beyond chance"
-            if self.random_init is not None:
+            if self.random_init is not None and s["layer"] in self.random_init:  # control_layers may leave it out
                 r = self.random_init[s["layer"]].summary
                 line += f"; random weights: {r['interpretable']}/{r['units']} interpretable"
             lines.append(line)
@@ -254,7 +254,8 @@ class Dissection(dict):
     def summaries(self) -> list[dict]:
         """Each layer's summary; with the random-init control, its summary under "random_init"."""
         control = self.random_init
-        return [dict(r.summary, **({"random_init": control[name].summary} if control is not None else {}))
+        return [dict(r.summary, **({"random_init": control[name].summary} if control is not None and name in control
+                                   else {}))
                 for name, r in self.items()]
 
 
