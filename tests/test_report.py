@@ -203,6 +203,33 @@ def test_formula_column_and_formula_mask_outline(tmp_path):
     assert formula_mask_of(f, sample, *image.shape[:2]).shape == image.shape[:2]
 
 
+def test_formula_outlines_resize_each_leaf_once_and_equal_the_resized_formula(tmp_path):
+    """Leaves resized one by one, then joined, equal the joined mask resized (nearest picks pixels), at
+    sizes up and down, for formulas with AND, OR, NOT and image-level concepts."""
+    from PIL import Image
+
+    from fastdissect.core.formula import And, Leaf, Not, Or
+    from fastdissect.report.draw import FormulaOutlines
+
+    ds = fd.datasets.Broden(fd.datasets.builtin(tmp_path / "concepts", n_images=6, seed=4))
+    samples = {i: ds[i] for i in range(len(ds))}
+    rng = np.random.default_rng(0)
+    outlines = FormulaOutlines(samples)
+    for trial in range(40):
+        i = int(rng.integers(len(ds)))
+        present = sorted({int(c) for c in np.unique(samples[i].labels) if c} | set(samples[i].image_labels))
+        a, b, c = (Leaf(int(rng.choice(present if rng.random() < 0.8 else range(1, ds.num_concepts))))
+                   for _ in range(3))
+        f = [And(Or(a, b), Not(c)), Or(And(a, Not(b)), c), Not(Or(a, b)), a][trial % 4]
+        dense = fd.pack_masks(labels=torch.from_numpy(samples[i].labels[None]),
+                              image_labels=[samples[i].image_labels], num_concepts=ds.num_concepts)
+        whole = fd.formula_mask(f, dense).to_dense()[0, 0].numpy()
+        h, w = [(7, 9), (40, 33), (112, 150)][trial % 3]
+        want = np.asarray(Image.fromarray(whole.astype(np.uint8) * 255).resize((w, h), Image.NEAREST)) > 0
+        assert np.array_equal(outlines.mask(f, i, h, w), want), (trial, str(f))
+    assert len(outlines.leaves) < 3 * 40  # leaves shared across formulas
+
+
 def test_mask_overlay_at_image_resolution():
     """Explained predictions draw a unit's mask over the whole image as the strips draw tiles."""
     from fastdissect.report.draw import mask_overlay

@@ -22,20 +22,49 @@ def category_colors(categories) -> dict:
 
 def formula_mask_of(formula, sample, height: int, width: int) -> np.ndarray:
     """The formula's mask on one image (labels of a `Sample`), nearest-resized to height x width."""
+    return FormulaOutlines({0: sample}).mask(formula, 0, height, width)
+
+
+class FormulaOutlines:
+    """Formula masks on samples ({image: Sample}) at tile size. A nearest resize picks source pixels,
+    so it commutes with comparing labels and with the AND, OR and NOT that join a formula's concepts:
+    each image's label planes are resized once per size, and every leaf is a comparison there."""
+
+    def __init__(self, samples: dict):
+        self.samples, self.planes, self.leaves = samples, {}, {}
+
+    def mask(self, formula, image: int, height: int, width: int) -> np.ndarray:
+        if isinstance(formula, Leaf):
+            return self._leaf(formula.concept, image, height, width)
+        if isinstance(formula, Not):
+            return ~self.mask(formula.operand, image, height, width)
+        left, right = self.mask(formula.left, image, height, width), self.mask(formula.right, image, height, width)
+        return left & right if isinstance(formula, And) else left | right
+
+    def _leaf(self, concept: int, image: int, height: int, width: int) -> np.ndarray:
+        key = (concept, image, height, width)
+        if key not in self.leaves:  # threads may both compute one: the same value either way
+            sample = self.samples[image]
+            planes = self._resized(image, height, width)
+            self.leaves[key] = (planes == concept).any(axis=0) | (concept in set(int(c) for c in sample.image_labels))
+        return self.leaves[key]
+
+    def _resized(self, image: int, height: int, width: int) -> np.ndarray:
+        key = (image, height, width)
+        if key not in self.planes:
+            labels = self.samples[image].labels
+            rows, cols = nearest_indices(labels.shape[1], height), nearest_indices(labels.shape[2], width)
+            self.planes[key] = labels[:, rows][:, :, cols]
+        return self.planes[key]
+
+
+def nearest_indices(source: int, size: int) -> np.ndarray:
+    """The source index Pillow's NEAREST resize reads for each of `size` outputs along one axis (read
+    off Pillow by resizing an image of indices, so the outlines match its resize pixel for pixel)."""
     from PIL import Image
 
-    def mask(f):
-        if isinstance(f, Leaf):
-            whole = f.concept in set(int(c) for c in sample.image_labels)
-            planes = (sample.labels == f.concept).any(axis=0) if len(sample.labels) else \
-                np.zeros(sample.labels.shape[1:], dtype=bool)
-            return planes | whole
-        if isinstance(f, Not):
-            return ~mask(f.operand)
-        left, right = mask(f.left), mask(f.right)
-        return left & right if isinstance(f, And) else left | right
-    m = Image.fromarray(mask(formula).astype(np.uint8) * 255).resize((width, height), Image.NEAREST)
-    return np.asarray(m) > 0
+    ramp = Image.fromarray(np.arange(source, dtype=np.int32)[None, :])  # mode "I"
+    return np.asarray(ramp.resize((size, 1), Image.NEAREST), dtype=np.int64)[0]
 
 
 def tile_size(shape, height: int) -> tuple[int, int]:

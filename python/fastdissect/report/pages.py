@@ -22,7 +22,8 @@ from ..kernels import dispatch
 from ..core import validate
 from ..files.atomic import directory_in_place, image_bytes, make_dirs, save_figure, write_new, write_text
 from ..files.identity import describe
-from .draw import CYAN, YELLOW, bright_and_dim, category_colors, drawing_backend, formula_mask_of, pyplot, tile_size
+from .draw import (CYAN, YELLOW, FormulaOutlines, bright_and_dim, category_colors, drawing_backend, pyplot,
+                   tile_size)
 
 THUMB = 112  # px, the height of each image in a unit's strip
 STRIP_CHUNK = 64  # units whose strips one thread draws at a time
@@ -146,7 +147,7 @@ def _strip_layout(tops: list[list[int]], thumbs: _Thumbnails) -> tuple[list[tupl
     return corners, widths
 
 
-def _draw_strips(layer, units: range, thumbs: _Thumbnails, samples: dict, backend: str, pitch: int):
+def _draw_strips(layer, units: range, thumbs: _Thumbnails, samples: FormulaOutlines, backend: str, pitch: int):
     """(len(units), pitch, W) int32 RGBX strips of `units`, thumbs.height px high at the top of their
     `pitch` rows (white elsewhere and beyond a strip's width), and their widths; the tiles of each
     width are drawn from one mask-kernel call."""
@@ -167,7 +168,7 @@ def _draw_strips(layer, units: range, thumbs: _Thumbnails, samples: dict, backen
         second = None
         if layer.formulas is not None:
             second = pack_bits(torch.from_numpy(np.stack([
-                formula_mask_of(layer.formulas.formulas[int(k)], samples[i], height, width).reshape(-1)
+                samples.mask(layer.formulas.formulas[int(k)], i, height, width).reshape(-1)
                 for k, i in zip(ks, images)])))
         bright, dim = thumbs.stacks[width]
         dispatch.draw_tiles(backend, masks, second, bright, dim, torch.tensor([thumbs.row[i] for i in images]),
@@ -175,7 +176,7 @@ def _draw_strips(layer, units: range, thumbs: _Thumbnails, samples: dict, backen
     return out, widths
 
 
-def _write_sheet(layer, units: range, thumbs: _Thumbnails, samples: dict, directory: Path, backend: str,
+def _write_sheet(layer, units: range, thumbs: _Thumbnails, samples: FormulaOutlines, directory: Path, backend: str,
                  prefix: str):
     """One JPEG of the strips of `units`, one below the other; where each strip lies in it. Strips
     start every multiple of JPEG's 16 px blocks, so no strip's compression reads its neighbour's pixels."""
@@ -193,9 +194,9 @@ def _has_top_images(layer) -> bool:
     return not (layer.top_images is None or layer.top_maps is None or layer.top_images.shape[1] == 0)
 
 
-def _formula_samples(layer, dataset, indices) -> dict:
-    """The top images' samples (their label planes) when the layer has formulas to outline."""
-    return {i: dataset[i] for i in indices} if layer.formulas is not None else {}
+def _formula_samples(layer, dataset, indices) -> FormulaOutlines:
+    """The formula outlines on the top images (their label planes), when the layer has formulas."""
+    return FormulaOutlines({i: dataset[i] for i in indices} if layer.formulas is not None else {})
 
 
 def _strips(layer, dataset, directory: Path, cache: dict, height: int = THUMB, prefix: str = "strips") -> list:
