@@ -118,6 +118,9 @@ class RetainedStore:
         self._spill: Path | None = None  # created at the first spill
         self.entries: list[dict] = []    # {"record": dict | None, "path": Path | None, "digest": str | None}
         self.in_memory = 0
+        # What the run kept, read after it: close() drops the records but not these counts.
+        self.peak_bytes = 0     # the most bytes held in memory at once
+        self.spilled_bytes = 0  # bytes of the records written to spill files
 
     def add(self, first: int, count: int, masks, layers: dict) -> None:
         record = {"first": first, "count": count, "masks": masks_state(masks) if masks is not None else None,
@@ -125,9 +128,11 @@ class RetainedStore:
         size = self._bytes(record)
         if self.in_memory + size > self.memory_limit:
             self.entries.append(self._write(record, self._spill_dir()))
+            self.spilled_bytes += size
             return
         self.entries.append({"record": record, "path": None, "digest": None, "bytes": size})
         self.in_memory += size
+        self.peak_bytes = max(self.peak_bytes, self.in_memory)
 
     def records(self):
         """Yields (first, count, masks, layers) of every batch in order, loading spilled ones."""
