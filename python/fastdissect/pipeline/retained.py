@@ -65,7 +65,7 @@ def retain(act: torch.Tensor, floor_values: torch.Tensor) -> dict:
         b, k = torch.nonzero(hot, as_tuple=True)
         sub = act[b, k]  # (n, h, w): the hot maps only, a small share of the batch
         seed = sub.to(torch.float64) >= floor_values[k].view(-1, 1, 1)
-        near = torch.nn.functional.max_pool2d(seed[:, None].to(torch.float32), 3, 1, 1)[:, 0] > 0
+        near = _dilated(seed)
         where = torch.nonzero(near.flatten(1))
         positions = (b * K + k)[where[:, 0]] * (h * w) + where[:, 1]
         if B * K * h * w < 2**31:  # half the bytes of int64 positions for every usual batch
@@ -76,6 +76,19 @@ def retain(act: torch.Tensor, floor_values: torch.Tensor) -> dict:
         lost[b, k] = torch.where(torch.isinf(non_seed), NOTHING_LOST, bins(non_seed))
     record["lost"] = lost.to(torch.int16).cpu()
     return record
+
+
+def _dilated(seed: torch.Tensor) -> torch.Tensor:
+    """(n, h, w) bool: True within one pixel (3x3) of a True of `seed`. The same as a 3x3 max pool,
+    done as a row pass and a column pass of byte ORs, an order of magnitude less work than pooling
+    floats (the pool was half of retain's time on 56x56 maps)."""
+    rows = seed.clone()
+    rows[:, :, 1:] |= seed[:, :, :-1]
+    rows[:, :, :-1] |= seed[:, :, 1:]
+    near = rows.clone()
+    near[:, 1:] |= rows[:, :-1]
+    near[:, :-1] |= rows[:, 1:]
+    return near
 
 
 def rebuild(record: dict, thresholds: torch.Tensor) -> torch.Tensor:
