@@ -12,7 +12,9 @@ forward pre-hook); the bytes the single pass keeps at its peak (`RetainedStore.p
 of the round (sampled); then one run with memory_limit = min(64 MiB, half of that peak), which must
 keep at most that in memory, spill the rest, and give the same counts as the unbounded run.
 Images: 32 (FASTDISSECT_BENCH_LARGE_IMAGES=N for another number).
-Run: pytest benchmarks/bench_large_models.py -p no:cacheprovider -s  (the table is printed at the end).
+Run: pytest benchmarks/bench_large_models.py -p no:cacheprovider -s  (the table is printed at the end);
+python benchmarks/bench_large_models.py prints each layer's share of maps that are not cold (the f of
+docs/performance.md's GPU roofline).
 """
 
 import importlib
@@ -280,3 +282,31 @@ def test_print_the_table(capsys):
                       f"{mb(r['limit']):>17} {mb(r['spilled']):>12} {mb(fwd['rss_growth']):>14} / "
                       f"{mb(r['rss_growth'])}")
         print(f"process peak RSS (ru_maxrss): {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MiB")
+
+
+def hot_shares(images: int = 32) -> None:
+    """Per layer, f = the share of (image, unit) maps that are not cold (their maximum above
+    hot_floor(T_k)), the f of docs/performance.md's GPU roofline rows for these two models."""
+    import tempfile
+
+    from fastdissect.pipeline.retained import hot_floor
+
+    ds = fd.datasets.Broden(fd.datasets.builtin(tempfile.mkdtemp() + "/set", n_images=images))
+    x = fd.datasets.to_model_input(fd.datasets.collate([ds[i] for i in range(images)], ds.num_concepts).images,
+                                   MEAN, STD, size=(224, 224))
+    for name, build in MODELS.items():
+        model, layers, transform = build()
+        acts = {layer: [] for layer in layers}
+        for batch in x.split(BATCH):
+            with torch.no_grad(), fd.trace(model, layers, transform) as out:
+                model(batch)
+            for layer in layers:
+                acts[layer].append(out[layer].clone())
+        for layer, parts in acts.items():
+            a = torch.cat(parts)
+            hot = a.amax(dim=(2, 3)).to(torch.float64) > hot_floor(fd.thresholds(a))
+            print(f"{name} {layer} {tuple(a.shape[1:])}: f = {hot.double().mean():.3f}")
+
+
+if __name__ == "__main__":  # python benchmarks/bench_large_models.py: the f of each layer
+    hot_shares()
