@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import fastdissect as fd
-from fastdissect.pipeline.retained import DENSE_MAX_PIXELS, hot_floor, rebuild, retain
+from fastdissect.pipeline.retained import DENSE_MAX_PIXELS, RetainedStore, _dilated, hot_floor, rebuild, retain
 from fastdissect.engine.scoring import Tally
 from test_pipeline import PLAIN, ColorDetectors, reference_maxima
 
@@ -72,6 +72,23 @@ def test_spilled_kept_maps_give_identical_results(concepts, tmp_path):
     assert_same(plain, spilled, ["conv", "pool"])
     assert not list((tmp_path / "spill").glob("*.safetensors"))  # removed when the run ends
 
+
+
+
+@pytest.mark.parametrize("h, w", [(9, 9), (1, 70), (70, 1), (13, 6)])
+def test_seed_neighbourhoods_are_a_3x3_max_pool(h, w):
+    seed = torch.rand(5, h, w, generator=torch.Generator().manual_seed(h * w)) > 0.9
+    pooled = torch.nn.functional.max_pool2d(seed[:, None].float(), 3, 1, 1)[:, 0] > 0
+    assert torch.equal(_dilated(seed), pooled)
+
+def test_the_store_counts_its_peak_and_its_spilled_bytes(tmp_path):
+    layers = {"a": retain(torch.ones(2, 3, 4, 4), torch.zeros(3, dtype=torch.float64))}  # 2 x 3 maps kept
+    size = RetainedStore._bytes({"layers": layers, "masks": None})
+    store = RetainedStore(memory_limit=size, spill_dir=tmp_path)
+    store.add(0, 2, None, layers)
+    store.add(2, 2, None, layers)  # past the limit: spilled
+    store.close()
+    assert (store.peak_bytes, store.spilled_bytes, store.in_memory) == (size, size, 0)
 
 def test_formulas_and_permuted_control_match_two_passes(concepts):
     opts = dict(batch_size=8, verbose=False, formula_length=2, controls=("permuted",), **PLAIN)

@@ -65,7 +65,7 @@ def retain(act: torch.Tensor, floor_values: torch.Tensor) -> dict:
         b, k = torch.nonzero(hot, as_tuple=True)
         sub = act[b, k]  # (n, h, w): the hot maps only, a small share of the batch
         seed = sub.to(torch.float64) >= floor_values[k].view(-1, 1, 1)
-        near = torch.nn.functional.max_pool2d(seed[:, None].to(torch.float32), 3, 1, 1)[:, 0] > 0
+        near = _dilated(seed)
         where = torch.nonzero(near.flatten(1))
         positions = (b * K + k)[where[:, 0]] * (h * w) + where[:, 1]
         if B * K * h * w < 2**31:  # half the bytes of int64 positions for every usual batch
@@ -76,6 +76,19 @@ def retain(act: torch.Tensor, floor_values: torch.Tensor) -> dict:
         lost[b, k] = torch.where(torch.isinf(non_seed), NOTHING_LOST, bins(non_seed))
     record["lost"] = lost.to(torch.int16).cpu()
     return record
+
+
+def _dilated(seed: torch.Tensor) -> torch.Tensor:
+    """(n, h, w) bool: True within one pixel (3x3) of a True of `seed`. The same as a 3x3 max pool,
+    done as a row pass and a column pass of byte ORs, an order of magnitude less work than pooling
+    floats (the pool was half of retain's time on 56x56 maps)."""
+    rows = seed.clone()
+    rows[:, :, 1:] |= seed[:, :, :-1]
+    rows[:, :, :-1] |= seed[:, :, 1:]
+    near = rows.clone()
+    near[:, 1:] |= rows[:, :-1]
+    near[:, :-1] |= rows[:, 1:]
+    return near
 
 
 def rebuild(record: dict, thresholds: torch.Tensor) -> torch.Tensor:
@@ -118,6 +131,9 @@ class RetainedStore:
         self._spill: Path | None = None  # created at the first spill
         self.entries: list[dict] = []    # {"record": dict | None, "path": Path | None, "digest": str | None}
         self.in_memory = 0
+        # What the run kept, read after it: close() drops the records but not these counts.
+        self.peak_bytes = 0     # the most bytes held in memory at once
+        self.spilled_bytes = 0  # bytes of the records written to spill files
 
     def add(self, first: int, count: int, masks, layers: dict) -> None:
         record = {"first": first, "count": count, "masks": masks_state(masks) if masks is not None else None,
@@ -125,9 +141,11 @@ class RetainedStore:
         size = self._bytes(record)
         if self.in_memory + size > self.memory_limit:
             self.entries.append(self._write(record, self._spill_dir()))
+            self.spilled_bytes += size
             return
         self.entries.append({"record": record, "path": None, "digest": None, "bytes": size})
         self.in_memory += size
+        self.peak_bytes = max(self.peak_bytes, self.in_memory)
 
     def records(self):
         """Yields (first, count, masks, layers) of every batch in order, loading spilled ones."""
