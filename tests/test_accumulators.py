@@ -122,6 +122,28 @@ def test_the_unbroken_runs_match_the_reference(data):
     assert got == fired
 
 
+@pytest.mark.parametrize("top_k", [1, 3, 8])
+def test_top_images_in_batches_and_shards_equal_a_stable_sort_of_all_images(top_k):
+    """Per unit, the top_k images by their map's maximum (ties: the earlier image), their maxima and
+    their maps, whether added in uneven batches, merged from shards, or half precision."""
+    g = torch.Generator().manual_seed(7)
+    acts = torch.randint(0, 4, (23, 5, 3, 2), generator=g).float()  # few values: many ties
+    acts[:, 2] = 0.0  # an all-zero unit
+    peaks = acts.amax(dim=(2, 3))
+    order = torch.stack([torch.sort(peaks[:, k], descending=True, stable=True).indices[:top_k] for k in range(5)])
+    one = fd.TopImages(top_k)
+    for lo, hi in [(0, 1), (1, 9), (9, 10), (10, 23)]:
+        one.add(acts[lo:hi], torch.arange(lo, hi))
+    shards = [fd.TopImages(top_k), fd.TopImages(top_k)]
+    shards[0].add(acts[:12], torch.arange(12))
+    shards[1].add(acts[12:].half(), torch.arange(12, 23))
+    merged = shards[0].merge(shards[1])
+    for got in (one, merged):
+        assert torch.equal(got.images, order)
+        assert torch.equal(got.values, peaks.T.double().gather(1, order))
+        assert torch.equal(got.maps, torch.stack([acts[order[k], k] for k in range(5)]))
+
+
 def test_merge_refuses_another_kind(data):
     for name, (make, _) in kinds(data).items():
         with pytest.raises(TypeError, match="merge takes"):

@@ -39,27 +39,39 @@ class TopImages:
                              f"got {tuple(indices.shape)}")
         peak = act.amax(dim=(2, 3)).T.to(torch.float64)               # (K, B)
         ids = indices.to(peak.device, torch.int64).expand_as(peak)
-        self._keep(peak, ids, act.transpose(0, 1).float())
+        # only the winners' maps are read: a copy of the whole batch in the (K, B) layout cost more
+        # than the rest of the accumulator
+        self._keep(peak, ids, lambda rows, cols: act[cols.to(act.device), rows.to(act.device)].float(),
+                   (act.shape[1], *act.shape[2:]))
 
-    def _keep(self, values: torch.Tensor, images: torch.Tensor, maps: torch.Tensor) -> None:
-        """Keeps the top_k of the current lists followed by these candidates (stable: earlier first)."""
+    def _keep(self, values: torch.Tensor, images: torch.Tensor, pick, shape: tuple) -> None:
+        """Keeps the top_k of the current lists followed by these candidates (stable: earlier first).
+        pick(rows, cols): the candidates' maps, (K, n, h, w), of units rows (K, 1) at candidate
+        columns cols (K, n); shape: the candidates' (K, h, w)."""
+        old = 0
         if self.values is not None:
-            if maps.shape[0] != self.maps.shape[0] or maps.shape[2:] != self.maps.shape[2:]:
-                raise ValueError(f"maps of shape (K, h, w) = {tuple(maps.shape[:1] + maps.shape[2:])} do not "
-                                 f"match the {tuple(self.maps.shape[:1] + self.maps.shape[2:])} kept so far")
+            if tuple(shape) != (self.maps.shape[0], *self.maps.shape[2:]):
+                raise ValueError(f"maps of shape (K, h, w) = {tuple(shape)} do not match the "
+                                 f"{tuple(self.maps.shape[:1] + self.maps.shape[2:])} kept so far")
+            old = self.values.shape[1]
             values = torch.cat([self.values, values.to(self.device)], 1)
             images = torch.cat([self.images, images.to(self.device)], 1)
-            maps = torch.cat([self.maps, maps.to(self.device)], 1)
         order = torch.sort(values, dim=1, descending=True, stable=True).indices[:, :self.top_k]
         rows = torch.arange(order.shape[0], device=order.device)[:, None]
-        self.values, self.images, self.maps = values.gather(1, order), images.gather(1, order), maps[rows, order]
+        maps = pick(rows, (order - old).clamp(min=0)).to(order.device)
+        if old:
+            kept = self.maps[rows, order.clamp(max=old - 1)]
+            maps = torch.where((order < old)[:, :, None, None], kept, maps)
+        self.values, self.images, self.maps = values.gather(1, order), images.gather(1, order), maps
 
     def merge(self, other: "TopImages") -> "TopImages":
         """Adds another shard (of later images) into this one."""
         if not isinstance(other, TopImages):
             raise TypeError(f"merge takes a TopImages, got {type(other).__name__}")
         if other.values is not None:
-            self._keep(other.values, other.images, other.maps)
+            maps = other.maps if self.device is None else other.maps.to(self.device)
+            self._keep(other.values, other.images, lambda rows, cols: maps[rows.to(maps.device), cols.to(maps.device)],
+                       (maps.shape[0], *maps.shape[2:]))
         return self
 
     def state_dict(self) -> dict:

@@ -26,12 +26,13 @@ def formula_mask_of(formula, sample, height: int, width: int) -> np.ndarray:
 
 
 class FormulaOutlines:
-    """Formula masks on samples ({image: Sample}) at tile size. A nearest resize picks source pixels,
-    so it commutes with comparing labels and with the AND, OR and NOT that join a formula's concepts:
-    each image's label planes are resized once per size, and every leaf is a comparison there."""
+    """Formula masks on samples ({image: Sample}) at tile size, each (concept, image, size) computed
+    once. A nearest resize picks source pixels, so it commutes with the AND, OR and NOT that join a
+    formula's concepts: each leaf is resized by indexing with Pillow's own nearest indices, and the
+    strips' thousands of formulas share their leaves."""
 
     def __init__(self, samples: dict):
-        self.samples, self.planes, self.leaves = samples, {}, {}
+        self.samples, self.leaves, self.indices = samples, {}, {}
 
     def mask(self, formula, image: int, height: int, width: int) -> np.ndarray:
         if isinstance(formula, Leaf):
@@ -45,17 +46,18 @@ class FormulaOutlines:
         key = (concept, image, height, width)
         if key not in self.leaves:  # threads may both compute one: the same value either way
             sample = self.samples[image]
-            planes = self._resized(image, height, width)
-            self.leaves[key] = (planes == concept).any(axis=0) | (concept in set(int(c) for c in sample.image_labels))
+            labels = sample.labels
+            whole = concept in sample.image_labels
+            m = (labels == concept).any(axis=0) | whole if len(labels) else np.full(labels.shape[1:], whole)
+            rows, cols = self._indices(m.shape, height, width)
+            self.leaves[key] = m.take(rows, axis=0).take(cols, axis=1)
         return self.leaves[key]
 
-    def _resized(self, image: int, height: int, width: int) -> np.ndarray:
-        key = (image, height, width)
-        if key not in self.planes:
-            labels = self.samples[image].labels
-            rows, cols = nearest_indices(labels.shape[1], height), nearest_indices(labels.shape[2], width)
-            self.planes[key] = labels[:, rows][:, :, cols]
-        return self.planes[key]
+    def _indices(self, shape: tuple, height: int, width: int) -> tuple:
+        key = (*shape, height, width)
+        if key not in self.indices:
+            self.indices[key] = nearest_indices(shape[0], height), nearest_indices(shape[1], width)
+        return self.indices[key]
 
 
 def nearest_indices(source: int, size: int) -> np.ndarray:
