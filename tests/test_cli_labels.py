@@ -234,6 +234,8 @@ def one_line_error(capsys) -> str:
     (["--labels", "images", "--union", "lite"], "--union does not apply to --labels images (it is an option of "
                                                 "--labels masks)"),
     (["--labels", "images", "--control", "permuted"], "--control does not apply to --labels images"),
+    (["--labels", "images", "--formula-length", "2", "--formula-layers", "1"],
+     "--formula-layers does not apply to --labels images"),
     (["--labels", "clip", "--search", "optimal"], "--search does not apply to --labels clip"),
     (["--labels", "images", "--metric", "recall"], "--metric recall is not a metric of --labels images"),
     (["--labels", "images", "--clip", "x"], "--clip does not apply to --labels images (it is an option of "

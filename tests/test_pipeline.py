@@ -261,6 +261,19 @@ def test_cli_help_is_complete():
                 assert action.help and action.help.strip(), f"fastdissect {name} {action.option_strings[0]} has no help"
 
 
+def test_demo_defaults_and_the_layer_flags():
+    parser = cli.build_parser()
+    demo = parser.parse_args(["demo", "--out", "x"])
+    assert (demo.formula_length, demo.control, demo.formula_layers) == (3, ["permuted"], None)  # _bn1: cmd_demo
+    assert parser.parse_args(["demo", "--out", "x", "--control", "random-init"]).control == ["permuted", "random-init"]
+    base = ["dissect", "--model", "m", "--layers", "a, b", "--dataset", "d", "--out", "o"]
+    args = parser.parse_args(base + ["--formula-length", "2", "--formula-layers", "b", "--control", "permuted",
+                                     "--control-layers", "a,b"])
+    options = cli._dissect_options(args, None, (0, 0, 0), (1, 1, 1))
+    assert (options["formula_layers"], options["control_layers"]) == (["b"], ["a", "b"])
+    assert cli._dissect_options(parser.parse_args(base), None, (0, 0, 0), (1, 1, 1))["formula_layers"] is None
+
+
 def test_demo_runs_offline_and_summarises(tmp_path):
     pytest.importorskip("efficientnet_lite_pytorch")
     r = run_cli("demo", "--out", tmp_path, "--images", 48, "--quiet")
@@ -269,6 +282,12 @@ def test_demo_runs_offline_and_summarises(tmp_path):
         assert f"{layer}: " in r.stdout and (tmp_path / f"{layer}-tally.csv").is_file()
         assert (tmp_path / "report" / f"layer_{layer}.html").is_file()
     assert "units interpretable" in r.stdout
+    # formulas and the permuted control on the last layer only, its best units printed with both
+    result = fd.load(tmp_path)
+    assert result["_bn1"].formulas is not None and result["_bn1"].control is not None
+    assert all(result[name].formulas is None and result[name].control is None for name in list(result)[:-1])
+    best = [line for line in r.stdout.splitlines() if line.startswith("_bn1 unit ")]
+    assert len(best) == 3 and all("; formula " in line and " chance (control IoU " in line for line in best), best
     # one explained prediction on a photograph of the set, linked from the report
     assert "explaining the prediction on image 9" in r.stdout and "labeled units carry" in r.stdout
     assert (tmp_path / "report" / "explain" / "explained_0.png").is_file()

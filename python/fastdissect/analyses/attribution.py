@@ -30,7 +30,7 @@ from .relu_hooks import relu_rule
 
 # Noisy or scaled copies per forward and backward: a batch of 50 copies of a 224 px image keeps GBs of
 # activations for the backward, and past the caches each copy costs several times what it does in
-# batches of 8 (EfficientNet-Lite0 on 2 CPU cores: 50 copies in 2 s in batches of 8, 15 s in one batch).
+# batches of 8.
 COPIES_PER_BATCH = 8
 
 METHODS = ("gradient", "smoothgrad", "deconvnet", "guided_backprop", "guided_gradcam", "gradcam",

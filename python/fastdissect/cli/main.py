@@ -199,6 +199,7 @@ def cmd_demo(args) -> None:
     args = argparse.Namespace(**{**vars(args), **last, "visualize_layers": layers[-1:],
                                  "visualize_steps": DEMO_VISUALIZE_STEPS})
     result = _run_dissection(args, model, layers, dataset, (224, 224), mean, std)
+    _print_best_formulas(result[layers[-1]], 3)
     photo = next((i for i in range(9, len(dataset), 10)), 0)  # the built-in set's segmented photographs
     print(f"fastdissect demo: explaining the prediction on image {photo} (a photograph) with {layers[-1]}")
     # SmoothGrad beside Grad-CAM: the model's ReLU6 activations leave the ReLU-rule methods out. Each
@@ -206,6 +207,18 @@ def cmd_demo(args) -> None:
     explain_images(model, layers[-1], [dataset.image(photo)], result, Path(args.out) / "report" / "explain",
                    title=f"{DEMO_MODEL}, image {photo} of the built-in set", image_size=(224, 224), pixels="smoothgrad",
                    samples=DEMO_SMOOTHGRAD_SAMPLES)
+
+
+def _print_best_formulas(layer, n: int) -> None:
+    """The layer's n best units: label, formula and whether they beat the permuted control."""
+    rows = {int(u["unit"]): u for u in layer.units}
+    for unit in best_units(layer, n):
+        u = rows[unit]
+        # a formula's IoU is compexp's, over every image (a label's counts only images labelled in its category)
+        formula = f"; formula {u['formula']} (global IoU {u['formula_iou']:.3f})" if u.get("formula") else ""
+        chance = "" if "beyond_chance" not in u else \
+            f"; {'beyond' if u['beyond_chance'] else 'not beyond'} chance (control IoU {u['control_best_iou']:.3f})"
+        print(f"{layer.layer} unit {unit}: {u['label']} (IoU {u['iou']:.3f}){formula}{chance}")
 
 
 def cmd_builtin(args) -> None:
