@@ -213,8 +213,9 @@ def test_formula_outlines_resize_each_leaf_once_and_equal_the_resized_formula(tm
 
     ds = fd.datasets.Broden(fd.datasets.builtin(tmp_path / "concepts", n_images=6, seed=4))
     samples = {i: ds[i] for i in range(len(ds))}
+    assert all(ds.image_labels(i) == samples[i].image_labels for i in samples)
     rng = np.random.default_rng(0)
-    outlines = FormulaOutlines(samples)
+    outlines = FormulaOutlines({i: (ds.labels(i), ds.image_labels(i)) for i in samples})
     for trial in range(40):
         i = int(rng.integers(len(ds)))
         present = sorted({int(c) for c in np.unique(samples[i].labels) if c} | set(samples[i].image_labels))

@@ -92,7 +92,7 @@ class Broden:
         if not 0 <= i < len(self.records):
             raise IndexError(f"image {i} out of range for {len(self.records)} images")
         r = self.records[i]
-        return Sample(self.image(i), self.labels(i), list(r["image_labels"]), i, list(r["plane_categories"]),
+        return Sample(self.image(i), self.labels(i), self.image_labels(i), i, list(r["plane_categories"]),
                       list(r["image_label_categories"]))
 
     def image(self, i: int) -> np.ndarray:
@@ -133,10 +133,14 @@ class Broden:
         """A concept's id from its name or id (ValueError naming close names if unknown)."""
         return concept_id(self.concept_names, concept)
 
+    def image_labels(self, i: int) -> list[int]:
+        """The ids of image i's image-level concepts (scenes, ...), from the index alone."""
+        return list(self.records[i]["image_labels"])
+
     def concept_ids_of(self, i: int) -> list[int]:
         """The ids of the concepts image i holds (label planes and image-level labels), ascending,
         0 ("unlabeled") left out; the image itself is not decoded."""
-        ids = set(np.unique(self.labels(i)).tolist()) | set(self.records[i]["image_labels"])
+        ids = set(np.unique(self.labels(i)).tolist()) | set(self.image_labels(i))
         return sorted(ids - {0})
 
     def concepts_of(self, i: int) -> list[str]:

@@ -197,7 +197,7 @@ def _some_layers(value, name: str, views: dict, used: bool, needs: str) -> tuple
         raise ValueError(f"{name} names {unknown}, which are not among the dissected layers {list(views)}")
     if not used:
         raise ValueError(f"{name} restricts {needs}, which is not set: pass {needs} too, or drop {name}")
-    return tuple(name for name in views if name in chosen)  # the dissection's order, whatever the option's
+    return tuple(layer for layer in views if layer in chosen)  # the dissection's order, whatever the option's
 
 
 def _count(value, name: str, what: str) -> int:

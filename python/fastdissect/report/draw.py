@@ -22,17 +22,17 @@ def category_colors(categories) -> dict:
 
 def formula_mask_of(formula, sample, height: int, width: int) -> np.ndarray:
     """The formula's mask on one image (labels of a `Sample`), nearest-resized to height x width."""
-    return FormulaOutlines({0: sample}).mask(formula, 0, height, width)
+    return FormulaOutlines({0: (sample.labels, sample.image_labels)}).mask(formula, 0, height, width)
 
 
 class FormulaOutlines:
-    """Formula masks on samples ({image: Sample}) at tile size, each (concept, image, size) computed
+    """Formula masks on images ({image: (label planes, image-level concept ids)}) at tile size, each (concept, image, size) computed
     once. A nearest resize picks source pixels, so it commutes with the AND, OR and NOT that join a
     formula's concepts: each leaf is resized by indexing with Pillow's own nearest indices, and the
     strips' thousands of formulas share their leaves."""
 
-    def __init__(self, samples: dict):
-        self.samples, self.leaves, self.indices = samples, {}, {}
+    def __init__(self, labels: dict):
+        self.labels, self.leaves, self.indices = labels, {}, {}
 
     def mask(self, formula, image: int, height: int, width: int) -> np.ndarray:
         if isinstance(formula, Leaf):
@@ -45,9 +45,8 @@ class FormulaOutlines:
     def _leaf(self, concept: int, image: int, height: int, width: int) -> np.ndarray:
         key = (concept, image, height, width)
         if key not in self.leaves:  # threads may both compute one: the same value either way
-            sample = self.samples[image]
-            labels = sample.labels
-            whole = concept in sample.image_labels
+            labels, tags = self.labels[image]
+            whole = concept in tags
             m = (labels == concept).any(axis=0) | whole if len(labels) else np.full(labels.shape[1:], whole)
             rows, cols = self._indices(m.shape, height, width)
             self.leaves[key] = m.take(rows, axis=0).take(cols, axis=1)

@@ -195,8 +195,13 @@ def _has_top_images(layer) -> bool:
 
 
 def _formula_samples(layer, dataset, indices) -> FormulaOutlines:
-    """The formula outlines on the top images (their label planes), when the layer has formulas."""
-    return FormulaOutlines({i: dataset[i] for i in indices} if layer.formulas is not None else {})
+    """The formula outlines on the top images (their label planes), when the layer has formulas; the
+    images themselves are not decoded where the data set can read labels alone (a Broden)."""
+    if layer.formulas is None:
+        return FormulaOutlines({})
+    if hasattr(dataset, "labels") and hasattr(dataset, "image_labels"):
+        return FormulaOutlines({i: (dataset.labels(i), dataset.image_labels(i)) for i in indices})
+    return FormulaOutlines({i: (s.labels, s.image_labels) for i in indices for s in [dataset[i]]})
 
 
 def _strips(layer, dataset, directory: Path, cache: dict, height: int = THUMB, prefix: str = "strips") -> list:
