@@ -18,7 +18,7 @@ DEFAULTS = dict(quantile=0.005, method="linear", iou_threshold=0.04, union=None,
                 device=None, cache=None, cache_limit=4 << 30, image_size=None, mean=(0.0, 0.0, 0.0),
                 std=(1.0, 1.0, 1.0), transform=None, views=None, top_k=8, checkpoint=None, checkpoint_every=50,
                 restart=False, backend="auto", distributed=None, formula_length=None, beam_size=5, search="beam",
-                penalty=1.0, metric="iou", controls=(), control_seed=0, stop_early=True, passes=None,
+                penalty=1.0, metric="iou", formula_layers=None, controls=(), control_layers=None, control_seed=0, stop_early=True, passes=None,
                 memory_limit=2 << 30, spill_dir=None, mask_cache=True, verbose=False)
 
 

@@ -191,16 +191,17 @@ def test_formula_column_and_formula_mask_outline(tmp_path):
     f = layer.formulas.formulas[0]
     assert "formula (IoU)" in page and f.to_str(ds.concept_names) in page and "outlined in cyan" in page
     # the formula's mask on a top image is the formula evaluated on its label planes (nearest upsampled)
-    from fastdissect.report.draw import formula_mask_of
+    from fastdissect.report.draw import FormulaOutlines
 
     i = int(layer.top_images[0, 0])
     sample = ds[i]
     image = ds.image(i)
-    got = formula_mask_of(f, sample, sample.labels.shape[1], sample.labels.shape[2])
+    outlines = FormulaOutlines({i: (sample.labels, sample.image_labels)})
+    got = outlines.mask(f, i, sample.labels.shape[1], sample.labels.shape[2])
     dense = fd.pack_masks(labels=torch.from_numpy(sample.labels[None]), image_labels=[sample.image_labels],
                           num_concepts=ds.num_concepts)
     assert np.array_equal(got, fd.formula_mask(f, dense).to_dense()[0, 0].numpy())
-    assert formula_mask_of(f, sample, *image.shape[:2]).shape == image.shape[:2]
+    assert outlines.mask(f, i, *image.shape[:2]).shape == image.shape[:2]
 
 
 def test_formula_outlines_resize_each_leaf_once_and_equal_the_resized_formula(tmp_path):

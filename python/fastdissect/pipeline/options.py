@@ -65,9 +65,9 @@ class DissectOptions:
     @classmethod
     def build(cls, model, layers, *, quantile, method, iou_threshold, union, batch_size, num_workers, device, cache,
               cache_limit, image_size, mean, std, transform, views, top_k, checkpoint, checkpoint_every, restart,
-              backend, distributed, formula_length, beam_size, search, penalty, metric, controls, control_seed,
-              stop_early, passes, memory_limit, spill_dir, mask_cache, verbose, formula_layers=None,
-              control_layers=None) -> "DissectOptions":
+              backend, distributed, formula_length, beam_size, search, penalty, metric, formula_layers, controls,
+              control_layers, control_seed, stop_early, passes, memory_limit, spill_dir, mask_cache,
+              verbose) -> "DissectOptions":
         """The options of `fd.dissect(model, layers, ...)`, each checked (errors name the argument)."""
         controls = _controls(controls)
         validate.module(model, "model")

@@ -1,5 +1,5 @@
 """Drawing shared by the report and the analyses: the category palette, images dimmed outside a
-mask with its outline drawn over, and the mask of a formula on one sample."""
+mask with its outline drawn over, and the masks of formulas on images."""
 
 from __future__ import annotations
 
@@ -20,16 +20,11 @@ def category_colors(categories) -> dict:
     return {c: PALETTE[i % len(PALETTE)] for i, c in enumerate(categories)}
 
 
-def formula_mask_of(formula, sample, height: int, width: int) -> np.ndarray:
-    """The formula's mask on one image (labels of a `Sample`), nearest-resized to height x width."""
-    return FormulaOutlines({0: (sample.labels, sample.image_labels)}).mask(formula, 0, height, width)
-
-
 class FormulaOutlines:
-    """Formula masks on images ({image: (label planes, image-level concept ids)}) at tile size, each (concept, image, size) computed
-    once. A nearest resize picks source pixels, so it commutes with the AND, OR and NOT that join a
-    formula's concepts: each leaf is resized by indexing with Pillow's own nearest indices, and the
-    strips' thousands of formulas share their leaves."""
+    """Formula masks on images ({image: (label planes, image-level concept ids)}), nearest-resized to
+    a tile's size, each (concept, image, size) computed once. A nearest resize picks source pixels,
+    so it commutes with the AND, OR and NOT that join a formula's concepts: each leaf is resized by
+    indexing with Pillow's own nearest indices, and the strips' thousands of formulas share leaves."""
 
     def __init__(self, labels: dict):
         self.labels, self.leaves, self.indices = labels, {}, {}

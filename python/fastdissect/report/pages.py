@@ -147,7 +147,7 @@ def _strip_layout(tops: list[list[int]], thumbs: _Thumbnails) -> tuple[list[tupl
     return corners, widths
 
 
-def _draw_strips(layer, units: range, thumbs: _Thumbnails, samples: FormulaOutlines, backend: str, pitch: int):
+def _draw_strips(layer, units: range, thumbs: _Thumbnails, outlines: FormulaOutlines, backend: str, pitch: int):
     """(len(units), pitch, W) int32 RGBX strips of `units`, thumbs.height px high at the top of their
     `pitch` rows (white elsewhere and beyond a strip's width), and their widths; the tiles of each
     width are drawn from one mask-kernel call."""
@@ -168,7 +168,7 @@ def _draw_strips(layer, units: range, thumbs: _Thumbnails, samples: FormulaOutli
         second = None
         if layer.formulas is not None:
             second = pack_bits(torch.from_numpy(np.stack([
-                samples.mask(layer.formulas.formulas[int(k)], i, height, width).reshape(-1)
+                outlines.mask(layer.formulas.formulas[int(k)], i, height, width).reshape(-1)
                 for k, i in zip(ks, images)])))
         bright, dim = thumbs.stacks[width]
         dispatch.draw_tiles(backend, masks, second, bright, dim, torch.tensor([thumbs.row[i] for i in images]),
@@ -176,14 +176,14 @@ def _draw_strips(layer, units: range, thumbs: _Thumbnails, samples: FormulaOutli
     return out, widths
 
 
-def _write_sheet(layer, units: range, thumbs: _Thumbnails, samples: FormulaOutlines, directory: Path, backend: str,
+def _write_sheet(layer, units: range, thumbs: _Thumbnails, outlines: FormulaOutlines, directory: Path, backend: str,
                  prefix: str):
     """One JPEG of the strips of `units`, one below the other; where each strip lies in it. Strips
     start every multiple of JPEG's 16 px blocks, so no strip's compression reads its neighbour's pixels."""
     from PIL import Image
 
     pitch = -(-thumbs.height // 16) * 16
-    out, widths = _draw_strips(layer, units, thumbs, samples, backend, pitch)
+    out, widths = _draw_strips(layer, units, thumbs, outlines, backend, pitch)
     name = f"{prefix}_{units.start // STRIP_CHUNK:04d}.jpg"
     sheet = Image.frombuffer("RGBX", (out.shape[2], out.shape[0] * pitch), out.numpy(), "raw", "RGBX", 0, 1)
     write_new(directory / name, image_bytes(sheet, ".jpg", quality=85))
@@ -194,7 +194,7 @@ def _has_top_images(layer) -> bool:
     return not (layer.top_images is None or layer.top_maps is None or layer.top_images.shape[1] == 0)
 
 
-def _formula_samples(layer, dataset, indices) -> FormulaOutlines:
+def _formula_outlines(layer, dataset, indices) -> FormulaOutlines:
     """The formula outlines on the top images (their label planes), when the layer has formulas; the
     images themselves are not decoded where the data set can read labels alone (a Broden)."""
     if layer.formulas is None:
@@ -218,7 +218,7 @@ def _strips(layer, dataset, directory: Path, cache: dict, height: int = THUMB, p
         return [None] * layer.num_units
     backend = drawing_backend()
     indices = sorted(set(layer.top_images.flatten().tolist()))
-    samples = _formula_samples(layer, dataset, indices)
+    outlines = _formula_outlines(layer, dataset, indices)
     chunks = [range(a, min(a + STRIP_CHUNK, layer.num_units)) for a in range(0, layer.num_units, STRIP_CHUNK)]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -226,7 +226,7 @@ def _strips(layer, dataset, directory: Path, cache: dict, height: int = THUMB, p
         with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
             _thumbnails(dataset, indices, cache, height, pool)
             thumbs = _Thumbnails(cache, indices, height)
-            sheets = pool.map(lambda units: _write_sheet(layer, units, thumbs, samples, directory, backend, prefix),
+            sheets = pool.map(lambda units: _write_sheet(layer, units, thumbs, outlines, directory, backend, prefix),
                               chunks)
             return [s for sheet in sheets for s in sheet]
     finally:
@@ -246,10 +246,10 @@ def strip_image(layer, unit: int, dataset, height: int = THUMB):
     cache: dict = {}
     indices = layer.top_images[unit].tolist()
     _thumbnails(dataset, indices, cache, height)
-    samples = _formula_samples(layer, dataset, indices)
+    outlines = _formula_outlines(layer, dataset, indices)
     backend = drawing_backend()
     thumbs = _Thumbnails(cache, indices, height)
-    out, widths = _draw_strips(layer, range(unit, unit + 1), thumbs, samples, backend, height)
+    out, widths = _draw_strips(layer, range(unit, unit + 1), thumbs, outlines, backend, height)
     return Image.frombuffer("RGBX", (widths[0], height), np.ascontiguousarray(out[0, :, :widths[0]].numpy()),
                             "raw", "RGBX", 0, 1).convert("RGB")
 
